@@ -1,0 +1,5 @@
+import sys
+
+from lorekit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,26 @@
+"""Shared fixtures. Every test runs with user-wide state (LOREKIT_HOME) in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_LORE = REPO / "sample_lore"
+
+
+@pytest.fixture(autouse=True)
+def lorekit_home(tmp_path, monkeypatch):
+    home = tmp_path / "lorekit-home"
+    monkeypatch.setenv("LOREKIT_HOME", str(home))
+    for var in [v for v in os.environ if v.startswith("LOREKIT_") and v != "LOREKIT_HOME"]:
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    """A session-wide cache for slow one-time conversions (the 270M GGUF to safetensors)."""
+    return Path(os.environ.get("LOREKIT_TEST_CACHE") or tmp_path_factory.mktemp("model-cache"))
