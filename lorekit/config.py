@@ -34,6 +34,7 @@ SECTIONS: dict[str, str] = {
     "export": "lorekit.export.config:ExportConfig",
     "serve": "lorekit.serve.config:ServeConfig",
     "eval": "lorekit.evaluate.config:EvalConfig",
+    "build": "lorekit.build.config:BuildConfig",
 }
 
 T = TypeVar("T")

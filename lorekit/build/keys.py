@@ -1,0 +1,75 @@
+"""Input keys: what each stage's output depends on, as a hash. Equal key and present outputs = skip.
+
+The train key hashes the dataset *without* its system turns, so that editing an NPC's persona
+(greeting, style) with unchanged facts and answers does not retrain: the runtime renders the new
+persona at serve time anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from lorekit import __version__
+
+LORE_SUFFIXES = {".md", ".j2", ".jinja", ".toml", ".yaml", ".yml"}
+
+
+def _h(*parts: object) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_key(root: Path, suffixes: set[str] = LORE_SUFFIXES) -> str:
+    """Hash of every lore-relevant file under root: names and contents."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in suffixes):
+        rel = path.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in Path(rel).parts):
+            continue
+        digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def compile_key(lore_dir: Path, templates_dir: Path, cfg: object) -> str:
+    return _h("compile", __version__, tree_key(lore_dir), tree_key(templates_dir), cfg)
+
+
+def dataset_facts_key(dataset_dir: Path) -> str:
+    """Hash of train/eval rows with system turns removed (see module docstring)."""
+    digest = hashlib.sha256()
+    for name in ("train.jsonl", "eval.jsonl"):
+        for line in (dataset_dir / name).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            turns = row.get("conversations") or row.get("messages") or []
+            kept = [t for t in turns if (t.get("from") or t.get("role")) != "system"]
+            digest.update(json.dumps(kept, sort_keys=True).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def train_key(dataset_dir: Path, cfg: object) -> str:
+    return _h("train", dataset_facts_key(dataset_dir), cfg)
+
+
+def export_key(adapter_dir: Path, cfg: object) -> str:
+    weights = sorted(Path(adapter_dir).glob("*.safetensors")) + sorted(Path(adapter_dir).glob("*.json"))
+    return _h("export", [(p.name, file_sha256(p)) for p in weights], cfg)
+
+
+def eval_key(out: Path, cfg: object) -> str:
+    export_meta = json.loads((out / "export" / "export.json").read_text(encoding="utf-8"))
+    model = out / "export" / "model.gguf"
+    return _h("eval", export_meta.get("files", {}).get("model.gguf", {}).get("sha256") or file_sha256(model),
+              file_sha256(out / "dataset" / "eval.jsonl"), cfg)
