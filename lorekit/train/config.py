@@ -1,0 +1,40 @@
+"""`[train]` in lorekit.toml: every knob of `lorekit train`, with the guide's defaults.
+
+Fields left at None are filled per device and model profile by `resolve_defaults` (see
+docs/train.md): the tiny CPU model needs a bigger batch and more epochs than a GPU run of Gemma 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from lorekit.config import opt
+
+
+@dataclass
+class TrainConfig:
+    model: str = opt("gemma3-270m", "model profile name, local model folder, or hub id")
+    backend: Literal["auto", "unsloth", "transformers"] = opt(
+        "auto", "auto: Unsloth on a CUDA GPU, transformers + peft otherwise")
+    epochs: float | None = opt(None, "passes over the training rows (default 3; 8 for gemma3-270m on CPU)")
+    max_steps: int = opt(0, "stop after this many optimizer steps (0: no limit)")
+    lr: float = opt(2e-4, "peak learning rate")
+    batch_size: int | None = opt(None, "rows per micro-batch (default 2; 8 on CPU)")
+    grad_accum: int | None = opt(None, "micro-batches per optimizer step (default 4; 1 on CPU)")
+    warmup_ratio: float = opt(0.05, "fraction of steps spent warming the learning rate up")
+    schedule: Literal["cosine", "linear", "constant"] = opt("cosine", "learning-rate decay after warmup")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    optimizer: Literal["auto", "adamw", "adamw_8bit"] = opt("auto", "auto: 8-bit AdamW on CUDA, AdamW on CPU")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = opt(0.0, "dropout on the LoRA input")
+    max_length: int = opt(1024, "rows longer than this many tokens are cut (a warning says how many)")
+    precision: Literal["auto", "bf16", "fp32"] = opt("auto", "auto: bf16 where it is faster (GPU, CPU autocast)")
+    load_in_4bit: bool = opt(True, "on CUDA, load the base model in 4-bit (bitsandbytes nf4)")
+    gradient_checkpointing: bool = opt(True, "on CUDA, trade compute for memory")
+    compile: bool = opt(False, "let Unsloth use torch.compile (slow first step; off keeps start-up short)")
+    eval_every: int = opt(0, "also evaluate every N optimizer steps (0: once per epoch only)")
+    log_every: int = opt(5, "write a metrics line every N optimizer steps")
+    seed: int = opt(3407, "random seed for LoRA init, data order and dropout")
+    keep_best: bool = opt(True, "save the adapter of the lowest eval loss, not the last step")
