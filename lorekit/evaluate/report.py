@@ -1,0 +1,134 @@
+"""`OUT/eval/report.html`: one self-contained page (inline CSS and SVG, no scripts, no CDN)."""
+
+from __future__ import annotations
+
+from html import escape
+
+BASE_COLOR, TUNED_COLOR = "#9aa5b1", "#2f7d4f"
+
+
+def figures(summary: dict) -> list[tuple[str, float | None, float | None, str]]:
+    """(label, base share, tuned share, what it counts) for the summary table and the main chart."""
+    b, t = summary["base"], summary["tuned"]
+    rows = [
+        ("Fact recall", b["fact_recall"], t["fact_recall"], "held-out phrasings answered with every key value"),
+        ("Honest ignorance", b["honest_ignorance"], t["honest_ignorance"], "unknown names answered 'I don't know', nothing invented"),
+        ("In character", b["in_character"], t["in_character"], "no markup, no player lines, no AI talk, not empty"),
+        ("Secrets kept", b["secrets_kept"], t["secrets_kept"], "secret questions answered without the secret"),
+        ("Verbatim repetition", b["repetition"], t["repetition"],
+         f"replies sharing {summary['repeat_words']}+ words in a row with a training answer (lower is better)"),
+    ]
+    out = [(label, x["share"], y["share"], f"{note} ({_count(x)} / {_count(y)})") for label, x, y, note in rows]
+    gen = summary.get("general")
+    if gen:
+        out.append(("General: tuned agrees with base", None, gen["agreement"],
+                    f"{gen['questions']} general questions, word-overlap F1 >= threshold"))
+        out.append(("General: correct", gen["base_correct"], gen["tuned_correct"], "answer contains the reference"))
+    return out
+
+
+def _count(x: dict) -> str:
+    return f"{x.get('hits', x.get('verbatim', 0))}/{x['total']}"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def bar_chart(title: str, items: list[tuple[str, float | None, float | None]]) -> str:
+    """Horizontal grouped bars (base grey, tuned green), 0-100%."""
+    row_h, left, width = 34, 230, 330
+    height = 30 + row_h * len(items) + 24
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 70}" height="{height}" '
+             f'role="img" aria-label="{escape(title)}">',
+             f'<text x="0" y="16" font-weight="bold">{escape(title)}</text>']
+    for i, (label, b, t) in enumerate(items):
+        y = 30 + i * row_h
+        parts.append(f'<text x="{left - 8}" y="{y + 18}" text-anchor="end">{escape(label)}</text>')
+        for j, (value, color) in enumerate(((b, BASE_COLOR), (t, TUNED_COLOR))):
+            yy = y + 2 + j * 14
+            w = 0 if value is None else max(1, round(width * value))
+            parts.append(f'<rect x="{left}" y="{yy}" width="{w}" height="12" fill="{color}"/>')
+            parts.append(f'<text x="{left + w + 4}" y="{yy + 10}" font-size="11">{_pct(value)}</text>')
+    y = 30 + row_h * len(items) + 12
+    parts.append(f'<rect x="{left}" y="{y}" width="10" height="10" fill="{BASE_COLOR}"/>'
+                 f'<text x="{left + 14}" y="{y + 9}" font-size="11">base</text>'
+                 f'<rect x="{left + 60}" y="{y}" width="10" height="10" fill="{TUNED_COLOR}"/>'
+                 f'<text x="{left + 74}" y="{y + 9}" font-size="11">tuned</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
+table{border-collapse:collapse;width:100%;margin:1em 0}td,th{border:1px solid #ddd;padding:4px 6px;
+vertical-align:top;text-align:left;font-size:13px}th{background:#f3f3f3}.ok{background:#e8f5e9}
+.bad{background:#fdecea}.num{text-align:right;font-variant-numeric:tabular-nums}
+.verdict{border-left:4px solid #2f7d4f;padding:.5em 1em;background:#f6faf7}pre{white-space:pre-wrap;margin:0}
+"""
+
+
+def _summary_table(summary: dict) -> str:
+    head = "<tr><th>figure</th><th>base</th><th>tuned</th><th>what it counts</th></tr>"
+    body = "".join(f'<tr><td>{escape(label)}</td><td class="num" data-figure="{escape(label)}:base">{_pct(b)}</td>'
+                   f'<td class="num" data-figure="{escape(label)}:tuned">{_pct(t)}</td><td>{escape(note)}</td></tr>'
+                   for label, b, t, note in figures(summary))
+    return f'<table id="summary">{head}{body}</table>'
+
+
+def _answer_cell(ans: dict) -> str:
+    cls = "ok" if ans["ok"] else "bad"
+    extra = f"<br><small>{escape('; '.join(ans['character']))}</small>" if ans["character"] else ""
+    return f'<td class="{cls}"><pre>{escape(ans["answer"])}</pre><small>{escape(ans["verdict"])}</small>{extra}</td>'
+
+
+def _questions_table(rows: list[dict]) -> str:
+    head = ("<tr><th>#</th><th>NPC</th><th>kind</th><th>question</th><th>expected</th>"
+            "<th>base answer</th><th>tuned answer</th></tr>")
+    body = "".join(
+        f'<tr><td class="num">{r["line"]}</td><td>{escape(str(r["npc"] or ""))}</td><td>{escape(r["kind"])}</td>'
+        f'<td>{escape(r["question"])}</td><td><pre>{escape(r["expected"])}</pre>'
+        f'<small>{escape(", ".join(r["expect"]))}</small></td>{_answer_cell(r["base"])}{_answer_cell(r["tuned"])}</tr>'
+        for r in rows)
+    return f'<table id="questions">{head}{body}</table>'
+
+
+def _general_table(rows: list[dict]) -> str:
+    head = "<tr><th>question</th><th>reference</th><th>base answer</th><th>tuned answer</th><th>F1</th><th>agree</th></tr>"
+    body = "".join(
+        f'<tr><td>{escape(r["question"])}</td><td>{escape(", ".join(r["reference"]))}</td>'
+        f'<td><pre>{escape(r["base"])}</pre></td><td><pre>{escape(r["tuned"])}</pre></td>'
+        f'<td class="num">{r["f1"]:.2f}</td><td class="{"ok" if r["agree"] else "bad"}">{"yes" if r["agree"] else "no"}</td></tr>'
+        for r in rows)
+    return f'<table id="general">{head}{body}</table>'
+
+
+def render_html(doc: dict) -> str:
+    s, v = doc["summary"], doc["verdict"]
+    sample = s["sample"]
+    main = bar_chart("Base vs tuned", [(label, b, t) for label, b, t, _ in figures(s)])
+    kinds = sorted(set(s["base"]["recall_by_kind"]) | set(s["tuned"]["recall_by_kind"]))
+    by_kind = bar_chart("Fact recall by question kind", [
+        (k, s["base"]["recall_by_kind"].get(k, {}).get("share"), s["tuned"]["recall_by_kind"].get(k, {}).get("share"))
+        for k in kinds]) if kinds else ""
+    models = doc.get("models") or {}
+    advice = "".join(f"<li>{escape(a)}</li>" for a in v["advice"])
+    kinds_text = ", ".join(f"{k}: {n}" for k, n in sample["by_kind"].items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>LoreKit eval: base vs tuned</title>
+<style>{CSS}</style></head><body>
+<h1>LoreKit eval: base vs tuned</h1>
+<p>Base: <code>{escape(str(models.get('base', '')))}</code><br>Tuned: <code>{escape(str(models.get('tuned', '')))}</code><br>
+Backend: {escape(str(models.get('backend', '')))}, greedy decoding, at most {sample['max_tokens']} tokens per answer.</p>
+<p id="sample">Sample: {sample['asked']} of {sample['eval_rows']} eval questions (limit {sample['limit'] or 'none'},
+seed {sample['seed']}; {escape(kinds_text)}) and {sample['general_questions']} general questions.
+Run took {doc.get('wall_s', 0)} s.</p>
+<div class="verdict" id="verdict"><h2>Verdict: {escape(v['status'])}</h2><p>{escape(v['headline'])}</p>
+<ul>{advice}</ul></div>
+<h2>Summary</h2>{_summary_table(s)}
+{main}
+{by_kind}
+<h2>Questions</h2>{_questions_table(doc['questions'])}
+<h2>General knowledge</h2>{_general_table(doc['general']) if doc['general'] else '<p>not asked</p>'}
+</body></html>
+"""
