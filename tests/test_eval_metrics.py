@@ -117,3 +117,23 @@ def test_builtin_general_set_is_small_and_answerable():
     assert 15 <= len(general.QUESTIONS) <= 30
     assert all(refs for _, refs in general.QUESTIONS)
     assert len({q for q, _ in general.QUESTIONS}) == len(general.QUESTIONS)
+
+
+def test_aliases_match_as_declared():
+    aliases = {"The Ebbwatch": ["the Watch"]}
+    assert metrics.fact_verdict("Ask the Watch.", ["The Ebbwatch"], aliases)["correct"]
+    assert metrics.fact_verdict("Ask the Ebbwatch.", ["The Ebbwatch"], aliases)["correct"]
+    assert metrics.fact_verdict("Ebbwatch, of course.", ["The Ebbwatch"], aliases)["correct"]  # article optional
+    assert not metrics.fact_verdict("I watch the river.", ["The Ebbwatch"], aliases)["correct"]
+
+
+def test_secret_values_fall_back_to_the_lore_and_spare_the_speaker():
+    from lorekit.evaluate.data import Question, secret_values
+
+    q = Question(1, [{"role": "user", "content": "What are the Midnight Crossings?"}], "No.",
+                 {"npc": "tobin-reedy", "kind": "secret", "entities": ["The Midnight Crossings"], "facts": ["x"]})
+    lore = {"The Midnight Crossings": ["Tobin Reedy", "The Drowned Choir", "Vellicor"]}
+    values = secret_values(q, {}, lore, {"tobin-reedy": "Tobin Reedy"})
+    assert values == ["The Drowned Choir", "Vellicor"]
+    # values taught by other rows for the same fact win over the lore fallback
+    assert secret_values(q, {"x": {"forty-two jars"}}, lore, {}) == ["forty-two jars"]

@@ -99,15 +99,21 @@ def lore_names(rows: list[dict], report: dict) -> set[str]:
     return {n for n in names if n.strip()}
 
 
-def secret_values(q: Question, fact_values: dict[str, set[str]]) -> list[str]:
-    """Key values a secret question's answer must not contain: the values other rows teach for the
-    same facts (or `meta.secret_values` when the compiler states them), minus what the question says."""
+def secret_values(q: Question, fact_values: dict[str, set[str]], lore_secrets: dict[str, list[str]],
+                  npc_names: dict[str, str]) -> list[str]:
+    """Key values a secret question's answer must not contain: `meta.secret_values` when the compiler
+    states them, else the values other rows teach for the same facts, else the secret page's field
+    values and links from the lore; never the speaking NPC's own name or what the question says."""
     values = set(q.meta.get("secret_values") or [])
     for fact in q.meta.get("facts") or []:
         values |= fact_values.get(str(fact), set())
+    if not values:
+        for name in q.meta.get("entities") or []:
+            values.update(lore_secrets.get(str(name), []))
     from lorekit.evaluate.metrics import mentions
 
-    return sorted(v for v in values if not mentions(q.text, v))
+    speaker = npc_names.get(str(q.meta.get("npc")), "")
+    return sorted(v for v in values if v != speaker and not mentions(q.text, v))
 
 
 def fact_values(rows: list[dict]) -> dict[str, set[str]]:
@@ -130,27 +136,46 @@ def read_json(path: Path) -> dict:
         raise LorekitError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); rebuild this stage") from None
 
 
-def aliases_from_lore(lore_dir: str | None) -> dict[str, list[str]]:
-    """Declared aliases per entity name, when the lore folder and `lorekit.lore` are available.
-    Aliases shared by two entities are dropped: they could not tell the two apart."""
+@dataclass
+class LoreInfo:
+    """What scoring takes from the lore folder itself, when it is there: declared aliases, the NPCs'
+    own "don't know" lines, and the key values of secret pages."""
+
+    aliases: dict[str, list[str]] = field(default_factory=dict)
+    dont_know: list[str] = field(default_factory=list)
+    secrets: dict[str, list[str]] = field(default_factory=dict)  # secret page name -> key values
+
+
+def lore_info(lore_dir: str | None) -> LoreInfo:
     if not lore_dir or not Path(lore_dir).is_dir():
-        return {}
+        return LoreInfo()
     try:
         from lorekit.lore import load_vault
     except ImportError:
-        return {}
+        return LoreInfo()
     vault = load_vault(Path(lore_dir))
-    entities = getattr(vault, "entities", None) or getattr(vault, "pages", None) or {}
-    table: dict[str, list[str]] = {}
-    for ent in entities.values() if isinstance(entities, dict) else entities:
-        name = getattr(ent, "name", None)
-        if name:
-            table[str(name)] = [str(a) for a in getattr(ent, "aliases", None) or []]
+    entities = list(getattr(vault, "entities", {}).values())
+    table = {str(e.name): [str(a) for a in e.aliases or []] for e in entities}
+    # An alias shared by two entities cannot tell them apart: it is dropped.
     counts: dict[str, int] = defaultdict(int)
     for name, alist in table.items():
-        for a in {name, *alist}:
-            counts[a.lower()] += 1
-    return {n: [a for a in al if counts[a.lower()] == 1] for n, al in table.items()}
+        for a in {name.lower(), *(x.lower() for x in alist)}:
+            counts[a] += 1
+    aliases = {n: [a for a in al if counts[a.lower()] == 1] for n, al in table.items()}
+    dont_know = [n.dont_know for n in getattr(vault, "npcs", {}).values() if getattr(n, "dont_know", "")]
+    secrets = {str(e.name): _key_values(e) for e in entities if getattr(e, "secret", False)}
+    return LoreInfo(aliases, dont_know, secrets)
+
+
+def _key_values(entity) -> list[str]:
+    """Short field values and linked names of a page: what telling its secret would mention."""
+    values = set(getattr(entity, "summary_targets", []) or [])
+    for parts in (getattr(entity, "fields", {}) or {}).values():
+        for part in parts:
+            text = getattr(part, "target", None) or getattr(part, "text", "")
+            if text and len(str(text).split()) <= 5:
+                values.add(str(text))
+    return sorted(values - {entity.name})
 
 
 @dataclass

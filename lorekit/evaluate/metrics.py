@@ -37,6 +37,7 @@ IGNORANCE_PHRASES = (
     "no one by that name", "nobody called", "no one called", "means nothing to me", "not someone i know",
     "don t know of", "do not know of", "know nothing", "knows nothing", "unknown to me", "i wouldn t know",
     "never met", "not sure who", "not sure what", "i can t help you with", "beyond what i know",
+    "no record of", "not part of the lore", "nothing about", "not know who", "not know what",
 )
 # Words that may be capitalized in an honest "don't know" without being invented facts.
 _ADDRESS = {"i", "im", "id", "ive", "ill", "traveler", "traveller", "stranger", "friend", "sir", "madam",
@@ -83,11 +84,10 @@ def _phrase(value: str) -> str:
 def mentions(reply: str, value: str, aliases: Iterable[str] = ()) -> bool:
     """True when `value` (or one of its aliases) appears in `reply` as a whole-word phrase."""
     hay = f" {normalize(reply)} "
-    for form in (value, *aliases):
-        needle = _phrase(form)
-        if needle and f" {needle} " in hay:
-            return True
-    return False
+    # The value may drop a leading article ("Ash Guild" for "the Ash Guild"); an alias is matched as
+    # declared, so "the Watch" needs its article and a reply saying "I watch" is no match.
+    needles = [_phrase(value), *(normalize(a) for a in aliases)]
+    return any(n and f" {n} " in hay for n in needles)
 
 
 def fact_verdict(

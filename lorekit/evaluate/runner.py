@@ -43,9 +43,9 @@ def run(out: str | Path, cfg: EvalConfig | None = None,
     if generators is None:
         generators, models_info = _default_generators(out, cfg)
     base, tuned = _answer_all(generators, questions, cfg)
-    rows = [score.score_question(q, b, t, ctx) for q, b, t in zip(questions, base["qa"], tuned["qa"])]
+    rows = [score.score_question(q, b, t, ctx) for q, b, t in zip(questions, base["qa"], tuned["qa"], strict=True)]
     gen_rows = [general.score(q, ref, b.text, t.text, cfg.agree_threshold)
-                for (q, ref), b, t in zip(general.QUESTIONS, base["general"], tuned["general"])]
+                for (q, ref), b, t in zip(general.QUESTIONS, base["general"], tuned["general"], strict=False)]
     summary = score.summarize(rows, ctx, {"base": base, "tuned": tuned})
     summary["general"] = general.summarize(gen_rows) if gen_rows else None
     summary["sample"] = {"eval_rows": len(all_questions), "asked": len(questions), "limit": cfg.limit,
@@ -104,7 +104,7 @@ def _llama_version() -> str | None:
 def _answer_all(generators, questions, cfg: EvalConfig) -> tuple[dict, dict]:
     pair = generators()
     results = []
-    for name, gen in zip(("base", "tuned"), pair):
+    for name, gen in zip(("base", "tuned"), pair, strict=True):
         model = gen() if callable(gen) else gen
         try:
             results.append(_answer(model, name, questions, cfg))

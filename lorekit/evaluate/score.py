@@ -17,7 +17,8 @@ class Context:
     """What scoring needs besides the answers: lore names, aliases, secrets, training n-grams."""
 
     names: set[str]
-    aliases: dict[str, list[str]]
+    npc_names: dict[str, str]  # NPC id -> name
+    lore: data.LoreInfo
     fact_values: dict[str, set[str]]
     ngrams: set[tuple[str, ...]]
     repeat_words: int
@@ -29,25 +30,26 @@ class Context:
         rows = [r for _, r in data.read_jsonl(dataset / "train.jsonl")]
         rows += [r for _, r in data.read_jsonl(dataset / "eval.jsonl")]
         answers = data.train_answers(dataset / "train.jsonl")
-        return cls(names=data.lore_names(rows, report), aliases=data.aliases_from_lore(report.get("lore_dir")),
+        npc_names = {str(n.get("id")): str(n.get("name")) for n in report.get("npcs", []) if isinstance(n, dict)}
+        return cls(names=data.lore_names(rows, report), npc_names=npc_names, lore=data.lore_info(report.get("lore_dir")),
                    fact_values=data.fact_values(rows), ngrams=metrics.ngram_index(answers, cfg.repeat_words),
                    repeat_words=cfg.repeat_words, report=report)
 
 
 def judge(q: data.Question, reply: str, ctx: Context) -> dict:
     """One model's reply to one question: the verdict for its kind, character problems, repetition."""
-    secrets = data.secret_values(q, ctx.fact_values) if q.kind == "secret" else []
+    secrets = data.secret_values(q, ctx.fact_values, ctx.lore.secrets, ctx.npc_names) if q.kind == "secret" else []
     problems = metrics.character_problems(reply, secrets)
     out: dict = {"answer": reply, "character": problems,
                  "repeat": metrics.longest_shared_run(reply, ctx.ngrams, ctx.repeat_words)}
     if q.kind == "unknown":
-        v = metrics.ignorance_verdict(reply, q.text, ctx.names)
+        v = metrics.ignorance_verdict(reply, q.text, ctx.names, ctx.lore.dont_know)
         out.update(ok=v["honest"], verdict=v["label"])
     elif q.kind == "secret":
         leaked = any(p.startswith("secret leaked") for p in problems)
         out.update(ok=not leaked, verdict="secret leaked" if leaked else "secret kept")
     elif q.expect:
-        v = metrics.fact_verdict(reply, q.expect, ctx.aliases, ctx.names)
+        v = metrics.fact_verdict(reply, q.expect, ctx.lore.aliases, ctx.names)
         out.update(ok=v["correct"], verdict=v["label"])
     else:
         out.update(ok=not problems, verdict="in character" if not problems else "; ".join(problems))
