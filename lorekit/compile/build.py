@@ -1,0 +1,146 @@
+"""Validate, then build every row of the dataset as serialized JSON lines (cached per fact)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorekit.compile.config import CompileConfig
+from lorekit.compile.dataset import Builder, Row, Rows, phrasing_warnings
+from lorekit.compile.extras import greeting_rows, multi_turn_rows, secret_rows, unknown_rows
+from lorekit.compile.templates import TemplateFailure, Templates
+from lorekit.lore import Fact, Vault, facts_of, load_vault
+from lorekit.lore.problems import Problem, error, warning
+from lorekit.persona import keeper_prompt, npc_view, system_prompt, templates_for
+
+ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+
+
+@dataclass
+class Rec:
+    """One serialized row and what the report needs to know about it."""
+
+    line: bytes
+    npc: str | None
+    kind: str
+    facts: tuple[str, ...]
+    questions: tuple[str, ...]
+
+
+@dataclass
+class Built:
+    vault: Vault
+    facts: list[Fact] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    train: list[Rec] = field(default_factory=list)
+    eval: list[Rec] = field(default_factory=list)
+    phrasings: dict[str, int] = field(default_factory=dict)
+    dropped_eval: int = 0
+
+    @property
+    def train_lines(self) -> list[bytes]:
+        return [r.line for r in self.train]
+
+    @property
+    def eval_lines(self) -> list[bytes]:
+        return [r.line for r in self.eval]
+
+
+def serialize(row: Row, fmt: str) -> Rec:
+    conv = row["conversations"]
+    if fmt == "openai":
+        obj: dict[str, Any] = {"messages": [{"role": ROLES[t["from"]], "content": t["value"]} for t in conv],
+                               "meta": row["meta"]}
+    else:
+        obj = row
+    line = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+    m = row["meta"]
+    questions = tuple(t["value"] for t in conv if t["from"] == "human")
+    return Rec(line, m["npc"], m["kind"], tuple(m["facts"]), questions)
+
+
+def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
+    vault = load_vault(lore_dir, store.pages if store is not None else None)
+    built = Built(vault=vault, problems=list(vault.problems))
+    if vault.errors:  # rows from a broken graph would only add noise to the error list
+        return built
+    try:
+        templates = templates_for(vault, cfg.template_dir or None)
+        systems: dict[str | None, str] = {None: keeper_prompt(vault, cfg.template_dir or None)}
+        for npc_id in vault.npcs:
+            systems[npc_id] = system_prompt(vault, npc_id, template_dir=cfg.template_dir or None)
+    except TemplateFailure as e:
+        built.problems.append(error(e.template, e.line, e.message, "fix the persona or keeper template"))
+        return built
+    built.facts = facts_of(vault)
+    builder = Builder(vault, cfg, templates, systems)
+    _fact_units(built, builder, store, templates.digest())
+    extras = Rows()
+    by_entity: dict[str, list[Fact]] = defaultdict(list)
+    for f in built.facts:
+        by_entity[f.entity].append(f)
+    for rows in (unknown_rows(builder), secret_rows(builder, by_entity), greeting_rows(builder),
+                 multi_turn_rows(builder, built.facts)):
+        extras.extend(rows)
+    _add(built, extras, cfg.format)
+    _drop_seen_eval(built)
+    built.problems += phrasing_warnings(vault, Rows(phrasings=built.phrasings), built.facts, cfg.min_phrasings)
+    if len(built.train) < cfg.min_rows:
+        built.problems.append(warning(".", None, f"only {len(built.train)} train rows (< {cfg.min_rows}): "
+                                      "too few to teach a model", "write more pages or fields, or raise phrasings_per_fact"))
+    built.problems = _dedupe(built.problems)
+    return built
+
+
+def _fact_units(built: Built, builder: Builder, store: Any | None, digest: str) -> None:
+    cfg_key = json.dumps(asdict(builder.cfg), sort_keys=True) + digest
+    shas = {p.path: p.sha for p in builder.vault.pages}
+    for fact in built.facts:
+        key = _unit_key(builder, fact, cfg_key, shas) if store is not None else None
+        unit = store.units.get(key) if store is not None else None
+        if unit is None:
+            rows = builder.fact_rows(fact)
+            unit = ([serialize(r, builder.cfg.format) for r in rows.train],
+                    [serialize(r, builder.cfg.format) for r in rows.eval], rows.problems, rows.phrasings)
+            if store is not None and not rows.problems:
+                store.units[key] = unit
+        if store is not None:
+            store.used.add(key)
+        built.train += unit[0]
+        built.eval += unit[1]
+        built.problems += unit[2]
+        built.phrasings.update(unit[3])
+
+
+def _unit_key(builder: Builder, fact: Fact, cfg_key: str, shas: dict[str, str]) -> str:
+    """Everything a fact's rows depend on: the fact, its pages' bytes, its speakers, templates, config."""
+    vault = builder.vault
+    speakers = builder.speakers(fact)
+    parts = [cfg_key, repr((fact.id, fact.kind, fact.field, fact.values, fact.expect, fact.others)),
+             ",".join(sorted(fact.pages)), shas[vault.entities[fact.entity].page]]
+    for s in speakers:
+        parts.append(json.dumps(npc_view(vault.npcs[s]), sort_keys=True) if s else "-")
+        parts.append(builder.systems[s])
+    return hashlib.blake2b("\0".join(parts).encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _add(built: Built, rows: Rows, fmt: str) -> None:
+    built.train += [serialize(r, fmt) for r in rows.train]
+    built.eval += [serialize(r, fmt) for r in rows.eval]
+    built.problems += rows.problems
+
+
+def _drop_seen_eval(built: Built) -> None:
+    """Eval must ask in words never seen in train: drop any eval row whose question is in train."""
+    seen = {q for r in built.train for q in r.questions}
+    kept = [r for r in built.eval if not any(q in seen for q in r.questions)]
+    built.dropped_eval = len(built.eval) - len(kept)
+    built.eval = kept
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    return sorted(dict.fromkeys(problems), key=Problem.sort_key)

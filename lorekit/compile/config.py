@@ -1,0 +1,28 @@
+"""`[compile]` in lorekit.toml: how the dataset is made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from lorekit.config import opt
+
+
+@dataclass
+class CompileConfig:
+    seed: int = opt(1234, "seed for every choice (phrasings, speakers, shuffling); same seed, same bytes")
+    phrasings_per_fact: int = opt(5, "training rows per fact, each in a different phrasing where the template has enough")
+    eval_phrasings_per_fact: int = opt(1, "phrasings per question template held out for eval.jsonl (never in train)")
+    multi_turn: int = opt(3, "multi-turn conversations per NPC")
+    multi_turn_length: int = opt(3, "questions per multi-turn conversation")
+    unknown_names: int = opt(24, "invented names (absent from the vault) asked about in train, answered 'I don't know'")
+    eval_unknown_names: int = opt(6, "further invented names asked only in eval.jsonl")
+    unknown_per_npc: int = opt(4, "questions per NPC about real pages it does not know, answered 'I don't know'")
+    secret_rows: int = opt(3, "refusal rows per NPC and secret page")
+    greetings: int = opt(2, "greeting rows per NPC")
+    keeper: bool = opt(True, "also teach public facts without a persona, as a neutral lore keeper")
+    format: Literal["sharegpt", "openai"] = opt("sharegpt", "row format: ShareGPT `conversations` or OpenAI `messages`")
+    template_dir: str = opt("", "extra template folder that overrides the vault's _templates/ and the defaults")
+    min_rows: int = opt(150, "warn when the train set has fewer rows than this")
+    min_phrasings: int = opt(5, "warn when a fact is asked in fewer distinct train phrasings than this")
+    cache: bool = opt(True, "reuse parse and render results from OUT/.cache for unchanged pages")

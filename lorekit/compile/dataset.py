@@ -1,0 +1,164 @@
+"""Build the rows: facts x phrasings x speakers, plus "I don't know", secrets, greetings, multi-turn.
+
+A speaker is an NPC id, or None for the neutral lore keeper. Every fact gets `phrasings_per_fact`
+train rows (more when more NPCs know it, so each of them answers it at least once), each in another
+phrasing; the last `eval_phrasings_per_fact` phrasings of each template go to eval only.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from lorekit.compile.config import CompileConfig
+from lorekit.compile.templates import TemplateFailure, Templates
+from lorekit.lore import Fact, Vault
+from lorekit.lore.problems import Problem, error, warning
+from lorekit.persona import entity_view, npc_view
+
+Row = dict[str, Any]
+
+
+@dataclass
+class Rows:
+    train: list[Row] = field(default_factory=list)
+    eval: list[Row] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    phrasings: dict[str, int] = field(default_factory=dict)  # fact id -> distinct train phrasings
+
+    def extend(self, other: Rows) -> None:
+        self.train += other.train
+        self.eval += other.eval
+        self.problems += other.problems
+        self.phrasings.update(other.phrasings)
+
+
+def make_row(system: str | None, turns: list[tuple[str, str]], meta: dict[str, Any]) -> Row:
+    conv = [{"from": "system", "value": system}] if system else []
+    for question, answer in turns:
+        conv += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    return {"conversations": conv, "meta": meta}
+
+
+def meta(npc: str | None, kind: str, entities: list[str], facts: list[str], expect: list[str], template: str) -> dict:
+    return {"npc": npc, "kind": kind, "entities": entities, "facts": facts, "expect": expect, "template": template}
+
+
+class Builder:
+    """Holds what every row needs: templates, system prompts, which speaker knows what."""
+
+    def __init__(self, vault: Vault, cfg: CompileConfig, templates: Templates, systems: dict[str | None, str]):
+        self.vault, self.cfg, self.t, self.systems = vault, cfg, templates, systems
+        self.public = vault.public_ids()
+
+    # --- which template asks a fact -------------------------------------------------------------
+    def template_for(self, fact: Fact) -> str:
+        etype = self.vault.entities[fact.entity].type
+        if fact.kind == "field":
+            names = [f"fields/{etype}/{fact.field}.j2", f"fields/{fact.field}.j2", "fields/_default.j2"]
+        elif fact.kind == "reverse":
+            names = [f"reverse/{etype}/{fact.field}.j2", f"reverse/{fact.field}.j2", "reverse/_default.j2"]
+        elif fact.kind == "summary":
+            names = [f"summary/{etype}.j2", "summary/_default.j2"]
+        else:
+            names = [f"section/{etype}.j2", "section.j2"]
+        found = self.t.find(*names)
+        if found is None:
+            raise TemplateFailure(names[-1], None, f"no template for {fact.kind} facts ({' or '.join(names)})")
+        return found
+
+    def speakers(self, fact: Fact) -> list[str | None]:
+        out: list[str | None] = [None] if self.cfg.keeper and fact.pages <= self.public else []
+        out += [n.id for n in self.vault.npcs.values() if fact.pages <= n.knows]
+        return out
+
+    def context(self, fact: Fact) -> dict[str, Any]:
+        entity = self.vault.entities[fact.entity]
+        view = {"id": fact.id, "kind": fact.kind, "field": fact.field, "label": fact.label,
+                "values": list(fact.values), "value": _and(fact.values), "plural": len(fact.values) > 1,
+                "text": fact.values[0] if fact.values else "", "expect": list(fact.expect), "others": list(fact.others)}
+        return {"entity": entity_view(entity), "fact": view}
+
+    def answer(self, template: str, ctx: dict, speaker: str | None, seed: str) -> str:
+        npc = npc_view(self.vault.npcs[speaker]) if speaker else None
+        statement = self.t.render(template, "answer", {**ctx, "npc": npc}, seed)
+        voice = self.t.find("replies/voice.j2")
+        if voice is None:
+            return statement
+        return self.t.render(voice, "answer", {"statement": statement, "npc": npc, "entity": ctx.get("entity")}, seed + ":v")
+
+    # --- facts ----------------------------------------------------------------------------------
+    def fact_rows(self, fact: Fact) -> Rows:
+        out = Rows()
+        speakers = self.speakers(fact)
+        if not speakers:
+            return out
+        try:
+            template = self.template_for(fact)
+            ctx = self.context(fact)
+            questions = self.t.lines(template, "questions", ctx, f"{self.cfg.seed}:{fact.id}:q")
+            train_q, eval_q = split(questions, self.cfg.eval_phrasings_per_fact)
+            rng = random.Random(f"{self.cfg.seed}:{fact.id}")
+            q0, s0 = rng.randrange(len(train_q)), rng.randrange(len(speakers))
+            name = self.t.display(template)
+            expect = list(fact.expect)
+            entities = [self.vault.entities[fact.entity].name, *[o for o in fact.others if o]]
+            entities = list(dict.fromkeys(entities))
+            n = max(self.cfg.phrasings_per_fact, len(speakers) if len(speakers) > 1 else 0)
+            for i in range(n):
+                speaker = speakers[(s0 + i) % len(speakers)]
+                q = train_q[(q0 + i) % len(train_q)]
+                a = self.answer(template, ctx, speaker, f"{self.cfg.seed}:{fact.id}:{i}")
+                out.train.append(make_row(self.systems[speaker], [(q, a)],
+                                          meta(speaker, fact.kind, entities, [fact.id], _present(expect, a), name)))
+            for j, q in enumerate(eval_q):
+                speaker = speakers[(s0 + n + j) % len(speakers)]
+                a = self.answer(template, ctx, speaker, f"{self.cfg.seed}:{fact.id}:e{j}")
+                out.eval.append(make_row(self.systems[speaker], [(q, a)],
+                                         meta(speaker, fact.kind, entities, [fact.id], _present(expect, a), name)))
+            out.phrasings[fact.id] = min(n, len(train_q))
+        except TemplateFailure as e:
+            out.problems.append(self.template_problem(e, fact.file, fact.line, f"fact `{fact.id}`"))
+        return out
+
+    def template_problem(self, e: TemplateFailure, lore_file: str, lore_line: int, what: str) -> Problem:
+        try:
+            where = self.t.display(e.template)
+        except Exception:
+            where = e.template
+        if e.missing:
+            msg = (f"template uses `{e.missing}`, which {lore_file}:{lore_line} ({what}) lacks: {e.message}")
+            fix = f"add `{e.missing}:` to {lore_file}, or guard it with {{% if ... is defined %}}"
+        else:
+            msg, fix = f"{e.message} (while rendering {what} from {lore_file}:{lore_line})", "fix the template"
+        return error(where, e.line, msg, fix)
+
+
+def split(questions: list[str], n_eval: int) -> tuple[list[str], list[str]]:
+    """Hold out the last `n_eval` phrasings for eval, keeping at least one for train."""
+    if not questions:
+        raise TemplateFailure("", None, "the questions block rendered no lines")
+    n_eval = min(n_eval, len(questions) - 1)
+    return (questions[:-n_eval], questions[-n_eval:]) if n_eval > 0 else (questions, [])
+
+
+def _and(values: tuple[str, ...] | list[str]) -> str:
+    from lorekit.compile.templates import and_list
+
+    return and_list(list(values))
+
+
+def _present(expect: list[str], answer: str) -> list[str]:
+    return [v for v in expect if v and v in answer]
+
+
+def phrasing_warnings(vault: Vault, rows: Rows, facts: list[Fact], minimum: int) -> list[Problem]:
+    by_id = {f.id: f for f in facts}
+    out = []
+    for fid, count in rows.phrasings.items():
+        if count < minimum:
+            f = by_id[fid]
+            out.append(warning(f.file, f.line, f"fact `{fid}` is asked in only {count} phrasings (< {minimum})",
+                               "add phrasings to its template or raise phrasings_per_fact"))
+    return out

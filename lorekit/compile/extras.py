@@ -1,0 +1,133 @@
+"""Rows that are not one fact: "I don't know", secret refusals, greetings and multi-turn talks."""
+
+from __future__ import annotations
+
+import random
+
+from lorekit.compile.dataset import Builder, Rows, make_row, meta, split
+from lorekit.compile.names import invent
+from lorekit.compile.templates import TemplateFailure
+from lorekit.lore import Fact
+from lorekit.persona import npc_view
+
+
+def unknown_rows(b: Builder) -> Rows:
+    """Invented names, and real pages an NPC does not know: answered "I don't know" in character."""
+    out = Rows()
+    cfg, seed = b.cfg, b.cfg.seed
+    tpl = "replies/unknown.j2"
+    name = b.t.display(tpl)
+    speakers: list[str | None] = ([None] if cfg.keeper else []) + list(b.vault.npcs)
+    if not speakers:
+        return out
+    invented = invent(cfg.unknown_names + cfg.eval_unknown_names, f"{seed}:names", b.vault.mentions)
+    try:
+        for i, who in enumerate(invented):
+            in_eval = i >= cfg.unknown_names
+            speaker = speakers[i % len(speakers)]
+            train_q, eval_q = split(b.t.lines(tpl, "questions", {"name": who}), cfg.eval_phrasings_per_fact)
+            qs = eval_q or train_q if in_eval else train_q
+            q = qs[random.Random(f"{seed}:unk:{who}").randrange(len(qs))]
+            a = _reply(b, tpl, speaker, who, f"{seed}:unk:{who}")
+            (out.eval if in_eval else out.train).append(
+                make_row(b.systems[speaker], [(q, a)], meta(speaker, "unknown", [who], [], [], name)))
+        for npc in b.vault.npcs.values():
+            strangers = sorted(e for e in b.public if e not in npc.knows and e not in npc.secrets)
+            rng = random.Random(f"{seed}:strangers:{npc.id}")
+            picked = rng.sample(strangers, min(len(strangers), cfg.unknown_per_npc + 1))
+            for k, eid in enumerate(picked):
+                who = b.vault.entities[eid].name
+                train_q, eval_q = split(b.t.lines(tpl, "questions", {"name": who}), cfg.eval_phrasings_per_fact)
+                in_eval = k == cfg.unknown_per_npc
+                qs = (eval_q or train_q) if in_eval else train_q
+                q = qs[rng.randrange(len(qs))]
+                a = _reply(b, tpl, npc.id, who, f"{seed}:stranger:{npc.id}:{eid}")
+                (out.eval if in_eval else out.train).append(
+                    make_row(b.systems[npc.id], [(q, a)], meta(npc.id, "unknown", [who], [], [], name)))
+    except TemplateFailure as e:
+        out.problems.append(b.template_problem(e, "(invented names)", 0, "an unknown-name question"))
+    return out
+
+
+def _reply(b: Builder, tpl: str, speaker: str | None, who: str, seed: str) -> str:
+    npc = npc_view(b.vault.npcs[speaker]) if speaker else None
+    return b.t.render(tpl, "answer", {"name": who, "npc": npc}, seed)
+
+
+def secret_rows(b: Builder, facts_by_entity: dict[str, list[Fact]]) -> Rows:
+    """An NPC asked about a page in its `secrets` refuses in character (train and eval phrasings)."""
+    out = Rows()
+    tpl = "replies/secret.j2"
+    for npc in b.vault.npcs.values():
+        for eid in sorted(npc.secrets):
+            entity = b.vault.entities[eid]
+            facts = [f for f in facts_by_entity.get(eid, []) if f.kind in ("summary", "field", "section")]
+            if not facts:
+                continue
+            try:
+                rng = random.Random(f"{b.cfg.seed}:secret:{npc.id}:{eid}")
+                for i in range(b.cfg.secret_rows + 1):
+                    fact = facts[i % len(facts)]
+                    ftpl = b.template_for(fact)
+                    train_q, eval_q = split(b.t.lines(ftpl, "questions", b.context(fact)), b.cfg.eval_phrasings_per_fact)
+                    in_eval = i == b.cfg.secret_rows
+                    qs = (eval_q or train_q) if in_eval else train_q
+                    q = qs[rng.randrange(len(qs))]
+                    a = b.t.render(tpl, "answer", {"name": entity.name, "npc": npc_view(npc)}, f"{rng.random()}")
+                    (out.eval if in_eval else out.train).append(make_row(
+                        b.systems[npc.id], [(q, a)],
+                        meta(npc.id, "secret", [entity.name], [fact.id], [], b.t.display(tpl))))
+            except TemplateFailure as e:
+                out.problems.append(b.template_problem(e, npc.page, 0, f"a secret of NPC `{npc.id}`"))
+    return out
+
+
+def greeting_rows(b: Builder) -> Rows:
+    out = Rows()
+    tpl = "replies/greeting.j2"
+    for npc in b.vault.npcs.values():
+        if not npc.greeting:
+            continue
+        try:
+            view = npc_view(npc)
+            train_q, eval_q = split(b.t.lines(tpl, "questions", {"npc": view}), b.cfg.eval_phrasings_per_fact)
+            rng = random.Random(f"{b.cfg.seed}:greet:{npc.id}")
+            a = b.t.render(tpl, "answer", {"npc": view}, f"{b.cfg.seed}:greet:{npc.id}")
+            for q in rng.sample(train_q, min(len(train_q), b.cfg.greetings)):
+                out.train.append(make_row(b.systems[npc.id], [(q, a)],
+                                          meta(npc.id, "greeting", [npc.name], [], [], b.t.display(tpl))))
+            for q in eval_q[:1]:
+                out.eval.append(make_row(b.systems[npc.id], [(q, a)],
+                                         meta(npc.id, "greeting", [npc.name], [], [], b.t.display(tpl))))
+        except TemplateFailure as e:
+            out.problems.append(b.template_problem(e, npc.page, 0, f"the greeting of NPC `{npc.id}`"))
+    return out
+
+
+def multi_turn_rows(b: Builder, facts: list[Fact]) -> Rows:
+    """Short conversations with one NPC about several facts it knows (train phrasings only)."""
+    out = Rows()
+    for npc in b.vault.npcs.values():
+        known = [f for f in facts if f.pages <= npc.knows]
+        if len(known) < 2:
+            continue
+        rng = random.Random(f"{b.cfg.seed}:multi:{npc.id}")
+        for c in range(b.cfg.multi_turn):
+            turns, ids, names, expect = [], [], [], []
+            try:
+                for fact in rng.sample(known, min(len(known), b.cfg.multi_turn_length)):
+                    tpl = b.template_for(fact)
+                    ctx = b.context(fact)
+                    train_q, _ = split(b.t.lines(tpl, "questions", ctx), b.cfg.eval_phrasings_per_fact)
+                    a = b.answer(tpl, ctx, npc.id, f"{b.cfg.seed}:multi:{npc.id}:{c}:{fact.id}")
+                    turns.append((train_q[rng.randrange(len(train_q))], a))
+                    ids.append(fact.id)
+                    names.append(b.vault.entities[fact.entity].name)
+                    expect += [v for v in fact.expect if v in a]
+            except TemplateFailure as e:
+                out.problems.append(b.template_problem(e, npc.page, 0, f"a conversation of NPC `{npc.id}`"))
+                break
+            out.train.append(make_row(b.systems[npc.id], turns,
+                                      meta(npc.id, "multi_turn", list(dict.fromkeys(names)), ids,
+                                           list(dict.fromkeys(expect)), "multi_turn")))
+    return out

@@ -1,0 +1,139 @@
+"""Jinja templates for questions, answers and personas: sandboxed, strict, seeded.
+
+A template file has a `questions` block (one phrasing per line) and an `answer` block. Templates in
+the vault's `_templates/` folder override or add to the defaults in the repository's `templates/`.
+Randomness comes only from `pick(...)`, seeded per row, so two compiles are byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
+OVERRIDE_DIR = "_templates"
+_MISSING_RE = re.compile(r"has no attribute '([^']+)'|'([^']+)' is undefined|no item named '([^']+)'")
+
+
+class TemplateFailure(Exception):
+    """A template could not be rendered: where in the template, and what was missing."""
+
+    def __init__(self, template: str, line: int | None, message: str, missing: str | None = None):
+        super().__init__(message)
+        self.template, self.line, self.message, self.missing = template, line, message, missing
+
+
+def and_list(values: Any) -> str:
+    """`["A", "B", "C"]` -> "A, B and C"."""
+    items = [str(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def possessive(name: Any) -> str:
+    """"Mara Vell" -> "Mara Vell's", "Silas" -> "Silas'"."""
+    name = str(name)
+    return name + ("'" if name.endswith("s") else "'s")
+
+
+def _no_random(*_args: Any) -> Any:
+    raise jinja2.TemplateRuntimeError("`random` is not allowed (builds must be reproducible); use pick(list)")
+
+
+class Templates:
+    def __init__(self, lore_dir: Path | None = None, template_dir: Path | None = None):
+        self.lore_dir = Path(lore_dir).resolve() if lore_dir else None
+        dirs = []
+        if template_dir:
+            dirs.append(Path(template_dir).resolve())
+        if self.lore_dir and (self.lore_dir / OVERRIDE_DIR).is_dir():
+            dirs.append(self.lore_dir / OVERRIDE_DIR)
+        dirs.append(DEFAULT_DIR)
+        self.dirs = dirs
+        self.env = ImmutableSandboxedEnvironment(
+            loader=jinja2.FileSystemLoader([str(d) for d in dirs]),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            auto_reload=False,
+        )
+        self.env.filters["random"] = _no_random
+        self.env.filters["and_list"] = and_list
+        self.env.filters["possessive"] = possessive
+        self.names = set(self.env.list_templates(extensions=["j2"]))
+        self._cache: dict[str, jinja2.Template] = {}
+
+    def digest(self) -> str:
+        """A hash of every template's text: part of the incremental cache key."""
+        h = hashlib.blake2b(digest_size=16)
+        for name in sorted(self.names):
+            h.update(name.encode() + b"\0" + self.source(name).encode() + b"\0")
+        return h.hexdigest()
+
+    def source(self, name: str) -> str:
+        return self.env.loader.get_source(self.env, name)[0]  # type: ignore[union-attr]
+
+    def find(self, *names: str) -> str | None:
+        return next((n for n in names if n in self.names), None)
+
+    def display(self, name: str) -> str:
+        """Where a template lives, as a user reads it: `_templates/x.j2` or `templates/x.j2`."""
+        path = Path(self._template(name).filename or name)
+        if self.lore_dir and path.is_relative_to(self.lore_dir):
+            return path.relative_to(self.lore_dir).as_posix()
+        for d in self.dirs:
+            if path.is_relative_to(d):
+                return f"{d.name}/{path.relative_to(d).as_posix()}"
+        return name
+
+    def _template(self, name: str) -> jinja2.Template:
+        tpl = self._cache.get(name)
+        if tpl is None:
+            try:
+                tpl = self._cache[name] = self.env.get_template(name)
+            except jinja2.TemplateSyntaxError as e:
+                raise TemplateFailure(name, e.lineno, f"template syntax error: {e.message}") from None
+        return tpl
+
+    def render(self, name: str, block: str, ctx: dict[str, Any], seed: str = "") -> str:
+        """Render one block of a template with a `pick` seeded by `seed`."""
+        tpl = self._template(name)
+        if block not in tpl.blocks:
+            raise TemplateFailure(name, 1, f"template has no `{{% block {block} %}}`")
+        rng = random.Random(seed)
+        context = tpl.new_context({**ctx, "pick": lambda seq: seq[rng.randrange(len(seq))] if seq else ""})
+        try:
+            try:
+                return "".join(tpl.blocks[block](context)).strip()
+            except Exception:
+                self.env.handle_exception()  # re-raises with template lines in the traceback
+        except TemplateFailure:
+            raise
+        except Exception as e:
+            raise self._failure(name, tpl, e) from None
+        return ""  # pragma: no cover
+
+    def lines(self, name: str, block: str, ctx: dict[str, Any], seed: str = "") -> list[str]:
+        """A block rendered as distinct non-empty lines (the phrasings of a question)."""
+        text = self.render(name, block, ctx, seed)
+        return list(dict.fromkeys(" ".join(line.split()) for line in text.splitlines() if line.strip()))
+
+    def _failure(self, name: str, tpl: jinja2.Template, e: Exception) -> TemplateFailure:
+        line = None
+        for frame in traceback.extract_tb(e.__traceback__):
+            if frame.filename == tpl.filename:
+                line = frame.lineno
+        message = getattr(e, "message", None) or str(e)
+        m = _MISSING_RE.search(message)
+        missing = next((g for g in m.groups() if g), None) if m else None
+        return TemplateFailure(name, line, f"{type(e).__name__}: {message}", missing)

@@ -1,0 +1,13 @@
+"""Lore: parse a markdown vault into a validated entity graph and the facts it states.
+
+    from lorekit.lore import load_vault
+    vault = load_vault(Path("sample_lore"))
+    for p in vault.problems: print(p)      # file:line: message (fix)
+"""
+
+from lorekit.lore.facts import Fact, facts_of
+from lorekit.lore.model import Entity, Npc
+from lorekit.lore.problems import Problem
+from lorekit.lore.vault import Vault, load_vault, slug
+
+__all__ = ["Entity", "Fact", "Npc", "Problem", "Vault", "facts_of", "load_vault", "slug"]
