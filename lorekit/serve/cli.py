@@ -1,0 +1,41 @@
+"""`lorekit serve LORE_DIR`: run the NPC dialogue server next to the game."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("lore_dir", type=Path, help="folder of markdown lore pages (watched for edits)")
+    parser.add_argument("--out", type=Path, default=Path("build"), help="build folder (default: build)")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1; others need --token)")
+    parser.add_argument("--port", type=int, help="port for the game protocol and HTTP (default 7861)")
+    parser.add_argument("--token", help="secret clients must send (required off loopback)")
+    parser.add_argument("--model", help="GGUF to serve (default: OUT/export/model.gguf)")
+    parser.add_argument("--ctx", dest="n_ctx", type=int, help="context window in tokens (default 4096)")
+    parser.add_argument("--threads", dest="n_threads", type=int, help="CPU threads (default: all)")
+    parser.add_argument("--no-watch", action="store_true", help="do not reload when lore or model files change")
+    parser.add_argument("--retrain", action="store_true",
+                        help="after lore edits, rebuild (compile, train, export) in the background and swap it in")
+
+
+def command(args: argparse.Namespace) -> int:
+    from lorekit import config
+    from lorekit.serve import run
+    from lorekit.serve.config import ServeConfig
+
+    overrides = {"host": args.host, "port": args.port, "token": args.token, "model": args.model,
+                 "n_ctx": args.n_ctx, "n_threads": args.n_threads,
+                 "watch": False if args.no_watch else None, "retrain": True if args.retrain else None}
+    cfg = config.load(ServeConfig, "serve", args.lore_dir, overrides)
+
+    def ready(app) -> None:
+        npcs = ", ".join(app.lore.current.npcs)
+        print(f"LoreKit serving {len(app.lore.current.npcs)} NPCs ({npcs})", flush=True)
+        print(f"  model: {app.engine.path}", flush=True)
+        print(f"  game protocol and HTTP on {cfg.host}:{app.port}  (Ctrl+C to stop)", flush=True)
+        print(f"  try: lorekit chat {next(iter(app.lore.current.npcs))} --port {app.port}", flush=True)
+
+    run(args.lore_dir, args.out, cfg, on_ready=ready)
+    return 0

@@ -1,0 +1,87 @@
+"""`lorekit chat NPC`: talk to an NPC in the terminal, through a running `lorekit serve`.
+
+It uses the reference client (`runtime/python/lorekit_client.py`), so it speaks exactly what a game
+speaks. Commands: /reset forgets the conversation, /status shows reload errors, /quit leaves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from lorekit.errors import LorekitError
+
+CLIENT = Path(__file__).resolve().parents[2] / "runtime" / "python" / "lorekit_client.py"
+
+
+def load_client():
+    """The reference client module, loaded from the repository's runtime/python folder."""
+    if not CLIENT.is_file():
+        raise LorekitError(f"{CLIENT}: reference client not found (run LoreKit from a clone: pip install -e .)")
+    spec = importlib.util.spec_from_file_location("lorekit_client", CLIENT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("lorekit_client", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("npc", help="NPC id (see `lorekit chat --list`), e.g. mara-vell")
+    parser.add_argument("--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7861, help="server port (default 7861)")
+    parser.add_argument("--token", help="the server's token, if it has one")
+    parser.add_argument("--session", default="terminal", help="conversation to continue (default: terminal)")
+    parser.add_argument("--state", help='game state as JSON, e.g. \'{"location": "Cinderfall"}\'')
+    parser.add_argument("--say", action="append", help="say this and exit (repeatable; no prompt)")
+
+
+def command(args: argparse.Namespace) -> int:
+    import json
+
+    lk = load_client()
+    state = json.loads(args.state) if args.state else None
+    try:
+        client = lk.LoreKitClient(args.host, args.port, token=args.token, client="lorekit chat").connect()
+    except OSError as e:
+        raise LorekitError(f"no server at {args.host}:{args.port} ({e}); start one with `lorekit serve LORE_DIR`") from None
+    with client:
+        npcs = {n["id"]: n for n in client.list_npcs()}
+        if args.npc not in npcs:
+            raise LorekitError(f"no NPC {args.npc!r} on this server (known: {', '.join(npcs)})")
+        npc = npcs[args.npc]
+        if args.say:
+            for line in args.say:
+                _turn(client, lk, args, line, state, npc["name"])
+            return 0
+        print(f"Talking to {npc['name']} (session {args.session}). /reset, /status, /quit.")
+        if npc["greeting"]:
+            print(f"{npc['name']}: {npc['greeting']}")
+        while True:
+            try:
+                line = input("you> ").strip()
+            except EOFError:
+                print()
+                return 0
+            if line in ("/quit", "/exit"):
+                return 0
+            if line == "/reset":
+                print(f"(forgot {client.reset(args.npc, args.session)} turns)")
+            elif line == "/status":
+                print(json.dumps(client.status(), indent=1))
+            elif line:
+                _turn(client, lk, args, line, state, npc["name"])
+
+
+def _turn(client, lk, args, line: str, state, name: str) -> None:
+    print(f"{name}: ", end="", flush=True)
+    try:
+        done = client.turn(args.npc, line, session=args.session, state=state,
+                           on_token=lambda t: print(t, end="", flush=True))
+    except lk.LoreKitError as e:
+        print(f"\n(error {e.code}: {e.message})")
+        return
+    t = done["timings"]
+    print(f"\n  [{done['tokens']['completion']} tokens, first token {t['first_token_ms']} ms, "
+          f"{t['tokens_per_s']} tokens/s]", file=sys.stderr)

@@ -1,0 +1,41 @@
+"""`[serve]` settings: the NPC dialogue server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lorekit.config import opt
+
+DEFAULT_PORT = 7861
+
+
+@dataclass
+class ServeConfig:
+    host: str = opt("127.0.0.1", "address to listen on; anything but loopback requires `token`")
+    port: int = opt(DEFAULT_PORT, "TCP port for both the game protocol and HTTP (0 picks a free one)")
+    token: str = opt("", "shared secret clients must send (hello.token or `Authorization: Bearer`)")
+    model: str = opt("", "GGUF to serve; empty: OUT/export/model.gguf, else the base model of the default profile")
+    adapter: str = opt("", "LoRA adapter GGUF applied to `model`; empty: none (a merged model.gguf needs none)")
+    family: str = opt("", "chat format (gemma3, gemma4); empty: OUT/export/export.json, else the GGUF's architecture")
+    n_ctx: int = opt(4096, "context window in tokens; history is trimmed to fit it")
+    n_batch: int = opt(512, "prompt tokens processed per llama.cpp batch")
+    n_threads: int = opt(0, "CPU threads for llama.cpp; 0: all cores")
+    gpu_layers: int = opt(0, "layers offloaded to a GPU (-1: all) when llama.cpp was built with one")
+    swa_full: bool = opt(True, "keep Gemma's full sliding-window cache so conversations and NPC switches reuse it")
+    state_cache_mb: int = opt(512, "memory for saved per-NPC prompt states (switching NPCs without re-processing)")
+    max_tokens: int = opt(200, "default reply length cap in tokens")
+    temperature: float = opt(0.7, "default sampling temperature (0: greedy)")
+    top_p: float = opt(0.95, "nucleus sampling")
+    top_k: int = opt(40, "top-k sampling")
+    repeat_penalty: float = opt(1.1, "penalty for repeating recent tokens")
+    seed: int = opt(-1, "sampling seed; -1: random")
+    history_max_turns: int = opt(200, "turns kept per (NPC, session) on disk; the prompt keeps what fits n_ctx")
+    handshake_timeout: float = opt(10.0, "seconds a new connection has to send its first line")
+    idle_timeout: float = opt(300.0, "seconds of silence (nothing in flight) before a connection is closed")
+    max_line: int = opt(65536, "longest request line in bytes")
+    max_turns_per_client: int = opt(8, "turns one connection may have queued or streaming")
+    watch: bool = opt(True, "reload lore and model files when they change")
+    debounce: float = opt(0.25, "seconds of quiet after a lore edit before reloading")
+    retrain: bool = opt(False, "after lore edits, run compile -> train -> export in the background and swap in the result")
+    retrain_debounce: float = opt(10.0, "seconds of quiet after a lore edit before a retrain starts")
+    verbose_llama: bool = opt(False, "print llama.cpp's own log")

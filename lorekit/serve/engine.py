@@ -1,0 +1,245 @@
+"""The model: one llama.cpp context, driven by one worker thread, with saved per-conversation state.
+
+llama.cpp contexts are not thread-safe, so exactly one thread (the scheduler's worker) calls into an
+`Engine`. Switching between NPCs does not re-process each persona: before the context moves to
+another conversation, its KV cache is saved (`llama_state_seq_get_data`) under the conversation's
+key; a later turn restores whichever saved state shares the longest token prefix with its prompt,
+and llama.cpp then only processes the new suffix. Gemma's sliding-window layers keep their full
+cache (`swa_full`), otherwise a restored or truncated cache would miss positions and the prefix
+could not be reused.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lorekit.chat_formats import ChatFormat
+from lorekit.errors import LorekitError
+from lorekit.serve.textstream import StopScanner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sampling:
+    max_tokens: int = 200
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    repeat_penalty: float = 1.1
+
+
+@dataclass
+class Generation:
+    text: str = ""
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_ms: float = 0.0
+    gen_s: float = 0.0
+    first_piece_at: float | None = None  # time.perf_counter() of the first emitted piece
+
+    @property
+    def tokens_per_s(self) -> float:
+        return round((self.completion_tokens - 1) / self.gen_s, 2) if self.completion_tokens > 1 and self.gen_s else 0.0
+
+
+@dataclass
+class Snapshot:
+    tokens: np.ndarray
+    data: bytes = field(repr=False)
+
+
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.nonzero(a[:n] != b[:n])[0]
+    return int(diff[0]) if len(diff) else n
+
+
+class StateCache:
+    """Saved KV states by conversation key, least recently used evicted beyond `max_bytes`."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[object, Snapshot] = OrderedDict()
+
+    def put(self, key: object, snap: Snapshot) -> None:
+        self.entries.pop(key, None)
+        self.entries[key] = snap
+        while self.entries and sum(len(s.data) for s in self.entries.values()) > self.max_bytes:
+            self.entries.popitem(last=False)
+
+    def best(self, tokens: np.ndarray) -> tuple[object, Snapshot | None, int]:
+        best: tuple[object, Snapshot | None, int] = (None, None, 0)
+        for key, snap in self.entries.items():
+            n = common_prefix(snap.tokens, tokens)
+            if n > best[2]:
+                best = (key, snap, n)
+        if best[1] is not None:
+            self.entries.move_to_end(best[0])
+        return best
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+def gguf_family(llm) -> str:
+    arch = str(llm.metadata.get("general.architecture", "")).lower()
+    return "gemma4" if arch.startswith("gemma4") else "gemma3"
+
+
+class Engine:
+    def __init__(self, model: Path, adapter: Path | None = None, *, n_ctx: int = 4096, n_batch: int = 512,
+                 n_threads: int = 0, gpu_layers: int = 0, swa_full: bool = True, seed: int = -1,
+                 state_cache_mb: int = 512, verbose: bool = False):
+        try:
+            import llama_cpp
+        except ImportError:
+            raise LorekitError("llama-cpp-python is not installed; run: pip install 'lorekit[serve]'") from None
+        self.path, self.adapter = Path(model), Path(adapter) if adapter else None
+        if not self.path.is_file():
+            raise LorekitError(f"{self.path}: no such model file (run `lorekit build` or pass --model PATH)")
+        threads = n_threads or None
+        try:
+            self.llm = llama_cpp.Llama(
+                model_path=str(self.path), lora_path=str(self.adapter) if self.adapter else None,
+                n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads, n_threads_batch=threads,
+                n_gpu_layers=gpu_layers, swa_full=swa_full, seed=seed if seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
+                verbose=verbose,
+            )
+        except (ValueError, RuntimeError, OSError) as e:
+            raise LorekitError(f"{self.path}: llama.cpp could not load it ({e})") from None
+        self._lib = llama_cpp
+        self.vocab = self.llm._model.vocab
+        self.n_ctx = self.llm.n_ctx()
+        self.family = gguf_family(self.llm)
+        self.states = StateCache(state_cache_mb * 1024 * 1024)
+        self.live_key: object = None
+        self.loaded_at = time.time()
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of already-rendered chat text (it carries its own `<bos>`)."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def stop_ids(self, fmt: ChatFormat) -> set[int]:
+        ids = set()
+        for marker in (fmt.end_of_turn, fmt.turn_open):
+            toks = self.tokenize(marker)
+            if len(toks) == 1:
+                ids.add(toks[0])
+        return ids
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self.vocab, token))
+
+    # -- per-conversation state ---------------------------------------------------------------
+
+    def _save_live(self) -> None:
+        llm, ctx = self.llm, self.llm._ctx.ctx
+        if self.live_key is None or llm.n_tokens == 0:
+            return
+        size = self._lib.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        n = self._lib.llama_state_seq_get_data(ctx, buf, size, 0)
+        if n:
+            self.states.put(self.live_key, Snapshot(llm.input_ids[: llm.n_tokens].copy(), bytes(buf)[:n]))
+
+    def _restore(self, snap: Snapshot) -> bool:
+        llm, ctx = self.llm, self.llm._ctx.ctx
+        mem = self._lib.llama_get_memory(ctx)
+        self._lib.llama_memory_clear(mem, True)
+        buf = (ctypes.c_uint8 * len(snap.data)).from_buffer_copy(snap.data)
+        if not self._lib.llama_state_seq_set_data(ctx, buf, len(snap.data), 0):
+            log.warning("restoring a saved prompt state failed; processing the prompt again")
+            llm.reset()
+            return False
+        llm.input_ids[: len(snap.tokens)] = snap.tokens
+        llm.n_tokens = len(snap.tokens)
+        llm._requires_eval = True
+        return True
+
+    def prepare(self, key: object, tokens: list[int]) -> int:
+        """Put the context in the best state for `tokens`; return how many prompt tokens are reused."""
+        llm = self.llm
+        want = np.asarray(tokens, dtype=np.intc)
+        live = common_prefix(llm.input_ids[: llm.n_tokens], want)
+        if key != self.live_key:
+            self._save_live()
+            self.live_key = key
+        _, snap, n = self.states.best(want)
+        if snap is not None and n > live and self._restore(snap):
+            live = n
+        elif snap is not None and n > live:
+            live = 0
+        return min(live, len(tokens) - 1)
+
+    def forget_states(self) -> None:
+        """Drop every saved state (after a model swap or a reload that changes prompts)."""
+        self.states.clear()
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def generate(self, key: object, tokens: list[int], fmt: ChatFormat, sampling: Sampling,
+                 cancel: threading.Event, emit: Callable[[str], None]) -> Generation:
+        """Generate one reply, calling `emit(text)` for each safe piece; stops at end of turn."""
+        out = Generation(prompt_tokens=len(tokens))
+        t0 = time.perf_counter()
+        out.cached_tokens = self.prepare(key, tokens)
+        stops, scanner = self.stop_ids(fmt), StopScanner([fmt.end_of_turn, fmt.turn_open, fmt.bos])
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pieces: list[str] = []
+        t_first = None
+        gen = self.llm.generate(tokens, temp=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                                repeat_penalty=sampling.repeat_penalty, reset=True)
+        try:
+            for token in gen:
+                now = time.perf_counter()
+                if t_first is None:
+                    t_first, out.prompt_ms = now, (now - t0) * 1000
+                if cancel.is_set():
+                    out.finish_reason = "cancelled"
+                    break
+                if token in stops or self.is_eog(token):
+                    out.finish_reason = "stop"
+                    break
+                out.completion_tokens += 1
+                text = scanner.feed(decoder.decode(self.llm._model.token_to_piece(token)))
+                if text:
+                    pieces.append(text)
+                    out.first_piece_at = out.first_piece_at or time.perf_counter()
+                    emit(text)
+                if scanner.stopped:
+                    out.finish_reason = "stop"
+                    break
+                if out.completion_tokens >= sampling.max_tokens:
+                    out.finish_reason = "length"
+                    break
+        finally:
+            gen.close()
+        if out.finish_reason != "stop" or not scanner.stopped:
+            tail = scanner.finish() + decoder.decode(b"", final=True)
+            if tail and out.finish_reason != "cancelled":
+                pieces.append(tail)
+                emit(tail)
+        out.gen_s = time.perf_counter() - (t_first or t0)
+        out.text = "".join(pieces).strip()
+        return out
+
+    def close(self) -> None:
+        self.states.clear()
+        self.llm.close()

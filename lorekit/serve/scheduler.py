@@ -1,0 +1,99 @@
+"""Fair turn queue: one deque per client, served in rotation, so a chatty client cannot starve others.
+
+The asyncio side submits and cancels; the single model worker thread takes the next turn.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lorekit.serve.engine import Sampling
+
+
+class TurnSink:
+    """Where a turn's output goes. Called from the worker thread; implementations hop to the loop."""
+
+    def piece(self, text: str) -> None: ...
+
+    def done(self, result: dict[str, Any]) -> None: ...
+
+    def error(self, code: str, message: str) -> None: ...
+
+
+@dataclass
+class Turn:
+    client: object  # fairness key: one per connection
+    rid: Any  # the request id
+    npc: str
+    text: str
+    sink: TurnSink
+    session: str | None = "default"  # None: stateless (HTTP), `messages` is the conversation
+    state: dict | None = None
+    messages: list[dict] | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    received: float = field(default_factory=time.perf_counter)
+
+
+class Scheduler:
+    def __init__(self) -> None:
+        self._queues: OrderedDict[object, deque[Turn]] = OrderedDict()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.running: Turn | None = None
+
+    def submit(self, turn: Turn) -> None:
+        with self._cond:
+            self._queues.setdefault(turn.client, deque()).append(turn)
+            self._cond.notify()
+
+    def next(self, timeout: float | None = None) -> Turn | None:
+        """The next turn in client rotation; None when closed or after `timeout` seconds."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._closed or self._queues, timeout):
+                return None
+            if self._closed:
+                return None
+            client, queue = self._queues.popitem(last=False)
+            turn = queue.popleft()
+            if queue:  # this client goes to the back of the rotation
+                self._queues[client] = queue
+            self.running = turn
+            return turn
+
+    def finished(self, turn: Turn) -> None:
+        with self._cond:
+            if self.running is turn:
+                self.running = None
+
+    def remove(self, turn: Turn) -> bool:
+        """Take a queued turn out; False if it is not queued (running or finished)."""
+        with self._cond:
+            queue = self._queues.get(turn.client)
+            if queue is None or turn not in queue:
+                return False
+            queue.remove(turn)
+            if not queue:
+                del self._queues[turn.client]
+            return True
+
+    def depth(self) -> int:
+        with self._cond:
+            return sum(len(q) for q in self._queues.values())
+
+    def drain(self, each: Callable[[Turn], None]) -> None:
+        with self._cond:
+            turns = [t for q in self._queues.values() for t in q]
+            self._queues.clear()
+        for t in turns:
+            each(t)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()

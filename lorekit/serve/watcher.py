@@ -1,0 +1,106 @@
+"""Watch the lore folder and the export folder; reload after a short quiet period (debounce).
+
+Lore edits reload the vault within about a second; a new `model.gguf` or `adapter.gguf` in
+`OUT/export/` (or a new file at --model) is loaded beside the old model and swapped in.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lorekit.serve.app import App
+
+log = logging.getLogger(__name__)
+
+MODEL_FILES = {"model.gguf", "adapter.gguf", "export.json"}
+MODEL_DEBOUNCE = 1.0
+
+
+class Debounced:
+    """Run `fn` in its own thread once no call to `trigger` came for `delay` seconds."""
+
+    def __init__(self, delay: float, fn):
+        self.delay, self.fn, self._timer, self._lock = delay, fn, None, threading.Lock()
+
+    def trigger(self) -> None:
+        with self._lock:
+            if self._timer:
+                self._timer.cancel()
+            self._timer = threading.Timer(self.delay, self._run)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _run(self) -> None:
+        try:
+            self.fn()
+        except Exception:
+            log.exception("reload failed")
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._timer:
+                self._timer.cancel()
+
+
+def lore_relevant(path: str, root: Path) -> bool:
+    """Pages, config and templates count; hidden folders (.obsidian), `_drafts` and editor swap files do not."""
+    try:
+        rel = Path(path).resolve().relative_to(root)
+    except ValueError:
+        return False
+    if any(part.startswith((".", "_")) for part in rel.parts):
+        return False
+    return rel.suffix.lower() in (".md", ".toml", ".j2", ".yaml", ".yml")
+
+
+class Watcher:
+    def __init__(self, app: App):
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        self.app = app
+        self.lore_root = app.lore_dir.resolve()
+        self.lore = Debounced(app.cfg.debounce, app.reload_lore)
+        self.model = Debounced(MODEL_DEBOUNCE, app.reload_model)
+        self.model_dirs = {(app.out / "export").resolve()}
+        if app.cfg.model:
+            self.model_dirs.add(Path(app.cfg.model).resolve().parent)
+        self.model_names = MODEL_FILES | {Path(app.cfg.model).name} if app.cfg.model else MODEL_FILES
+        watcher = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event) -> None:
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                for path in (event.src_path, getattr(event, "dest_path", "") or ""):
+                    if path:
+                        watcher.changed(str(path))
+
+        self.observer = Observer()
+        self.observer.schedule(Handler(), str(self.lore_root), recursive=True)
+        for folder in self.model_dirs:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.observer.schedule(Handler(), str(folder), recursive=False)
+
+    def changed(self, path: str) -> None:
+        p = Path(path)
+        if p.name in self.model_names and p.resolve().parent in self.model_dirs:
+            log.info("model file changed: %s", p)
+            self.model.trigger()
+        elif lore_relevant(path, self.lore_root):
+            log.debug("lore changed: %s", p)
+            self.lore.trigger()
+
+    def start(self) -> None:
+        self.observer.daemon = True
+        self.observer.start()
+
+    def stop(self) -> None:
+        self.lore.cancel()
+        self.model.cancel()
+        self.observer.stop()
+        self.observer.join(5)

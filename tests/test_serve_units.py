@@ -1,0 +1,80 @@
+"""Unit tests of the runtime's pure parts: stop markers, sentences, history files, fair queue."""
+
+from __future__ import annotations
+
+import json
+
+from lorekit.serve.scheduler import Scheduler, Turn, TurnSink
+from lorekit.serve.sessions import SessionStore, file_name
+from lorekit.serve.textstream import SentenceSplitter, StopScanner
+
+
+def feed_all(scanner: StopScanner, pieces: list[str]) -> str:
+    return "".join(scanner.feed(p) for p in pieces) + scanner.finish()
+
+
+def test_stop_marker_split_across_pieces_never_leaks():
+    s = StopScanner(["<end_of_turn>", "<start_of_turn>"])
+    out = [s.feed(p) for p in ["Hello", " there", "<end", "_of", "_turn>", "user\nhi"]]
+    assert "".join(out) == "Hello there"
+    assert s.stopped
+    assert all("<" not in piece for piece in out)
+
+
+def test_held_back_text_is_released_when_not_a_marker():
+    s = StopScanner(["<end_of_turn>"])
+    assert s.feed("a <en") == "a "
+    assert s.feed("dless road") == "<endless road"
+    assert feed_all(StopScanner(["<end_of_turn>"]), ["x <", "3"]) == "x <3"
+
+
+def test_sentences_come_out_as_soon_as_they_end():
+    sp = SentenceSplitter()
+    assert sp.feed("Mara Vell leads") == []
+    assert sp.feed(" the guild. Why") == ["Mara Vell leads the guild."]
+    assert sp.feed(' ask?" She left! Go') == ['Why ask?"', "She left!"]
+    assert sp.flush() == ["Go"]
+    assert sp.count == 4
+
+
+def test_abbreviations_do_not_end_sentences():
+    sp = SentenceSplitter()
+    assert sp.feed("Ask Mr. Fenn about it. ") == ["Ask Mr. Fenn about it."]
+
+
+def test_history_persists_and_resets(tmp_path):
+    store = SessionStore(tmp_path, max_turns=3)
+    for i in range(5):
+        store.append("mara-vell", "save:1", f"q{i}", f"a{i}")
+    store.append("oren", "save:1", "hi", "hello")
+    again = SessionStore(tmp_path)
+    assert [t["user"] for t in again.history("mara-vell", "save:1")] == ["q2", "q3", "q4"]
+    data = json.loads((tmp_path / file_name("mara-vell", "save:1")).read_text())
+    assert data["session"] == "save:1" and len(data["turns"]) == 3
+    assert again.reset("*", "save:1") == 4
+    assert SessionStore(tmp_path).history("oren", "save:1") == []
+
+
+def test_damaged_history_file_starts_over(tmp_path):
+    (tmp_path / file_name("a", "s")).write_text("{not json")
+    assert SessionStore(tmp_path).history("a", "s") == []
+    assert (tmp_path / (file_name("a", "s") + ".bad")).exists() or list(tmp_path.glob("*.bad"))
+
+
+def test_scheduler_rotates_between_clients():
+    sched = Scheduler()
+    sink = TurnSink()
+    for i in range(3):
+        sched.submit(Turn(client="A", rid=f"a{i}", npc="n", text="t", sink=sink))
+    sched.submit(Turn(client="B", rid="b0", npc="n", text="t", sink=sink))
+    order = [sched.next(0).rid for _ in range(4)]
+    assert order == ["a0", "b0", "a1", "a2"]
+    assert sched.next(0.01) is None
+
+
+def test_scheduler_remove_queued_turn():
+    sched = Scheduler()
+    t = Turn(client="A", rid=1, npc="n", text="t", sink=TurnSink())
+    sched.submit(t)
+    assert sched.remove(t) and not sched.remove(t)
+    assert sched.depth() == 0
