@@ -134,8 +134,7 @@ def torch_pair(model_name: str, adapter_dir: Path, family: str, stop: tuple[str,
     if not (adapter_dir / "adapter_config.json").is_file():
         raise LorekitError(f"{adapter_dir}: no adapter_config.json; run `lorekit train` first")
     torch.manual_seed(seed)
-    loaded = load_model(model_name)
-    model, tokenizer = loaded if isinstance(loaded, tuple) else (loaded.model, loaded.tokenizer)
+    model, tokenizer, _profile = load_model(model_name)
     model.eval()
     base = TorchGenerator(model, tokenizer, family, stop, max_tokens)
     tuned_model = PeftModel.from_pretrained(model, str(adapter_dir))
