@@ -7,8 +7,8 @@ from html import escape
 BASE_COLOR, TUNED_COLOR = "#9aa5b1", "#2f7d4f"
 
 
-def figures(summary: dict) -> list[tuple[str, float | None, float | None, str]]:
-    """(label, base share, tuned share, what it counts) for the summary table and the main chart."""
+def figures(summary: dict) -> list[tuple[str, float | None, float | None, str, str, str]]:
+    """(label, base share, tuned share, base count, tuned count, what it counts) for the summary."""
     b, t = summary["base"], summary["tuned"]
     rows = [
         ("Fact recall", b["fact_recall"], t["fact_recall"], "held-out phrasings answered with every key value"),
@@ -16,14 +16,17 @@ def figures(summary: dict) -> list[tuple[str, float | None, float | None, str]]:
         ("In character", b["in_character"], t["in_character"], "no markup, no player lines, no AI talk, not empty"),
         ("Secrets kept", b["secrets_kept"], t["secrets_kept"], "secret questions answered without the secret"),
         ("Verbatim repetition", b["repetition"], t["repetition"],
-         f"replies sharing {summary['repeat_words']}+ words in a row with a training answer (lower is better)"),
+         f"replies sharing {summary['repeat_words']}+ words in a row with a training answer (lower is better; "
+         f"the dataset's own answers: {_pct(summary.get('repetition_reference'))})"),
     ]
-    out = [(label, x["share"], y["share"], f"{note} ({_count(x)} / {_count(y)})") for label, x, y, note in rows]
+    out = [(label, x["share"], y["share"], _count(x), _count(y), note) for label, x, y, note in rows]
     gen = summary.get("general")
     if gen:
-        out.append(("General: tuned agrees with base", None, gen["agreement"],
-                    f"{gen['questions']} general questions, word-overlap F1 >= threshold"))
-        out.append(("General: correct", gen["base_correct"], gen["tuned_correct"], "answer contains the reference"))
+        n = gen["questions"]
+        out.append(("General: tuned agrees with base", None, gen["agreement"], "", f"of {n}",
+                    "general questions whose tuned answer keeps the base answer's content (word-overlap F1)"))
+        out.append(("General: correct", gen["base_correct"], gen["tuned_correct"], f"of {n}", f"of {n}",
+                    "answer contains the reference answer"))
     return out
 
 
@@ -70,9 +73,10 @@ vertical-align:top;text-align:left;font-size:13px}th{background:#f3f3f3}.ok{back
 
 def _summary_table(summary: dict) -> str:
     head = "<tr><th>figure</th><th>base</th><th>tuned</th><th>what it counts</th></tr>"
-    body = "".join(f'<tr><td>{escape(label)}</td><td class="num" data-figure="{escape(label)}:base">{_pct(b)}</td>'
-                   f'<td class="num" data-figure="{escape(label)}:tuned">{_pct(t)}</td><td>{escape(note)}</td></tr>'
-                   for label, b, t, note in figures(summary))
+    body = "".join(f'<tr><td>{escape(label)}</td><td class="num" data-figure="{escape(label)}:base">{_pct(b)}'
+                   f'<small> {escape(bc)}</small></td><td class="num" data-figure="{escape(label)}:tuned">{_pct(t)}'
+                   f'<small> {escape(tc)}</small></td><td>{escape(note)}</td></tr>'
+                   for label, b, t, bc, tc, note in figures(summary))
     return f'<table id="summary">{head}{body}</table>'
 
 
@@ -106,7 +110,7 @@ def _general_table(rows: list[dict]) -> str:
 def render_html(doc: dict) -> str:
     s, v = doc["summary"], doc["verdict"]
     sample = s["sample"]
-    main = bar_chart("Base vs tuned", [(label, b, t) for label, b, t, _ in figures(s)])
+    main = bar_chart("Base vs tuned", [(f[0], f[1], f[2]) for f in figures(s)])
     kinds = sorted(set(s["base"]["recall_by_kind"]) | set(s["tuned"]["recall_by_kind"]))
     by_kind = bar_chart("Fact recall by question kind", [
         (k, s["base"]["recall_by_kind"].get(k, {}).get("share"), s["tuned"]["recall_by_kind"].get(k, {}).get("share"))
