@@ -87,7 +87,7 @@ def run(lore_dir: Path | str, out: Path | str, cfg: CompileConfig | None = None)
         store.save()
     dataset = out / "dataset"
     wall = time.perf_counter() - t0
-    log.info("compiled %d train and %d eval rows in %.2f s", len(train_lines), len(eval_lines), wall)
+    log.debug("compiled %d train and %d eval rows in %.2f s", len(train_lines), len(eval_lines), wall)
     return CompileResult(out, dataset / "train.jsonl", dataset / "eval.jsonl", dataset / "report.json", report,
                          built.problems, wall)
 

@@ -76,7 +76,8 @@ def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
     except TemplateFailure as e:
         built.problems.append(error(e.template, e.line, e.message, "fix the persona or keeper template"))
         return built
-    built.facts = facts_of(vault)
+    skip = {f.lower().replace(" ", "_").replace("-", "_") for f in cfg.skip_fields}
+    built.facts = [f for f in facts_of(vault) if f.kind in cfg.fact_kinds and not (f.kind != "summary" and f.field in skip)]
     builder = Builder(vault, cfg, templates, systems)
     _fact_units(built, builder, store, templates.digest())
     extras = Rows()

@@ -20,6 +20,9 @@ class CompileConfig:
     unknown_per_npc: int = opt(4, "questions per NPC about real pages it does not know, answered 'I don't know'")
     secret_rows: int = opt(3, "refusal rows per NPC and secret page")
     greetings: int = opt(2, "greeting rows per NPC")
+    fact_kinds: list[str] = opt(["field", "reverse", "summary", "section"],
+                                "which facts to teach: field, reverse (links asked backwards), summary, section")
+    skip_fields: list[str] = opt([], "front matter fields not to teach (e.g. [\"aliases\"]) to keep the dataset small")
     keeper: bool = opt(True, "also teach public facts without a persona, as a neutral lore keeper")
     format: Literal["sharegpt", "openai"] = opt("sharegpt", "row format: ShareGPT `conversations` or OpenAI `messages`")
     template_dir: str = opt("", "extra template folder that overrides the vault's _templates/ and the defaults")

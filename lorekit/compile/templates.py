@@ -45,6 +45,15 @@ def possessive(name: Any) -> str:
     return name + ("'" if name.endswith("s") else "'s")
 
 
+def article(text: Any) -> str:
+    """"smuggler" -> "a smuggler", "inn" -> "an inn"; left alone when it already has one or is a name."""
+    text = str(text).strip()
+    first = text.split(" ", 1)[0].lower()
+    if not text or first in ("a", "an", "the", "one", "two", "three") or text[0].isupper() or text[0].isdigit():
+        return text
+    return ("an " if text[0].lower() in "aeiou" else "a ") + text
+
+
 def _no_random(*_args: Any) -> Any:
     raise jinja2.TemplateRuntimeError("`random` is not allowed (builds must be reproducible); use pick(list)")
 
@@ -70,6 +79,7 @@ class Templates:
         self.env.filters["random"] = _no_random
         self.env.filters["and_list"] = and_list
         self.env.filters["possessive"] = possessive
+        self.env.filters["article"] = article
         self.names = set(self.env.list_templates(extensions=["j2"]))
         self._cache: dict[str, jinja2.Template] = {}
 

@@ -55,7 +55,7 @@ def entity_facts(vault: Vault, entity: Entity, reverse: dict | None = None) -> l
             continue
         text = short(section.text)
         out.append(Fact(f"{entity.id}.section.{slug(section.heading)}", "section", entity.id, section.heading,
-                        section.heading.lower(), (text,), _expect_in(vault, text, entity, section.targets),
+                        re.sub(r"^the\s+", "", section.heading.lower()), (text,), _expect_in(vault, text, entity, section.targets),
                         frozenset({entity.id}),
                         entity.page, section.text_line))
     for key, parts in entity.fields.items():

@@ -36,7 +36,8 @@ def parse(text: str, first_line: int) -> tuple[dict[str, Any], dict[str, int]]:
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
+        # the start of the unclosed construct (`[`, a quote) is where the fix goes, when known
+        mark = e.context_mark or e.problem_mark
         line = first_line + (mark.line if mark else 0)
         raise FrontMatterError(f"malformed YAML front matter: {e.problem or e}", line) from None
     except yaml.YAMLError as e:
