@@ -1,0 +1,129 @@
+"""The shared conformance scenario (runtime/conformance/SCENARIO.md), driven through the Python
+reference client (runtime/python/lorekit_client.py).
+
+Usage: python3 python_conformance.py HOST PORT SCENARIO_JSON LABEL
+Prints one JSON line per step on stdout; the runner judges them (runtime/conformance/judge.py).
+The reference client is synchronous and does not reconnect by itself: for the reconnect step this
+program does what a Python tool would do, wait for the connection to drop and call connect() again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python"))
+import lorekit_client as lk  # noqa: E402
+
+
+def emit(step: dict) -> None:
+    sys.stdout.write(json.dumps(step, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def record(event: dict) -> dict:
+    """The same observations every client reports, whatever its own event shapes."""
+    kind = event["type"]
+    if kind == "token":
+        return {"type": "token", "text": event["text"]}
+    if kind == "sentence":
+        return {"type": "sentence", "index": event["index"], "text": event["text"]}
+    if kind == "done":
+        return {"type": "done", "text": event["text"], "finish_reason": event["finish_reason"],
+                "npc": event.get("npc"), "session": event.get("session"),
+                "completion_tokens": (event.get("tokens") or {}).get("completion")}
+    if kind == "error":
+        return {"type": "error", "code": event["code"], "message": event["message"]}
+    return {"type": kind}
+
+
+def run_turn(client: lk.LoreKitClient, npc: str, text: str, session: str, cancel_on_first_token: bool = False,
+             **options) -> tuple[list, bool, int | None]:
+    rid = client.start_turn(npc, text, session=session, **options)
+    events, cancel_after = [], None
+    try:
+        for event in client.events(rid):
+            events.append(record(event))
+            if cancel_on_first_token and cancel_after is None and event["type"] == "token":
+                cancel_after = len(events)
+                client.cancel(rid)
+    except TimeoutError:
+        return events, True, cancel_after
+    return events, False, cancel_after
+
+
+def connect_with_retry(client: lk.LoreKitClient, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            client.connect()
+            return True
+        except OSError:
+            client.close()
+            time.sleep(0.2)
+    return False
+
+
+def wait_for_drop(client: lk.LoreKitClient, seconds: float) -> str | None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            client.recv(timeout=max(0.1, deadline - time.monotonic()))
+        except (ConnectionError, OSError) as e:
+            client.close()
+            return str(e) or type(e).__name__
+    return None
+
+
+def main() -> int:
+    host, port, scenario_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    label = sys.argv[4] if len(sys.argv) > 4 else "python"
+    scenario = json.loads(Path(scenario_path).read_text(encoding="utf-8"))
+    session = f"{scenario['session_prefix']}-{label}"
+    timeouts = scenario["timeouts_s"]
+    client = lk.LoreKitClient(host, port, timeout=timeouts["step"], client=f"conformance/{label}")
+
+    start = time.perf_counter()
+    ok = connect_with_retry(client, timeouts["connect"])
+    emit({"step": "connect", "ok": ok, "protocol": client.server_info.get("protocol"),
+          "server": client.server_info.get("server"), "elapsed_ms": (time.perf_counter() - start) * 1000})
+    if not ok:
+        emit({"step": "end"})
+        return 1
+
+    npcs = client.list_npcs()
+    emit({"step": "list_npcs", "events": [{"type": "npcs", "npcs": npcs}]})
+    npc = scenario["npc"] or (npcs[0]["id"] if npcs else "missing")
+
+    turn = scenario["turn"]
+    start = time.perf_counter()
+    events, timed_out, _ = run_turn(client, npc, turn["text"], session, state=turn["state"],
+                                    max_tokens=turn["max_tokens"], temperature=turn["temperature"])
+    emit({"step": "turn", "npc": npc, "session": session, "timed_out": timed_out, "events": events,
+          "total_ms": (time.perf_counter() - start) * 1000})
+
+    cancel = scenario["cancel"]
+    events, timed_out, cancel_after = run_turn(client, npc, cancel["text"], session, cancel_on_first_token=True,
+                                               max_tokens=cancel["max_tokens"], temperature=cancel["temperature"])
+    emit({"step": "cancel", "npc": npc, "session": session, "timed_out": timed_out, "events": events,
+          "cancel_sent_after_events": cancel_after})
+
+    unknown = scenario["unknown_npc"]
+    events, timed_out, _ = run_turn(client, unknown["npc"], unknown["text"], session)
+    emit({"step": "unknown_npc", "npc": unknown["npc"], "timed_out": timed_out, "events": events})
+
+    emit({"step": "await_restart"})
+    reason = wait_for_drop(client, timeouts["reconnect"])
+    reconnected = reason is not None and connect_with_retry(client, timeouts["reconnect"])
+    after = [{"type": "npcs", "npcs": client.list_npcs()}] if reconnected else []
+    emit({"step": "reconnect", "disconnected": reason is not None, "reason": reason, "reconnected": reconnected,
+          "events": after})
+    client.close()
+    emit({"step": "end"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The Godot 4 addon: parsed and linted with gdtoolkit (no Godot 4 binary exists here to run it)."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ADDON = Path(__file__).resolve().parent.parent / "runtime" / "godot" / "addons" / "lorekit"
+SCRIPTS = sorted(ADDON.rglob("*.gd"))
+
+
+def _tool(name: str) -> str:
+    exe = shutil.which(name)
+    if not exe:
+        pytest.skip(f"{name} not installed (pip install gdtoolkit; runtime/conformance/install_deps.sh)")
+    return exe
+
+
+def test_addon_has_the_expected_scripts():
+    names = {p.relative_to(ADDON).as_posix() for p in SCRIPTS}
+    assert {"plugin.gd", "lorekit_client.gd", "example/npc_chat_example.gd"} <= names
+
+
+@pytest.mark.parametrize("tool", ["gdparse", "gdlint"])
+def test_gdscript_parses_and_lints(tool):
+    proc = subprocess.run([_tool(tool), *map(str, SCRIPTS)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_gdparse_rejects_broken_gdscript(tmp_path):
+    # The check above can fail: a syntax error must make gdparse exit non-zero.
+    broken = tmp_path / "broken.gd"
+    broken.write_text(ADDON.joinpath("lorekit_client.gd").read_text().replace("func poll(", "func poll((", 1))
+    assert subprocess.run([_tool("gdparse"), str(broken)], capture_output=True).returncode != 0
+
+
+def test_plugin_cfg_points_at_the_plugin_script():
+    cfg = configparser.ConfigParser()
+    cfg.read(ADDON / "plugin.cfg")
+    assert cfg["plugin"]["script"].strip('"') == "plugin.gd"
+    assert (ADDON / cfg["plugin"]["script"].strip('"')).exists()
+    plugin = (ADDON / "plugin.gd").read_text()
+    assert 'add_autoload_singleton(AUTOLOAD_NAME, CLIENT_PATH)' in plugin
+    assert 'CLIENT_PATH := "res://addons/lorekit/lorekit_client.gd"' in plugin
+
+
+def test_client_declares_the_protocol_signals_and_polls_in_process():
+    src = (ADDON / "lorekit_client.gd").read_text()
+    signals = set(re.findall(r"^signal (\w+)\(", src, flags=re.M))
+    assert {"connected", "disconnected", "token_received", "sentence_received", "reply_finished",
+            "error_received", "npcs_listed"} <= signals
+    # Non-blocking: StreamPeerTCP polled from _process, never a blocking get_data/get_line.
+    assert re.search(r"func _process\(delta: float\) -> void:\n\tpoll\(delta\)", src)
+    assert "StreamPeerTCP.new()" in src and "get_partial_data" in src
+    assert ".get_data(" not in src and "OS.delay" not in src
