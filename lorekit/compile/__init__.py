@@ -46,6 +46,7 @@ class CompileResult:
     report: dict[str, Any]
     problems: list[Problem] = field(default_factory=list)
     wall_s: float = 0.0
+    rendered: int = 0  # facts whose rows were rendered (not taken from OUT/.cache)
 
 
 def check(lore_dir: Path, cfg: CompileConfig | None = None) -> list[Problem]:
@@ -89,7 +90,7 @@ def run(lore_dir: Path | str, out: Path | str, cfg: CompileConfig | None = None)
     wall = time.perf_counter() - t0
     log.debug("compiled %d train and %d eval rows in %.2f s", len(train_lines), len(eval_lines), wall)
     return CompileResult(out, dataset / "train.jsonl", dataset / "eval.jsonl", dataset / "report.json", report,
-                         built.problems, wall)
+                         built.problems, wall, built.rendered)
 
 
 def _shuffled(lines: list[bytes], seed: str) -> list[bytes]:

@@ -40,6 +40,7 @@ class Built:
     eval: list[Rec] = field(default_factory=list)
     phrasings: dict[str, int] = field(default_factory=dict)
     dropped_eval: int = 0
+    rendered: int = 0  # facts rendered this time (the rest came from the cache)
 
     @property
     def train_lines(self) -> list[bytes]:
@@ -105,6 +106,7 @@ def _fact_units(built: Built, builder: Builder, store: Any | None, digest: str) 
         unit = store.units.get(key) if store is not None else None
         if unit is None:
             rows = builder.fact_rows(fact)
+            built.rendered += 1
             unit = ([serialize(r, builder.cfg.format) for r in rows.train],
                     [serialize(r, builder.cfg.format) for r in rows.eval], rows.problems, rows.phrasings)
             if store is not None and not rows.problems:

@@ -34,7 +34,7 @@ def make_report(lore_dir: Path, cfg: CompileConfig, built: Any, sha: str, n_trai
         "npcs": [{"id": n.id, "name": n.name, "greeting": n.greeting, "page": n.page,
                   "knows": len(n.knows), "secrets": len(n.secrets)} for n in vault.npcs.values()],
         "warnings": warnings,
-        "config": asdict(cfg),
+        "config": {k: v for k, v in asdict(cfg).items() if k != "cache"},  # the cache never changes the bytes
     }
 
 

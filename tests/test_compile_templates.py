@@ -1,0 +1,75 @@
+"""Templates: sandboxed, strict, seeded, overridable, errors with template file and line."""
+
+from __future__ import annotations
+
+import pytest
+
+from lorekit.compile.templates import TemplateFailure, Templates, and_list, article, possessive
+
+
+def vault_with(tmp_path, name: str, text: str):
+    path = tmp_path / "_templates" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return Templates(tmp_path)
+
+
+def test_vault_template_overrides_the_default(tmp_path):
+    t = vault_with(tmp_path, "fields/occupation.j2",
+                   "{% block questions %}\nJob of {{ entity.name }}?\n{% endblock %}{% block answer %}X{% endblock %}")
+    ctx = {"entity": {"name": "Mara"}}
+    assert t.lines("fields/occupation.j2", "questions", ctx) == ["Job of Mara?"]
+    assert t.display("fields/occupation.j2") == "_templates/fields/occupation.j2"
+    assert t.display("fields/leader.j2") == "templates/fields/leader.j2"  # the rest still from the defaults
+
+
+def test_pick_is_seeded_and_random_is_refused(tmp_path):
+    t = vault_with(tmp_path, "x.j2", "{% block answer %}{{ pick(['a','b','c','d','e','f']) }}{% endblock %}"
+                   "{% block bad %}{{ ['a','b']|random }}{% endblock %}")
+    first = [t.render("x.j2", "answer", {}, f"seed{i}") for i in range(20)]
+    assert first == [t.render("x.j2", "answer", {}, f"seed{i}") for i in range(20)]
+    assert len(set(first)) > 1
+    with pytest.raises(TemplateFailure, match="random"):
+        t.render("x.j2", "bad", {})
+
+
+def test_strict_undefined_names_the_missing_key_and_line(tmp_path):
+    t = vault_with(tmp_path, "y.j2", "{% block answer %}\nok\n{{ entity.fields.specialty }}\n{% endblock %}")
+    with pytest.raises(TemplateFailure) as e:
+        t.render("y.j2", "answer", {"entity": {"fields": {}}})
+    assert e.value.missing == "specialty" and e.value.line == 3
+
+
+def test_syntax_error_has_a_line(tmp_path):
+    t = vault_with(tmp_path, "z.j2", "{% block answer %}\n{% if %}\n{% endblock %}")
+    with pytest.raises(TemplateFailure) as e:
+        t.render("z.j2", "answer", {})
+    assert e.value.line == 2 and "syntax" in e.value.message
+
+
+def test_sandbox_blocks_python_internals(tmp_path):
+    t = vault_with(tmp_path, "s.j2", "{% block answer %}{{ ''.__class__.__mro__ }}{% endblock %}")
+    with pytest.raises(TemplateFailure):
+        t.render("s.j2", "answer", {})
+
+
+def test_filters():
+    assert and_list(["A"]) == "A" and and_list(["A", "B", "C"]) == "A, B and C"
+    assert possessive("Mara Vell") == "Mara Vell's" and possessive("Silas") == "Silas'"
+    assert article("smuggler") == "a smuggler" and article("inn") == "an inn" and article("Ash Guild") == "Ash Guild"
+
+
+def test_every_default_template_renders(tmp_path):
+    t = Templates(None)
+    fact = {"value": "V", "values": ["V"], "plural": False, "label": "lbl", "text": "T.", "field": "f"}
+    ctx = {"entity": {"name": "Mara Vell", "type": "character", "fields": {}, "summary": "S."}, "fact": fact,
+           "name": "Zed", "npc": {"name": "N", "greeting": "Hi", "refuse": "", "dont_know": "", "openers": [],
+                                 "voice": "v", "style": ""}, "statement": "S", "secrets": [], "known": []}
+    for name in sorted(t.names):
+        blocks = t._template(name).blocks
+        assert "answer" in blocks or "system" in blocks, name
+        if "questions" in blocks:
+            assert len(t.lines(name, "questions", ctx)) >= 6, name  # 5 for train + 1 held out
+        for block in ("answer", "system"):
+            if block in blocks:
+                assert t.render(name, block, ctx, "s"), name
