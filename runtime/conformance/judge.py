@@ -56,6 +56,9 @@ def judge_turn(step: dict, max_tokens: int) -> dict:
         problems.append("no sentence events")
     if [s.get("index") for s in sentences] != list(range(len(sentences))):
         problems.append(f"sentence indexes {[s.get('index') for s in sentences]} are not 0..n-1")
+    bad = sorted({hex(ord(c)) for t in [*tokens, final.get("text", "")] for c in t if ord(c) < 32 and c not in "\n\t\r"})
+    if bad:
+        problems.append(f"control characters {', '.join(bad)} in the reply text (a detokenizer bug?)")
     if "".join(tokens).strip() != final.get("text"):
         problems.append(f"tokens joined {''.join(tokens).strip()!r} != done.text {final.get('text')!r}")
     if _norm(" ".join(s["text"] for s in sentences)) != _norm(final.get("text", "")):

