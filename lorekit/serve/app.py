@@ -1,7 +1,7 @@
 """The server's state on one object: lore snapshot, model, sessions, queue, clients, metrics.
 
 One TCP port speaks both the game protocol and HTTP: the first bytes a client sends decide which
-(`{` starts a JSON line; anything else is an HTTP request line). The asyncio loop owns sockets; the
+(an HTTP method and a space start an HTTP request; anything else is the game protocol). The asyncio loop owns sockets; the
 model runs in one worker thread; watcher and loader threads hand results to the loop.
 """
 
@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from lorekit.serve.sessions import SessionStore
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
+HTTP_METHOD = re.compile(rb"^(GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|CONNECT|TRACE) ")
 SERVER = f"lorekit {__version__}"
 
 
@@ -204,10 +206,10 @@ class App:
         except (asyncio.TimeoutError, ConnectionError):
             await GameConnection.refuse(writer, "idle_timeout", "nothing received; closing")
             return
-        if first.lstrip().startswith(b"{"):
-            await GameConnection(self, reader, writer, first).serve()
-        else:
+        if HTTP_METHOD.match(first.lstrip()):
             await serve_http(self, reader, writer, first)
+        else:
+            await GameConnection(self, reader, writer, first).serve()
 
     def broadcast(self, event: dict) -> None:
         """Send a notification to every game-protocol client (call on the loop thread)."""

@@ -218,7 +218,7 @@ class Engine:
                     out.finish_reason = "stop"
                     break
                 out.completion_tokens += 1
-                text = scanner.feed(decoder.decode(self.llm._model.token_to_piece(token)))
+                text = scanner.feed(decoder.decode(self.llm._model.detokenize([token])))
                 if text:
                     pieces.append(text)
                     out.first_piece_at = out.first_piece_at or time.perf_counter()

