@@ -1,0 +1,131 @@
+"""The conformance judge (runtime/conformance/judge.py) fails what it must: each rule is broken once
+on an otherwise passing set of observations. Pure data, no server."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+CONF = Path(__file__).resolve().parent.parent / "runtime" / "conformance"
+spec = importlib.util.spec_from_file_location("lorekit_conformance_judge", CONF / "judge.py")
+judge_mod = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = judge_mod
+spec.loader.exec_module(judge_mod)
+
+SCENARIO = json.loads((CONF / "scenario.json").read_text(encoding="utf-8"))
+NPCS = [{"id": "mara-vell", "name": "Mara Vell", "greeting": "State your business."}]
+
+
+def good_lines() -> list:
+    npcs = [{"type": "npcs", "npcs": copy.deepcopy(NPCS)}]
+    done = {"type": "done", "text": "Mara Vell does. Why ask?", "finish_reason": "stop", "npc": "mara-vell",
+            "session": "conformance-x", "completion_tokens": 6}
+    return [
+        {"step": "connect", "ok": True, "protocol": 1},
+        {"step": "list_npcs", "events": npcs},
+        {"step": "turn", "npc": "mara-vell", "session": "conformance-x", "timed_out": False, "events": [
+            {"type": "token", "text": "Mara"}, {"type": "token", "text": " Vell does."},
+            {"type": "sentence", "index": 0, "text": "Mara Vell does."},
+            {"type": "token", "text": " Why ask?"}, {"type": "sentence", "index": 1, "text": "Why ask?"}, done]},
+        {"step": "cancel", "timed_out": False, "cancel_sent_after_events": 1, "events": [
+            {"type": "token", "text": "Tell"},
+            {"type": "done", "text": "Tell", "finish_reason": "cancelled", "completion_tokens": 1}]},
+        {"step": "unknown_npc", "npc": "no-such-npc-conformance", "timed_out": False, "events": [
+            {"type": "error", "code": "unknown_npc", "message": "no NPC 'no-such-npc-conformance' (known: mara-vell)"}]},
+        {"step": "await_restart"},
+        {"step": "reconnect", "disconnected": True, "reconnected": True, "events": copy.deepcopy(npcs)},
+        {"step": "end"},
+    ]
+
+
+def run(lines, exit_code=0) -> dict:
+    return judge_mod.judge(lines, NPCS, SCENARIO, exit_code)
+
+
+def step(lines, name) -> dict:
+    return next(line for line in lines if line["step"] == name)
+
+
+def test_good_observations_pass():
+    result = run(good_lines())
+    assert list(result) == judge_mod.STEPS
+    assert all(r["ok"] for r in result.values()), result
+
+
+def _break_turn_sentence_index(lines):
+    step(lines, "turn")["events"][4]["index"] = 3
+
+
+def _break_turn_missing_done(lines):
+    step(lines, "turn")["events"].pop()
+
+
+def _break_turn_event_after_done(lines):
+    step(lines, "turn")["events"].append({"type": "token", "text": "late"})
+
+
+def _break_turn_tokens_vs_done(lines):
+    step(lines, "turn")["events"][0]["text"] = "Mira"
+
+
+def _break_turn_nul(lines):
+    ev = step(lines, "turn")["events"]
+    ev[0]["text"] = "Mara\x00"
+    ev[-1]["text"] = "Mara\x00 Vell does. Why ask?"
+
+
+def _break_turn_session_echo(lines):
+    step(lines, "turn")["events"][-1]["session"] = "conformance-y"
+
+
+def _break_cancel_not_cancelled(lines):
+    step(lines, "cancel")["events"][-1]["finish_reason"] = "stop"
+
+
+def _break_unknown_wrong_code(lines):
+    step(lines, "unknown_npc")["events"][0]["code"] = "bad_request"
+
+
+def _break_npcs_greeting(lines):
+    step(lines, "list_npcs")["events"][0]["npcs"][0]["greeting"] = "State your business"
+
+
+def _break_no_reconnect(lines):
+    step(lines, "reconnect")["reconnected"] = False
+
+
+def _break_protocol(lines):
+    step(lines, "connect")["protocol"] = 2
+
+
+BREAKS = {
+    "turn": [_break_turn_sentence_index, _break_turn_missing_done, _break_turn_event_after_done,
+             _break_turn_tokens_vs_done, _break_turn_nul, _break_turn_session_echo],
+    "cancel": [_break_cancel_not_cancelled],
+    "unknown_npc": [_break_unknown_wrong_code],
+    "list_npcs": [_break_npcs_greeting],
+    "reconnect": [_break_no_reconnect],
+    "connect": [_break_protocol],
+}
+
+
+@pytest.mark.parametrize("name,breaker", [(n, b) for n, bs in BREAKS.items() for b in bs],
+                         ids=[b.__name__[7:] for bs in BREAKS.values() for b in bs])
+def test_each_broken_rule_fails_only_its_step(name, breaker):
+    lines = good_lines()
+    breaker(lines)
+    result = run(lines)
+    assert not result[name]["ok"]
+    assert [s for s, r in result.items() if not r["ok"]] == [name]
+
+
+def test_missing_steps_and_bad_exit_fail():
+    lines = [line for line in good_lines() if line["step"] not in ("reconnect", "end")]
+    result = run(lines, exit_code=1)
+    assert not result["reconnect"]["ok"] and not result["end"]["ok"]
+    assert result["reconnect"]["detail"] == "step not reported"
