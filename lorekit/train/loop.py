@@ -1,0 +1,329 @@
+"""The training loop: plain PyTorch over a peft LoRA model, readable top to bottom.
+
+One optimizer step = `grad_accum` micro-batches, the loss normalised by the trainable tokens of the
+whole step. The output layer (262,144 words for Gemma) runs only at positions that have a label:
+on chat rows that is a small fraction of the tokens, and it is most of the compute otherwise.
+
+Resuming is exact: a checkpoint holds the LoRA weights, optimizer, scheduler, RNG states and the
+position in the (seeded, per-epoch) data order, taken at an optimizer-step boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lorekit.atomic import replace_dir
+from lorekit.train.data import IGNORE, Example, batch_order, collate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """What the loop needs to know, already resolved by the recipe."""
+
+    epochs: float
+    batch_size: int
+    grad_accum: int
+    lr: float
+    warmup_ratio: float
+    schedule: str
+    weight_decay: float
+    optimizer: str  # "adamw" | "adamw_8bit"
+    bf16: bool
+    max_steps: int
+    eval_every: int
+    log_every: int
+    seed: int
+    keep_best: bool
+    pad_id: int
+    last_lr: float = 0.0
+
+    def steps_per_epoch(self, n_rows: int) -> int:
+        return math.ceil(math.ceil(n_rows / self.batch_size) / self.grad_accum)
+
+    def total_steps(self, n_rows: int) -> int:
+        total = math.ceil(self.epochs * self.steps_per_epoch(n_rows))
+        return min(total, self.max_steps) if self.max_steps else total
+
+
+@dataclass
+class State:
+    """Where the run is; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    group: int = 0  # next optimizer-step group inside the epoch
+    tokens: int = 0
+    best_eval: float | None = None
+    best_step: int = 0
+    evals: list = field(default_factory=list)  # [step, train_loss_since_last_eval, eval_loss]
+    overfit_warned: bool = False
+    wall_s: float = 0.0
+    since_eval: list = field(default_factory=list)  # train losses since the last eval
+
+
+class Interrupted(Exception):
+    """Training stopped on request (Ctrl-C); a checkpoint was saved."""
+
+
+def masked_loss(model, batch: dict, bf16: bool) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over labelled positions, and how many there were."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with _autocast(device, bf16):
+        hidden = causal.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              use_cache=False).last_hidden_state
+        labels = batch["labels"][:, 1:]
+        keep = labels != IGNORE
+        logits = causal.lm_head(hidden[:, :-1][keep])
+    logits = logits.float()
+    cap = getattr(causal.config.get_text_config(), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return F.cross_entropy(logits, labels[keep], reduction="sum"), int(keep.sum())
+
+
+def _autocast(device: torch.device, bf16: bool):
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def evaluate(model, examples: list[Example], plan: Plan) -> float:
+    """Mean loss per trainable token over the eval rows."""
+    if not examples:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for idx in batch_order([len(e.input_ids) for e in examples], plan.batch_size, 0, 0, shuffle=False):
+        loss, n = masked_loss(model, collate([examples[i] for i in idx], plan.pad_id), plan.bf16)
+        total, count = total + float(loss), count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def make_optimizer(model, plan: Plan):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if plan.optimizer == "adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=plan.lr, weight_decay=plan.weight_decay)
+    return torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.weight_decay)
+
+
+def make_scheduler(optimizer, plan: Plan, total_steps: int):
+    warmup = max(1, round(plan.warmup_ratio * total_steps)) if plan.warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if plan.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if plan.schedule == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for name, value in tensors.items():
+        params[name].data.copy_(value.to(params[name].device, params[name].dtype))
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, state: State, rng: dict, best: dict | None) -> None:
+    from safetensors.torch import save_file
+
+    with replace_dir(folder) as tmp:
+        save_file(trainable_state(model), str(tmp / "adapter.safetensors"))
+        if best is not None:
+            save_file(best, str(tmp / "best.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
+                   tmp / "trainer.pt")
+        (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+    log.info("checkpoint saved at step %d in %s", state.step, folder)
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler) -> tuple[State, dict, dict | None]:
+    from safetensors.torch import load_file
+
+    load_trainable_state(model, load_file(str(folder / "adapter.safetensors")))
+    blob = torch.load(folder / "trainer.pt", weights_only=False)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    state = State(**json.loads((folder / "state.json").read_text(encoding="utf-8")))
+    best = load_file(str(folder / "best.safetensors")) if (folder / "best.safetensors").exists() else None
+    return state, blob["rng"], best
+
+
+class StopFlag:
+    """The first Ctrl-C asks the loop to stop at the next micro-batch and save; a second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping: saving a checkpoint (Ctrl-C again to abort without one)")
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+Callback = Callable[[dict], None]
+
+
+def train(model, train_rows: list[Example], eval_rows: list[Example], plan: Plan, checkpoint: Path,
+          resume: bool = False, on_log: Callback | None = None, on_step: Callback | None = None) -> tuple[State, dict]:
+    """Train `model` in place. Returns the final state and the LoRA tensors to keep (best or last)."""
+    on_log, on_step = on_log or (lambda r: None), on_step or (lambda r: None)
+    total = plan.total_steps(len(train_rows))
+    optimizer = make_optimizer(model, plan)
+    scheduler = make_scheduler(optimizer, plan, total)
+    state, best, rng = State(), None, None
+    if resume:
+        state, rng, best = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        _set_rng_state(rng)
+        log.info("resumed at step %d of %d (epoch %d)", state.step, total, state.epoch + 1)
+    lengths = [len(e.input_ids) for e in train_rows]
+    model.train()
+    started = time.perf_counter() - state.wall_s
+    with StopFlag() as stop:
+        while state.step < total:
+            groups = _groups(batch_order(lengths, plan.batch_size, plan.seed, state.epoch), plan.grad_accum)
+            while state.group < len(groups) and state.step < total:
+                rng = _rng_state()
+                loss, n_tok, n_all = _step(model, optimizer, scheduler, train_rows, groups[state.group], plan, stop)
+                if loss is None:  # stop requested mid-step: drop its gradients, keep the last good state
+                    state.wall_s = time.perf_counter() - started
+                    save_checkpoint(checkpoint, model, optimizer, scheduler, state, rng, best)
+                    raise Interrupted(f"stopped at step {state.step} of {total}")
+                state.step, state.group, state.tokens = state.step + 1, state.group + 1, state.tokens + n_all
+                state.since_eval.append(loss)
+                record = _record(state, total, loss, plan.last_lr, started)
+                on_step(record)
+                if state.step % plan.log_every == 0 or state.step == total:
+                    on_log(record)
+                if plan.eval_every and state.step % plan.eval_every == 0 and state.group < len(groups):
+                    best = _eval(model, eval_rows, plan, state, best, on_log)
+            if state.group >= len(groups):
+                state.epoch, state.group = state.epoch + 1, 0
+            best = _eval(model, eval_rows, plan, state, best, on_log)
+            state.wall_s = time.perf_counter() - started
+            save_checkpoint(checkpoint, model, optimizer, scheduler, state, _rng_state(), best)
+            if stop.requested:
+                raise Interrupted(f"stopped at step {state.step} of {total}")
+    keep = best if (plan.keep_best and best is not None) else trainable_state(model)
+    return state, keep
+
+
+def _groups(batches: list[list[int]], accum: int) -> list[list[list[int]]]:
+    return [batches[i:i + accum] for i in range(0, len(batches), accum)]
+
+
+def _step(model, optimizer, scheduler, rows, group, plan: Plan, stop: StopFlag):
+    """One optimizer step over a group of micro-batches; (None, 0, 0) if a stop came in between."""
+    micro = [[rows[i] for i in idx] for idx in group]
+    n_tok = sum(e.n_trainable for m in micro for e in m)
+    n_all = sum(len(e.input_ids) for m in micro for e in m)
+    total_loss = 0.0
+    for examples in micro:
+        if stop.requested:
+            optimizer.zero_grad(set_to_none=True)
+            return None, 0, 0
+        loss, _ = masked_loss(model, collate(examples, plan.pad_id), plan.bf16)
+        (loss / n_tok).backward()
+        total_loss += loss.item()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    plan.last_lr = optimizer.param_groups[0]["lr"]  # the rate this step used, for the metrics
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total_loss / n_tok, n_tok, n_all
+
+
+def _record(state: State, total: int, loss: float, lr: float, started: float) -> dict:
+    elapsed = time.perf_counter() - started
+    record = {"step": state.step, "total_steps": total, "epoch": state.epoch + 1, "loss": round(loss, 5),
+              "lr": lr, "tokens": state.tokens,
+              "tokens_per_s": round(state.tokens / max(elapsed, 1e-9), 1), "elapsed_s": round(elapsed, 2),
+              "eta_s": round(elapsed / state.step * (total - state.step), 1), "memory_mb": _memory_mb()}
+    return record
+
+
+def _eval(model, eval_rows, plan: Plan, state: State, best, on_log: Callback):
+    if not eval_rows:
+        return best
+    eval_loss = evaluate(model, eval_rows, plan)
+    since = state.since_eval
+    train_loss = sum(since) / len(since) if since else float("nan")
+    state.since_eval = []
+    state.evals.append([state.step, train_loss, eval_loss])
+    if len(state.evals) >= 2 and not state.overfit_warned:
+        (_, prev_train, prev_eval), (_, cur_train, cur_eval) = state.evals[-2], state.evals[-1]
+        if cur_eval > prev_eval and cur_train < prev_train:
+            state.overfit_warned = True
+            log.warning("eval loss rose (%.3f -> %.3f) while train loss fell: the model is starting to "
+                        "memorise; the best checkpoint is kept, try fewer epochs or a lower --lr",
+                        prev_eval, cur_eval)
+    if state.best_eval is None or eval_loss < state.best_eval:
+        state.best_eval, state.best_step = eval_loss, state.step
+        if plan.keep_best:
+            best = trainable_state(model)
+    on_log({"step": state.step, "epoch": state.epoch, "eval_loss": round(eval_loss, 5),
+            "best_eval_loss": round(state.best_eval, 5), "best_step": state.best_step})
+    return best
+
+
+def _memory_mb() -> float:
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -1,0 +1,253 @@
+"""`lorekit.train.run(out, cfg)`: load base -> attach LoRA -> tokenize rows -> train -> save.
+
+Reads `OUT/dataset/{train,eval}.jsonl`; writes `OUT/adapter/` (PEFT adapter + tokenizer with the
+chat template) and `OUT/train/` (metrics.jsonl, loss.png, run.json). The adapter folder is swapped
+in only after training succeeded, so a failed or interrupted run never replaces a good adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from lorekit import chat_formats
+from lorekit import config as config_mod
+from lorekit.atomic import replace_dir, write_text
+from lorekit.errors import LorekitError
+from lorekit.train import loop
+from lorekit.train.config import TrainConfig
+from lorekit.train.data import encode_rows, read_rows
+
+log = logging.getLogger(__name__)
+
+OOM_HELP = ("out of GPU memory; try, in this order: --batch-size 1 with a larger grad_accum, "
+            "load_in_4bit = true, gradient_checkpointing = true, a shorter max_length, or a smaller --model")
+
+
+@dataclass
+class TrainResult:
+    adapter: Path
+    run_json: Path
+    steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    wall_s: float
+    backend: str
+
+
+def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
+        on_log=None, on_step=None) -> TrainResult:
+    started = time.perf_counter()
+    out = Path(out)
+    train_file, eval_file = _dataset_files(out)
+    cfg = cfg or config_mod.load(TrainConfig, "train", _lore_dir(out))
+    import torch
+
+    cuda = torch.cuda.is_available()
+    backend = _backend(cfg, cuda)
+    cfg = resolve_defaults(cfg, cuda)
+    torch.manual_seed(cfg.seed)
+    try:
+        model, tok, profile, backend = _load(cfg, backend, cuda)
+        fmt = chat_formats.get(profile.family)
+        train_rows = encode_rows(tok, fmt, read_rows(train_file), cfg.max_length, str(train_file))
+        eval_rows = encode_rows(tok, fmt, read_rows(eval_file), cfg.max_length, str(eval_file)) \
+            if eval_file.exists() else []
+        if not train_rows:
+            raise LorekitError(f"{train_file}: no rows to train on; check the lore and run `lorekit compile`")
+        plan = _plan(cfg, cuda, tok)
+        log.info("training %s (%s, %s backend) on %d rows, %d eval rows, %d steps",
+                 profile.name, profile.family, backend, len(train_rows), len(eval_rows),
+                 plan.total_steps(len(train_rows)))
+        ckpt, partial = out / "train" / "checkpoint", out / "train" / ".metrics.partial.jsonl"
+        _prepare_logs(ckpt, partial, resume)
+        state, keep = loop.train(model, train_rows, eval_rows, plan, ckpt, resume=resume,
+                                 on_log=_chain(_appender(partial), on_log), on_step=on_step)
+    except torch.OutOfMemoryError:
+        raise LorekitError(OOM_HELP) from None
+    adapter = _save_adapter(out / "adapter", model, tok, keep, profile)
+    wall = time.perf_counter() - started
+    run_json = _write_train_folder(out, cfg, profile, backend, state, partial, train_file, eval_file, wall)
+    last = [r for r in map(json.loads, (out / "train" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    return TrainResult(adapter, run_json, state.step, last[-1]["loss"] if last else None, state.best_eval,
+                       wall, backend)
+
+
+def _dataset_files(out: Path) -> tuple[Path, Path]:
+    train_file, eval_file = out / "dataset" / "train.jsonl", out / "dataset" / "eval.jsonl"
+    if not train_file.is_file():
+        raise LorekitError(f"{train_file}: missing; run `lorekit compile LORE_DIR --out {out}` first")
+    return train_file, eval_file
+
+
+def _lore_dir(out: Path) -> Path | None:
+    report = out / "dataset" / "report.json"
+    if report.is_file():
+        lore = json.loads(report.read_text(encoding="utf-8")).get("lore_dir")
+        return Path(lore) if lore else None
+    return None
+
+
+def _backend(cfg: TrainConfig, cuda: bool) -> str:
+    if cfg.backend == "unsloth" and not cuda:
+        raise LorekitError("--backend unsloth needs a CUDA GPU and none was found; use --backend transformers "
+                           "(or auto) to train on the CPU")
+    if cfg.backend != "auto":
+        return cfg.backend
+    if not cuda:
+        return "transformers"
+    import importlib.util
+
+    return "unsloth" if importlib.util.find_spec("unsloth") else "transformers"
+
+
+# CPU defaults were measured on 2 cores (bench/results/train_cpu.md): the 270M learns the sample
+# world's facts in 8 epochs at batch 8; a GPU follows the guide (batch 2 x 4, 3 epochs).
+CPU_DEFAULTS = {"batch_size": 8, "grad_accum": 1, "epochs": 3.0}
+CPU_PROFILE_EPOCHS = {"gemma3-270m": 8.0}
+GPU_DEFAULTS = {"batch_size": 2, "grad_accum": 4, "epochs": 3.0}
+
+
+def resolve_defaults(cfg: TrainConfig, cuda: bool) -> TrainConfig:
+    """Fill the fields left at None with the device's (and profile's) defaults."""
+    base = dict(GPU_DEFAULTS if cuda else CPU_DEFAULTS)
+    if not cuda and cfg.model in CPU_PROFILE_EPOCHS:
+        base["epochs"] = CPU_PROFILE_EPOCHS[cfg.model]
+    return replace(cfg, **{k: v for k, v in base.items() if getattr(cfg, k) is None})
+
+
+def _load(cfg: TrainConfig, backend: str, cuda: bool):
+    """Load and attach LoRA; an Unsloth failure falls back to the plain path with a warning."""
+    from lorekit.train import load
+
+    lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout}
+    if backend == "unsloth":
+        try:
+            model, tok, profile = load.load_unsloth(cfg.model, cfg.max_length, cfg.load_in_4bit, lora, cfg.seed,
+                                                    cfg.gradient_checkpointing, cfg.compile)
+            return model, tok, profile, "unsloth"
+        except LorekitError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any Unsloth failure: the plain path still works
+            if cfg.backend == "unsloth":
+                raise LorekitError(f"Unsloth could not load {cfg.model}: {e}; try --backend transformers") from None
+            log.warning("Unsloth failed (%s); falling back to transformers + peft", str(e).splitlines()[0][:200])
+    model, tok, profile = load.load_model(cfg.model, "cuda" if cuda else "cpu",
+                                          load_in_4bit=cuda and cfg.load_in_4bit)
+    return attach_lora(model, profile, lora, cuda and cfg.gradient_checkpointing), tok, profile, "transformers"
+
+
+def attach_lora(model, profile, lora: dict, checkpointing: bool):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from lorekit.train.load import lora_target_regex
+
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    elif checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], bias="none",
+                        target_modules=lora_target_regex(profile), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _plan(cfg: TrainConfig, cuda: bool, tok) -> loop.Plan:
+    optimizer = cfg.optimizer if cfg.optimizer != "auto" else ("adamw_8bit" if cuda else "adamw")
+    if optimizer == "adamw_8bit" and not cuda:
+        raise LorekitError("optimizer adamw_8bit needs a CUDA GPU; use optimizer = \"adamw\" on the CPU")
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and (cuda or CPU_BF16))
+    return loop.Plan(epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
+                     warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule, weight_decay=cfg.weight_decay,
+                     optimizer=optimizer, bf16=bf16, max_steps=cfg.max_steps, eval_every=cfg.eval_every,
+                     log_every=cfg.log_every, seed=cfg.seed, keep_best=cfg.keep_best, pad_id=tok.pad_token_id)
+
+
+# bf16 autocast on the CPU: measured faster than fp32 for the 270M (bench/results/train_cpu.md).
+CPU_BF16 = True
+
+
+def _prepare_logs(ckpt: Path, partial: Path, resume: bool) -> None:
+    if resume:
+        if not (ckpt / "state.json").is_file():
+            raise LorekitError(f"{ckpt}: no checkpoint to resume from; run `lorekit train` without --resume")
+        step = json.loads((ckpt / "state.json").read_text())["step"]
+        lines = partial.read_text().splitlines() if partial.exists() else []
+        write_text(partial, "".join(x + "\n" for x in lines if json.loads(x)["step"] <= step))
+        return
+    shutil.rmtree(ckpt, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text("")
+
+
+def _appender(path: Path):
+    def append(record: dict) -> None:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    return append
+
+
+def _chain(*fns):
+    fns = [f for f in fns if f]
+    return lambda record: [f(record) for f in fns]
+
+
+def _save_adapter(target: Path, model, tok, keep: dict, profile) -> Path:
+    loop.load_trainable_state(model, keep)
+    with replace_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_text(tmp / "lorekit.json", json.dumps(
+            {"model": profile.name, "family": profile.family, "base": profile.source,
+             "stop": list(chat_formats.get(profile.family).stop)}, indent=1))
+    return target
+
+
+def _write_train_folder(out, cfg, profile, backend, state, partial, train_file, eval_file, wall) -> Path:
+    from lorekit.train.metrics import plot_losses
+
+    folder = out / "train"
+    metrics = partial.read_text(encoding="utf-8")
+    write_text(folder / "metrics.jsonl", metrics)
+    plot_losses([json.loads(x) for x in metrics.splitlines()], folder / "loss.png")
+    run_info = {
+        "model": profile.name, "family": profile.family, "base": profile.source, "backend": backend,
+        "config": config_mod.to_dict(cfg), "dataset_sha256": _dataset_sha(out, train_file, eval_file),
+        "steps": state.step, "best_step": state.best_step, "best_eval_loss": state.best_eval,
+        "overfitting_warning": state.overfit_warned, "versions": _versions(), "wall_s": round(wall, 2),
+        "train_wall_s": round(state.wall_s, 2),
+    }
+    write_text(folder / "run.json", json.dumps(run_info, indent=1))
+    partial.unlink(missing_ok=True)
+    shutil.rmtree(folder / "checkpoint", ignore_errors=True)  # done: nothing left to resume
+    return folder / "run.json"
+
+
+def _dataset_sha(out: Path, *files: Path) -> str:
+    report = out / "dataset" / "report.json"
+    if report.is_file():
+        sha = json.loads(report.read_text(encoding="utf-8")).get("dataset_sha256")
+        if sha:
+            return sha
+    h = hashlib.sha256()
+    for f in files:
+        if f.exists():
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("lorekit", "torch", "transformers", "peft", "unsloth", "bitsandbytes"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found

@@ -1,0 +1,233 @@
+"""CPU tests of `lorekit train` on tiny random Gemma 3 / Gemma 4 models (built in fixtures)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from lorekit.errors import LorekitError
+
+pytestmark = pytest.mark.torch
+
+FACTS = [("Ash Guild", "Mara Vell"), ("Tide Watch", "Tomas Reed"), ("Old Mill", "Ilsa Varn"),
+         ("Salt Road", "Bren Hollow")]
+
+
+def rows(n: int, offset: int = 0) -> list[dict]:
+    out = []
+    for i in range(offset, offset + n):
+        place, person = FACTS[i % len(FACTS)]
+        out.append({"conversations": [
+            {"from": "system", "value": "You are Ilsa, the miller."},
+            {"from": "human", "value": f"Who leads the {place}?"},
+            {"from": "gpt", "value": f"{person} leads the {place}."},
+            {"from": "human", "value": "Thanks."},
+            {"from": "gpt", "value": "Safe roads."}],
+            "meta": {"npc": "ilsa", "kind": "fact", "entities": [place], "facts": [], "expect": [person],
+                     "template": "t"}})
+    return out
+
+
+def write_dataset(out, n_train: int = 16, n_eval: int = 4) -> None:
+    (out / "dataset").mkdir(parents=True, exist_ok=True)
+    (out / "dataset" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(n_train)))
+    (out / "dataset" / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(n_eval, 1)))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.tiny_models import make_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {fam: make_tiny_model(root, fam) for fam in ("gemma3", "gemma4")}
+
+
+def cfg(model, **kw):
+    from lorekit.train.config import TrainConfig
+
+    base = dict(model=str(model), epochs=2, batch_size=4, grad_accum=1, lr=3e-3, log_every=1, warmup_ratio=0.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gemma4"])
+def test_labels_cover_only_model_turns(tiny, family):
+    from transformers import AutoTokenizer
+
+    from lorekit import chat_formats
+    from lorekit.train.data import IGNORE, encode
+
+    tok = AutoTokenizer.from_pretrained(tiny[family])
+    fmt = chat_formats.get(family)
+    row = rows(1)[0]["conversations"]
+    ex = encode(tok, fmt, row, max_length=512)
+    assert tok.decode(ex.input_ids) == fmt.render(chat_formats.from_sharegpt(row))
+    trainable = [t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE]
+    assert tok.decode(trainable) == f"Mara Vell leads the Ash Guild.{fmt.end_of_turn}Safe roads.{fmt.end_of_turn}"
+    assert all(lab in (IGNORE, t) for t, lab in zip(ex.input_ids, ex.labels))
+    # each reply's labels are contiguous and end on the end-of-turn token
+    eot = tok.convert_tokens_to_ids(fmt.end_of_turn)
+    assert sum(1 for lab in ex.labels if lab == eot) == 2
+    # the chat template saved with the tokenizer renders the same text
+    assert tok.apply_chat_template(chat_formats.from_sharegpt(row), tokenize=False) == \
+        fmt.render(chat_formats.from_sharegpt(row))
+
+
+def test_batches_are_bucketed_and_reproducible():
+    from lorekit.train.data import batch_order
+
+    lengths = [5, 50, 6, 49, 7, 48, 8, 47] * 4
+    a, b = batch_order(lengths, 4, seed=1, epoch=0), batch_order(lengths, 4, seed=1, epoch=0)
+    assert a == b and a != batch_order(lengths, 4, seed=1, epoch=1)
+    assert sorted(i for batch in a for i in batch) == list(range(len(lengths)))
+    assert all(max(lengths[i] for i in bt) - min(lengths[i] for i in bt) <= 3 for bt in a)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gemma4"])
+def test_loss_falls_and_artifacts_are_written(tiny, family, tmp_path):
+    from lorekit.train import run
+
+    write_dataset(tmp_path)
+    result = run(tmp_path, cfg(tiny[family], epochs=3, lr=1e-2))
+    metrics = [json.loads(x) for x in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
+    assert len(losses) == result.steps == 12 and len(evals) == 3
+    assert losses[-1] < losses[0] - 0.2, losses  # ~6.2 (log 512) at the start
+    assert evals[-1] < evals[0]
+    names = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "lorekit.json"} <= names
+    info = json.loads((tmp_path / "train" / "run.json").read_text())
+    assert info["family"] == family and info["config"]["lr"] == 1e-2 and len(info["dataset_sha256"]) == 64
+    assert info["versions"]["torch"] and info["wall_s"] > 0
+    assert (tmp_path / "train" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "train" / "checkpoint").exists()
+
+
+def test_lora_targets_only_text_decoder_projections(tiny):
+    import re
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lorekit.models import resolve
+    from lorekit.train.load import lora_target_regex
+    from lorekit.train.recipe import attach_lora
+
+    profile = resolve(str(tiny["gemma4"]))
+    pattern = re.compile(lora_target_regex(profile))
+    assert pattern.fullmatch("model.language_model.layers.3.self_attn.q_proj")
+    assert not pattern.fullmatch("model.vision_tower.encoder.layers.3.self_attn.q_proj")
+    assert not pattern.fullmatch("model.audio_tower.layers.0.self_attn.q_proj")
+    base = AutoModelForCausalLM.from_pretrained(tiny["gemma4"])
+    linear = {n for n, m in base.named_modules()
+              if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in profile.lora_targets}
+    model = attach_lora(base, profile, {"r": 4, "alpha": 8, "dropout": 0.0}, False)
+    wrapped = {n.removeprefix("base_model.model.").rsplit(".lora_A", 1)[0]
+               for n, _ in model.named_parameters() if ".lora_A" in n}
+    assert wrapped == linear and len(wrapped) == 19  # 7 + 7 + 5 (the KV-shared layer has no k/v)
+
+
+def test_saved_adapter_reloads_with_same_outputs(tiny, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorekit.models import resolve
+    from lorekit.train import loop
+    from lorekit.train.data import collate, encode_rows
+    from lorekit.train.recipe import _plan, _save_adapter, attach_lora
+
+    path = tiny["gemma3"]
+    torch.manual_seed(0)
+    profile, tok = resolve(str(path)), AutoTokenizer.from_pretrained(path)
+    model = attach_lora(AutoModelForCausalLM.from_pretrained(path), profile, {"r": 4, "alpha": 8, "dropout": 0.0},
+                        False)
+    from lorekit import chat_formats
+
+    examples = encode_rows(tok, chat_formats.get("gemma3"), rows(8), 256)
+    _, keep = loop.train(model, examples, [], _plan(cfg(path, epochs=1, precision="fp32"), False, tok),
+                         tmp_path / "ckpt")
+    _save_adapter(tmp_path / "adapter", model, tok, keep, profile)
+    batch = collate(examples[:2], tok.pad_token_id)
+    model.eval()
+    with torch.no_grad():
+        trained = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        base = AutoModelForCausalLM.from_pretrained(path)
+        plain = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+        again = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert not torch.allclose(trained, plain, atol=1e-3)  # training changed the model
+    torch.testing.assert_close(again, trained, atol=1e-5, rtol=1e-5)
+
+
+def test_resume_after_ctrl_c_matches_uninterrupted_run(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    from lorekit.train import loop, run
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    for out in (full, cut):
+        write_dataset(out)
+    config = cfg(tiny["gemma3"], epochs=2, batch_size=2, grad_accum=2, lora_dropout=0.1, eval_every=3)
+    run(full, config)
+
+    def ctrl_c(record):
+        if record["step"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # the real signal path: stop at the next micro-batch
+
+    with pytest.raises(loop.Interrupted):
+        run(cut, config, on_step=ctrl_c)
+    assert not (cut / "adapter").exists() and (cut / "train" / "checkpoint" / "state.json").exists()
+    state = json.loads((cut / "train" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 5
+    run(cut, config, resume=True)
+    a = load_file(str(full / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(cut / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and a
+    for key in a:
+        assert (a[key] - b[key]).abs().max() < 1e-6, key
+    ma = (full / "train" / "metrics.jsonl").read_text().splitlines()
+    mb = (cut / "train" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k in ("step", "loss", "eval_loss", "lr")}
+                           for x in lines]
+    assert strip(ma) == strip(mb)
+
+
+def test_failed_run_keeps_the_good_adapter(tiny, tmp_path):
+    from lorekit.train import run
+
+    write_dataset(tmp_path)
+    run(tmp_path, cfg(tiny["gemma3"], max_steps=1))
+    before = (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes()
+    (tmp_path / "dataset" / "train.jsonl").write_text('{"conversations": [oops\n')
+    with pytest.raises(LorekitError, match=r"train.jsonl:1: not a dataset row"):
+        run(tmp_path, cfg(tiny["gemma3"], max_steps=1))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_user_errors_are_one_line(tiny, tmp_path):
+    from lorekit.cli import main
+    from lorekit.train import run
+
+    with pytest.raises(LorekitError, match="run `lorekit compile"):
+        run(tmp_path, cfg(tiny["gemma3"]))
+    write_dataset(tmp_path)
+    with pytest.raises(LorekitError, match="needs a CUDA GPU"):
+        run(tmp_path, cfg(tiny["gemma3"], backend="unsloth"))
+    assert main(["train", str(tmp_path), "--model", str(tiny["gemma3"]), "--resume"]) == 2
+
+
+def test_cli_trains_with_flags(tiny, tmp_path, capsys):
+    from lorekit.cli import main
+
+    write_dataset(tmp_path)
+    code = main(["train", str(tmp_path), "--model", str(tiny["gemma4"]), "--max-steps", "2", "--batch-size", "4",
+                 "--lr", "1e-3"])
+    assert code == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    info = json.loads((tmp_path / "train" / "run.json").read_text())
+    assert info["config"]["batch_size"] == 4 and info["config"]["lr"] == 1e-3 and info["steps"] == 2
