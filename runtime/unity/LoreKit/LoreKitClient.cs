@@ -353,7 +353,7 @@ namespace LoreKit
         {
             lock (gate)
             {
-                if (tcp != null) tcp.Close();
+                if (tcp != null) ((IDisposable)tcp).Dispose(); // closes the socket and unblocks the reader
                 tcp = null;
                 stream = null;
             }

@@ -7,6 +7,7 @@ using UnityEngine.Events;
 
 namespace LoreKit.Unity
 {
+    [System.Serializable] public class StringEvent : UnityEvent<string> { }                // reason
     [System.Serializable] public class TokenEvent : UnityEvent<string, string> { }       // turn id, text
     [System.Serializable] public class SentenceEvent : UnityEvent<string, int, string> { } // turn id, index, text
     [System.Serializable] public class ErrorEvent : UnityEvent<string, string, string> { } // id, code, message
@@ -25,7 +26,7 @@ namespace LoreKit.Unity
         public bool dontDestroyOnLoad = true;
 
         public UnityEvent onConnected = new UnityEvent();
-        public UnityEvent<string> onDisconnected = new UnityEvent<string>();
+        public StringEvent onDisconnected = new StringEvent();
         public TokenEvent onToken = new TokenEvent();
         public SentenceEvent onSentence = new SentenceEvent();
         public ErrorEvent onError = new ErrorEvent();
