@@ -7,7 +7,7 @@ import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lorekit.compile.config import CompileConfig
 from lorekit.compile.dataset import Builder, Row, Rows, phrasing_warnings
@@ -15,14 +15,13 @@ from lorekit.compile.extras import greeting_rows, multi_turn_rows, secret_rows, 
 from lorekit.compile.templates import TemplateFailure, Templates
 from lorekit.lore import Fact, Vault, facts_of, load_vault
 from lorekit.lore.problems import Problem, error, warning
-from lorekit.persona import keeper_prompt, npc_view, system_prompt, templates_for
+from lorekit.persona import keeper_prompt, system_prompt, templates_for
 
 ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
 
 
-@dataclass
-class Rec:
-    """One serialized row and what the report needs to know about it."""
+class Rec(NamedTuple):
+    """One serialized row and what the report needs to know about it (a tuple: cheap to pickle)."""
 
     line: bytes
     npc: str | None
@@ -51,17 +50,32 @@ class Built:
         return [r.line for r in self.eval]
 
 
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
+_SYSTEM_CACHE: dict[tuple[str, str], bytes] = {}
+
+
 def serialize(row: Row, fmt: str) -> Rec:
+    """One JSON line. Built by hand around a cached encoding of the (long, repeated) system turn."""
     conv = row["conversations"]
-    if fmt == "openai":
-        obj: dict[str, Any] = {"messages": [{"role": ROLES[t["from"]], "content": t["value"]} for t in conv],
-                               "meta": row["meta"]}
-    else:
-        obj = row
-    line = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+    openai = fmt == "openai"
+    role_key, text_key = ("role", "content") if openai else ("from", "value")
+    parts = []
+    for i, turn in enumerate(conv):
+        role = ROLES[turn["from"]] if openai else turn["from"]
+        if i == 0 and turn["from"] == "system":
+            key = (fmt, turn["value"])
+            if key not in _SYSTEM_CACHE:
+                if len(_SYSTEM_CACHE) > 4096:
+                    _SYSTEM_CACHE.clear()
+                _SYSTEM_CACHE[key] = _dumps({role_key: role, text_key: turn["value"]})
+            parts.append(_SYSTEM_CACHE[key])
+        else:
+            parts.append(f'{{"{role_key}": {_dumps(role)}, "{text_key}": {_dumps(turn["value"])}}}')
+    body = ", ".join(parts)
+    line = f'{{"{"messages" if openai else "conversations"}": [{body}], "meta": {_dumps(row["meta"])}}}\n'
     m = row["meta"]
     questions = tuple(t["value"] for t in conv if t["from"] == "human")
-    return Rec(line, m["npc"], m["kind"], tuple(m["facts"]), questions)
+    return Rec(line.encode("utf-8"), m["npc"], m["kind"], tuple(m["facts"]), questions)
 
 
 def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
@@ -101,16 +115,20 @@ def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
 def _fact_units(built: Built, builder: Builder, store: Any | None, digest: str) -> None:
     cfg_key = json.dumps(asdict(builder.cfg), sort_keys=True) + digest
     shas = {p.path: p.sha for p in builder.vault.pages}
+    sigs = {s: (json.dumps(builder.npc_views[s], sort_keys=True) if s else "-") + "\0" + builder.systems[s]
+            for s in builder.systems}
     for fact in built.facts:
-        key = _unit_key(builder, fact, cfg_key, shas) if store is not None else None
-        unit = store.units.get(key) if store is not None else None
-        if unit is None:
+        key = _unit_key(builder, fact, cfg_key, shas, sigs) if store is not None else None
+        cached = store.units.get(key) if store is not None else None
+        if cached is not None:
+            unit = ([Rec._make(r) for r in cached[0]], [Rec._make(r) for r in cached[1]], [], cached[2])
+        else:
             rows = builder.fact_rows(fact)
             built.rendered += 1
             unit = ([serialize(r, builder.cfg.format) for r in rows.train],
                     [serialize(r, builder.cfg.format) for r in rows.eval], rows.problems, rows.phrasings)
             if store is not None and not rows.problems:
-                store.units[key] = unit
+                store.units[key] = ([tuple(r) for r in unit[0]], [tuple(r) for r in unit[1]], unit[3])
         if store is not None:
             store.used.add(key)
         built.train += unit[0]
@@ -119,15 +137,13 @@ def _fact_units(built: Built, builder: Builder, store: Any | None, digest: str) 
         built.phrasings.update(unit[3])
 
 
-def _unit_key(builder: Builder, fact: Fact, cfg_key: str, shas: dict[str, str]) -> str:
+def _unit_key(builder: Builder, fact: Fact, cfg_key: str, shas: dict[str, str], sigs: dict) -> str:
     """Everything a fact's rows depend on: the fact, its pages' bytes, its speakers, templates, config."""
     vault = builder.vault
     speakers = builder.speakers(fact)
     parts = [cfg_key, repr((fact.id, fact.kind, fact.field, fact.values, fact.expect, fact.others)),
              ",".join(sorted(fact.pages)), shas[vault.entities[fact.entity].page]]
-    for s in speakers:
-        parts.append(json.dumps(npc_view(vault.npcs[s]), sort_keys=True) if s else "-")
-        parts.append(builder.systems[s])
+    parts += [sigs[s] for s in speakers]
     return hashlib.blake2b("\0".join(parts).encode("utf-8"), digest_size=16).hexdigest()
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from lorekit import atomic
 
 log = logging.getLogger(__name__)
-VERSION = 1
+VERSION = 2
 
 
 class Cache:

@@ -51,6 +51,7 @@ class Builder:
     def __init__(self, vault: Vault, cfg: CompileConfig, templates: Templates, systems: dict[str | None, str]):
         self.vault, self.cfg, self.t, self.systems = vault, cfg, templates, systems
         self.public = vault.public_ids()
+        self.npc_views = {n.id: npc_view(n) for n in vault.npcs.values()}
 
     # --- which template asks a fact -------------------------------------------------------------
     def template_for(self, fact: Fact) -> str:
@@ -80,13 +81,21 @@ class Builder:
                 "text": fact.values[0] if fact.values else "", "expect": list(fact.expect), "others": list(fact.others)}
         return {"entity": entity_view(entity), "fact": view}
 
-    def answer(self, template: str, ctx: dict, speaker: str | None, seed: str) -> str:
-        npc = npc_view(self.vault.npcs[speaker]) if speaker else None
+    def answer(self, template: str, ctx: dict, speaker: str | None, seed: str, memo: dict | None = None) -> str:
+        """The answer in the speaker's voice. `memo` reuses renders that did not call pick() (same text)."""
+        if memo is not None and speaker in memo:
+            return memo[speaker]
+        npc = self.npc_views.get(speaker) if speaker else None
         statement = self.t.render(template, "answer", {**ctx, "npc": npc}, seed)
+        fixed = not self.t.picked
         voice = self.t.find("replies/voice.j2")
-        if voice is None:
-            return statement
-        return self.t.render(voice, "answer", {"statement": statement, "npc": npc, "entity": ctx.get("entity")}, seed + ":v")
+        if voice is not None:
+            statement = self.t.render(voice, "answer", {"statement": statement, "npc": npc, "entity": ctx.get("entity")},
+                                      seed + ":v")
+            fixed = fixed and not self.t.picked
+        if memo is not None and fixed:
+            memo[speaker] = statement
+        return statement
 
     # --- facts ----------------------------------------------------------------------------------
     def fact_rows(self, fact: Fact) -> Rows:
@@ -106,15 +115,16 @@ class Builder:
             entities = [self.vault.entities[fact.entity].name, *[o for o in fact.others if o]]
             entities = list(dict.fromkeys(entities))
             n = max(self.cfg.phrasings_per_fact, len(speakers) if len(speakers) > 1 else 0)
+            memo: dict = {}
             for i in range(n):
                 speaker = speakers[(s0 + i) % len(speakers)]
                 q = train_q[(q0 + i) % len(train_q)]
-                a = self.answer(template, ctx, speaker, f"{self.cfg.seed}:{fact.id}:{i}")
+                a = self.answer(template, ctx, speaker, f"{self.cfg.seed}:{fact.id}:{i}", memo)
                 out.train.append(make_row(self.systems[speaker], [(q, a)],
                                           meta(speaker, fact.kind, entities, [fact.id], _present(expect, a), name)))
             for j, q in enumerate(eval_q):
                 speaker = speakers[(s0 + n + j) % len(speakers)]
-                a = self.answer(template, ctx, speaker, f"{self.cfg.seed}:{fact.id}:e{j}")
+                a = self.answer(template, ctx, speaker, f"{self.cfg.seed}:{fact.id}:e{j}", memo)
                 out.eval.append(make_row(self.systems[speaker], [(q, a)],
                                          meta(speaker, fact.kind, entities, [fact.id], _present(expect, a), name)))
             out.phrasings[fact.id] = min(n, len(train_q))

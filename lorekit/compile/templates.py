@@ -82,6 +82,8 @@ class Templates:
         self.env.filters["article"] = article
         self.names = set(self.env.list_templates(extensions=["j2"]))
         self._cache: dict[str, jinja2.Template] = {}
+        self._globals = dict(self.env.globals)
+        self._display: dict[str, str] = {}
 
     def digest(self) -> str:
         """A hash of every template's text: part of the incremental cache key."""
@@ -98,6 +100,11 @@ class Templates:
 
     def display(self, name: str) -> str:
         """Where a template lives, as a user reads it: `_templates/x.j2` or `templates/x.j2`."""
+        if name not in self._display:
+            self._display[name] = self._where(name)
+        return self._display[name]
+
+    def _where(self, name: str) -> str:
         path = Path(self._template(name).filename or name)
         if self.lore_dir and path.is_relative_to(self.lore_dir):
             return path.relative_to(self.lore_dir).as_posix()
@@ -120,8 +127,19 @@ class Templates:
         tpl = self._template(name)
         if block not in tpl.blocks:
             raise TemplateFailure(name, 1, f"template has no `{{% block {block} %}}`")
-        rng = random.Random(seed)
-        context = tpl.new_context({**ctx, "pick": lambda seq: seq[rng.randrange(len(seq))] if seq else ""})
+        rng: list[random.Random] = []
+        self.picked = False  # whether this render used pick(): if not, its text does not depend on the seed
+
+        def pick(seq: Any) -> Any:
+            if not seq:
+                return ""
+            if not rng:  # seeding costs more than rendering; only templates that pick pay for it
+                rng.append(random.Random(seed))
+            self.picked = True
+            return seq[rng[0].randrange(len(seq))]
+
+        # shared=True skips Jinja's per-call merge of the globals chain; we merge a cached copy instead
+        context = tpl.new_context({**self._globals, **ctx, "pick": pick}, shared=True)
         try:
             try:
                 return "".join(tpl.blocks[block](context)).strip()

@@ -1,0 +1,137 @@
+"""Compile speed at scale: a generated 10,000-page vault, full compile and one-page-edit recompile.
+
+    python bench/compile_scale.py [--pages 10000] [--keep DIR]
+
+Measures (1) a full compile with an empty cache, (2) a recompile after editing one page, and (3) a
+full compile without the cache of the edited vault, whose bytes must equal (2)'s. Writes
+bench/results/compile_scale.json with the machine, date and command. Targets: full <= 60 s,
+one-page recompile <= 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lorekit.compile import CompileConfig, run  # noqa: E402
+
+SYL = ["ar", "bel", "cor", "dun", "el", "fen", "gar", "hal", "ist", "jor", "kel", "lum", "mor", "nor", "or",
+       "pel", "quin", "ros", "sel", "tor", "ul", "var", "wen", "yar", "zel"]
+JOBS = ["smith", "baker", "guard", "scribe", "farmer", "sailor", "merchant", "hunter", "healer", "miner"]
+KINDS = {"location": ["village", "city", "ruin", "fort"], "faction": ["guild", "order", "house"],
+         "item": ["sword", "ring", "book", "lamp"], "event": ["battle", "flood", "festival"]}
+
+
+def name(rng: random.Random, used: set[str]) -> str:
+    while True:
+        n = "".join(rng.choice(SYL) for _ in range(3)).capitalize() + " " + "".join(
+            rng.choice(SYL) for _ in range(2)).capitalize()
+        if n not in used:
+            used.add(n)
+            return n
+
+
+def generate(root: Path, pages: int, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    used: set[str] = set()
+    counts = {"character": pages // 2, "location": pages // 5, "faction": pages // 10, "item": pages // 8}
+    counts["event"] = pages - sum(counts.values())
+    names = {t: [name(rng, used) for _ in range(n)] for t, n in counts.items()}
+    npcs = set(names["character"][:20])
+    for etype, group in names.items():
+        folder = root / etype
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, n in enumerate(group):
+            region = f"region{i % 50}"
+            lines = ["---", f"type: {etype}", f"tags: [{region}]"]
+            if etype == "character":
+                lines += [f"occupation: {rng.choice(JOBS)}", f'residence: "[[{rng.choice(names["location"])}]]"',
+                          f'affiliation: "[[{rng.choice(names["faction"])}]]"']
+                if n in npcs:
+                    lines += ["npc:", f"  voice: Speaks like a {rng.choice(JOBS)}.", f"  greeting: Hello from {n}.",
+                              f'  knows: ["#{region}"]']
+            elif etype == "location":
+                lines += [f"kind: {rng.choice(KINDS['location'])}", f"population: {rng.randrange(100, 90000)}"]
+            elif etype == "faction":
+                lines += [f"kind: {rng.choice(KINDS['faction'])}", f'leader: "[[{rng.choice(names["character"])}]]"']
+            elif etype == "item":
+                lines += [f"kind: {rng.choice(KINDS['item'])}", f'owner: "[[{rng.choice(names["character"])}]]"']
+            else:
+                lines += [f"date: the year {rng.randrange(100, 1300)}",
+                          f'location: "[[{rng.choice(names["location"])}]]"']
+            other = rng.choice(names["location"])
+            lines += ["---", f"# {n}", "", f"{n} is known around [[{other}]] for {rng.choice(JOBS)} work.", "",
+                      "## History", f"{n} first appeared in the year {rng.randrange(100, 1300)}.", ""]
+            (folder / f"{n}.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def timed(lore: Path, out: Path, cfg: CompileConfig):
+    t0 = time.perf_counter()
+    result = run(lore, out, cfg)
+    return time.perf_counter() - t0, result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pages", type=int, default=10_000)
+    ap.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "compile_scale.json")
+    args = ap.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="lorekit-bench-"))
+    lore, out, fresh = work / "vault", work / "build", work / "fresh"
+    for p in (lore, out, fresh):
+        shutil.rmtree(p, ignore_errors=True)
+    t0 = time.perf_counter()
+    generate(lore, args.pages)
+    gen_s = time.perf_counter() - t0
+    cfg = CompileConfig()
+    full_s, full = timed(lore, out, cfg)
+    cached_s, _ = timed(lore, out, cfg)  # nothing changed
+    page = sorted((lore / "character").iterdir())[123]
+    page.write_text(page.read_text(encoding="utf-8").replace("work.", "work, and sings badly."), encoding="utf-8")
+    edit_s, edited = timed(lore, out, cfg)
+    nocache_s, reference = timed(lore, fresh, CompileConfig(cache=False))
+    same = all((out / "dataset" / n).read_bytes() == (fresh / "dataset" / n).read_bytes()
+               for n in ("train.jsonl", "eval.jsonl", "report.json"))
+    result = {
+        "bench": "compile_scale",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "pages": args.pages,
+        "facts": full.report["facts"],
+        "train_rows": full.report["rows"]["train"],
+        "eval_rows": full.report["rows"]["eval"],
+        "generate_s": round(gen_s, 2),
+        "full_compile_s": round(full_s, 2),
+        "pages_per_s": round(args.pages / full_s, 1),
+        "recompile_unchanged_s": round(cached_s, 3),
+        "recompile_one_page_edit_s": round(edit_s, 3),
+        "facts_rendered_after_edit": edited.rendered,
+        "full_compile_no_cache_s": round(nocache_s, 2),
+        "edit_vs_full_ratio": round(edit_s / nocache_s, 4),
+        "edit_output_equals_full_compile": same,
+        "targets": {"full_compile_s": 60, "recompile_one_page_edit_s": 1},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
