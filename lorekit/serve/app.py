@@ -178,7 +178,7 @@ class App:
         return self
 
     def stop_background(self) -> None:
-        if self.loop and self._thread:
+        if self.loop and self._thread and self._thread.is_alive() and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(60)
 

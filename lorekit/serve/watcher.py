@@ -88,7 +88,7 @@ class Watcher:
 
     def changed(self, path: str) -> None:
         p = Path(path)
-        if p.name in self.model_names and p.resolve().parent in self.model_dirs:
+        if p.name in self.model_names and p.parent.resolve() in self.model_dirs:
             log.info("model file changed: %s", p)
             self.model.trigger()
         elif lore_relevant(path, self.lore_root):

