@@ -1,0 +1,63 @@
+"""`lorekit export OUT`: the CLI edge of lorekit.export (arguments in, a short summary out)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+FLAGS = ("type", "base_gguf", "from_hf", "npc", "verify", "verify_prompts", "adapter_gguf")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", nargs="?", default="build", type=Path,
+                        help="build folder holding adapter/ (default: build); files go to OUT/export/")
+    parser.add_argument("--type", choices=["base", "f16", "q8_0"],
+                        help="merged model type (default base: keep the base GGUF's quantization)")
+    parser.add_argument("--base-gguf", dest="base_gguf", help="base model GGUF (default: the profile's own)")
+    parser.add_argument("--from-hf", dest="from_hf", nargs="?", const="model", metavar="DIR",
+                        help="write the base GGUF from a Hugging Face folder (no DIR: the trained model's folder)")
+    parser.add_argument("--npc", help="NPC id whose persona becomes the Modelfile's SYSTEM")
+    parser.add_argument("--no-verify", dest="verify", action="store_const", const=False,
+                        help="skip reading back, llama.cpp loading and the logit comparison")
+    parser.add_argument("--no-adapter", dest="adapter_gguf", action="store_const", const=False,
+                        help="do not write adapter.gguf")
+    parser.add_argument("--prompts", dest="verify_prompts", type=int, help="prompts in the logit check (1-8)")
+    parser.add_argument("--check", action="store_true", help="only re-run the verification of OUT/export")
+    parser.add_argument("--lore", type=Path, help="lore folder whose lorekit.toml to read "
+                        "(default: the one recorded in OUT/dataset/report.json)")
+
+
+def command(args: argparse.Namespace) -> int:
+    from lorekit import config
+    from lorekit.export import check, run
+    from lorekit.export.config import ExportConfig
+
+    lore = args.lore or _lore_dir(args.out)
+    cfg = config.load(ExportConfig, "export", lore, {k: getattr(args, k) for k in FLAGS})
+    result = check(args.out, cfg) if args.check else run(args.out, cfg)
+    _summary(result)
+    return 0
+
+
+def _lore_dir(out: Path) -> Path | None:
+    report = out / "dataset" / "report.json"
+    if report.is_file():
+        lore = json.loads(report.read_text(encoding="utf-8")).get("lore_dir")
+        return Path(lore) if lore else None
+    return None
+
+
+def _summary(result) -> None:
+    report = result.report
+    files = report.get("files", {})
+    for name, info in files.items():
+        print(f"  {name:<14} {info['bytes'] / 1e6:9.1f} MB")
+    print(f"model.gguf type: {report.get('type_written')} ({report.get('quantization_method')}); "
+          f"stop at {', '.join(report.get('stop', []))}")
+    ver = report.get("verification")
+    if ver:
+        for name, c in ver["comparisons"].items():
+            mark = "ok" if c["passed"] else "FAILED"
+            print(f"  {name:<28} top-1 {c['top1']:.2f}  max |diff| {c['max_abs']:.4f}  rel {c['rel']:.4f}  {mark}")
+    print(f"written to {result.export_dir}")

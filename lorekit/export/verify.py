@@ -1,0 +1,171 @@
+"""Check an export: read the GGUFs back, load them with llama.cpp, compare logits with PyTorch.
+
+Figures per comparison (next-token logits at the end of each prompt, same token ids everywhere):
+- `top1`: share of prompts where both pick the same next token;
+- `top1_close`: share where llama.cpp's pick is within the allowed error of PyTorch's best logit
+  (a near-tie that flips inside the tolerance is not an error; tiny random models have many);
+- `max_abs`: the largest logit difference; `rel`: that over PyTorch's largest |logit|.
+Limits depend on the weight type: float files must agree closely, quantized ones within what the
+quantization costs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lorekit import chat_formats
+from lorekit.errors import LorekitError
+from lorekit.export.gguf_util import GGUFFile
+
+log = logging.getLogger(__name__)
+
+PROMPTS = [
+    "Who leads the Ash Guild?",
+    "Greetings, traveller. What brings you here?",
+    "Tell me about the old tower by the river.",
+    "What do you know about the dragon?",
+    "Where can I buy a sword?",
+    "Have you heard any rumours lately?",
+    "Who is the captain at the harbour?",
+    "What year was the long winter?",
+]
+
+# relative max-difference limit and minimum top1_close per weight type of the file llama.cpp runs
+# (llama.cpp's f16 KV cache and GELU table alone give ~5e-3 on the tiny Gemma 4 with f32 weights)
+LIMITS = {"f32": (1e-2, 1.0), "f16": (3e-2, 1.0), "bf16": (6e-2, 1.0), "q8_0": (8e-2, 1.0)}
+QUANTIZED_LIMIT = (0.35, 0.75)  # Q4_K_M and friends: re-quantizing the merged weights costs this much
+
+TorchLogits = Callable[[list[list[int]]], list[np.ndarray]]
+
+
+@dataclass
+class Comparison:
+    top1: float
+    top1_close: float
+    max_abs: float
+    rel: float
+
+    def passed(self, limit: tuple[float, float]) -> bool:
+        return self.rel <= limit[0] and self.top1_close >= limit[1]
+
+    def as_dict(self) -> dict:
+        return {k: round(v, 6) for k, v in vars(self).items()}
+
+
+def read_back(path: Path, expect_type: str, arch: str) -> dict:
+    """Open a written GGUF with the gguf package and report what it holds."""
+    g = GGUFFile.open(path)
+    kind = str(g.get("general.type", "model"))
+    if g.arch != arch or kind != expect_type:
+        raise LorekitError(f"{path}: read back as {kind} of arch {g.arch!r}, expected {expect_type} of {arch!r}")
+    types: dict[str, int] = {}
+    for t in g.reader.tensors:
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    info = {"arch": g.arch, "type": kind, "tensors": len(g.reader.tensors), "tensor_types": types,
+            "metadata_keys": len(g.keys())}
+    if kind == "adapter":
+        info["lora_alpha"] = float(g.get("adapter.lora.alpha", 0.0))
+    else:
+        info["chat_template"] = g.get("tokenizer.chat_template") is not None
+        info["vocab"] = len(g.reader.fields["tokenizer.ggml.tokens"].data)
+    return info
+
+
+def prompts_for(family: str, n: int) -> list[str]:
+    fmt = chat_formats.get(family)
+    return [fmt.render([{"role": "user", "content": p}], add_generation_prompt=True) for p in PROMPTS[:n]]
+
+
+@contextlib.contextmanager
+def llama(model_path: Path, lora_path: Path | None = None):
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise LorekitError("llama-cpp-python is not installed, so the export cannot be checked with llama.cpp: "
+                           "pip install 'lorekit[serve]' (or export with --no-verify)") from None
+    kwargs = {"lora_path": str(lora_path)} if lora_path else {}
+    llm = Llama(model_path=str(model_path), n_ctx=512, n_batch=512, n_threads=max(1, min(4, os.cpu_count() or 1)),
+                verbose=False, seed=0, **kwargs)
+    try:
+        yield llm
+    finally:
+        llm.close()
+
+
+def tokenize(llm, texts: list[str]) -> list[list[int]]:
+    return [llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) for t in texts]
+
+
+def llama_logits(llm, ids: list[list[int]]) -> list[np.ndarray]:
+    out = []
+    for seq in ids:
+        llm.reset()
+        llm.eval(seq)
+        # Without logits_all (a 512 x vocab buffer) llama-cpp-python keeps only the context's last row.
+        row = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+        out.append(np.array(row, dtype=np.float32))
+    return out
+
+
+def compare(ref: list[np.ndarray], got: list[np.ndarray], tie_rel: float = 0.0) -> Comparison:
+    """Compare logits row by row; `tie_rel` * max|ref| is how far below the best a pick may be."""
+    top1 = close = 0
+    max_abs = scale = 0.0
+    for r, g in zip(ref, got, strict=True):
+        n = min(len(r), len(g))  # a GGUF vocab may be padded past the checkpoint's rows
+        r, g = r[:n], g[:n]
+        diff = float(np.max(np.abs(r - g)))
+        max_abs, scale = max(max_abs, diff), max(scale, float(np.max(np.abs(r))))
+        top1 += int(np.argmax(r) == np.argmax(g))
+        close += int(r[np.argmax(g)] >= r.max() - tie_rel * float(np.max(np.abs(r))))
+    n = max(1, len(ref))
+    return Comparison(top1 / n, close / n, max_abs, max_abs / max(scale, 1e-6))
+
+
+def limit_for(gguf_path: Path) -> tuple[float, float]:
+    ftype = int(GGUFFile.open(gguf_path).get("general.file_type", 1))
+    name = {0: "f32", 1: "f16", 32: "bf16", 7: "q8_0"}.get(ftype)
+    return LIMITS[name] if name else QUANTIZED_LIMIT
+
+
+def verify(export_dir: Path, base_gguf: Path, family: str, torch_logits: TorchLogits | None,
+           n_prompts: int = 4) -> dict:
+    """Run every check on `export_dir` (model.gguf, adapter.gguf); returns the figures for export.json."""
+    model, adapter = export_dir / "model.gguf", export_dir / "adapter.gguf"
+    arch = GGUFFile.open(base_gguf).arch
+    report: dict = {"read_back": {"model.gguf": read_back(model, "model", arch)}}
+    if adapter.is_file():
+        report["read_back"]["adapter.gguf"] = read_back(adapter, "adapter", arch)
+    texts = prompts_for(family, max(1, min(n_prompts, len(PROMPTS))))
+    with llama(model) as llm:
+        ids = tokenize(llm, texts)
+        merged = llama_logits(llm, ids)
+    runs = {"model.gguf": merged}
+    if adapter.is_file():
+        with llama(base_gguf, adapter) as llm:
+            runs["base+adapter.gguf"] = llama_logits(llm, ids)
+    report["prompts"] = len(ids)
+    report["prompt_tokens"] = [len(s) for s in ids]
+    checks = {}
+    if torch_logits is not None:
+        ref = torch_logits(ids)
+        lim = limit_for(model)
+        checks["model.gguf vs torch"] = (compare(ref, merged, lim[0]), lim)
+        if "base+adapter.gguf" in runs:
+            lim = limit_for(base_gguf)
+            checks["base+adapter.gguf vs torch"] = (compare(ref, runs["base+adapter.gguf"], lim[0]), lim)
+    elif "base+adapter.gguf" in runs:
+        # no PyTorch model: the two llama.cpp routes must still agree with each other
+        lim = max(limit_for(model), limit_for(base_gguf))
+        checks["model.gguf vs base+adapter.gguf"] = (compare(runs["base+adapter.gguf"], merged, lim[0]), lim)
+    report["comparisons"] = {k: {**c.as_dict(), "limit_rel": lim[0], "limit_top1_close": lim[1],
+                                 "passed": c.passed(lim)} for k, (c, lim) in checks.items()}
+    report["passed"] = all(c["passed"] for c in report["comparisons"].values())
+    return report
