@@ -38,7 +38,9 @@ def good_lines() -> list:
         {"step": "unknown_npc", "npc": "no-such-npc-conformance", "timed_out": False, "events": [
             {"type": "error", "code": "unknown_npc", "message": "no NPC 'no-such-npc-conformance' (known: mara-vell)"}]},
         {"step": "await_restart"},
-        {"step": "reconnect", "disconnected": True, "reconnected": True, "events": copy.deepcopy(npcs)},
+        {"step": "reconnect", "disconnected": True, "reconnected": True, "events": copy.deepcopy(npcs),
+         "inflight_events": [{"type": "token", "text": "Long"},
+                             {"type": "error", "code": "shutting_down", "message": "the server is stopping"}]},
         {"step": "end"},
     ]
 
@@ -99,6 +101,14 @@ def _break_no_reconnect(lines):
     step(lines, "reconnect")["reconnected"] = False
 
 
+def _break_inflight_twice(lines):
+    step(lines, "reconnect")["inflight_events"].append({"type": "error", "code": "disconnected", "message": "x"})
+
+
+def _break_inflight_never_ends(lines):
+    step(lines, "reconnect")["inflight_events"].pop()
+
+
 def _break_protocol(lines):
     step(lines, "connect")["protocol"] = 2
 
@@ -109,7 +119,7 @@ BREAKS = {
     "cancel": [_break_cancel_not_cancelled],
     "unknown_npc": [_break_unknown_wrong_code],
     "list_npcs": [_break_npcs_greeting],
-    "reconnect": [_break_no_reconnect],
+    "reconnect": [_break_no_reconnect, _break_inflight_twice, _break_inflight_never_ends],
     "connect": [_break_protocol],
 }
 

@@ -100,6 +100,18 @@ def judge_unknown(step: dict) -> dict:
     return _check(problems)
 
 
+def _inflight_problems(events: list) -> list:
+    """The turn in flight during the restart ends exactly once: done, or an error for the drop."""
+    finals = [e for e in events if e.get("type") in ("done", "error")]
+    if len(finals) != 1:
+        return [f"the turn in flight during the restart got {len(finals)} final events, expected 1"]
+    if events[-1] is not finals[0]:
+        return ["events arrived after the in-flight turn's final event"]
+    if finals[0]["type"] == "error" and finals[0].get("code") not in ("shutting_down", "disconnected"):
+        return [f"the turn in flight ended with error {finals[0].get('code')!r}"]
+    return []
+
+
 def judge(lines: list, expected_npcs: list, scenario: dict, exit_code: int | None) -> dict:
     steps = {line.get("step"): line for line in lines if isinstance(line, dict)}
     result: dict = {}
@@ -124,6 +136,7 @@ def judge(lines: list, expected_npcs: list, scenario: dict, exit_code: int | Non
                 problems.append("did not reconnect")
             else:
                 problems += _npcs_problems(step.get("events") or [], expected_npcs)
+            problems += _inflight_problems(step.get("inflight_events") or [])
             result[name] = _check(problems)
         else:  # end
             result[name] = _check([] if exit_code == 0 else [f"program exited with {exit_code}"])

@@ -126,6 +126,7 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / "server.log"
         self.starts: list = []
+        self.stops: list = []  # how each stop went: seconds, and whether Ctrl+C was not enough
 
     def start(self, timeout: float = 180.0) -> float:
         t0 = time.monotonic()
@@ -150,15 +151,19 @@ class Server:
         self.stop()
         raise RuntimeError(f"lorekit serve not ready within {timeout:.0f} s:\n{self.log_tail()}")
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 10.0) -> None:
+        """Ctrl+C (the server's own shutdown path); killed if it has not exited after `grace` s."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGINT)  # Ctrl+C: the server's own shutdown path
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGINT)
         try:
-            self.proc.wait(timeout=20)
+            self.proc.wait(timeout=grace)
+            self.stops.append({"s": round(time.monotonic() - t0, 2), "killed": False})
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+            self.stops.append({"s": round(time.monotonic() - t0, 2), "killed": True})
 
     def log_tail(self, n: int = 3000) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")[-n:] if self.log_path.exists() else ""
@@ -253,7 +258,8 @@ def run_conformance(names: list, model: Path, lore_dir: Path, workdir: Path,
         codes = {run.name: _finish(run, deadline) for run in runs}
     finally:
         server.stop()
-    report["server"] = {"port": server.port, "start_s": server.starts, "log_tail": server.log_tail(1500)}
+    report["server"] = {"port": server.port, "start_s": server.starts, "stops": server.stops,
+                        "log_tail": server.log_tail(1500)}
     for run in runs:
         steps = judge(run.lines, expected, scenario, codes[run.name])
         if run.error:
@@ -279,12 +285,17 @@ def format_table(report: dict) -> str:
     rows.append(["godot", *["n/a"] * len(cols),
                  f"{'PASS' if g['ok'] else 'FAIL'}: gdparse {'ok' if g['steps']['parse']['ok'] else 'FAIL'}, "
                  f"gdlint {'ok' if g['steps']['lint']['ok'] else 'FAIL'} (no Godot 4 binary: not run)"])
+    server = report.get("server") or {}
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols) + 1)]
     lines = ["  ".join(cell.ljust(widths[i]) if i < len(widths) else cell for i, cell in enumerate(r)) for r in rows]
     for name, c in report["clients"].items():
         for step, s in (c.get("steps") or {}).items():
             if not s["ok"]:
                 lines.append(f"  {name} {step}: {s['detail']}")
+    if server:
+        lines.append(f"server: started in {server['start_s']} s; stops "
+                     + ", ".join(f"{s['s']} s" + (" (did not exit on Ctrl+C: killed)" if s["killed"] else "")
+                                 for s in server["stops"]))
     return "\n".join(lines)
 
 

@@ -152,7 +152,11 @@ static class UnityConformance
         Emit(new Dictionary<string, object> {
             { "step", "unknown_npc" }, { "npc", unknown["npc"] }, { "timed_out", timedOut }, { "events", EventsOf(unknownId) } });
 
+        // A long turn is in flight when the runner restarts the server: it must still end exactly once.
         int before = connectedCount;
+        string inflightId = client.Say(npc, (string)cancel["text"], new TurnOptions {
+            Session = session, MaxTokens = Convert.ToInt32(cancel["max_tokens"]) });
+        Pump(() => false, 1.0);
         Emit(new Dictionary<string, object> { { "step", "await_restart" } });
         bool reconnected = Pump(() => disconnectedCount > 0 && connectedCount > before, Convert.ToDouble(timeouts["reconnect"]));
         List<object> after = new List<object>();
@@ -162,9 +166,11 @@ static class UnityConformance
             Pump(() => Finished(againId), stepTimeout);
             after = EventsOf(againId);
         }
+        Pump(() => Finished(inflightId), stepTimeout);
+        Pump(() => false, 0.5); // a duplicate final event would show up here
         Emit(new Dictionary<string, object> {
             { "step", "reconnect" }, { "disconnected", disconnectedCount > 0 }, { "reason", lastReason },
-            { "reconnected", reconnected }, { "events", after } });
+            { "reconnected", reconnected }, { "events", after }, { "inflight_events", EventsOf(inflightId) } });
         client.Dispose();
         Emit(new Dictionary<string, object> { { "step", "end" } });
         return 0;

@@ -106,8 +106,11 @@ id = client:say(scenario.unknown_npc.npc, scenario.unknown_npc.text, {session = 
 timed_out = not pump(finished(id), t.step)
 emit({step = "unknown_npc", npc = scenario.unknown_npc.npc, timed_out = timed_out, events = events_of(id)})
 
--- Reconnect: the runner restarts the server when it reads this line.
+-- Reconnect: a long turn is in flight when the runner restarts the server (it does so when it
+-- reads the await_restart line of every client); that turn must still end exactly once.
 local before = seen.connected
+local inflight = client:say(npc, cancel.text, {session = session, max_tokens = cancel.max_tokens})
+pump(function() return false end, 1.0) -- let the request go out
 emit({step = "await_restart"})
 local reconnected = pump(function() return (seen.disconnected or 0) > 0 and seen.connected > before end, t.reconnect)
 local npcs_after = json.array({})
@@ -116,7 +119,9 @@ if reconnected then
   pump(finished(id), t.step)
   npcs_after = events_of(id)
 end
+pump(finished(inflight), t.step)
+pump(function() return false end, 0.5) -- a duplicate final event would show up here
 emit({step = "reconnect", disconnected = (seen.disconnected or 0) > 0, reason = seen.reason,
-      reconnected = reconnected, events = npcs_after})
+      reconnected = reconnected, events = npcs_after, inflight_events = events_of(inflight)})
 client:close()
 emit({step = "end"})

@@ -114,12 +114,24 @@ def main() -> int:
     events, timed_out, _ = run_turn(client, unknown["npc"], unknown["text"], session)
     emit({"step": "unknown_npc", "npc": unknown["npc"], "timed_out": timed_out, "events": events})
 
+    # A long turn is in flight when the runner restarts the server: it must still end exactly once.
+    # The reference client raises ConnectionError when the connection drops mid-turn; this program
+    # records that as the client-side "disconnected" error the other clients emit.
+    rid = client.start_turn(npc, cancel["text"], session=session, max_tokens=cancel["max_tokens"])
     emit({"step": "await_restart"})
-    reason = wait_for_drop(client, timeouts["reconnect"])
+    inflight, reason = [], None
+    try:
+        for event in client.events(rid):
+            inflight.append(record(event))
+    except (ConnectionError, OSError) as e:
+        inflight.append({"type": "error", "code": "disconnected", "message": str(e)})
+        reason = str(e) or type(e).__name__
+        client.close()
+    reason = reason or wait_for_drop(client, timeouts["reconnect"])
     reconnected = reason is not None and connect_with_retry(client, timeouts["reconnect"])
     after = [{"type": "npcs", "npcs": client.list_npcs()}] if reconnected else []
     emit({"step": "reconnect", "disconnected": reason is not None, "reason": reason, "reconnected": reconnected,
-          "events": after})
+          "events": after, "inflight_events": inflight})
     client.close()
     emit({"step": "end"})
     return 0
