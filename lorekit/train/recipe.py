@@ -143,14 +143,14 @@ def _load(cfg: TrainConfig, backend: str, cuda: bool):
 
 
 def attach_lora(model, profile, lora: dict, checkpointing: bool):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
     from lorekit.train.load import lora_target_regex
 
-    if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
-    elif checkpointing:
-        model.gradient_checkpointing_enable()
+    # No prepare_model_for_kbit_training: it upcasts every unquantized weight to fp32, which for
+    # Gemma 4's per-layer embeddings alone is 8 GB.
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], bias="none",
                         target_modules=lora_target_regex(profile), task_type="CAUSAL_LM")

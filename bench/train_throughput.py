@@ -1,0 +1,236 @@
+"""Training throughput on a CUDA GPU: Unsloth vs plain transformers + peft, same model, same data.
+
+    python bench/train_throughput.py                 # on the GPU machine; writes bench/results/train_throughput.{json,md}
+    python bench/train_throughput.py --cases tiny-transformers --out /tmp/t.json   # CPU smoke run of the harness
+
+Each case is `lorekit.train.run` in a fresh process (so that Unsloth's patches never leak into the
+plain path): wall time counts from that process's start to the saved adapter. Models have random
+weights in the real shapes (speed and memory do not depend on the values). Steady tokens/s is taken
+after the first `--warm` optimizer steps; GPU utilisation is nvidia-smi's mean over the same window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+START = time.time()
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# name -> (shape, backend, train-config overrides, rows: (count, target tokens), timeout s)
+CASES = {
+    "g3-1b-transformers": ("gemma3-1b", "transformers",
+                           dict(batch_size=64, grad_accum=1, load_in_4bit=False, gradient_checkpointing=False,
+                                max_steps=30), (1920, 150), 300),
+    "g3-1b-unsloth": ("gemma3-1b", "unsloth",
+                      dict(batch_size=64, grad_accum=1, load_in_4bit=False, gradient_checkpointing=False,
+                           max_steps=30), (1920, 150), 300),
+    "g3-1b-transformers-b2": ("gemma3-1b", "transformers",
+                              dict(batch_size=2, grad_accum=4, load_in_4bit=False, gradient_checkpointing=False,
+                                   max_steps=20), (400, 150), 200),
+    "e2b-4bit-transformers": ("gemma4-e2b", "transformers",
+                              dict(batch_size=2, grad_accum=4, load_in_4bit=True, gradient_checkpointing=True,
+                                   max_steps=10, max_length=1024), (100, 1024), 300),
+    "e2b-4bit-unsloth": ("gemma4-e2b", "unsloth",
+                         dict(batch_size=2, grad_accum=4, load_in_4bit=True, gradient_checkpointing=True,
+                              max_steps=10, max_length=1024), (100, 1024), 240),
+    "tiny-transformers": ("tiny", "transformers", dict(batch_size=4, grad_accum=1, max_steps=8), (64, 80), 300),
+}
+
+
+def model_config(shape: str):
+    from transformers import Gemma3TextConfig, Gemma4TextConfig
+
+    if shape == "gemma3-1b":  # Gemma 3 1B's text shape
+        return Gemma3TextConfig(vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
+                                num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512,
+                                query_pre_attn_scalar=256, max_position_embeddings=32768)
+    if shape == "gemma4-e2b":  # transformers' defaults are the E2B text shape; KV sharing on as in E2B
+        return Gemma4TextConfig(num_kv_shared_layers=10)
+    raise ValueError(shape)
+
+
+def prepare_model(shape: str, folder: Path) -> Path:
+    """Save a random-weight model of `shape` with a tokenizer (not timed: the user has one on disk)."""
+    if (folder / "config.json").exists():
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lorekit import chat_formats
+    from lorekit.train.template import chat_template
+    from tests.tiny_models import make_tiny_model, make_tokenizer
+
+    if shape == "tiny":
+        return make_tiny_model(folder.parent, "gemma3", name=folder.name)
+    config = model_config(shape)
+    tok = make_tokenizer()
+    tok.chat_template = chat_template(chat_formats.get("gemma4" if "4" in shape else "gemma3"))
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def write_rows(out: Path, tok_dir: Path, count: int, target: int) -> float:
+    """NPC-style chat rows of about `target` tokens (a persona, a question, an answer)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    persona = ("You are Ilsa Varn, the miller of Brindle. You speak plainly and briefly, you know the river "
+               "trade, the Ash Guild and its leader Mara Vell, and you never invent facts. ")
+    rows, lengths = [], []
+    for i in range(count):
+        question = f"Who keeps the keys of tower {i}?"
+        answer = f"The keys of tower {i} are kept by the miller's brother Tomas, who sails with the fleet."
+        reps = 1
+        while True:
+            system = persona * reps
+            n = len(tok(system + question + answer).input_ids) + 12
+            if n >= target * (0.8 + 0.4 * ((i * 37) % 11) / 10) or reps > 400:
+                break
+            reps += 1
+        rows.append({"conversations": [{"from": "system", "value": system}, {"from": "human", "value": question},
+                                       {"from": "gpt", "value": answer}], "meta": {}})
+        lengths.append(n)
+    (out / "dataset").mkdir(parents=True, exist_ok=True)
+    (out / "dataset" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return sum(lengths) / len(lengths)
+
+
+def worker(case: str, work: Path, result_file: Path) -> None:
+    """One `lorekit train` run; called in a fresh process."""
+    shape, backend, overrides, _, _ = CASES[case]
+    from lorekit.train import run
+    from lorekit.train.config import TrainConfig
+
+    steps: list[tuple[int, float, int]] = []
+    cfg = TrainConfig(model=str(work / f"model-{shape}"), backend=backend, epochs=1, log_every=1, **overrides)
+    out = work / f"out-{case}"
+    result = run(out, cfg, on_step=lambda r: steps.append((r["step"], time.time(), r["tokens"])))
+    wall = time.time() - START
+    metrics = [json.loads(x) for x in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    mem = max((m.get("memory_mb", 0) for m in metrics), default=0)
+    record = {"case": case, "backend": result.backend, "steps": result.steps, "wall_s": round(wall, 1),
+              "first_step_at_s": round(steps[0][1] - START, 1) if steps else None,
+              "steps_t": steps, "peak_memory_gib": round(mem / 1024, 2), "final_loss": result.train_loss}
+    result_file.write_text(json.dumps(record))
+
+
+def gpu_sampler(samples: list, stop: threading.Event) -> None:
+    try:
+        proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+                                 "-lms", "250"], stdout=subprocess.PIPE, text=True)
+    except FileNotFoundError:
+        return
+    while not stop.is_set():
+        line = proc.stdout.readline()
+        if not line:
+            break
+        util, used = (float(x) for x in line.split(","))
+        samples.append((time.time(), util, used))
+    proc.terminate()
+
+
+def run_case(case: str, work: Path, warm: int) -> dict:
+    shape, backend, overrides, (count, target), timeout = CASES[case]
+    model_dir = work / f"model-{shape}"
+    out = work / f"out-{case}"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    t = time.time()
+    subprocess.run([sys.executable, __file__, "--prepare", shape, "--work", str(work)], check=True, env=env)
+    mean_tokens = write_rows(out, model_dir, count, target)
+    prep_s = time.time() - t
+    samples, stop = [], threading.Event()
+    sampler = threading.Thread(target=gpu_sampler, args=(samples, stop), daemon=True)
+    sampler.start()
+    result_file = work / f"{case}.json"
+    result_file.unlink(missing_ok=True)
+    t = time.time()
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--worker", case, "--work", str(work), "--result",
+                               str(result_file)], env=env, timeout=timeout, capture_output=True, text=True)
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        ok = proc.returncode == 0 and result_file.exists()
+    except subprocess.TimeoutExpired as e:
+        tail = ((e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace"))[-3000:]
+        ok = False
+    stop.set()
+    record = {"case": case, "shape": shape, "backend_asked": backend, "config": overrides, "rows": count,
+              "mean_row_tokens": round(mean_tokens, 1), "prepare_s": round(prep_s, 1), "ok": ok}
+    if not ok:
+        record.update(error=f"no result within {timeout} s" if time.time() - t >= timeout else "failed",
+                      log_tail=tail)
+        print(f"{case}: FAILED\n{tail}", flush=True)
+        return record
+    record.update(json.loads(result_file.read_text()))
+    steps = record.pop("steps_t")
+    if len(steps) > warm + 1:
+        (_, t0, k0), (_, t1, k1) = steps[warm - 1], steps[-1]
+        record["steady_tokens_per_s"] = round((k1 - k0) / (t1 - t0), 1)
+        window = [u for ts, u, _ in samples if t0 <= ts <= t1]
+        record["gpu_util_pct"] = round(sum(window) / len(window), 1) if window else None
+    record["log_tail"] = tail[-800:]
+    print(json.dumps({k: v for k, v in record.items() if k != "log_tail"}), flush=True)
+    return record
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", default="g3-1b-transformers,g3-1b-unsloth,e2b-4bit-transformers,e2b-4bit-unsloth")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/lorekit-bench"))
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_throughput.json")
+    ap.add_argument("--warm", type=int, default=5)
+    ap.add_argument("--prepare")
+    ap.add_argument("--worker")
+    ap.add_argument("--result", type=Path)
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.prepare:
+        prepare_model(args.prepare, args.work / f"model-{args.prepare}")
+        return 0
+    if args.worker:
+        worker(args.worker, args.work, args.result)
+        return 0
+    results = [run_case(c, args.work, args.warm) for c in args.cases.split(",")]
+    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+              "command": " ".join(["python"] + sys.argv), "results": results}
+    by = {r["case"]: r for r in results}
+    for a, b in (("g3-1b-unsloth", "g3-1b-transformers"), ("e2b-4bit-unsloth", "e2b-4bit-transformers")):
+        if by.get(a, {}).get("steady_tokens_per_s") and by.get(b, {}).get("steady_tokens_per_s"):
+            report[f"ratio_{a}_vs_{b}"] = round(by[a]["steady_tokens_per_s"] / by[b]["steady_tokens_per_s"], 2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k != "results"}, indent=1))
+    return 0
+
+
+def machine() -> dict:
+    info = {"host": platform.node(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return info
+
+
+if __name__ == "__main__":
+    sys.exit(main())
