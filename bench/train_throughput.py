@@ -30,16 +30,16 @@ sys.path.insert(0, str(ROOT))
 CASES = {
     "g3-1b-transformers": ("gemma3-1b", "transformers",
                            dict(batch_size=64, grad_accum=1, load_in_4bit=False, gradient_checkpointing=False,
-                                max_steps=30), (1920, 150), 300),
+                                max_steps=30), (1920, 150), 200),
     "g3-1b-unsloth": ("gemma3-1b", "unsloth",
                       dict(batch_size=64, grad_accum=1, load_in_4bit=False, gradient_checkpointing=False,
-                           max_steps=30), (1920, 150), 300),
+                           max_steps=30), (1920, 150), 200),
     "g3-1b-transformers-b2": ("gemma3-1b", "transformers",
                               dict(batch_size=2, grad_accum=4, load_in_4bit=False, gradient_checkpointing=False,
                                    max_steps=20), (400, 150), 200),
     "e2b-4bit-transformers": ("gemma4-e2b", "transformers",
                               dict(batch_size=2, grad_accum=4, load_in_4bit=True, gradient_checkpointing=True,
-                                   max_steps=10, max_length=1024), (100, 1024), 300),
+                                   max_steps=10, max_length=1024), (100, 1024), 240),
     "e2b-4bit-unsloth": ("gemma4-e2b", "unsloth",
                          dict(batch_size=2, grad_accum=4, load_in_4bit=True, gradient_checkpointing=True,
                               max_steps=10, max_length=1024), (100, 1024), 240),
@@ -203,17 +203,25 @@ def main() -> int:
     if args.worker:
         worker(args.worker, args.work, args.result)
         return 0
-    results = [run_case(c, args.work, args.warm) for c in args.cases.split(",")]
+    results = []
+    for case in args.cases.split(","):
+        results.append(run_case(case, args.work, args.warm))
+        report = write_report(args.out, results)
+    print(json.dumps({k: v for k, v in report.items() if k != "results"}, indent=1))
+    return 0
+
+
+def write_report(path: Path, results: list[dict]) -> dict:
+    """Written after every case, so that a run cut short still leaves its figures."""
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
               "command": " ".join(["python"] + sys.argv), "results": results}
     by = {r["case"]: r for r in results}
     for a, b in (("g3-1b-unsloth", "g3-1b-transformers"), ("e2b-4bit-unsloth", "e2b-4bit-transformers")):
         if by.get(a, {}).get("steady_tokens_per_s") and by.get(b, {}).get("steady_tokens_per_s"):
             report[f"ratio_{a}_vs_{b}"] = round(by[a]["steady_tokens_per_s"] / by[b]["steady_tokens_per_s"], 2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    print(json.dumps({k: v for k, v in report.items() if k != "results"}, indent=1))
-    return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    return report
 
 
 def machine() -> dict:
