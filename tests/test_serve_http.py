@@ -30,7 +30,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-http")
     shutil.copytree(SAMPLE_LORE, root / "lore")
     cfg = ServeConfig(port=0, model=str(gemma.assemble()), n_ctx=2048, max_tokens=8, temperature=0.0,
-                      n_threads=THREADS, watch=False)
+                      n_threads=THREADS, watch=False, prewarm=False)
     app = App(root / "lore", root / "out", cfg)
     app.load()
     app.start_background()

@@ -26,9 +26,10 @@ NPC = "tobin-reedy"
 PAGE = "characters/Tobin Reedy.md"
 
 
-def start(root: Path) -> App:
+def start(root: Path, prewarm: bool = False) -> App:
     # No --model: the server loads OUT/export/model.gguf, which is what a new build replaces.
-    cfg = ServeConfig(port=0, n_ctx=2048, max_tokens=4, temperature=0.0, n_threads=THREADS, debounce=0.1)
+    cfg = ServeConfig(port=0, n_ctx=2048, max_tokens=4, temperature=0.0, n_threads=THREADS, debounce=0.1,
+                      prewarm=prewarm)
     app = App(root / "lore", root / "out", cfg)
     app.load()
     return app.start_background()
@@ -137,13 +138,20 @@ def test_history_survives_a_restart(world, server):
         c.reset(NPC, "persist")
         first = c.turn(NPC, "My name is Wren.", session="persist", max_tokens=4)
     server.stop_background()
-    again = start(world)
+    again = start(world, prewarm=True)
     try:
+        deadline = time.monotonic() + 120
+        while again.to_warm and time.monotonic() < deadline:  # personas are processed while idle
+            time.sleep(0.2)
         history = again.sessions.history(NPC, "persist")
         assert [t["user"] for t in history] == ["My name is Wren."] and history[0]["npc"] == first["text"]
         with lk.LoreKitClient(port=again.port) as c:
             second = c.turn(NPC, "What is my name?", session="persist", max_tokens=2)
             fresh = c.turn(NPC, "What is my name?", session="persist-fresh", max_tokens=2)
+            other = next(n for n in again.lore.current.npcs if n != NPC)
+            first_contact = c.turn(other, "Hello.", session="persist-other", max_tokens=2)
         assert second["tokens"]["prompt"] > fresh["tokens"]["prompt"], "the old exchange is in the prompt"
+        # pre-processed persona: a first turn with an NPC only processes the player's line
+        assert first_contact["tokens"]["cached"] > 0.8 * first_contact["tokens"]["prompt"], first_contact
     finally:
         again.stop_background()

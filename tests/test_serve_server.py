@@ -39,7 +39,7 @@ def gguf() -> str:
 
 def make_app(lore, out, **cfg) -> App:
     base = dict(port=0, model=gguf(), n_ctx=2048, max_tokens=12, temperature=0.0, n_threads=THREADS,
-                debounce=0.1, handshake_timeout=1.0, idle_timeout=6.0, state_cache_mb=128)
+                debounce=0.1, handshake_timeout=1.0, idle_timeout=6.0, state_cache_mb=128, prewarm=False)
     app = App(lore, out, ServeConfig(**{**base, **cfg}))
     app.load()
     return app.start_background()

@@ -81,6 +81,7 @@ class App:
         self.model_generation = 0
         self.model_errors: list[str] = []
         self.clients: set = set()
+        self.to_warm: set[str] = set()  # NPCs whose persona the worker pre-processes when idle
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: asyncio.base_events.Server | None = None
         self.port = cfg.port
@@ -103,6 +104,7 @@ class App:
         model, adapter, family = resolve_model(self.cfg, self.out)
         self.engine = Engine(model, adapter, **self._engine_args())
         self.family, self.model_generation = family, 1
+        self._warm(self.lore.current.npcs)
         log.info("model %s (%s), %d NPCs", model, self.family or self.engine.family, len(self.lore.current.npcs))
 
     def _engine_args(self) -> dict[str, Any]:
@@ -232,6 +234,7 @@ class App:
                      self.lore.current.generation, ", ".join(result.changed) or "no persona")
             self.notify_threadsafe({"type": "reloaded", "id": None, "what": "lore",
                                     "generation": self.lore.current.generation, "npcs": result.changed})
+            self._warm(result.changed)
             if self.retrainer:
                 self.retrainer.lore_changed()
         else:
@@ -268,10 +271,15 @@ class App:
         self.model_generation += 1
         self.model_errors = []
         old.close()
+        self._warm(self.lore.current.npcs)
         self.metrics.reloaded("model")
         log.info("model swapped in: %s", self.engine.path)
         self.notify_threadsafe({"type": "reloaded", "id": None, "what": "model",
                                 "generation": self.model_generation, "path": str(self.engine.path)})
+
+    def _warm(self, npcs) -> None:
+        if self.cfg.prewarm:
+            self.to_warm.update(npcs)
 
     # -- status -------------------------------------------------------------------------------
 
@@ -286,6 +294,6 @@ class App:
                      "generation": lore.generation, "errors": self.lore.errors, "warnings": self.lore.warnings},
             "retrain": self.retrainer.status() if self.retrainer else {"enabled": False, "state": "idle",
                                                                         "last_error": None},
-            "queue": self.scheduler.depth(), "clients": len(self.clients),
+            "prewarm_pending": len(self.to_warm), "queue": self.scheduler.depth(), "clients": len(self.clients),
             "uptime_s": round(time.time() - self.started, 1),
         }

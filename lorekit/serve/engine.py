@@ -188,6 +188,19 @@ class Engine:
             live = 0
         return min(live, len(tokens) - 1)
 
+    def prewarm(self, key: object, tokens: list[int]) -> int:
+        """Process a prompt prefix (an NPC's persona) now and save its state; returns tokens processed."""
+        llm = self.llm
+        self.prepare(key, tokens)
+        reuse = common_prefix(llm.input_ids[: llm.n_tokens], np.asarray(tokens, dtype=np.intc))
+        if reuse < llm.n_tokens:
+            llm._ctx.kv_cache_seq_rm(-1, reuse, -1)
+            llm.n_tokens = reuse
+        if reuse < len(tokens):
+            llm.eval(tokens[reuse:])
+        self._save_live()
+        return len(tokens) - reuse
+
     def forget_states(self) -> None:
         """Drop every saved state (after a model swap or a reload that changes prompts)."""
         self.states.clear()

@@ -34,8 +34,9 @@ class Worker(threading.Thread):
         app = self.app
         while not self.stopping.is_set():
             app.swap_pending_engine()
-            turn = app.scheduler.next(timeout=0.5)
+            turn = app.scheduler.next(timeout=0.02 if app.to_warm else 0.5)
             if turn is None:
+                self.prewarm_one()
                 continue
             try:
                 self.run_turn(turn)
@@ -46,6 +47,26 @@ class Worker(threading.Thread):
                 turn.sink.error("internal", f"{type(e).__name__}: {e}")
             finally:
                 app.scheduler.finished(turn)
+
+    def prewarm_one(self) -> None:
+        """While idle, process one NPC's persona ahead of its first turn (start-up, reloads, new model)."""
+        app = self.app
+        if not app.to_warm:
+            return
+        npc = app.to_warm.pop()
+        lore, engine = app.lore.current, app.engine
+        if npc not in lore.npcs:
+            return
+        fmt = chat_formats.get(app.family or engine.family)
+        marker = "\x00"
+        text = fmt.render([{"role": "system", "content": lore.prompts[npc]}, {"role": "user", "content": marker}])
+        t0 = time.perf_counter()
+        try:
+            n = engine.prewarm((npc, "*persona*"), engine.tokenize(text.split(marker)[0]))
+        except Exception:  # warming is an optimisation: never let it stop the server
+            log.exception("pre-processing the persona of %s failed", npc)
+            return
+        log.debug("persona of %s ready (%d tokens, %.0f ms)", npc, n, (time.perf_counter() - t0) * 1000)
 
     def run_turn(self, turn: Turn) -> None:
         app, started = self.app, time.perf_counter()
