@@ -95,7 +95,9 @@ def lore_names(rows: list[dict], report: dict) -> set[str]:
     """Entity and NPC names the lore knows (from the rows' meta and the dataset report)."""
     names = {str(n["name"]) for n in report.get("npcs", []) if isinstance(n, dict) and n.get("name")}
     for row in rows:
-        names.update(str(e) for e in (row.get("meta") or {}).get("entities") or [])
+        meta = row.get("meta") or {}
+        if meta.get("kind") != "unknown":  # those entities are invented names, absent from the lore
+            names.update(str(e) for e in meta.get("entities") or [])
     return {n for n in names if n.strip()}
 
 
