@@ -128,7 +128,7 @@ def alternate(app: App, npcs: list[str], rounds: int) -> list[float]:
     ttft = []
     with lk.LoreKitClient(port=app.port) as c:
         for r in range(rounds + 1):
-            for i, npc in enumerate(npcs):
+            for _i, npc in enumerate(npcs):
                 t0 = time.perf_counter()
                 rid = c.start_turn(npc, f"Good day ({r}).", session="bench-switch", max_tokens=4)
                 first = None

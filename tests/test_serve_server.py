@@ -22,7 +22,6 @@ from lorekit.serve.app import App  # noqa: E402
 from lorekit.serve.cli_chat import load_client  # noqa: E402
 from lorekit.serve.config import ServeConfig  # noqa: E402
 
-
 pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
 
 lk = load_client()

@@ -23,7 +23,7 @@ class Histogram:
 
     def lines(self, name: str) -> list[str]:
         out = [f"# TYPE {name} histogram"]
-        out += [f'{name}_bucket{{le="{b}"}} {c}' for b, c in zip(BUCKETS, self.counts)]
+        out += [f'{name}_bucket{{le="{b}"}} {c}' for b, c in zip(BUCKETS, self.counts, strict=False)]
         out += [f'{name}_bucket{{le="+Inf"}} {self.n}', f"{name}_sum {self.total:.6f}", f"{name}_count {self.n}"]
         return out
 

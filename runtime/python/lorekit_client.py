@@ -22,7 +22,8 @@ import json
 import socket
 import time
 from collections import defaultdict, deque
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 7861
@@ -32,27 +33,27 @@ FINAL = ("done", "error")
 class LoreKitError(Exception):
     """An `error` event: `code` is the machine-readable reason (see PROTOCOL.md), `message` for humans."""
 
-    def __init__(self, code: str, message: str, event: Optional[dict] = None):
+    def __init__(self, code: str, message: str, event: dict | None = None):
         super().__init__(f"{code}: {message}")
         self.code, self.message, self.event = code, message, event or {}
 
 
 class LoreKitClient:
-    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Optional[str] = None,
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None,
                  timeout: float = 120.0, client: str = "lorekit_client.py",
-                 on_notification: Optional[Callable[[dict], None]] = None):
+                 on_notification: Callable[[dict], None] | None = None):
         self.host, self.port, self.token, self.timeout, self.client = host, port, token, timeout, client
         self.on_notification = on_notification
         self.notifications: list = []
         self.server_info: dict = {}
-        self._sock: Optional[socket.socket] = None
+        self._sock: socket.socket | None = None
         self._buf = b""
         self._pending: dict = defaultdict(deque)  # id -> events not yet consumed
         self._ids = itertools.count(1)
 
     # -- connection ---------------------------------------------------------------------------
 
-    def connect(self) -> "LoreKitClient":
+    def connect(self) -> LoreKitClient:
         self._sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server_info = self.hello()
@@ -65,7 +66,7 @@ class LoreKitClient:
             finally:
                 self._sock = None
 
-    def __enter__(self) -> "LoreKitClient":
+    def __enter__(self) -> LoreKitClient:
         return self.connect() if self._sock is None else self
 
     def __exit__(self, *exc: Any) -> None:
@@ -81,7 +82,7 @@ class LoreKitClient:
             raise ConnectionError("not connected; call connect() first")
         self._sock.sendall(json.dumps(message, ensure_ascii=False).encode("utf-8") + b"\n")
 
-    def recv(self, timeout: Optional[float] = None) -> dict:
+    def recv(self, timeout: float | None = None) -> dict:
         """The next event from the server, whatever request it belongs to."""
         assert self._sock is not None, "not connected"
         self._sock.settimeout(self.timeout if timeout is None else timeout)
@@ -93,7 +94,7 @@ class LoreKitClient:
         line, self._buf = self._buf.split(b"\n", 1)
         return json.loads(line)
 
-    def next_event(self, rid: Any, timeout: Optional[float] = None) -> dict:
+    def next_event(self, rid: Any, timeout: float | None = None) -> dict:
         """The next event for request `rid`; events of other requests are kept for later."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while not self._pending[rid]:
@@ -144,8 +145,8 @@ class LoreKitClient:
     def reset(self, npc: str, session: str = "default") -> int:
         return self.request({"type": "reset", "npc": npc, "session": session})["turns"]
 
-    def start_turn(self, npc: str, text: str, session: str = "default", state: Optional[dict] = None,
-                   rid: Optional[str] = None, **options: Any) -> str:
+    def start_turn(self, npc: str, text: str, session: str = "default", state: dict | None = None,
+                   rid: str | None = None, **options: Any) -> str:
         """Send a turn and return its id; read its events with `events(id)`. Options: max_tokens,
         temperature, stream ("tokens", "sentences", "none")."""
         rid = rid or self.new_id()
@@ -166,9 +167,9 @@ class LoreKitClient:
     def cancel(self, rid: Any) -> None:
         self.send({"type": "cancel", "id": rid})
 
-    def turn(self, npc: str, text: str, session: str = "default", state: Optional[dict] = None,
-             on_token: Optional[Callable[[str], None]] = None,
-             on_sentence: Optional[Callable[[str], None]] = None, **options: Any) -> dict:
+    def turn(self, npc: str, text: str, session: str = "default", state: dict | None = None,
+             on_token: Callable[[str], None] | None = None,
+             on_sentence: Callable[[str], None] | None = None, **options: Any) -> dict:
         """Say `text` to `npc` and wait for the reply; returns the `done` event (raises on `error`)."""
         rid = self.start_turn(npc, text, session, state, **options)
         for event in self.events(rid):
