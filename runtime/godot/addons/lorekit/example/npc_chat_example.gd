@@ -65,7 +65,7 @@ func _on_submitted(text: String) -> void:
 	input.clear()
 	_show("[b]You:[/b] " + text)
 	var npc_id: String = npc_picker.get_item_metadata(npc_picker.selected)
-	var game_state := {"location": get_tree().current_scene.name, "time": "dusk"}
+	var game_state := {"location": str(get_tree().current_scene.name), "time": "dusk"}
 	current_turn = client.say(npc_id, text, {"state": game_state})
 	stop_button.disabled = false
 	_show("[b]%s:[/b] " % npc_picker.get_item_text(npc_picker.selected))
@@ -73,7 +73,7 @@ func _on_submitted(text: String) -> void:
 
 func _on_token(turn_id: String, text: String) -> void:
 	if turn_id == current_turn:
-		reply_label.append_text(text)  # tokens for the eye; sentences for speech
+		reply_label.add_text(text)  # plain text (no BBCode); tokens for the eye, sentences for speech
 
 
 func _on_sentence(turn_id: String, index: int, text: String) -> void:
