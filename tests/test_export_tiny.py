@@ -1,0 +1,122 @@
+"""Tiny random Gemma 3 / Gemma 4 -> base GGUF (--from-hf) -> perturbed LoRA -> export -> llama.cpp logits.
+
+The export checks itself against the merged PyTorch model; these tests read its figures and also
+make it fail on purpose (a wrong adapter, a wrong base) to show the checks can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+pytestmark = [pytest.mark.torch, pytest.mark.llama]
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("llama_cpp")
+
+from lorekit.cli import main  # noqa: E402
+from lorekit.errors import LorekitError  # noqa: E402
+from lorekit.export import ExportConfig, check, run  # noqa: E402
+from lorekit.export.gguf_util import GGUFFile, sha256  # noqa: E402
+
+
+def make_run(root, family: str, seed: int = 1):
+    """OUT with adapter/ (a LoRA whose B is random, so it changes the logits) and train/run.json."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny_models import make_tiny_model
+
+    out = root / f"out-{family}-{seed}"
+    hf = make_tiny_model(root, family)
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    torch.manual_seed(seed)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    peft_model.save_pretrained(out / "adapter")
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "run.json").write_text(json.dumps({"model": str(hf), "family": family}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Both families exported once through the CLI with default settings (base GGUF from HF)."""
+    root = tmp_path_factory.mktemp("export")
+    outs = {}
+    for family in ("gemma3", "gemma4"):
+        out = make_run(root, family)
+        assert main(["export", str(out), "--prompts", "3"]) == 0
+        outs[family] = out
+    return outs
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gemma4"])
+def test_llama_cpp_logits_match_merged_pytorch(exported, family):
+    report = json.loads((exported[family] / "export" / "export.json").read_text())
+    ver = report["verification"]
+    assert ver["passed"] and ver["prompts"] == 3
+    comps = ver["comparisons"]
+    assert set(comps) == {"model.gguf vs torch", "base+adapter.gguf vs torch"}
+    for c in comps.values():  # an f16 base: llama.cpp agrees with PyTorch to a few percent of the logit scale
+        assert c["top1_close"] == 1.0 and c["rel"] < 0.03, c
+    assert report["family"] == family and report["base_source"].startswith("from-hf:")
+    assert report["stop"] == [{"gemma3": "<end_of_turn>", "gemma4": "<turn|>"}[family]]
+    assert report["type_written"] == "f16"  # the base written from HF is f16, so "base" keeps f16
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gemma4"])
+def test_written_files_read_back(exported, family):
+    folder = exported[family] / "export"
+    report = json.loads((folder / "export.json").read_text())
+    assert sorted(report["files"]) == ["Modelfile", "adapter.gguf", "base.gguf", "model.gguf"]
+    for name, info in report["files"].items():
+        assert info["sha256"] == sha256(folder / name) and info["bytes"] == (folder / name).stat().st_size
+    model, base = GGUFFile.open(folder / "model.gguf"), GGUFFile.open(folder / "base.gguf")
+    assert model.arch == base.arch == family
+    assert sorted(model.tensors) == sorted(base.tensors)
+    assert model.get("tokenizer.chat_template") and model.get("tokenizer.ggml.tokens") == base.get("tokenizer.ggml.tokens")
+    adapter = GGUFFile.open(folder / "adapter.gguf")
+    assert adapter.get("general.type") == "adapter" and adapter.get("adapter.lora.alpha") == 8.0
+    assert len(adapter.tensors) == 2 * report["adapter"]["tensors"]
+    if family == "gemma4":
+        assert model.get("gemma4.attention.shared_kv_layers") == 1
+        assert model.get("gemma4.attention.sliding_window_pattern") == [True, False, False]
+        assert "per_layer_token_embd.weight" in model.tensors and "rope_freqs.weight" in model.tensors
+    modelfile = (folder / "Modelfile").read_text()
+    assert "FROM ./model.gguf" in modelfile and report["stop"][0] in modelfile
+
+
+def test_q8_0_export_and_check_catches_a_swapped_adapter(exported, tmp_path):
+    out = make_run(tmp_path, "gemma3", seed=3)
+    base = exported["gemma3"] / "export" / "base.gguf"  # also exercises --base-gguf
+    result = run(out, ExportConfig(type="q8_0", base_gguf=str(base), verify_prompts=2))
+    assert result.passed and result.report["type_written"] == "q8_0"
+    assert result.report["base_source"] == "base-gguf"
+    assert "Q8_0" in result.report["verification"]["read_back"]["model.gguf"]["tensor_types"]
+    assert check(out, ExportConfig(verify_prompts=2)).passed
+    # Swap in a different adapter: the files on disk no longer match the PyTorch model.
+    other = make_run(tmp_path, "gemma3", seed=7)
+    shutil.rmtree(out / "adapter")
+    shutil.copytree(other / "adapter", out / "adapter")
+    with pytest.raises(LorekitError, match="verification failed"):
+        check(out, ExportConfig(verify_prompts=2))
+    assert main(["export", str(out), "--check", "--prompts", "2"]) == 2
+
+
+def test_wrong_base_fails_in_one_line_and_keeps_the_previous_export(exported):
+    out = exported["gemma3"]
+    before = sha256(out / "export" / "model.gguf")
+    wrong = exported["gemma4"] / "export" / "base.gguf"
+    with pytest.raises(LorekitError) as err:
+        run(out, ExportConfig(base_gguf=str(wrong), verify=False))
+    message = str(err.value)
+    assert "\n" not in message and str(wrong) in message and "adapter" in message and "gemma4" in message
+    assert sha256(out / "export" / "model.gguf") == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".export")]
