@@ -21,9 +21,11 @@ ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
 
 
 class Rec(NamedTuple):
-    """One serialized row and what the report needs to know about it (a tuple: cheap to pickle)."""
+    """One serialized row, as `head + tail` bytes (the head holds the long system turn, shared by
+    every row of a speaker), and what the report needs to know about it. A tuple: cheap to pickle."""
 
-    line: bytes
+    head: bytes
+    tail: bytes
     npc: str | None
     kind: str
     facts: tuple[str, ...]
@@ -43,43 +45,49 @@ class Built:
 
     @property
     def train_lines(self) -> list[bytes]:
-        return [r.line for r in self.train]
+        return [r.head + r.tail for r in self.train]
 
     @property
     def eval_lines(self) -> list[bytes]:
-        return [r.line for r in self.eval]
+        return [r.head + r.tail for r in self.eval]
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
-_SYSTEM_CACHE: dict[tuple[str, str], bytes] = {}
+_HEADS: dict[tuple[str, str | None], bytes] = {}
+
+
+def head(fmt: str, system: str | None) -> bytes:
+    """The start of a row up to and including its system turn (cached: it is long and repeated)."""
+    key = (fmt, system)
+    if key not in _HEADS:
+        if len(_HEADS) > 4096:
+            _HEADS.clear()
+        openai = fmt == "openai"
+        start = '{"messages": [' if openai else '{"conversations": ['
+        if system:
+            turn = {"role": "system", "content": system} if openai else {"from": "system", "value": system}
+            start += _dumps(turn) + ", "
+        _HEADS[key] = start.encode("utf-8")
+    return _HEADS[key]
 
 
 def serialize(row: Row, fmt: str) -> Rec:
-    """One JSON line. Built by hand around a cached encoding of the (long, repeated) system turn."""
+    """One JSON line, identical to json.dumps(row) with the turns renamed for the OpenAI format."""
     conv = row["conversations"]
     openai = fmt == "openai"
     role_key, text_key = ("role", "content") if openai else ("from", "value")
-    parts = []
-    for i, turn in enumerate(conv):
-        role = ROLES[turn["from"]] if openai else turn["from"]
-        if i == 0 and turn["from"] == "system":
-            key = (fmt, turn["value"])
-            if key not in _SYSTEM_CACHE:
-                if len(_SYSTEM_CACHE) > 4096:
-                    _SYSTEM_CACHE.clear()
-                _SYSTEM_CACHE[key] = _dumps({role_key: role, text_key: turn["value"]})
-            parts.append(_SYSTEM_CACHE[key])
-        else:
-            parts.append(f'{{"{role_key}": {_dumps(role)}, "{text_key}": {_dumps(turn["value"])}}}')
-    body = ", ".join(parts)
-    line = f'{{"{"messages" if openai else "conversations"}": [{body}], "meta": {_dumps(row["meta"])}}}\n'
+    system = conv[0]["value"] if conv and conv[0]["from"] == "system" else None
+    turns = conv[1:] if system is not None else conv
+    body = ", ".join(f'{{"{role_key}": {_dumps(ROLES[t["from"]] if openai else t["from"])}, '
+                     f'"{text_key}": {_dumps(t["value"])}}}' for t in turns)
     m = row["meta"]
+    tail = f'{body}], "meta": {_dumps(m)}}}\n'.encode("utf-8")
     questions = tuple(t["value"] for t in conv if t["from"] == "human")
-    return Rec(line.encode("utf-8"), m["npc"], m["kind"], tuple(m["facts"]), questions)
+    return Rec(head(fmt, system), tail, m["npc"], m["kind"], tuple(m["facts"]), questions)
 
 
 def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
-    vault = load_vault(lore_dir, store.pages if store is not None else None)
+    vault = load_vault(lore_dir, store)
     built = Built(vault=vault, problems=list(vault.problems))
     if vault.errors:  # rows from a broken graph would only add noise to the error list
         return built
@@ -117,18 +125,19 @@ def _fact_units(built: Built, builder: Builder, store: Any | None, digest: str) 
     shas = {p.path: p.sha for p in builder.vault.pages}
     sigs = {s: (json.dumps(builder.npc_views[s], sort_keys=True) if s else "-") + "\0" + builder.systems[s]
             for s in builder.systems}
+    heads = {s: head(builder.cfg.format, builder.systems[s]) for s in builder.systems}
     for fact in built.facts:
         key = _unit_key(builder, fact, cfg_key, shas, sigs) if store is not None else None
         cached = store.units.get(key) if store is not None else None
         if cached is not None:
-            unit = ([Rec._make(r) for r in cached[0]], [Rec._make(r) for r in cached[1]], [], cached[2])
+            unit = ([Rec(heads[r[1]], *r) for r in cached[0]], [Rec(heads[r[1]], *r) for r in cached[1]], [], cached[2])
         else:
             rows = builder.fact_rows(fact)
             built.rendered += 1
             unit = ([serialize(r, builder.cfg.format) for r in rows.train],
                     [serialize(r, builder.cfg.format) for r in rows.eval], rows.problems, rows.phrasings)
-            if store is not None and not rows.problems:
-                store.units[key] = ([tuple(r) for r in unit[0]], [tuple(r) for r in unit[1]], unit[3])
+            if store is not None and not rows.problems:  # stored without the head: rebuilt from the speaker
+                store.add_unit(key, ([tuple(r)[1:] for r in unit[0]], [tuple(r)[1:] for r in unit[1]], unit[3]))
         if store is not None:
             store.used.add(key)
         built.train += unit[0]

@@ -10,6 +10,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lorekit.lore.links import Link, ValuePart, find_links, parse_value
 from lorekit.lore.model import RESERVED, TYPES, Entity, Npc
@@ -76,22 +77,27 @@ def scan(root: Path) -> list[Path]:
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
 
 
-def load_vault(root: Path | str, page_cache: dict[str, ParsedPage] | None = None) -> Vault:
-    """Parse every page and build the graph. `page_cache` (content hash -> parsed page) is updated."""
+def load_vault(root: Path | str, page_cache: Any | None = None) -> Vault:
+    """Parse every page and build the graph. `page_cache` (a `lorekit.compile.cache.Cache`, or a
+    plain dict from content hash to parsed page) lets unchanged pages skip parsing."""
     root = Path(root)
     vault = Vault(root=root.resolve())
     if not root.is_dir():
         vault.problems.append(error(str(root), None, "lore folder not found", "pass the folder holding your .md pages"))
         return vault
+    pages = page_cache.pages if hasattr(page_cache, "pages") else page_cache
     for path in scan(root):
         rel = path.relative_to(root).as_posix()
-        data = path.read_bytes()
-        key = content_hash(data) + ":" + rel
-        page = page_cache.get(key) if page_cache is not None else None
+        page = _cached_page(page_cache, path, rel)
         if page is None:
-            page = parse_page(rel, data)
-            if page_cache is not None:
-                page_cache[key] = page
+            data = path.read_bytes()
+            key = content_hash(data) + ":" + rel
+            page = pages.get(key) if pages is not None else None
+            if page is None:
+                page = parse_page(rel, data)
+                if pages is not None:
+                    pages[key] = page
+            _remember(page_cache, path, rel, key)
         vault.pages.append(page)
         vault.problems.extend(page.problems)
     for page in vault.pages:
@@ -104,6 +110,28 @@ def load_vault(root: Path | str, page_cache: dict[str, ParsedPage] | None = None
     _resolve_knowledge(vault)
     vault.problems.sort(key=Problem.sort_key)
     return vault
+
+
+def _cached_page(cache: Any, path: Path, rel: str) -> ParsedPage | None:
+    """The cached parse of a page whose size and mtime are unchanged since the last compile."""
+    if not hasattr(cache, "stats"):
+        return None
+    known = cache.stats.get(rel)
+    st = path.stat()
+    if known is None or known[0] != st.st_mtime_ns or known[1] != st.st_size or st.st_mtime_ns >= cache.trusted_before:
+        return None
+    page = cache.pages.get(known[2])
+    if page is not None:
+        cache.used_pages.add(known[2])
+        cache.new_stats[rel] = known
+    return page
+
+
+def _remember(cache: Any, path: Path, rel: str, key: str) -> None:
+    if hasattr(cache, "stats"):
+        st = path.stat()
+        cache.used_pages.add(key)
+        cache.new_stats[rel] = (st.st_mtime_ns, st.st_size, key)
 
 
 def _add_entity(vault: Vault, page: ParsedPage) -> None:
