@@ -242,12 +242,14 @@ def run_conformance(names: list, model: Path, lore_dir: Path, workdir: Path,
     if not specs:
         return report
     server = Server(lore_dir, model, workdir, free_port())
-    log(f"starting lorekit serve on 127.0.0.1:{server.port} ...")
-    server.start()
+    # The clients start first: a game often starts before its server, so every client must keep
+    # trying until the server is up (the connect step allows timeouts_s.connect seconds).
+    runs = [_launch(spec, workdir, server.port, scenario_path) for spec in specs]
     try:
+        log(f"starting lorekit serve on 127.0.0.1:{server.port} ...")
+        server.start()
         expected = [{"id": m["id"], "name": m.get("name"), "greeting": m.get("greeting")}
                     for m in http_json(server.port, "/v1/models")["data"]]
-        runs = [_launch(spec, workdir, server.port, scenario_path) for spec in specs]
         for run in runs:
             run.waiting.wait(timeout=t["connect"] + 4 * t["step"])
         log("all clients wait for the restart: restarting the server ...")
@@ -258,6 +260,9 @@ def run_conformance(names: list, model: Path, lore_dir: Path, workdir: Path,
         codes = {run.name: _finish(run, deadline) for run in runs}
     finally:
         server.stop()
+        for run in runs:
+            if run.proc and run.proc.poll() is None:
+                run.proc.kill()
     report["server"] = {"port": server.port, "start_s": server.starts, "stops": server.stops,
                         "log_tail": server.log_tail(1500)}
     for run in runs:

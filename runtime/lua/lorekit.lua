@@ -229,7 +229,8 @@ local FINAL = {turn = {done = true, error = true}, list_npcs = {npcs = true, err
                reset = {reset = true, error = true}, hello = {hello = true, error = true}}
 
 -- Options: host, port, token, client (a name for the server log), session (default session),
--- reconnect (default true), reconnect_min / reconnect_max (seconds of backoff, 0.5 / 5).
+-- reconnect (default true), reconnect_min / reconnect_max (seconds of backoff, 0.5 / 5),
+-- connect_timeout (seconds one connection attempt may take, 5).
 function lorekit.new(opts)
   opts = opts or {}
   local self = setmetatable({}, Client)
@@ -241,6 +242,7 @@ function lorekit.new(opts)
   self.reconnect = opts.reconnect ~= false
   self.reconnect_min = opts.reconnect_min or 0.5
   self.reconnect_max = opts.reconnect_max or 5
+  self.connect_timeout = opts.connect_timeout or 5
   self.state = "idle" -- idle | connecting | handshake | connected | waiting | closed
   self.pending = {}   -- id -> {kind = request type, sent = bool}
   self.queue = {}     -- lines waiting for a connection
@@ -272,6 +274,7 @@ function Client:_open()
   local ok, err = self.sock:connect(self.host, self.port)
   if ok or err == "timeout" or err == "Operation already in progress" then
     self.state = "connecting"
+    self.connect_deadline = socket.gettime() + self.connect_timeout
   else
     self:_lost("connect failed: " .. tostring(err))
   end
@@ -369,7 +372,11 @@ end
 
 function Client:_check_connected()
   local _, writable = socket.select(nil, {self.sock}, 0)
-  if not writable or not writable[1] then return end
+  if not writable or not writable[1] then
+    -- Windows never reports a refused connect as writable: give up after connect_timeout and retry.
+    if socket.gettime() > self.connect_deadline then self:_lost("connect timed out") end
+    return
+  end
   local ok, err = self.sock:connect(self.host, self.port)
   if ok or err == "already connected" then
     self.state = "handshake"
