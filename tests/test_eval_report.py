@@ -170,3 +170,13 @@ def test_cli_rejects_a_broken_eval_file(build, capsys):
     (build / "dataset" / "eval.jsonl").write_text('{"conversations": [{"from": "human", "value": "hi"}]}\n')
     assert cli.main(["eval", str(build)]) == 2
     assert "eval.jsonl:1: the last turn must be the expected `gpt` answer" in capsys.readouterr().err
+
+
+def test_an_untrained_model_is_called_under_trained(build):
+    gen = answers_for_general(True)
+    res = run(build, EvalConfig(limit=0), generators=lambda: (Scripted({}, gen), Scripted({}, gen)))
+    assert res.summary["tuned"]["fact_recall"]["share"] == 0.0
+    assert res.verdict["status"] == "under-trained"
+    assert any("more epochs" in a for a in res.verdict["advice"])
+    assert any("out-of-lore" in a for a in res.verdict["advice"])  # "Hmm." is no honest "I don't know"
+    assert sorted(res.verdict["missed_facts"]) == ["ash-guild.headquarters", "ash-guild.leader", "mara-vell.family"]
