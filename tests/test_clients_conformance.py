@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 RUNNER = REPO / "runtime" / "conformance" / "run_conformance.py"
 # Where to keep the JSON report (CI can set it); read at import, before conftest clears LOREKIT_*.
 KEEP_REPORT = os.environ.get("LOREKIT_CONFORMANCE_REPORT", "")
-STEPS = ["connect", "list_npcs", "turn", "cancel", "unknown_npc", "reconnect", "end"]
+STEPS = ["connect", "list_npcs", "turn", "cancel", "unknown_npc", "idle", "reconnect", "end"]
 
 
 def _runner():

@@ -37,6 +37,7 @@ def good_lines() -> list:
             {"type": "done", "text": "Tell", "finish_reason": "cancelled", "completion_tokens": 1}]},
         {"step": "unknown_npc", "npc": "no-such-npc-conformance", "timed_out": False, "events": [
             {"type": "error", "code": "unknown_npc", "message": "no NPC 'no-such-npc-conformance' (known: mara-vell)"}]},
+        {"step": "idle", "seconds": 4, "disconnected": False, "pongs": 3, "events": copy.deepcopy(npcs)},
         {"step": "await_restart"},
         {"step": "reconnect", "disconnected": True, "reconnected": True, "events": copy.deepcopy(npcs),
          "inflight_events": [{"type": "token", "text": "Long"},
@@ -109,6 +110,14 @@ def _break_inflight_never_ends(lines):
     step(lines, "reconnect")["inflight_events"].pop()
 
 
+def _break_idle_dropped(lines):
+    step(lines, "idle")["disconnected"] = True
+
+
+def _break_idle_no_pong(lines):
+    step(lines, "idle")["pongs"] = 0
+
+
 def _break_protocol(lines):
     step(lines, "connect")["protocol"] = 2
 
@@ -121,6 +130,7 @@ BREAKS = {
     "list_npcs": [_break_npcs_greeting],
     "reconnect": [_break_no_reconnect, _break_inflight_twice, _break_inflight_never_ends],
     "connect": [_break_protocol],
+    "idle": [_break_idle_dropped, _break_idle_no_pong],
 }
 
 

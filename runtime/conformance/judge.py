@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-STEPS = ["connect", "list_npcs", "turn", "cancel", "unknown_npc", "reconnect", "end"]
+STEPS = ["connect", "list_npcs", "turn", "cancel", "unknown_npc", "idle", "reconnect", "end"]
 
 
 def _norm(text: str) -> str:
@@ -130,6 +130,12 @@ def judge(lines: list, expected_npcs: list, scenario: dict, exit_code: int | Non
             result[name] = judge_cancel(step, scenario["cancel"]["max_tokens"])
         elif name == "unknown_npc":
             result[name] = judge_unknown(step)
+        elif name == "idle":
+            problems = ["the server dropped the idle connection (no keep-alive?)"] if step.get("disconnected") else []
+            if not step.get("pongs"):
+                problems.append("no ping/pong while idle")
+            problems += _npcs_problems(step.get("events") or [], expected_npcs)
+            result[name] = _check(problems)
         elif name == "reconnect":
             problems = [] if step.get("disconnected") else ["never saw the connection drop"]
             if not step.get("reconnected"):

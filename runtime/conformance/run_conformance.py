@@ -120,9 +120,10 @@ def http_json(port: int, path: str, timeout: float = 5.0) -> dict:
 class Server:
     """A real `lorekit serve` subprocess on a fixed loopback port, restartable on that port."""
 
-    def __init__(self, lore_dir: Path, model: Path, workdir: Path, port: int, max_tokens: int = 64):
+    def __init__(self, lore_dir: Path, model: Path, workdir: Path, port: int, max_tokens: int = 64,
+                 idle_timeout: float | None = None):
         self.lore_dir, self.model, self.workdir, self.port = lore_dir, model, workdir, port
-        self.max_tokens = max_tokens
+        self.max_tokens, self.idle_timeout = max_tokens, idle_timeout
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / "server.log"
         self.starts: list = []
@@ -133,6 +134,8 @@ class Server:
         cmd = [sys.executable, "-m", "lorekit", "serve", str(self.lore_dir), "--out", str(self.workdir / "build"),
                "--port", str(self.port), "--model", str(self.model), "--no-watch"]
         env = dict(os.environ, LOREKIT_SERVE_MAX_TOKENS=str(self.max_tokens), PYTHONUNBUFFERED="1")
+        if self.idle_timeout:
+            env["LOREKIT_SERVE_IDLE_TIMEOUT"] = str(self.idle_timeout)
         log = open(self.log_path, "a", encoding="utf-8")
         log.write(f"\n=== start {' '.join(cmd)}\n")
         log.flush()
@@ -241,7 +244,7 @@ def run_conformance(names: list, model: Path, lore_dir: Path, workdir: Path,
         report["clients"][name] = {"ok": None, "skipped": why, "describe": CLIENTS[name].describe}
     if not specs:
         return report
-    server = Server(lore_dir, model, workdir, free_port())
+    server = Server(lore_dir, model, workdir, free_port(), idle_timeout=scenario["idle"]["server_idle_timeout_s"])
     # The clients start first: a game often starts before its server, so every client must keep
     # trying until the server is up (the connect step allows timeouts_s.connect seconds).
     runs = [_launch(spec, workdir, server.port, scenario_path) for spec in specs]

@@ -230,7 +230,8 @@ local FINAL = {turn = {done = true, error = true}, list_npcs = {npcs = true, err
 
 -- Options: host, port, token, client (a name for the server log), session (default session),
 -- reconnect (default true), reconnect_min / reconnect_max (seconds of backoff, 0.5 / 5),
--- connect_timeout (seconds one connection attempt may take, 5).
+-- connect_timeout (seconds one connection attempt may take, 5), keepalive (ping after this many
+-- idle seconds, 60; false: never).
 function lorekit.new(opts)
   opts = opts or {}
   local self = setmetatable({}, Client)
@@ -243,6 +244,10 @@ function lorekit.new(opts)
   self.reconnect_min = opts.reconnect_min or 0.5
   self.reconnect_max = opts.reconnect_max or 5
   self.connect_timeout = opts.connect_timeout or 5
+  -- The server closes connections silent for 300 s; a ping after `keepalive` idle seconds keeps
+  -- this one open while the player is away from NPCs (false: never).
+  self.keepalive = opts.keepalive == nil and 60 or opts.keepalive
+  self.last_send = socket.gettime()
   self.state = "idle" -- idle | connecting | handshake | connected | waiting | closed
   self.pending = {}   -- id -> {kind = request type, sent = bool}
   self.queue = {}     -- lines waiting for a connection
@@ -365,6 +370,9 @@ function Client:update()
   if self.state == "waiting" and socket.gettime() >= self.retry_at then self:_open() end
   if self.state == "connecting" then self:_check_connected() end
   if self.state == "handshake" or self.state == "connected" then
+    if self.keepalive and self.state == "connected" and socket.gettime() - self.last_send >= self.keepalive then
+      self:ping()
+    end
     self:_flush()
     if self.sock then self:_read() end
   end
@@ -403,6 +411,7 @@ function Client:_flush()
   if #self.outbuf == 0 then return end
   local last, err, partial = self.sock:send(self.outbuf)
   local sent = last or partial or 0
+  if sent > 0 then self.last_send = socket.gettime() end
   self.outbuf = self.outbuf:sub(sent + 1)
   if not last and err ~= "timeout" then self:_lost("send failed: " .. tostring(err)) end
 end

@@ -15,7 +15,7 @@ static class UnityConformance
 {
     static LoreKitClient client;
     static readonly Dictionary<string, List<object>> log = new Dictionary<string, List<object>>();
-    static int connectedCount, disconnectedCount;
+    static int connectedCount, disconnectedCount, pongCount;
     static Dictionary<string, object> hello;
     static string lastReason;
 
@@ -77,7 +77,10 @@ static class UnityConformance
         var timeouts = Obj(scenario, "timeouts_s");
         double stepTimeout = Convert.ToDouble(timeouts["step"]);
 
-        client = new LoreKitClient(host, port) { ClientName = "conformance/" + label, ReconnectMinSeconds = 0.2, ReconnectMaxSeconds = 1 };
+        var idle = Obj(scenario, "idle");
+        client = new LoreKitClient(host, port) {
+            ClientName = "conformance/" + label, ReconnectMinSeconds = 0.2, ReconnectMaxSeconds = 1,
+            KeepAliveSeconds = Convert.ToDouble(idle["keepalive_s"]) };
         client.Connected += h => { connectedCount++; hello = h; };
         client.Disconnected += reason => { disconnectedCount++; lastReason = reason; };
         client.NpcsListed += (id, npcs) =>
@@ -91,6 +94,7 @@ static class UnityConformance
         client.Done += r => Record(r.Id, new Dictionary<string, object> {
             { "type", "done" }, { "text", r.Text }, { "finish_reason", r.FinishReason }, { "npc", r.Npc },
             { "session", r.Session }, { "completion_tokens", r.CompletionTokens } });
+        client.EventReceived += ev => { if ((string)ev["type"] == "pong") pongCount++; };
         client.Error += (id, code, message) => Record(id, new Dictionary<string, object> { { "type", "error" }, { "code", code }, { "message", message } });
 
         var watch = Stopwatch.StartNew();
@@ -151,6 +155,16 @@ static class UnityConformance
         timedOut = !Pump(() => Finished(unknownId), stepTimeout);
         Emit(new Dictionary<string, object> {
             { "step", "unknown_npc" }, { "npc", unknown["npc"] }, { "timed_out", timedOut }, { "events", EventsOf(unknownId) } });
+
+        // Idle: the server (started with a short idle timeout) must not drop a client that keeps alive.
+        int drops = disconnectedCount, pongs = pongCount;
+        double idleSeconds = Convert.ToDouble(idle["seconds"]);
+        Pump(() => false, idleSeconds);
+        string idleId = client.ListNpcs();
+        Pump(() => Finished(idleId), stepTimeout);
+        Emit(new Dictionary<string, object> {
+            { "step", "idle" }, { "seconds", idleSeconds }, { "disconnected", disconnectedCount > drops },
+            { "pongs", pongCount - pongs }, { "events", EventsOf(idleId) } });
 
         // A long turn is in flight when the runner restarts the server: it must still end exactly once.
         int before = connectedCount;

@@ -21,7 +21,7 @@ local function emit(t)
 end
 
 local client = lorekit.new({host = host, port = port, client = "conformance/" .. label,
-                            reconnect_min = 0.2, reconnect_max = 1})
+                            reconnect_min = 0.2, reconnect_max = 1, keepalive = scenario.idle.keepalive_s})
 local log = {}        -- id -> list of events seen through the client's handlers
 local seen = {}       -- counters of connection handlers
 local function record(id, ev)
@@ -40,6 +40,7 @@ client.on_done = function(id, reply)
               session = reply.session, completion_tokens = reply.tokens and reply.tokens.completion})
 end
 client.on_error = function(id, code, message) record(id, {type = "error", code = code, message = message}) end
+client.on_event = function(ev) if ev.type == "pong" then seen.pongs = (seen.pongs or 0) + 1 end end
 
 -- Poll the client like a game loop until cond() is true or the timeout passes.
 local function pump(cond, timeout, on_frame)
@@ -105,6 +106,14 @@ emit({step = "cancel", npc = npc, session = session, timed_out = timed_out, even
 id = client:say(scenario.unknown_npc.npc, scenario.unknown_npc.text, {session = session})
 timed_out = not pump(finished(id), t.step)
 emit({step = "unknown_npc", npc = scenario.unknown_npc.npc, timed_out = timed_out, events = events_of(id)})
+
+-- Idle: the server (started with a short idle timeout) must not drop a client that keeps alive.
+local drops, pongs = seen.disconnected or 0, seen.pongs or 0
+pump(function() return false end, scenario.idle.seconds)
+id = client:list_npcs()
+pump(finished(id), t.step)
+emit({step = "idle", seconds = scenario.idle.seconds, disconnected = (seen.disconnected or 0) > drops,
+      pongs = (seen.pongs or 0) - pongs, events = events_of(id)})
 
 -- Reconnect: a long turn is in flight when the runner restarts the server (it does so when it
 -- reads the await_restart line of every client); that turn must still end exactly once.

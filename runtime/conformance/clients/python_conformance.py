@@ -114,6 +114,20 @@ def main() -> int:
     events, timed_out, _ = run_turn(client, unknown["npc"], unknown["text"], session)
     emit({"step": "unknown_npc", "npc": unknown["npc"], "timed_out": timed_out, "events": events})
 
+    # Idle: the reference client has no keep-alive of its own; a tool pings, as this program does.
+    idle, pongs, dropped = scenario["idle"], 0, False
+    deadline = time.monotonic() + idle["seconds"]
+    while time.monotonic() < deadline:
+        try:
+            client.ping()
+            pongs += 1
+        except (ConnectionError, OSError):
+            dropped = True
+            break
+        time.sleep(idle["keepalive_s"])
+    after = [] if dropped else [{"type": "npcs", "npcs": client.list_npcs()}]
+    emit({"step": "idle", "seconds": idle["seconds"], "disconnected": dropped, "pongs": pongs, "events": after})
+
     # A long turn is in flight when the runner restarts the server: it must still end exactly once.
     # The reference client raises ConnectionError when the connection drops mid-turn; this program
     # records that as the client-side "disconnected" error the other clients emit.

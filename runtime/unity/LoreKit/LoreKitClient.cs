@@ -66,6 +66,8 @@ namespace LoreKit
         public bool DispatchOnReaderThread;
         public double ReconnectMinSeconds = 0.5;
         public double ReconnectMaxSeconds = 5.0;
+        /// <summary>Ping after this many idle seconds (the server closes connections silent for 300 s); 0: never.</summary>
+        public double KeepAliveSeconds = 60.0;
 
         readonly object gate = new object();
         readonly ConcurrentQueue<Action> events = new ConcurrentQueue<Action>();
@@ -74,6 +76,8 @@ namespace LoreKit
         TcpClient tcp;
         NetworkStream stream;
         Thread thread;
+        Timer keepAlive;
+        DateTime lastSend = DateTime.UtcNow;
         volatile bool running;
         bool connected;
         string helloId;
@@ -101,6 +105,14 @@ namespace LoreKit
             running = true;
             thread = new Thread(Run) { IsBackground = true, Name = "LoreKitClient" };
             thread.Start();
+            if (KeepAliveSeconds > 0) keepAlive = new Timer(_ => KeepAlive(), null, 250, 250);
+        }
+
+        void KeepAlive()
+        {
+            bool idle;
+            lock (gate) idle = connected && (DateTime.UtcNow - lastSend).TotalSeconds >= KeepAliveSeconds;
+            if (idle) Ping();
         }
 
         public string ListNpcs() { return Request("list_npcs", null); }
@@ -146,6 +158,7 @@ namespace LoreKit
         public void Dispose()
         {
             running = false;
+            if (keepAlive != null) keepAlive.Dispose();
             CloseSocket();
             if (thread != null && thread != Thread.CurrentThread) thread.Join(2000);
             FailSent("client closed");
@@ -184,6 +197,7 @@ namespace LoreKit
             {
                 byte[] bytes = Encoding.UTF8.GetBytes(line + "\n");
                 stream.Write(bytes, 0, bytes.Length);
+                lastSend = DateTime.UtcNow;
             }
             catch (Exception e)
             {

@@ -53,6 +53,8 @@ const FINAL_EVENTS := {
 @export var reconnect := true
 @export var reconnect_min_s := 0.5
 @export var reconnect_max_s := 5.0
+## Ping after this many idle seconds: the server closes connections silent for 300 s (0: never).
+@export var keepalive_s := 60.0
 
 var state: State = State.IDLE
 
@@ -65,6 +67,7 @@ var _hello_id := ""
 var _wanted := false
 var _backoff := 0.5
 var _retry_in := 0.0
+var _idle_s := 0.0
 
 
 func _ready() -> void:
@@ -156,6 +159,9 @@ func poll(delta: float) -> void:
 	if status == StreamPeerTCP.STATUS_CONNECTED:
 		if state == State.CONNECTING:
 			_start_handshake()
+		_idle_s += delta
+		if state == State.CONNECTED and keepalive_s > 0.0 and _idle_s >= keepalive_s:
+			ping()
 		_read()
 	elif status != StreamPeerTCP.STATUS_CONNECTING:
 		_lost("server closed the connection" if state != State.CONNECTING else "cannot connect")
@@ -212,6 +218,7 @@ func _flush() -> void:
 		if _peer.put_data(item[1]) != OK:
 			_lost("send failed")
 			return
+		_idle_s = 0.0
 
 
 func _read() -> void:
