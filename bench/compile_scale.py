@@ -120,11 +120,17 @@ def main() -> int:
         "recompile_unchanged_s": round(cached_s, 3),
         "recompile_one_page_edit_s": round(edit_s, 3),
         "facts_rendered_after_edit": edited.rendered,
+        "edit_took_fast_path": edited.fast,
         "full_compile_no_cache_s": round(nocache_s, 2),
         "edit_vs_full_ratio": round(edit_s / nocache_s, 4),
         "edit_output_equals_full_compile": same,
         "targets": {"full_compile_s": 60, "recompile_one_page_edit_s": 1},
     }
+    before = args.out.with_name("compile_scale_before.json")
+    if before.exists():  # the numbers before the optimisations, kept for comparison
+        old = json.loads(before.read_text())
+        result["before_optimisation"] = {k: old[k] for k in ("date", "full_compile_s", "recompile_one_page_edit_s",
+                                                             "full_compile_no_cache_s") if k in old}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -174,6 +174,40 @@ def test_incremental_rebuild_equals_full_build(tmp_path):
     assert b"slow, muddy" in (out / "dataset" / "train.jsonl").read_bytes()
 
 
+def _same_as_full(tmp_path, vault, out):
+    full = run(vault, tmp_path / "full", load_config(vault, {"cache": False}))
+    for name in ("train.jsonl", "eval.jsonl", "report.json"):
+        assert (out / "dataset" / name).read_bytes() == (full.out / "dataset" / name).read_bytes(), name
+    shutil.rmtree(tmp_path / "full")
+
+
+def test_incremental_fast_path_patches_and_equals_full_build(tmp_path):
+    vault = tmp_path / "vault"
+    shutil.copytree(VAULT, vault)
+    out = tmp_path / "out"
+    run(vault, out, load_config(vault))
+    unchanged = run(vault, out, load_config(vault))
+    assert unchanged.fast and unchanged.rendered == 0
+    page = vault / "Ash Guild.md"
+    # a prose and value edit that keeps the page's links and fields: patched in place
+    page.write_text(page.read_text().replace("controls every kiln", "owns every kiln").replace("812", "813"))
+    edited = run(vault, out, load_config(vault))
+    assert edited.fast and 0 < edited.rendered <= 8
+    assert b"owns every kiln" in (out / "dataset" / "train.jsonl").read_bytes()
+    _same_as_full(tmp_path, vault, out)
+    # a second edit of another page builds on the patched state
+    other = vault / "places" / "Cinderfall.md"
+    other.write_text(other.read_text().replace("soot-black", "ash-grey"))
+    again = run(vault, out, load_config(vault))
+    assert again.fast
+    _same_as_full(tmp_path, vault, out)
+    # a new link changes the graph: compiled normally, still identical to a full build
+    page.write_text(page.read_text() + "\nIt trades with [[Greywater]].\n")
+    linked = run(vault, out, load_config(vault))
+    assert not linked.fast
+    _same_as_full(tmp_path, vault, out)
+
+
 def test_failed_compile_leaves_the_previous_dataset(tmp_path, monkeypatch):
     out = tmp_path / "out"
     run(VAULT, out, load_config(VAULT))

@@ -47,6 +47,7 @@ class CompileResult:
     problems: list[Problem] = field(default_factory=list)
     wall_s: float = 0.0
     rendered: int = 0  # facts whose rows were rendered (not taken from OUT/.cache)
+    fast: bool = False  # True when an edit was patched into the previous dataset (see compile/fast.py)
 
 
 def check(lore_dir: Path, cfg: CompileConfig | None = None) -> list[Problem]:
@@ -71,29 +72,55 @@ def run(lore_dir: Path | str, out: Path | str, cfg: CompileConfig | None = None)
     t0 = time.perf_counter()
     lore_dir, out = Path(lore_dir), Path(out)
     cfg = cfg or load_config(lore_dir)
+    dataset = out / "dataset"
+    if cfg.cache:
+        from lorekit.compile.fast import try_fast
+
+        try:
+            fast = try_fast(lore_dir, out, cfg)
+        except Exception as e:  # the fast path is an optimisation: never a reason to fail
+            log.debug("incremental fast path failed (%s); compiling normally", e)
+            fast = None
+        if fast is not None:
+            report, rendered = fast
+            return CompileResult(out, dataset / "train.jsonl", dataset / "eval.jsonl", dataset / "report.json",
+                                 report, [], time.perf_counter() - t0, rendered, True)
     store = cache_mod.Cache(out / ".cache") if cfg.cache else None
     built = prepare(lore_dir, cfg, store)
     if any(p.severity == "error" for p in built.problems):
         raise ValidationFailed(lore_dir, built.problems)
-    train_lines = _shuffled(built.train_lines, f"{cfg.seed}:shuffle:train")
-    eval_lines = _shuffled(built.eval_lines, f"{cfg.seed}:shuffle:eval")
-    train_bytes, eval_bytes = b"".join(train_lines), b"".join(eval_lines)
+    order_t = _order(len(built.train), f"{cfg.seed}:shuffle:train")
+    order_e = _order(len(built.eval), f"{cfg.seed}:shuffle:eval")
+    train_lines, eval_lines = built.train_lines, built.eval_lines
+    train_bytes = b"".join([train_lines[i] for i in order_t])
+    eval_bytes = b"".join([eval_lines[i] for i in order_e])
     sha = hashlib.sha256(train_bytes + b"\0" + eval_bytes).hexdigest()
     report = make_report(lore_dir, cfg, built, sha, len(train_lines), len(eval_lines))
-    with atomic.replace_dir(out / "dataset") as tmp:
+    with atomic.replace_dir(dataset) as tmp:
         (tmp / "train.jsonl").write_bytes(train_bytes)
         (tmp / "eval.jsonl").write_bytes(eval_bytes)
         (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if store is not None:
+        from lorekit.compile.fast import save_state
+
         store.save()
-    dataset = out / "dataset"
+        save_state(out, lore_dir, cfg, built, built.digest, report, _inverse(order_t), _inverse(order_e),
+                   store.new_stats)
     wall = time.perf_counter() - t0
     log.debug("compiled %d train and %d eval rows in %.2f s", len(train_lines), len(eval_lines), wall)
     return CompileResult(out, dataset / "train.jsonl", dataset / "eval.jsonl", dataset / "report.json", report,
                          built.problems, wall, built.rendered)
 
 
-def _shuffled(lines: list[bytes], seed: str) -> list[bytes]:
-    lines = list(lines)
-    random.Random(seed).shuffle(lines)
-    return lines
+def _order(n: int, seed: str) -> list[int]:
+    """The seeded shuffle as a permutation (row k of the file is row order[k] of the build)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def _inverse(order: list[int]) -> list[int]:
+    inv = [0] * len(order)
+    for k, i in enumerate(order):
+        inv[i] = k
+    return inv

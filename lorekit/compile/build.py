@@ -41,6 +41,11 @@ class Built:
     eval: list[Rec] = field(default_factory=list)
     phrasings: dict[str, int] = field(default_factory=dict)
     dropped_eval: int = 0
+    systems: dict[str | None, str] = field(default_factory=dict)
+    digest: str = ""  # of the templates
+    ranges: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)  # fact -> train/eval slices
+    eval_kept: list[int | None] = field(default_factory=list)  # eval row before the drop -> index after
+    multi: list[tuple] = field(default_factory=list)  # (train index, npc, conversation, names, turns)
     rendered: int = 0  # facts rendered this time (the rest came from the cache)
 
     @property
@@ -99,10 +104,12 @@ def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
     except TemplateFailure as e:
         built.problems.append(error(e.template, e.line, e.message, "fix the persona or keeper template"))
         return built
-    skip = {f.lower().replace(" ", "_").replace("-", "_") for f in cfg.skip_fields}
-    built.facts = [f for f in facts_of(vault) if f.kind in cfg.fact_kinds and not (f.kind != "summary" and f.field in skip)]
+    built.systems = systems
+    built.facts = [f for f in facts_of(vault) if keep_fact(f, cfg)]
+    vault.mention_log = []  # type: ignore[attr-defined]  # replayed by the incremental fast path
     builder = Builder(vault, cfg, templates, systems)
-    _fact_units(built, builder, store, templates.digest())
+    built.digest = templates.digest()
+    _fact_units(built, builder, store, built.digest)
     extras = Rows()
     by_entity: dict[str, list[Fact]] = defaultdict(list)
     for f in built.facts:
@@ -110,6 +117,8 @@ def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
     for rows in (unknown_rows(builder), secret_rows(builder, by_entity), greeting_rows(builder),
                  multi_turn_rows(builder, built.facts)):
         extras.extend(rows)
+    first_multi = len(built.train) + len(extras.train) - len(extras.multi)  # multi-turn rows come last
+    built.multi = [(first_multi + i, *m) for i, m in enumerate(extras.multi)]
     _add(built, extras, cfg.format)
     _drop_seen_eval(built)
     built.problems += phrasing_warnings(vault, Rows(phrasings=built.phrasings), built.facts, cfg.min_phrasings)
@@ -118,6 +127,11 @@ def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
                                       "too few to teach a model", "write more pages or fields, or raise phrasings_per_fact"))
     built.problems = _dedupe(built.problems)
     return built
+
+
+def keep_fact(fact: Fact, cfg: CompileConfig) -> bool:
+    skip = {f.lower().replace(" ", "_").replace("-", "_") for f in cfg.skip_fields}
+    return fact.kind in cfg.fact_kinds and not (fact.kind != "summary" and fact.field in skip)
 
 
 def _fact_units(built: Built, builder: Builder, store: Any | None, digest: str) -> None:
@@ -140,6 +154,8 @@ def _fact_units(built: Built, builder: Builder, store: Any | None, digest: str) 
                 store.add_unit(key, ([tuple(r)[1:] for r in unit[0]], [tuple(r)[1:] for r in unit[1]], unit[3]))
         if store is not None:
             store.used.add(key)
+        built.ranges[fact.id] = (len(built.train), len(built.train) + len(unit[0]),
+                                 len(built.eval), len(built.eval) + len(unit[1]))
         built.train += unit[0]
         built.eval += unit[1]
         built.problems += unit[2]
@@ -165,7 +181,13 @@ def _add(built: Built, rows: Rows, fmt: str) -> None:
 def _drop_seen_eval(built: Built) -> None:
     """Eval must ask in words never seen in train: drop any eval row whose question is in train."""
     seen = {q for r in built.train for q in r.questions}
-    kept = [r for r in built.eval if not any(q in seen for q in r.questions)]
+    kept = []
+    for r in built.eval:
+        if any(q in seen for q in r.questions):
+            built.eval_kept.append(None)
+        else:
+            built.eval_kept.append(len(kept))
+            kept.append(r)
     built.dropped_eval = len(built.eval) - len(kept)
     built.eval = kept
 

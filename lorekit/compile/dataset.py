@@ -26,12 +26,14 @@ class Rows:
     eval: list[Row] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     phrasings: dict[str, int] = field(default_factory=dict)  # fact id -> distinct train phrasings
+    multi: list[tuple] = field(default_factory=list)  # per multi-turn row: (npc, index, names, turns)
 
     def extend(self, other: Rows) -> None:
         self.train += other.train
         self.eval += other.eval
         self.problems += other.problems
         self.phrasings.update(other.phrasings)
+        self.multi += other.multi
 
 
 def make_row(system: str | None, turns: list[tuple[str, str]], meta: dict[str, Any]) -> Row:

@@ -119,15 +119,24 @@ def multi_turn_rows(b: Builder, facts: list[Fact]) -> Rows:
                     tpl = b.template_for(fact)
                     ctx = b.context(fact)
                     train_q, _ = split(b.t.lines(tpl, "questions", ctx), b.cfg.eval_phrasings_per_fact)
-                    a = b.answer(tpl, ctx, npc.id, f"{b.cfg.seed}:multi:{npc.id}:{c}:{fact.id}")
+                    a = b.answer(tpl, ctx, npc.id, multi_seed(b, npc.id, c, fact))
                     turns.append((train_q[rng.randrange(len(train_q))], a))
                     ids.append(fact.id)
                     names.append(b.vault.entities[fact.entity].name)
-                    expect += [v for v in fact.expect if v in a]
+                    expect.append([v for v in fact.expect if v in a])
             except TemplateFailure as e:
                 out.problems.append(b.template_problem(e, npc.page, 0, f"a conversation of NPC `{npc.id}`"))
                 break
-            out.train.append(make_row(b.systems[npc.id], turns,
-                                      meta(npc.id, "multi_turn", list(dict.fromkeys(names)), ids,
-                                           list(dict.fromkeys(expect)), "multi_turn")))
+            names = list(dict.fromkeys(names))
+            out.train.append(multi_row(b.systems[npc.id], npc.id, names, ids, turns, expect))
+            out.multi.append((npc.id, c, names, list(zip(ids, [q for q, _ in turns], [a for _, a in turns], expect))))
     return out
+
+
+def multi_seed(b: Builder, npc_id: str, c: int, fact: Fact) -> str:
+    return f"{b.cfg.seed}:multi:{npc_id}:{c}:{fact.id}"
+
+
+def multi_row(system: str, npc_id: str, names: list[str], ids: list[str], turns: list, expect: list[list[str]]) -> dict:
+    flat = list(dict.fromkeys(v for part in expect for v in part))
+    return make_row(system, turns, meta(npc_id, "multi_turn", names, ids, flat, "multi_turn"))

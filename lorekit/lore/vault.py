@@ -53,17 +53,23 @@ class Vault:
 
     def mentions(self, text: str) -> bool:
         """Whether `text` (a name) appears anywhere in the vault's names or prose, case-insensitively."""
-        return text.lower() in self._corpus()
+        found = text.lower() in self._corpus()
+        if hasattr(self, "mention_log"):  # the incremental compiler replays these answers
+            self.mention_log.append((text, found))
+        return found
 
     def _corpus(self) -> str:
         if not hasattr(self, "_corpus_text"):
-            parts = list(self.index)
-            for e in self.entities.values():
-                parts.append(e.summary.lower())
-                parts.extend(s.text.lower() for s in e.sections)
-                parts.extend(v.text.lower() for vs in e.fields.values() for v in vs)
-            self._corpus_text = "\n".join(parts)
+            self._corpus_text = "\n".join([*self.index, *(entity_corpus(e) for e in self.entities.values())])
         return self._corpus_text
+
+
+def entity_corpus(e: Entity) -> str:
+    """An entity's prose and values in lower case: where a name counts as "mentioned"."""
+    parts = [e.summary.lower()]
+    parts.extend(s.text.lower() for s in e.sections)
+    parts.extend(v.text.lower() for vs in e.fields.values() for v in vs)
+    return "\n".join(parts)
 
 
 def scan(root: Path) -> list[Path]:
@@ -135,47 +141,53 @@ def _remember(cache: Any, path: Path, rel: str, key: str) -> None:
 
 
 def _add_entity(vault: Vault, page: ParsedPage) -> None:
+    entity = entity_from_page(page, vault.problems)
+    if entity.id in vault.entities:
+        other = vault.entities[entity.id]
+        vault.problems.append(error(page.path, page.line_of("name") or 1,
+                                    f"duplicate name `{entity.name}`: {other.page} already defines `{other.name}`",
+                                    "give each page a unique name"))
+        return
+    _index(vault, entity, page)
+    vault.entities[entity.id] = entity
+    if page.has_front_matter and not (entity.fields or entity.summary or any(s.text for s in entity.sections)):
+        if not page.problems:
+            vault.problems.append(warning(page.path, 1, f"page `{entity.name}` states no facts",
+                                          "add fields, a first paragraph or sections"))
+
+
+def entity_from_page(page: ParsedPage, problems: list[Problem]) -> Entity:
+    """The entity a page defines, from the page alone (links are resolved later, by name)."""
     meta, path = page.meta, page.path
     stem = Path(path).stem
     name = meta.get("name", stem)
     if not isinstance(name, str) or not name.strip():
-        vault.problems.append(error(path, page.line_of("name") or 1, "missing required field `name` (it is empty)",
-                                    f"write `name: {stem}` or remove the line to use the file name"))
+        problems.append(error(path, page.line_of("name") or 1, "missing required field `name` (it is empty)",
+                              f"write `name: {stem}` or remove the line to use the file name"))
         name = stem
     name = name.strip()
-    etype = _check_type(page, vault.problems)
+    etype = _check_type(page, problems)
     entity = Entity(id=slug(name), name=name, type=etype, page=path, tags=_tags(page),
                     summary=page.summary, summary_line=page.summary_line,
                     summary_targets=page.summary_targets, sections=page.sections)
     entity.aliases = [str(a).strip() for a in _as_list(meta.get("aliases")) if str(a).strip()]
-    if entity.id in vault.entities:
-        other = vault.entities[entity.id]
-        vault.problems.append(error(path, page.line_of("name") or 1,
-                                    f"duplicate name `{name}`: {other.page} already defines `{other.name}`",
-                                    "give each page a unique name"))
-        return
-    _index(vault, entity, page)
     secret = meta.get("secret", False)
     if not isinstance(secret, bool):
-        vault.problems.append(error(path, page.line_of("secret"), "`secret` must be true or false", "write `secret: true`"))
+        problems.append(error(path, page.line_of("secret"), "`secret` must be true or false", "write `secret: true`"))
     entity.secret = secret is True
     for key, raw in meta.items():
         if key in RESERVED or raw is None:
             continue
         if isinstance(raw, dict) or (isinstance(raw, list) and any(isinstance(i, (dict, list)) for i in raw)):
-            vault.problems.append(warning(path, page.line_of(key), f"field `{key}` holds a nested table; it is ignored",
-                                          "use text, a [[link]] or a list of these"))
+            problems.append(warning(path, page.line_of(key), f"field `{key}` holds a nested table; it is ignored",
+                                    "use text, a [[link]] or a list of these"))
             continue
         items = [page.key_lines.get(f"{key}[{i}]", 0) for i in range(len(raw))] if isinstance(raw, list) else None
         parts = parse_value(raw, page.line_of(key) or 1, items)
         if parts:
             entity.fields[key] = parts
             entity.field_lines[key] = page.line_of(key) or 1
-    vault.entities[entity.id] = entity
-    if page.has_front_matter and not (entity.fields or entity.summary or any(s.text for s in entity.sections)):
-        if not page.problems:
-            vault.problems.append(warning(path, 1, f"page `{name}` states no facts",
-                                          "add fields, a first paragraph or sections"))
+    return entity
 
 
 def _check_type(page: ParsedPage, problems: list[Problem]) -> str:

@@ -1,0 +1,297 @@
+"""The incremental fast path: after a small edit, patch the previous dataset instead of rebuilding.
+
+After every cached compile, `save_state` records what the next compile needs to decide cheaply
+whether an edit is local: each page's size, mtime and hash, its *interface* (name, aliases, type,
+tags, links, headings, which fields exist: everything other pages or the graph can see), where each
+fact's rows sit in the shuffled files, and the answers to "is this name mentioned?" used to invent
+unknown names.
+
+`try_fast` takes the fast path only when every changed page keeps its interface, is not an NPC, not
+secret, not in a multi-turn row and has no warnings; then only that page's facts are rendered, and
+they must yield the same rows (speakers, kinds, questions) as before, so the shuffle order and the
+report stay valid and just the changed lines are replaced. Anything else returns None and the
+caller compiles normally (still using the per-fact cache). Either way the bytes are identical to a
+compile from scratch: tests and bench/compile_scale.py check it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from lorekit import atomic
+from lorekit.compile.build import Built, keep_fact, serialize
+from lorekit.compile.config import CompileConfig
+from lorekit.compile.dataset import Builder
+from lorekit.compile.extras import multi_row, multi_seed
+from lorekit.compile.templates import Templates
+from lorekit.lore.facts import Fact, entity_facts
+from lorekit.lore.links import parse_value
+from lorekit.lore.model import RESERVED, Entity
+from lorekit.lore.page import ParsedPage, content_hash, parse_page
+from lorekit.lore.vault import entity_corpus, entity_from_page, scan
+
+log = logging.getLogger(__name__)
+STATE = "state.pickle"
+VERSION = 1
+MAX_CHANGED = 20
+
+
+def signature(lore_dir: Path, cfg: CompileConfig, digest: str) -> str:
+    settings = {k: v for k, v in asdict(cfg).items() if k != "cache"}
+    text = json.dumps([VERSION, str(Path(lore_dir).resolve()), settings, digest], sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def interface(page: ParsedPage) -> str:
+    """What other pages and the graph can see of a page; its prose and plain values are left out."""
+    meta = page.meta
+    fixed = {k: meta.get(k) for k in ("name", "aliases", "type", "tags", "secret", "known_by", "npc")}
+    fields = []
+    for key, raw in meta.items():
+        if key in RESERVED:
+            continue
+        if raw is None or isinstance(raw, dict) or (isinstance(raw, list) and any(isinstance(i, (dict, list)) for i in raw)):
+            fields.append((key, repr(raw)))
+        else:
+            fields.append((key, [p.target for p in parse_value(raw, 0)]))
+    body = (page.tags, [(s.level, s.heading, bool(s.text)) for s in page.sections], bool(page.summary),
+            sorted({(link.target.lower(), (link.heading or "").lower()) for link in page.links}),
+            page.has_front_matter, bool(page.problems))
+    return hashlib.blake2b(repr((fixed, fields, body)).encode(), digest_size=16).hexdigest()
+
+
+def _meta_digest(recs: list) -> str:
+    return hashlib.blake2b(repr([(r.npc, r.kind, r.facts, r.questions) for r in recs]).encode(),
+                           digest_size=16).hexdigest()
+
+
+def _dataset_stats(out: Path) -> dict[str, tuple[int, int]]:
+    stats = {}
+    for name in ("train.jsonl", "eval.jsonl", "report.json"):
+        st = (out / "dataset" / name).stat()
+        stats[name] = (st.st_size, st.st_mtime_ns)
+    return stats
+
+
+def save_state(out: Path, lore_dir: Path, cfg: CompileConfig, built: Built, digest: str, report: dict,
+               inv_train: list[int], inv_eval: list[int], files: dict[str, tuple[int, int, str]]) -> None:
+    vault = built.vault
+    page_facts: dict[str, list[str]] = {}
+    by_id = {e.id: e for e in vault.entities.values()}
+    for f in built.facts:
+        page_facts.setdefault(by_id[f.entity].page, []).append(f.id)
+    units = {}
+    for f in built.facts:
+        t0, t1, e0, e1 = built.ranges[f.id]
+        kept = [built.eval_kept[i] for i in range(e0, e1)]
+        units[f.id] = (_meta_digest(built.train[t0:t1]), tuple(inv_train[i] for i in range(t0, t1)),
+                       tuple(None if k is None else inv_eval[k] for k in kept),
+                       _meta_digest([built.eval[k] for k in kept if k is not None]))
+    corpus = {e.id: entity_corpus(e) for e in vault.entities.values()}
+    mentions = []
+    for text, found in getattr(vault, "mention_log", []):
+        low = text.lower()
+        in_index = any(low in key for key in vault.index) if found else False
+        pages = {eid for eid, c in corpus.items() if low in c} if found and not in_index else set()
+        mentions.append((text, found, in_index, pages))
+    state = {
+        "version": VERSION, "sig": signature(lore_dir, cfg, digest), "saved_ns": time.time_ns(),
+        "files": {rel: (m, s, key.split(":", 1)[0]) for rel, (m, s, key) in files.items()},
+        "iface": {p.path: interface(p) for p in vault.pages},
+        "entity_of": {e.page: e.id for e in vault.entities.values()},
+        "page_facts": page_facts,
+        "rev_facts": {f.id: f for f in built.facts if f.kind == "reverse"},
+        "units": units,
+        "index": {k: (v, vault.entities[v].name) for k, v in vault.index.items()},
+        "public": vault.public_ids(), "npcs": vault.npcs, "systems": built.systems,
+        "multi": [(inv_train[i], npc, c, names, turns) for i, npc, c, names, turns in built.multi],
+        "secret_ids": {s for n in vault.npcs.values() for s in n.secrets},
+        "problem_files": {p.file for p in built.problems},
+        "mentions": mentions, "report": report, "dataset": _dataset_stats(out),
+    }
+    atomic.write_bytes(out / ".cache" / STATE, pickle.dumps(state, protocol=5))
+
+
+class _Stub:
+    def __init__(self, eid: str, name: str):
+        self.id, self.name = eid, name
+
+
+class _MiniVault:
+    """Just enough of a Vault to render one page's facts: name lookup and who knows what."""
+
+    def __init__(self, root: Path, state: dict, entities: dict[str, Entity]):
+        self.root, self.state, self.entities, self.npcs = root, state, entities, state["npcs"]
+
+    def resolve(self, name: str) -> Any:
+        hit = self.state["index"].get(name.strip().lower())
+        return _Stub(*hit) if hit else None
+
+    def public_ids(self) -> set[str]:
+        return self.state["public"]
+
+
+def try_fast(lore_dir: Path, out: Path, cfg: CompileConfig) -> tuple[dict, int] | None:
+    """Patch the dataset in place of a full compile; (report, facts rendered), or None to compile."""
+    try:
+        with open(out / ".cache" / STATE, "rb") as f:
+            state = pickle.load(f)
+        if state.get("version") != VERSION or _dataset_stats(out) != state["dataset"]:
+            return None
+    except Exception:
+        return None
+    templates = Templates(lore_dir, Path(cfg.template_dir) if cfg.template_dir else None)
+    if signature(lore_dir, cfg, templates.digest()) != state["sig"]:
+        return None
+    changed = _changed_pages(lore_dir, state)
+    if changed is None:
+        return None
+    if not changed:
+        return state["report"], 0
+    patch = _render_changed(lore_dir, cfg, state, templates, changed)
+    if patch is None:
+        return None
+    train_new, eval_new = patch
+    data = {}
+    for name, new in (("train.jsonl", train_new), ("eval.jsonl", eval_new)):
+        lines = (out / "dataset" / name).read_bytes().split(b"\n")
+        for pos, line in new.items():
+            lines[pos] = line
+        data[name] = b"\n".join(lines)
+    sha = hashlib.sha256(data["train.jsonl"] + b"\0" + data["eval.jsonl"]).hexdigest()
+    report = dict(state["report"], dataset_sha256=sha)
+    with atomic.replace_dir(out / "dataset") as tmp:
+        (tmp / "train.jsonl").write_bytes(data["train.jsonl"])
+        (tmp / "eval.jsonl").write_bytes(data["eval.jsonl"])
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    state["report"], state["dataset"] = report, _dataset_stats(out)
+    _update_mentions(state, changed)
+    atomic.write_bytes(out / ".cache" / STATE, pickle.dumps(state, protocol=5))
+    return report, sum(len(state["page_facts"].get(rel, [])) for rel in changed)
+
+
+def _changed_pages(lore_dir: Path, state: dict) -> dict[str, tuple[ParsedPage, bytes]] | None:
+    files = state["files"]
+    paths = scan(lore_dir)
+    if len(paths) != len(files):
+        return None
+    trusted_before = state["saved_ns"] - 2_000_000_000
+    changed = {}
+    root = str(lore_dir)
+    for path in paths:
+        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        known = files.get(rel)
+        if known is None:
+            return None
+        st = path.stat()
+        if known[0] == st.st_mtime_ns and known[1] == st.st_size and st.st_mtime_ns < trusted_before:
+            continue
+        data = path.read_bytes()
+        sha = content_hash(data)
+        files[rel] = (st.st_mtime_ns, st.st_size, sha)
+        if sha != known[2]:
+            changed[rel] = (parse_page(rel, data), data)
+            if len(changed) > MAX_CHANGED:
+                return None
+    return changed
+
+
+def _render_changed(lore_dir: Path, cfg: CompileConfig, state: dict, templates: Templates,
+                    changed: dict[str, tuple[ParsedPage, bytes]]) -> tuple[dict, dict] | None:
+    entities: dict[str, Entity] = {}
+    for rel, (page, _) in changed.items():
+        if page.problems or interface(page) != state["iface"].get(rel) or rel in state["problem_files"]:
+            return None
+        problems: list = []
+        entity = entity_from_page(page, problems)
+        if problems or entity.id != state["entity_of"].get(rel) or entity.id in state["npcs"] \
+                or entity.id in state["secret_ids"] or not entity.public or page.meta.get("known_by"):
+            return None
+        entities[entity.id] = entity
+    if not _mentions_unchanged(state, entities):
+        return None
+    vault = _MiniVault(Path(lore_dir).resolve(), state, entities)
+    builder = Builder(vault, cfg, templates, state["systems"])  # type: ignore[arg-type]
+    train_new: dict[int, bytes] = {}
+    eval_new: dict[int, bytes] = {}
+    rendered: dict[str, Fact] = {}
+    for rel in changed:
+        entity = entities[state["entity_of"][rel]]
+        facts: list[Fact] = [f for f in entity_facts(vault, entity) if keep_fact(f, cfg)]  # type: ignore[arg-type]
+        wanted = state["page_facts"].get(rel, [])
+        facts += [state["rev_facts"][fid] for fid in wanted if fid in state["rev_facts"]]
+        if sorted(f.id for f in facts) != sorted(wanted):
+            return None
+        for fact in facts:
+            rendered[fact.id] = fact
+            rows = builder.fact_rows(fact)
+            if rows.problems:
+                return None
+            train = [serialize(r, cfg.format) for r in rows.train]
+            evals = [serialize(r, cfg.format) for r in rows.eval]
+            digest, train_pos, eval_pos, eval_digest = state["units"][fact.id]
+            kept = [(pos, rec) for pos, rec in zip(eval_pos, evals) if pos is not None]
+            if len(evals) != len(eval_pos) or _meta_digest(train) != digest \
+                    or _meta_digest([rec for _, rec in kept]) != eval_digest:
+                return None
+            for pos, rec in zip(train_pos, train):
+                train_new[pos] = (rec.head + rec.tail)[:-1]
+            for pos, rec in kept:
+                eval_new[pos] = (rec.head + rec.tail)[:-1]
+    for k, (pos, npc_id, c, names, turns) in enumerate(state["multi"]):
+        if any(fid in rendered for fid, *_ in turns):
+            train_new[pos], turns = _multi_line(builder, cfg, state, npc_id, c, names, turns, rendered)
+            state["multi"][k] = (pos, npc_id, c, names, turns)  # saved only if the whole patch succeeds
+    return train_new, eval_new
+
+
+def _multi_line(builder: Builder, cfg: CompileConfig, state: dict, npc_id: str, c: int, names: list,
+                turns: list, rendered: dict[str, Fact]) -> tuple[bytes, list]:
+    """A multi-turn conversation with the answers about changed facts rendered again."""
+    new_turns, expect, stored = [], [], []
+    for fid, question, answer, part in turns:
+        if fid in rendered:
+            fact = rendered[fid]
+            answer = builder.answer(builder.template_for(fact), builder.context(fact), npc_id,
+                                    multi_seed(builder, npc_id, c, fact))
+            part = [v for v in fact.expect if v in answer]
+        new_turns.append((question, answer))
+        expect.append(part)
+        stored.append((fid, question, answer, part))
+    row = multi_row(state["systems"][npc_id], npc_id, names, [t[0] for t in turns], new_turns, expect)
+    rec = serialize(row, cfg.format)
+    return (rec.head + rec.tail)[:-1], stored
+
+
+def _mentions_unchanged(state: dict, entities: dict[str, Entity]) -> bool:
+    """Invented names must come out the same: no "mentioned?" answer may flip with the edit."""
+    new = {eid: entity_corpus(e) for eid, e in entities.items()}
+    for text, found, in_index, pages in state["mentions"]:
+        low = text.lower()
+        now = {eid for eid, c in new.items() if low in c}
+        if not found and now:
+            return False
+        if found and not in_index and not ((pages - set(new)) or now):
+            return False
+    return True
+
+
+def _update_mentions(state: dict, changed: dict) -> None:
+    """Keep the per-page mention sets current for the next fast compile."""
+    entities = {}
+    for rel, (page, _) in changed.items():
+        entities[state["entity_of"][rel]] = entity_corpus(entity_from_page(page, []))
+    updated = []
+    for text, found, in_index, pages in state["mentions"]:
+        low = text.lower()
+        pages = (pages - set(entities)) | {eid for eid, c in entities.items() if low in c}
+        updated.append((text, found, in_index, pages))
+    state["mentions"] = updated
