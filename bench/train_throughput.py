@@ -39,10 +39,13 @@ CASES = {
                                    max_steps=20), (400, 150), 200),
     "e2b-4bit-transformers": ("gemma4-e2b", "transformers",
                               dict(batch_size=2, grad_accum=4, load_in_4bit=True, gradient_checkpointing=True,
-                                   max_steps=10, max_length=1024), (100, 1024), 240),
+                                   max_steps=10, max_length=1024), (100, 1000), 240),
     "e2b-4bit-unsloth": ("gemma4-e2b", "unsloth",
                          dict(batch_size=2, grad_accum=4, load_in_4bit=True, gradient_checkpointing=True,
-                              max_steps=10, max_length=1024), (100, 1024), 240),
+                              max_steps=10, max_length=1024), (100, 1000), 240),
+    "g3-1b-unsloth-compiled": ("gemma3-1b", "unsloth",
+                               dict(batch_size=64, grad_accum=1, load_in_4bit=False, gradient_checkpointing=False,
+                                    max_steps=30, compile=True), (1920, 150), 220),
     "tiny-transformers": ("tiny", "transformers", dict(batch_size=4, grad_accum=1, max_steps=8), (64, 80), 300),
 }
 
@@ -98,7 +101,8 @@ def write_rows(out: Path, tok_dir: Path, count: int, target: int) -> float:
         while True:
             system = persona * reps
             n = len(tok(system + question + answer).input_ids) + 12
-            if n >= target * (0.8 + 0.4 * ((i * 37) % 11) / 10) or reps > 400:
+            spread = 0.4 if target < 512 else 0.04  # long rows: keep them under max_length 1024
+            if n >= target * (1 - spread / 2 + spread * ((i * 37) % 11) / 10) or reps > 400:
                 break
             reps += 1
         rows.append({"conversations": [{"from": "system", "value": system}, {"from": "human", "value": question},
