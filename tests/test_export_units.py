@@ -123,3 +123,48 @@ def test_modelfile_has_template_stop_and_persona(family, stop, turn):
     assert "SYSTEM" not in modelfile.render(family)
     with pytest.raises(LorekitError, match="cannot quote"):
         modelfile.render(family, system='say """hi"""')
+
+
+_GO_MAIN = """package main
+
+import (
+	"encoding/json"
+	"os"
+	"text/template"
+)
+
+func main() {
+	var msgs []map[string]string
+	if err := json.Unmarshal([]byte(os.Args[2]), &msgs); err != nil { panic(err) }
+	var typed []struct{ Role, Content string }
+	for _, m := range msgs { typed = append(typed, struct{ Role, Content string }{m["role"], m["content"]}) }
+	text, err := os.ReadFile(os.Args[1])
+	if err != nil { panic(err) }
+	t := template.Must(template.New("m").Parse(string(text)))
+	if err := t.Execute(os.Stdout, map[string]any{"Messages": typed}); err != nil { panic(err) }
+}
+"""
+
+
+@pytest.mark.skipif(not __import__("shutil").which("go"), reason="needs the Go toolchain (Ollama's template engine)")
+def test_modelfile_templates_render_like_training_in_go_text_template(tmp_path):
+    """Ollama runs TEMPLATE with Go's text/template: it must give the exact text training used."""
+    import subprocess
+
+    from lorekit import chat_formats
+
+    (tmp_path / "main.go").write_text(_GO_MAIN)
+    subprocess.run(["go", "mod", "init", "tpl"], cwd=tmp_path, check=True, capture_output=True)
+    subprocess.run(["go", "build", "-o", "render", "."], cwd=tmp_path, check=True, capture_output=True)
+    convs = [
+        [{"role": "user", "content": "Who leads the Ash Guild?"}],
+        [{"role": "system", "content": "You are Mara."}, {"role": "user", "content": "Hi"},
+         {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Who?"}],
+    ]
+    for family, template in modelfile.TEMPLATES.items():
+        (tmp_path / f"{family}.tmpl").write_text(template)
+        fmt = chat_formats.get(family)
+        for conv in convs:
+            got = subprocess.run([str(tmp_path / "render"), str(tmp_path / f"{family}.tmpl"), json.dumps(conv)],
+                                 check=True, capture_output=True, text=True).stdout
+            assert got == fmt.render(conv, add_generation_prompt=True).removeprefix(fmt.bos)
