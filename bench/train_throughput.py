@@ -39,13 +39,13 @@ CASES = {
                                    max_steps=20), (400, 150), 200),
     "e2b-4bit-transformers": ("gemma4-e2b", "transformers",
                               dict(batch_size=2, grad_accum=4, load_in_4bit=True, gradient_checkpointing=True,
-                                   max_steps=10, max_length=1024), (100, 1000), 240),
+                                   max_steps=10, max_length=1024), (100, 1000), 200),
     "e2b-4bit-unsloth": ("gemma4-e2b", "unsloth",
                          dict(batch_size=2, grad_accum=4, load_in_4bit=True, gradient_checkpointing=True,
-                              max_steps=10, max_length=1024), (100, 1000), 240),
+                              max_steps=10, max_length=1024), (100, 1000), 200),
     "g3-1b-unsloth-compiled": ("gemma3-1b", "unsloth",
                                dict(batch_size=64, grad_accum=1, load_in_4bit=False, gradient_checkpointing=False,
-                                    max_steps=30, compile=True), (1920, 150), 220),
+                                    max_steps=30, compile=True), (1920, 150), 200),
     "tiny-transformers": ("tiny", "transformers", dict(batch_size=4, grad_accum=1, max_steps=8), (64, 80), 300),
 }
 
