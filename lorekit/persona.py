@@ -12,14 +12,14 @@ from typing import Any
 from lorekit.errors import LorekitError
 
 
-def templates_for(vault: Any, template_dir: str | Path | None = None):
+def templates_for(vault: Any, template_dir: str | Path | None = None, bytecode_dir: Path | None = None):
     """The vault's template set (cached on the vault object)."""
     from lorekit.compile.templates import Templates
 
     key = str(template_dir or "")
     cache = vault.__dict__.setdefault("_templates", {})
     if key not in cache:
-        cache[key] = Templates(vault.root, Path(template_dir) if template_dir else None)
+        cache[key] = Templates(vault.root, Path(template_dir) if template_dir else None, bytecode_dir)
     return cache[key]
 
 

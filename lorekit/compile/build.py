@@ -97,7 +97,7 @@ def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
     if vault.errors:  # rows from a broken graph would only add noise to the error list
         return built
     try:
-        templates = templates_for(vault, cfg.template_dir or None)
+        templates = templates_for(vault, cfg.template_dir or None, store.folder / "jinja" if store is not None else None)
         systems: dict[str | None, str] = {None: keeper_prompt(vault, cfg.template_dir or None)}
         for npc_id in vault.npcs:
             systems[npc_id] = system_prompt(vault, npc_id, template_dir=cfg.template_dir or None)

@@ -148,7 +148,7 @@ def try_fast(lore_dir: Path, out: Path, cfg: CompileConfig) -> tuple[dict, int] 
             return None
     except Exception:
         return None
-    templates = Templates(lore_dir, Path(cfg.template_dir) if cfg.template_dir else None)
+    templates = Templates(lore_dir, Path(cfg.template_dir) if cfg.template_dir else None, out / ".cache" / "jinja")
     if signature(lore_dir, cfg, templates.digest()) != state["sig"]:
         return None
     changed = _changed_pages(lore_dir, state)

@@ -54,12 +54,18 @@ def article(text: Any) -> str:
     return ("an " if text[0].lower() in "aeiou" else "a ") + text
 
 
+def _mkdir(path: Path) -> Path:
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return Path(path)
+
+
 def _no_random(*_args: Any) -> Any:
     raise jinja2.TemplateRuntimeError("`random` is not allowed (builds must be reproducible); use pick(list)")
 
 
 class Templates:
-    def __init__(self, lore_dir: Path | None = None, template_dir: Path | None = None):
+    def __init__(self, lore_dir: Path | None = None, template_dir: Path | None = None,
+                 bytecode_dir: Path | None = None):
         self.lore_dir = Path(lore_dir).resolve() if lore_dir else None
         dirs = []
         if template_dir:
@@ -75,6 +81,8 @@ class Templates:
             trim_blocks=True,
             lstrip_blocks=True,
             auto_reload=False,
+            # compiled templates cached on disk (keyed by source checksum): a small rebuild skips compiling
+            bytecode_cache=jinja2.FileSystemBytecodeCache(str(_mkdir(bytecode_dir))) if bytecode_dir else None,
         )
         self.env.filters["random"] = _no_random
         self.env.filters["and_list"] = and_list

@@ -7,6 +7,7 @@ be reused from a cache keyed by content hash (`page_cache`), so only edited page
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,12 +76,12 @@ def entity_corpus(e: Entity) -> str:
 def scan(root: Path) -> list[Path]:
     """Every `.md` page under root, skipping files and folders that start with `.` or `_`."""
     out = []
-    for path in root.rglob("*.md"):
-        rel = path.relative_to(root)
-        if any(part.startswith((".", "_")) for part in rel.parts):
-            continue
-        out.append(path)
-    return sorted(out, key=lambda p: p.relative_to(root).as_posix())
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+        out += [os.path.join(folder, f) for f in files if f.endswith(".md") and not f.startswith((".", "_"))]
+    base = len(str(root).rstrip(os.sep)) + 1
+    out.sort(key=lambda p: p[base:].replace(os.sep, "/"))
+    return [Path(p) for p in out]
 
 
 def load_vault(root: Path | str, page_cache: Any | None = None) -> Vault:
