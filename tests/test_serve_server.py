@@ -309,3 +309,20 @@ def test_non_loopback_bind_requires_a_token(tmp_path):
 
     with pytest.raises(LorekitError, match="token"):
         App(tmp_path, tmp_path / "out", ServeConfig(host="0.0.0.0", port=0))
+
+
+def test_game_state_reaches_the_prompt_but_not_the_history(server):
+    state = {"location": "Gullreach Ferry", "time": "midnight", "nearby": ["Bettany Crumb"]}
+    with client(server) as c:
+        plain = c.turn(NPC, "Any news?", session="state-a", max_tokens=2)
+        stated = c.turn(NPC, "Any news?", session="state-b", state=state, max_tokens=2)
+    assert stated["tokens"]["prompt"] > plain["tokens"]["prompt"] + 5
+    assert [t["user"] for t in server.sessions.history(NPC, "state-b")] == ["Any news?"]
+
+
+def test_a_line_that_cannot_fit_the_context_is_refused(server):
+    with client(server) as c:
+        with pytest.raises(lk.LoreKitError) as err:
+            c.turn(NPC, "river " * 650, session="huge", max_tokens=1024)
+        assert err.value.code == "context_full"
+        assert c.ping() < 1.0
