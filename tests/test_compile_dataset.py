@@ -34,7 +34,7 @@ def built(tmp_path_factory):
 
 def test_two_compiles_are_byte_identical(built, tmp_path):
     first, _, _ = built
-    again = run(VAULT, tmp_path / "b", load_config(VAULT, {"cache": False}))
+    run(VAULT, tmp_path / "b", load_config(VAULT, {"cache": False}))
     for name in ("train.jsonl", "eval.jsonl", "report.json"):
         assert (first.out / "dataset" / name).read_bytes() == (tmp_path / "b" / "dataset" / name).read_bytes()
 
@@ -168,7 +168,7 @@ def test_incremental_rebuild_equals_full_build(tmp_path):
     page.write_text(page.read_text().replace("slow, wide", "slow, muddy"))
     second = run(vault, out, load_config(vault))
     assert 0 < second.rendered <= 3  # only the edited page's facts are rendered again
-    full = run(vault, tmp_path / "full", load_config(vault, {"cache": False}))
+    run(vault, tmp_path / "full", load_config(vault, {"cache": False}))
     for name in ("train.jsonl", "eval.jsonl", "report.json"):
         assert (out / "dataset" / name).read_bytes() == (tmp_path / "full" / "dataset" / name).read_bytes()
     assert b"slow, muddy" in (out / "dataset" / "train.jsonl").read_bytes()

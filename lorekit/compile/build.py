@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 from lorekit.compile.config import CompileConfig
 from lorekit.compile.dataset import Builder, Row, Rows, phrasing_warnings
 from lorekit.compile.extras import greeting_rows, multi_turn_rows, secret_rows, unknown_rows
-from lorekit.compile.templates import TemplateFailure, Templates
+from lorekit.compile.templates import TemplateFailure
 from lorekit.lore import Fact, Vault, facts_of, load_vault
 from lorekit.lore.problems import Problem, error, warning
 from lorekit.persona import keeper_prompt, system_prompt, templates_for
@@ -86,7 +86,7 @@ def serialize(row: Row, fmt: str) -> Rec:
     body = ", ".join(f'{{"{role_key}": {_dumps(ROLES[t["from"]] if openai else t["from"])}, '
                      f'"{text_key}": {_dumps(t["value"])}}}' for t in turns)
     m = row["meta"]
-    tail = f'{body}], "meta": {_dumps(m)}}}\n'.encode("utf-8")
+    tail = f'{body}], "meta": {_dumps(m)}}}\n'.encode()
     questions = tuple(t["value"] for t in conv if t["from"] == "human")
     return Rec(head(fmt, system), tail, m["npc"], m["kind"], tuple(m["facts"]), questions)
 

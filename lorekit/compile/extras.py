@@ -129,7 +129,7 @@ def multi_turn_rows(b: Builder, facts: list[Fact]) -> Rows:
                 break
             names = list(dict.fromkeys(names))
             out.train.append(multi_row(b.systems[npc.id], npc.id, names, ids, turns, expect))
-            out.multi.append((npc.id, c, names, list(zip(ids, [q for q, _ in turns], [a for _, a in turns], expect))))
+            out.multi.append((npc.id, c, names, list(zip(ids, [q for q, _ in turns], [a for _, a in turns], expect, strict=False))))
     return out
 
 

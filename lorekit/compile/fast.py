@@ -238,11 +238,11 @@ def _render_changed(lore_dir: Path, cfg: CompileConfig, state: dict, templates: 
             train = [serialize(r, cfg.format) for r in rows.train]
             evals = [serialize(r, cfg.format) for r in rows.eval]
             digest, train_pos, eval_pos, eval_digest = state["units"][fact.id]
-            kept = [(pos, rec) for pos, rec in zip(eval_pos, evals) if pos is not None]
+            kept = [(pos, rec) for pos, rec in zip(eval_pos, evals, strict=False) if pos is not None]
             if len(evals) != len(eval_pos) or _meta_digest(train) != digest \
                     or _meta_digest([rec for _, rec in kept]) != eval_digest:
                 return None
-            for pos, rec in zip(train_pos, train):
+            for pos, rec in zip(train_pos, train, strict=False):
                 train_new[pos] = (rec.head + rec.tail)[:-1]
             for pos, rec in kept:
                 eval_new[pos] = (rec.head + rec.tail)[:-1]

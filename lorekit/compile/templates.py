@@ -11,7 +11,6 @@ import hashlib
 import random
 import re
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

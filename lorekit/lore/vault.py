@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorekit.lore.links import Link, ValuePart, find_links, parse_value
+from lorekit.lore.links import Link, find_links, parse_value
 from lorekit.lore.model import RESERVED, TYPES, Entity, Npc
 from lorekit.lore.page import ParsedPage, content_hash, parse_page
 from lorekit.lore.problems import Problem, error, warning
