@@ -121,9 +121,9 @@ class Server:
     """A real `lorekit serve` subprocess on a fixed loopback port, restartable on that port."""
 
     def __init__(self, lore_dir: Path, model: Path, workdir: Path, port: int, max_tokens: int = 64,
-                 idle_timeout: float | None = None):
+                 idle_timeout: float | None = None, token: str | None = None):
         self.lore_dir, self.model, self.workdir, self.port = lore_dir, model, workdir, port
-        self.max_tokens, self.idle_timeout = max_tokens, idle_timeout
+        self.max_tokens, self.idle_timeout, self.token = max_tokens, idle_timeout, token
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / "server.log"
         self.starts: list = []
@@ -133,6 +133,8 @@ class Server:
         t0 = time.monotonic()
         cmd = [sys.executable, "-m", "lorekit", "serve", str(self.lore_dir), "--out", str(self.workdir / "build"),
                "--port", str(self.port), "--model", str(self.model), "--no-watch"]
+        if self.token:
+            cmd += ["--token", self.token]
         env = dict(os.environ, LOREKIT_SERVE_MAX_TOKENS=str(self.max_tokens), PYTHONUNBUFFERED="1")
         if self.idle_timeout:
             env["LOREKIT_SERVE_IDLE_TIMEOUT"] = str(self.idle_timeout)
