@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import configparser
+import importlib.util
 import re
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,14 @@ ADDON = Path(__file__).resolve().parent.parent / "runtime" / "godot" / "addons" 
 SCRIPTS = sorted(ADDON.rglob("*.gd"))
 
 
-def _tool(name: str) -> str:
-    exe = shutil.which(name)
-    if not exe:
+MODULES = {"gdparse": "gdtoolkit.parser", "gdlint": "gdtoolkit.linter"}
+
+
+def _tool(name: str) -> list:
+    # Run as modules of this interpreter: no dependence on where pip put the gdparse/gdlint scripts.
+    if importlib.util.find_spec("gdtoolkit") is None:
         pytest.skip(f"{name} not installed (pip install gdtoolkit; runtime/conformance/install_deps.sh)")
-    return exe
+    return [sys.executable, "-m", MODULES[name]]
 
 
 def test_addon_has_the_expected_scripts():
@@ -28,7 +32,7 @@ def test_addon_has_the_expected_scripts():
 
 @pytest.mark.parametrize("tool", ["gdparse", "gdlint"])
 def test_gdscript_parses_and_lints(tool):
-    proc = subprocess.run([_tool(tool), *map(str, SCRIPTS)], capture_output=True, text=True)
+    proc = subprocess.run([*_tool(tool), *map(str, SCRIPTS)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -36,7 +40,7 @@ def test_gdparse_rejects_broken_gdscript(tmp_path):
     # The check above can fail: a syntax error must make gdparse exit non-zero.
     broken = tmp_path / "broken.gd"
     broken.write_text(ADDON.joinpath("lorekit_client.gd").read_text().replace("func poll(", "func poll((", 1))
-    assert subprocess.run([_tool("gdparse"), str(broken)], capture_output=True).returncode != 0
+    assert subprocess.run([*_tool("gdparse"), str(broken)], capture_output=True).returncode != 0
 
 
 def test_plugin_cfg_points_at_the_plugin_script():

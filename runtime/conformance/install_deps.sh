@@ -25,6 +25,7 @@ fi
 if ! python3 -c "import gdtoolkit" >/dev/null 2>&1; then
   echo "install_deps: pip install gdtoolkit"
   python3 -m pip install -q "gdtoolkit>=4.2,<5"
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true  # put gdparse/gdlint on PATH under pyenv
 fi
 
 echo "install_deps: $(lua5.4 -v 2>&1 | head -1) | $(luajit -v 2>&1 | head -1) | $(mcs --version) | gdtoolkit $(python3 -c 'import importlib.metadata as m; print(m.version("gdtoolkit"))')"

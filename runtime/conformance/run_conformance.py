@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -92,12 +93,12 @@ def check_godot() -> dict:
     """Parse and lint the Godot addon with gdtoolkit (no Godot 4 binary exists to run it)."""
     files = sorted(str(p) for p in GODOT_ADDON.rglob("*.gd"))
     result = {"files": [str(Path(f).relative_to(REPO)) for f in files], "steps": {}}
-    for step, tool in (("parse", "gdparse"), ("lint", "gdlint")):
-        exe = shutil.which(tool)
-        if not exe:
-            result["steps"][step] = {"ok": False, "detail": f"{tool} missing (pip install gdtoolkit)"}
+    have = importlib.util.find_spec("gdtoolkit") is not None
+    for step, module in (("parse", "gdtoolkit.parser"), ("lint", "gdtoolkit.linter")):
+        if not have:
+            result["steps"][step] = {"ok": False, "detail": "gdtoolkit missing (pip install gdtoolkit)"}
             continue
-        proc = subprocess.run([exe, *files], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", module, *files], capture_output=True, text=True)
         out = (proc.stdout + proc.stderr).strip()
         result["steps"][step] = {"ok": proc.returncode == 0 and bool(files), "detail": out[-1500:] or "ok"}
     result["ok"] = all(s["ok"] for s in result["steps"].values())
