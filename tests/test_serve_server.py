@@ -322,7 +322,9 @@ def test_game_state_reaches_the_prompt_but_not_the_history(server):
 
 def test_a_line_that_cannot_fit_the_context_is_refused(server):
     with client(server) as c:
-        with pytest.raises(lk.LoreKitError) as err:
-            c.turn(NPC, "river " * 650, session="huge", max_tokens=1024)
-        assert err.value.code == "context_full"
+        rid = c.start_turn(NPC, "0123456789" * 390, session="huge", max_tokens=1024)  # digits: a token each
+        event = c.next_event(rid)
+        if event["type"] != "error":
+            c.cancel(rid)
+        assert event["type"] == "error" and event["code"] == "context_full", event
         assert c.ping() < 1.0
