@@ -84,7 +84,8 @@ def resolve(name: str) -> ModelProfile:
     path = Path(name)
     if path.is_dir():
         family = _family_from_config(path / "config.json")
-        return ModelProfile(name=path.name, source=str(path), family=family, gguf_arch=family,
+        # The name is the absolute path, so that run.json's "model" resolves again in later stages.
+        return ModelProfile(name=str(path.resolve()), source=str(path.resolve()), family=family, gguf_arch=family,
                             instruction_tuned=True, description=f"local model at {path}")
     if "/" in name and not path.exists():
         lower = name.lower()

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorekit import atomic, config
+from lorekit import atomic
 from lorekit.build import keys
 from lorekit.build.config import STAGES, BuildConfig
+from lorekit.config import load as load_config
+from lorekit.config import section_class, to_dict
 from lorekit.errors import LorekitError
 
 log = logging.getLogger(__name__)
@@ -116,7 +118,7 @@ def _select(from_stage: str | None, to_stage: str | None, with_eval: bool) -> di
 
 def _stages(lore_dir: Path, out: Path, overrides: dict[str, dict[str, Any]]) -> list[Stage]:
     def cfg(section: str):
-        return config.load(config.section_class(section), section, lore_dir, overrides.get(section))
+        return load_config(section_class(section), section, lore_dir, overrides.get(section))
 
     def do_compile():
         from lorekit import compile as stage
@@ -140,13 +142,13 @@ def _stages(lore_dir: Path, out: Path, overrides: dict[str, dict[str, Any]]) -> 
 
     return [
         Stage("compile", ("dataset/train.jsonl", "dataset/eval.jsonl"),
-              lambda: keys.compile_key(lore_dir, TEMPLATES_DIR, config.to_dict(cfg("compile"))), do_compile),
+              lambda: keys.compile_key(lore_dir, TEMPLATES_DIR, to_dict(cfg("compile"))), do_compile),
         Stage("train", ("adapter/adapter_model.safetensors",),
-              lambda: keys.train_key(out / "dataset", config.to_dict(cfg("train"))), do_train),
+              lambda: keys.train_key(out / "dataset", to_dict(cfg("train"))), do_train),
         Stage("export", ("export/model.gguf",),
-              lambda: keys.export_key(out / "adapter", config.to_dict(cfg("export"))), do_export),
+              lambda: keys.export_key(out / "adapter", to_dict(cfg("export"))), do_export),
         Stage("eval", ("eval/report.json",),
-              lambda: keys.eval_key(out, config.to_dict(cfg("eval"))), do_eval),
+              lambda: keys.eval_key(out, to_dict(cfg("eval"))), do_eval),
     ]
 
 

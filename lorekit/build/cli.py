@@ -22,10 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from lorekit import build, config
+    from lorekit import build
     from lorekit.build.config import BuildConfig
+    from lorekit.config import load
 
-    cfg = config.load(BuildConfig, "build", args.lore_dir, {"out": args.out, "eval": False if args.no_eval else None})
+    cfg = load(BuildConfig, "build", args.lore_dir, {"out": args.out, "eval": False if args.no_eval else None})
     started = time.perf_counter()
     result = build.run(
         args.lore_dir,
