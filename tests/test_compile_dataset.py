@@ -229,3 +229,21 @@ def test_validation_errors_write_nothing(tmp_path):
         run(broken, tmp_path / "out", CompileConfig())
     assert any("[[Hom]]" in str(p) for p in e.value.problems)
     assert not (tmp_path / "out" / "dataset").exists()
+
+
+def test_patch_replaces_lines_and_keeps_offsets(tmp_path):
+    import hashlib
+
+    from lorekit.compile.fast import _offsets, _patch
+
+    lines = [f"line {i}\n".encode() for i in range(10)]
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b"".join(lines))
+    offsets = _offsets(lines)
+    new = {2: b"two, longer\n", 7: b"7\n", 9: b"nine!\n"}
+    h = hashlib.sha256()
+    out = _patch(path, offsets, new, h, tmp_path / "g.jsonl")
+    expected = [new.get(i, line) for i, line in enumerate(lines)]
+    assert (tmp_path / "g.jsonl").read_bytes() == b"".join(expected)
+    assert h.hexdigest() == hashlib.sha256(b"".join(expected)).hexdigest()
+    assert list(out) == list(_offsets(expected))

@@ -94,7 +94,9 @@ def run(lore_dir: Path | str, out: Path | str, cfg: CompileConfig | None = None)
     train_lines, eval_lines = built.train_lines, built.eval_lines
     train_bytes = b"".join([train_lines[i] for i in order_t])
     eval_bytes = b"".join([eval_lines[i] for i in order_e])
-    sha = hashlib.sha256(train_bytes + b"\0" + eval_bytes).hexdigest()
+    h = hashlib.sha256(train_bytes)  # train.jsonl then eval.jsonl, as bytes on disk
+    h.update(eval_bytes)
+    sha = h.hexdigest()
     report = make_report(lore_dir, cfg, built, sha, len(train_lines), len(eval_lines))
     with atomic.replace_dir(dataset) as tmp:
         (tmp / "train.jsonl").write_bytes(train_bytes)
@@ -105,7 +107,8 @@ def run(lore_dir: Path | str, out: Path | str, cfg: CompileConfig | None = None)
 
         store.save()
         save_state(out, lore_dir, cfg, built, built.digest, report, _inverse(order_t), _inverse(order_e),
-                   store.new_stats)
+                   store.new_stats, {"train.jsonl": [train_lines[i] for i in order_t],
+                                     "eval.jsonl": [eval_lines[i] for i in order_e]})
     wall = time.perf_counter() - t0
     log.debug("compiled %d train and %d eval rows in %.2f s", len(train_lines), len(eval_lines), wall)
     return CompileResult(out, dataset / "train.jsonl", dataset / "eval.jsonl", dataset / "report.json", report,

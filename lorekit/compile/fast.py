@@ -22,6 +22,7 @@ import logging
 import os
 import pickle
 import time
+from array import array
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -82,19 +83,21 @@ def _dataset_stats(out: Path) -> dict[str, tuple[int, int]]:
 
 
 def save_state(out: Path, lore_dir: Path, cfg: CompileConfig, built: Built, digest: str, report: dict,
-               inv_train: list[int], inv_eval: list[int], files: dict[str, tuple[int, int, str]]) -> None:
+               inv_train: list[int], inv_eval: list[int], files: dict[str, tuple[int, int, str]],
+               lines: dict[str, list[bytes]]) -> None:
     vault = built.vault
-    page_facts: dict[str, list[str]] = {}
     by_id = {e.id: e for e in vault.entities.values()}
+    per_page: dict[str, tuple[list, dict, dict]] = {}
     for f in built.facts:
-        page_facts.setdefault(by_id[f.entity].page, []).append(f.id)
-    units = {}
-    for f in built.facts:
+        facts, units, rev = per_page.setdefault(by_id[f.entity].page, ([], {}, {}))
+        facts.append(f.id)
         t0, t1, e0, e1 = built.ranges[f.id]
         kept = [built.eval_kept[i] for i in range(e0, e1)]
         units[f.id] = (_meta_digest(built.train[t0:t1]), tuple(inv_train[i] for i in range(t0, t1)),
                        tuple(None if k is None else inv_eval[k] for k in kept),
                        _meta_digest([built.eval[k] for k in kept if k is not None]))
+        if f.kind == "reverse":
+            rev[f.id] = f
     corpus = {e.id: entity_corpus(e) for e in vault.entities.values()}
     mentions = []
     for text, found in getattr(vault, "mention_log", []):
@@ -107,17 +110,53 @@ def save_state(out: Path, lore_dir: Path, cfg: CompileConfig, built: Built, dige
         "files": {rel: (m, s, key.split(":", 1)[0]) for rel, (m, s, key) in files.items()},
         "iface": {p.path: interface(p) for p in vault.pages},
         "entity_of": {e.page: e.id for e in vault.entities.values()},
-        "page_facts": page_facts,
-        "rev_facts": {f.id: f for f in built.facts if f.kind == "reverse"},
-        "units": units,
+        # what only a changed page needs, pickled per page so a small edit unpickles only its own
+        "pages": {rel: pickle.dumps(v, protocol=5) for rel, v in per_page.items()},
         "index": {k: (v, vault.entities[v].name) for k, v in vault.index.items()},
         "public": vault.public_ids(), "npcs": vault.npcs, "systems": built.systems,
         "multi": [(inv_train[i], npc, c, names, turns) for i, npc, c, names, turns in built.multi],
         "secret_ids": {s for n in vault.npcs.values() for s in n.secrets},
         "problem_files": {p.file for p in built.problems},
         "mentions": mentions, "report": report, "dataset": _dataset_stats(out),
+        "offsets": {name: _offsets(rows) for name, rows in lines.items()},
     }
     atomic.write_bytes(out / ".cache" / STATE, pickle.dumps(state, protocol=5))
+
+
+def _offsets(lines: list[bytes]) -> array:
+    """Byte offset of each line in the file, plus the file size at the end."""
+    offsets = array("Q", [0])
+    total = 0
+    for line in lines:
+        total += len(line)
+        offsets.append(total)
+    return offsets
+
+
+def _patch(path: Path, offsets: array, new: dict[int, bytes], h: Any, tmp: Path) -> array:
+    """Write `path` with lines replaced (new: line index -> line with its newline) to `tmp`; feed the
+    bytes to hash `h`; return the new offsets. Unchanged runs of lines are written as slices."""
+    data = memoryview(path.read_bytes())
+    out = array("Q", offsets)
+    shift = 0
+    prev = 0
+    with open(tmp, "wb") as f:
+        for i in sorted(new):
+            start, end = offsets[i], offsets[i + 1]
+            for piece in (data[prev:start], new[i]):
+                f.write(piece)
+                h.update(piece)
+            prev = end
+            delta = len(new[i]) - (end - start)
+            if shift:
+                out[prev_i + 1:i + 1] = array("Q", (x + shift for x in offsets[prev_i + 1:i + 1]))
+            shift += delta
+            prev_i = i
+        f.write(data[prev:])
+        h.update(data[prev:])
+        if new and shift:
+            out[prev_i + 1:] = array("Q", (x + shift for x in offsets[prev_i + 1:]))
+    return out
 
 
 class _Stub:
@@ -160,22 +199,16 @@ def try_fast(lore_dir: Path, out: Path, cfg: CompileConfig) -> tuple[dict, int] 
     if patch is None:
         return None
     train_new, eval_new = patch
-    data = {}
-    for name, new in (("train.jsonl", train_new), ("eval.jsonl", eval_new)):
-        lines = (out / "dataset" / name).read_bytes().split(b"\n")
-        for pos, line in new.items():
-            lines[pos] = line
-        data[name] = b"\n".join(lines)
-    sha = hashlib.sha256(data["train.jsonl"] + b"\0" + data["eval.jsonl"]).hexdigest()
-    report = dict(state["report"], dataset_sha256=sha)
+    h = hashlib.sha256()
     with atomic.replace_dir(out / "dataset") as tmp:
-        (tmp / "train.jsonl").write_bytes(data["train.jsonl"])
-        (tmp / "eval.jsonl").write_bytes(data["eval.jsonl"])
+        for name, new in (("train.jsonl", train_new), ("eval.jsonl", eval_new)):
+            state["offsets"][name] = _patch(out / "dataset" / name, state["offsets"][name], new, h, tmp / name)
+        report = dict(state["report"], dataset_sha256=h.hexdigest())
         (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     state["report"], state["dataset"] = report, _dataset_stats(out)
     _update_mentions(state, changed)
     atomic.write_bytes(out / ".cache" / STATE, pickle.dumps(state, protocol=5))
-    return report, sum(len(state["page_facts"].get(rel, [])) for rel in changed)
+    return report, sum(len(pickle.loads(state["pages"][rel])[0]) for rel in changed if rel in state["pages"])
 
 
 def _changed_pages(lore_dir: Path, state: dict) -> dict[str, tuple[ParsedPage, bytes]] | None:
@@ -226,8 +259,8 @@ def _render_changed(lore_dir: Path, cfg: CompileConfig, state: dict, templates: 
     for rel in changed:
         entity = entities[state["entity_of"][rel]]
         facts: list[Fact] = [f for f in entity_facts(vault, entity) if keep_fact(f, cfg)]  # type: ignore[arg-type]
-        wanted = state["page_facts"].get(rel, [])
-        facts += [state["rev_facts"][fid] for fid in wanted if fid in state["rev_facts"]]
+        wanted, units, rev = pickle.loads(state["pages"][rel]) if rel in state["pages"] else ([], {}, {})
+        facts += [rev[fid] for fid in wanted if fid in rev]
         if sorted(f.id for f in facts) != sorted(wanted):
             return None
         for fact in facts:
@@ -237,15 +270,15 @@ def _render_changed(lore_dir: Path, cfg: CompileConfig, state: dict, templates: 
                 return None
             train = [serialize(r, cfg.format) for r in rows.train]
             evals = [serialize(r, cfg.format) for r in rows.eval]
-            digest, train_pos, eval_pos, eval_digest = state["units"][fact.id]
+            digest, train_pos, eval_pos, eval_digest = units[fact.id]
             kept = [(pos, rec) for pos, rec in zip(eval_pos, evals, strict=False) if pos is not None]
             if len(evals) != len(eval_pos) or _meta_digest(train) != digest \
                     or _meta_digest([rec for _, rec in kept]) != eval_digest:
                 return None
             for pos, rec in zip(train_pos, train, strict=False):
-                train_new[pos] = (rec.head + rec.tail)[:-1]
+                train_new[pos] = rec.head + rec.tail
             for pos, rec in kept:
-                eval_new[pos] = (rec.head + rec.tail)[:-1]
+                eval_new[pos] = rec.head + rec.tail
     for k, (pos, npc_id, c, names, turns) in enumerate(state["multi"]):
         if any(fid in rendered for fid, *_ in turns):
             train_new[pos], turns = _multi_line(builder, cfg, state, npc_id, c, names, turns, rendered)
@@ -268,7 +301,7 @@ def _multi_line(builder: Builder, cfg: CompileConfig, state: dict, npc_id: str, 
         stored.append((fid, question, answer, part))
     row = multi_row(state["systems"][npc_id], npc_id, names, [t[0] for t in turns], new_turns, expect)
     rec = serialize(row, cfg.format)
-    return (rec.head + rec.tail)[:-1], stored
+    return rec.head + rec.tail, stored
 
 
 def _mentions_unchanged(state: dict, entities: dict[str, Entity]) -> bool:
