@@ -89,6 +89,7 @@ class App:
         self.watcher: Any = None
         self.retrainer: Any = None
         self._swap_lock = threading.Lock()
+        self._reload_lock = threading.Lock()  # one model load at a time (watcher and retrainer may both ask)
         self._thread: threading.Thread | None = None
         self._worker: Any = None
 
@@ -244,10 +245,19 @@ class App:
 
     def reload_model(self) -> bool:
         """Load the newest exported model beside the old one (loader thread); the worker swaps it in."""
-        from lorekit.serve.engine import Engine
+        with self._reload_lock:
+            return self._reload_model()
+
+    def _reload_model(self) -> bool:
+        from lorekit.serve.engine import Engine, file_signature
 
         try:
             model, adapter, family = resolve_model(self.cfg, self.out)
+            pending = self.pending_engine
+            current = pending[0] if pending else self.engine
+            if current is not None and current.signature == file_signature(model, adapter):
+                log.info("model files unchanged (%s); nothing to reload", model)
+                return True
             engine = Engine(model, adapter, **self._engine_args())
         except LorekitError as e:
             self.model_errors = [str(e)]

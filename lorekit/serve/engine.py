@@ -96,6 +96,16 @@ class StateCache:
         self.entries.clear()
 
 
+def file_signature(*paths: Path | None) -> tuple:
+    """Identity of the files a model was loaded from: a rewritten or re-linked file has a new one."""
+    sig = []
+    for p in paths:
+        if p is not None and p.exists():
+            link, target = p.lstat(), p.stat()
+            sig.append((str(p), link.st_ino, link.st_mtime_ns, target.st_size, target.st_mtime_ns))
+    return tuple(sig)
+
+
 def gguf_family(llm) -> str:
     arch = str(llm.metadata.get("general.architecture", "")).lower()
     return "gemma4" if arch.startswith("gemma4") else "gemma3"
@@ -129,6 +139,7 @@ class Engine:
         self.states = StateCache(state_cache_mb * 1024 * 1024)
         self.live_key: object = None
         self.loaded_at = time.time()
+        self.signature = file_signature(self.path, self.adapter)
 
     # -- tokens -------------------------------------------------------------------------------
 
