@@ -45,7 +45,7 @@ CASES = {
                               max_steps=10, max_length=1024), (100, 1000), 200),
     "g3-1b-unsloth-compiled": ("gemma3-1b", "unsloth",
                                dict(batch_size=64, grad_accum=1, load_in_4bit=False, gradient_checkpointing=False,
-                                    max_steps=30, compile=True), (1920, 150), 200),
+                                    max_steps=30, compile=True), (1920, 150), 330),
     "tiny-transformers": ("tiny", "transformers", dict(batch_size=4, grad_accum=1, max_steps=8), (64, 80), 300),
 }
 
@@ -122,7 +122,14 @@ def worker(case: str, work: Path, result_file: Path) -> None:
     steps: list[tuple[int, float, int]] = []
     cfg = TrainConfig(model=str(work / f"model-{shape}"), backend=backend, epochs=1, log_every=1, **overrides)
     out = work / f"out-{case}"
-    result = run(out, cfg, on_step=lambda r: steps.append((r["step"], time.time(), r["tokens"])))
+    progress = result_file.with_suffix(".steps")
+
+    def on_step(r: dict) -> None:  # also on disk, so that a run cut by its timeout still shows progress
+        steps.append((r["step"], time.time(), r["tokens"]))
+        with progress.open("a") as f:
+            f.write(json.dumps([r["step"], round(time.time() - START, 1), r["tokens"]]) + "\n")
+
+    result = run(out, cfg, on_step=on_step)
     wall = time.time() - START
     metrics = [json.loads(x) for x in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     mem = max((m.get("memory_mb", 0) for m in metrics), default=0)
@@ -161,6 +168,7 @@ def run_case(case: str, work: Path, warm: int) -> dict:
     sampler.start()
     result_file = work / f"{case}.json"
     result_file.unlink(missing_ok=True)
+    result_file.with_suffix(".steps").unlink(missing_ok=True)
     t = time.time()
     try:
         proc = subprocess.run([sys.executable, __file__, "--worker", case, "--work", str(work), "--result",
@@ -176,6 +184,9 @@ def run_case(case: str, work: Path, warm: int) -> dict:
     if not ok:
         record.update(error=f"no result within {timeout} s" if time.time() - t >= timeout else "failed",
                       log_tail=tail)
+        progress = result_file.with_suffix(".steps")
+        if progress.exists():  # [step, seconds since process start, tokens] of the steps it did finish
+            record["steps_done"] = [json.loads(x) for x in progress.read_text().splitlines()]
         print(f"{case}: FAILED\n{tail}", flush=True)
         return record
     record.update(json.loads(result_file.read_text()))

@@ -102,11 +102,13 @@ def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int, shuf
     return batches
 
 
-def collate(examples: list[Example], pad_id: int):
-    """Right-padded tensors: input_ids, attention_mask, labels."""
+def collate(examples: list[Example], pad_id: int, multiple: int = 1):
+    """Right-padded tensors: input_ids, attention_mask, labels. `multiple` rounds the width up, which
+    keeps the number of distinct shapes small for compiled kernels."""
     import torch
 
     width = max(len(e.input_ids) for e in examples)
+    width = -(-width // multiple) * multiple
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)

@@ -51,6 +51,7 @@ class Plan:
     keep_best: bool
     pad_id: int
     last_lr: float = 0.0
+    pad_multiple: int = 1
 
     def steps_per_epoch(self, n_rows: int) -> int:
         return math.ceil(math.ceil(n_rows / self.batch_size) / self.grad_accum)
@@ -113,7 +114,7 @@ def evaluate(model, examples: list[Example], plan: Plan) -> float:
     model.eval()
     total, count = 0.0, 0
     for idx in batch_order([len(e.input_ids) for e in examples], plan.batch_size, 0, 0, shuffle=False):
-        loss, n = masked_loss(model, collate([examples[i] for i in idx], plan.pad_id), plan.bf16)
+        loss, n = masked_loss(model, collate([examples[i] for i in idx], plan.pad_id, plan.pad_multiple), plan.bf16)
         total, count = total + float(loss), count + n
     model.train(was_training)
     return total / max(count, 1)
@@ -277,7 +278,7 @@ def _step(model, optimizer, scheduler, rows, group, plan: Plan, stop: StopFlag):
         if stop.requested:
             optimizer.zero_grad(set_to_none=True)
             return None, 0, 0
-        loss, _ = masked_loss(model, collate(examples, plan.pad_id), plan.bf16)
+        loss, _ = masked_loss(model, collate(examples, plan.pad_id, plan.pad_multiple), plan.bf16)
         (loss / n_tok).backward()
         total_loss += loss.item()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
