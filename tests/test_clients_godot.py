@@ -62,3 +62,14 @@ def test_client_declares_the_protocol_signals_and_polls_in_process():
     assert re.search(r"func _process\(delta: float\) -> void:\n\tpoll\(delta\)", src)
     assert "StreamPeerTCP.new()" in src and "get_partial_data" in src
     assert ".get_data(" not in src and "OS.delay" not in src
+
+
+def test_readme_quick_start_snippet_parses(tmp_path):
+    readme = (ADDON.parent.parent / "README.md").read_text()
+    snippets = re.findall(r"```gdscript\n(.*?)```", readme, flags=re.S)
+    assert snippets, "the README has no GDScript quick start"
+    for i, code in enumerate(snippets):
+        path = tmp_path / f"snippet{i}.gd"
+        path.write_text("extends Node\n\n\n" + code)
+        proc = subprocess.run([*_tool("gdparse"), str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr

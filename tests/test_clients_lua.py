@@ -4,6 +4,7 @@ a real `lorekit serve` (the conformance scenario itself is in test_clients_confo
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -68,3 +69,14 @@ def test_terminal_example_streams_a_reply(tmp_path):
     reply = out.split("you -> ", 1)[1].split("\n", 1)[1]
     assert reply.split("\n[")[0].strip(), f"empty reply: {out}"
     assert "[length, 16 tokens," in out or "[stop, " in out, out
+
+
+def test_readme_quick_start_snippet_compiles(tmp_path):
+    _need("luajit")
+    snippets = re.findall(r"```lua\n(.*?)```", (LUA / "README.md").read_text(), flags=re.S)
+    assert snippets, "the README has no Lua quick start"
+    for i, code in enumerate(snippets):
+        path = tmp_path / f"snippet{i}.lua"
+        path.write_text(code)
+        proc = subprocess.run(["luajit", "-bl", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr

@@ -50,3 +50,15 @@ def test_the_type_check_can_fail(tmp_path):
     broken.write_text(UNITY_ONLY[0].read_text().replace("Client.DispatchEvents();", "Client.DispatchEvent();"))
     proc = _mcs(tmp_path, [STUB, *CORE, broken, UNITY_ONLY[1]])
     assert proc.returncode != 0 and "DispatchEvent" in proc.stdout + proc.stderr
+
+
+def test_readme_snippets_compile(tmp_path):
+    snippets = re.findall(r"```csharp\n(.*?)```", (REPO / "runtime" / "unity" / "README.md").read_text(), flags=re.S)
+    assert len(snippets) == 2, "expected the Unity quick start and the plain C# example"
+    unity_part = tmp_path / "QuickStart.cs"
+    unity_part.write_text(snippets[0])
+    plain = tmp_path / "PlainExample.cs"
+    plain.write_text("using System;\nusing System.Threading;\nusing LoreKit;\n"
+                     "static class PlainExample\n{\n    static void Run()\n    {\n" + snippets[1] + "    }\n}\n")
+    proc = _mcs(tmp_path, [STUB, *CORE, *UNITY_ONLY, unity_part, plain])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
