@@ -56,6 +56,7 @@ def run(out: Path, cfg: ExportConfig | None = None) -> ExportResult:
             write_adapter_gguf(adapter, base.arch, tmp / "adapter.gguf")
         merged = merge.merge(base, adapter, tmp / "model.gguf", cfg.type, chat_template(family))
         write_text(tmp / "Modelfile", modelfile.render(family, system=system))
+        (tmp / "Modelfile").chmod(0o644)  # atomic writes create 0600 files; this one is for sharing
         report = {
             "family": family,
             "stop": list(chat_formats.get(family).stop),
@@ -101,7 +102,7 @@ def check(out: Path, cfg: ExportConfig | None = None) -> ExportResult:
 
 def _raise_if_failed(report: dict, what: str) -> None:
     ver = report.get("verification")
-    if ver and not ver["passed"]:
+    if ver and ver.get("passed") is False:
         bad = {k: v for k, v in ver["comparisons"].items() if not v["passed"]}
         detail = "; ".join(f"{k}: rel diff {v['rel']:.4f} (limit {v['limit_rel']}), top-1 {v['top1_close']:.2f}"
                            for k, v in bad.items())

@@ -143,6 +143,12 @@ def verify(export_dir: Path, base_gguf: Path, family: str, torch_logits: TorchLo
     report: dict = {"read_back": {"model.gguf": read_back(model, "model", arch)}}
     if adapter.is_file():
         report["read_back"]["adapter.gguf"] = read_back(adapter, "adapter", arch)
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        log.warning("llama-cpp-python is not installed: the export was read back but not run; "
+                    "pip install 'lorekit[serve]' and run `lorekit export OUT --check`")
+        return {**report, "passed": None, "skipped": "llama-cpp-python not installed", "comparisons": {}}
     texts = prompts_for(family, max(1, min(n_prompts, len(PROMPTS))))
     with llama(model) as llm:
         ids = tokenize(llm, texts)
