@@ -168,3 +168,21 @@ def test_modelfile_templates_render_like_training_in_go_text_template(tmp_path):
             got = subprocess.run([str(tmp_path / "render"), str(tmp_path / f"{family}.tmpl"), json.dumps(conv)],
                                  check=True, capture_output=True, text=True).stdout
             assert got == fmt.render(conv, add_generation_prompt=True).removeprefix(fmt.bos)
+
+
+def test_base_source_order_and_errors(tmp_path):
+    from lorekit.export.config import ExportConfig
+    from lorekit.export.pipeline import base_source, train_info
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "gemma3_text"}))
+    (hf / "model.safetensors").write_bytes(b"")
+    assert base_source(ExportConfig(base_gguf="x.gguf", from_hf=str(hf)), str(hf))[2] == "base-gguf"
+    assert base_source(ExportConfig(from_hf="model"), str(hf))[1] == hf.resolve()
+    assert base_source(ExportConfig(), str(hf))[2] == f"from-hf:{hf.resolve()}"  # a local HF folder converts
+    with pytest.raises(LorekitError, match="--base-gguf PATH"):
+        base_source(ExportConfig(), "google/gemma-4-E2B-it")
+    with pytest.raises(LorekitError, match="not a folder"):
+        base_source(ExportConfig(from_hf=str(tmp_path / "nope")), str(hf))
+    assert train_info(tmp_path, str(hf)) == {"model": str(hf), "family": "gemma3"}
