@@ -328,3 +328,15 @@ def test_a_line_that_cannot_fit_the_context_is_refused(server):
             c.cancel(rid)
         assert event["type"] == "error" and event["code"] == "context_full", event
         assert c.ping() < 1.0
+
+
+def test_cancel_during_a_long_prompt(server):
+    with client(server) as c:
+        rid = c.start_turn(NPC, "0123456789" * 150, session="long-prompt", max_tokens=4)
+        time.sleep(0.3)  # the model is now processing ~1,700 prompt tokens
+        t0 = time.perf_counter()
+        c.cancel(rid)
+        done = list(c.events(rid))[-1]
+        assert done["type"] == "done" and done["finish_reason"] == "cancelled", done
+        assert done["tokens"]["completion"] == 0
+        assert time.perf_counter() - t0 < 3.0, "cancel waited for the whole prompt"

@@ -29,6 +29,8 @@ from lorekit.serve.textstream import StopScanner
 
 log = logging.getLogger(__name__)
 
+PROMPT_CHUNK = 128  # prompt tokens per llama.cpp call between cancel checks
+
 
 @dataclass
 class Sampling:
@@ -199,18 +201,26 @@ class Engine:
             live = 0
         return min(live, len(tokens) - 1)
 
-    def prewarm(self, key: object, tokens: list[int]) -> int:
-        """Process a prompt prefix (an NPC's persona) now and save its state; returns tokens processed."""
+    def process(self, tokens: list[int], stop: Callable[[], bool]) -> bool:
+        """Evaluate `tokens` beyond the reusable prefix in chunks, checking `stop()` between chunks, so a
+        cancel (or a waiting turn) does not sit behind a long prompt. False if stopped early."""
         llm = self.llm
-        self.prepare(key, tokens)
         reuse = common_prefix(llm.input_ids[: llm.n_tokens], np.asarray(tokens, dtype=np.intc))
         if reuse < llm.n_tokens:
             llm._ctx.kv_cache_seq_rm(-1, reuse, -1)
             llm.n_tokens = reuse
-        if reuse < len(tokens):
-            llm.eval(tokens[reuse:])
+        for i in range(reuse, len(tokens), PROMPT_CHUNK):
+            if stop():
+                return False
+            llm.eval(tokens[i : i + PROMPT_CHUNK])
+        return True
+
+    def prewarm(self, key: object, tokens: list[int], stop: Callable[[], bool]) -> bool:
+        """Process a prompt prefix (an NPC's persona) now and save its state; False if `stop()` said so."""
+        self.prepare(key, tokens)
+        done = self.process(tokens, stop)
         self._save_live()
-        return len(tokens) - reuse
+        return done
 
     def forget_states(self) -> None:
         """Drop every saved state (after a model swap or a reload that changes prompts)."""
@@ -224,6 +234,10 @@ class Engine:
         out = Generation(prompt_tokens=len(tokens))
         t0 = time.perf_counter()
         out.cached_tokens = self.prepare(key, tokens)
+        # The prompt but its last token, in chunks; llama-cpp-python's generate() then finds it cached.
+        if not self.process(tokens[:-1], cancel.is_set):
+            out.finish_reason, out.prompt_ms = "cancelled", (time.perf_counter() - t0) * 1000
+            return out
         stops, scanner = self.stop_ids(fmt), StopScanner([fmt.end_of_turn, fmt.turn_open, fmt.bos])
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pieces: list[str] = []

@@ -62,11 +62,15 @@ class Worker(threading.Thread):
         text = fmt.render([{"role": "system", "content": lore.prompts[npc]}, {"role": "user", "content": marker}])
         t0 = time.perf_counter()
         try:
-            n = engine.prewarm((npc, "*persona*"), engine.tokenize(text.split(marker)[0]))
+            done = engine.prewarm((npc, "*persona*"), engine.tokenize(text.split(marker)[0]),
+                                  stop=lambda: app.scheduler.depth() > 0 or self.stopping.is_set())
         except Exception:  # warming is an optimisation: never let it stop the server
             log.exception("pre-processing the persona of %s failed", npc)
             return
-        log.debug("persona of %s ready (%d tokens, %.0f ms)", npc, n, (time.perf_counter() - t0) * 1000)
+        if not done:  # a turn is waiting: serve it first, finish this persona later
+            app.to_warm.add(npc)
+            return
+        log.debug("persona of %s ready (%.0f ms)", npc, (time.perf_counter() - t0) * 1000)
 
     def run_turn(self, turn: Turn) -> None:
         app, started = self.app, time.perf_counter()
