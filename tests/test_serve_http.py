@@ -120,3 +120,22 @@ def test_bearer_token(server):
         assert request(server, "GET", "/health")[0] == 200
     finally:
         server.cfg.token = ""
+
+
+def test_client_leaving_an_sse_stream_frees_the_model(server):
+    import socket
+    import time
+
+    body = json.dumps({"model": NPC, "stream": True, "max_tokens": 400, "temperature": 0.8,
+                       "messages": [{"role": "user", "content": "Tell me everything."}]}).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    seen = b""
+    while seen.count(b"data: ") < 3:  # the role chunk and two content chunks
+        seen += sock.recv(4096)
+    sock.close()
+    t0 = time.perf_counter()
+    status, _, _ = request(server, "POST", "/v1/chat/completions",
+                           {"model": NPC, "max_tokens": 2, "messages": [{"role": "user", "content": "Hi."}]})
+    assert status == 200 and time.perf_counter() - t0 < 8, "the abandoned stream kept the model busy"
