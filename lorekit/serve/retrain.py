@@ -15,6 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from lorekit.atomic import write_text
 from lorekit.serve.watcher import Debounced
 
 if TYPE_CHECKING:
@@ -61,13 +62,15 @@ class Retrainer:
         self._proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         output, _ = self._proc.communicate()
         code = self._proc.returncode
+        write_text(self.app.out / "serve" / "retrain.log", f"$ {' '.join(self.command())}\n{output}\nexit {code}\n")
         self.last_build_s = round(time.perf_counter() - t0, 1)
         with self._lock:
             if code == 0:
                 self.state, self.last_error, self.builds = "idle", None, self.builds + 1
             else:
                 tail = (output or "").strip().splitlines()[-3:]
-                self.state, self.last_error = "failed", f"build exited with {code}: {' | '.join(tail)}"
+                self.state = "failed"
+                self.last_error = f"build exited with {code} (see OUT/serve/retrain.log): {' | '.join(tail)}"
             again = self._again and not self._stopped
         if code == 0:
             log.info("retrain finished in %.0f s; loading the new model", self.last_build_s)
