@@ -46,6 +46,9 @@ CASES = {
     "g3-1b-unsloth-compiled": ("gemma3-1b", "unsloth",
                                dict(batch_size=64, grad_accum=1, load_in_4bit=False, gradient_checkpointing=False,
                                     max_steps=30, compile=True), (1920, 150), 330),
+    "e2b-4bit-unsloth-compiled": ("gemma4-e2b", "unsloth",
+                                  dict(batch_size=2, grad_accum=4, load_in_4bit=True, gradient_checkpointing=True,
+                                       max_steps=10, max_length=1024, compile=True), (100, 1000), 300),
     "tiny-transformers": ("tiny", "transformers", dict(batch_size=4, grad_accum=1, max_steps=8), (64, 80), 300),
 }
 
@@ -231,7 +234,9 @@ def write_report(path: Path, results: list[dict]) -> dict:
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
               "command": " ".join(["python"] + sys.argv), "results": results}
     by = {r["case"]: r for r in results}
-    for a, b in (("g3-1b-unsloth", "g3-1b-transformers"), ("e2b-4bit-unsloth", "e2b-4bit-transformers")):
+    for a, b in (("g3-1b-unsloth", "g3-1b-transformers"), ("e2b-4bit-unsloth", "e2b-4bit-transformers"),
+                 ("g3-1b-unsloth-compiled", "g3-1b-transformers"),
+                 ("e2b-4bit-unsloth-compiled", "e2b-4bit-transformers")):
         if by.get(a, {}).get("steady_tokens_per_s") and by.get(b, {}).get("steady_tokens_per_s"):
             report[f"ratio_{a}_vs_{b}"] = round(by[a]["steady_tokens_per_s"] / by[b]["steady_tokens_per_s"], 2)
     path.parent.mkdir(parents=True, exist_ok=True)
