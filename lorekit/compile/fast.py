@@ -37,11 +37,11 @@ from lorekit.lore.facts import Fact, entity_facts
 from lorekit.lore.links import parse_value
 from lorekit.lore.model import RESERVED, Entity
 from lorekit.lore.page import ParsedPage, content_hash, parse_page
-from lorekit.lore.vault import entity_corpus, entity_from_page, scan
+from lorekit.lore.vault import entity_corpus, entity_from_page, scan_paths
 
 log = logging.getLogger(__name__)
 STATE = "state.pickle"
-VERSION = 1
+VERSION = 2
 MAX_CHANGED = 20
 
 
@@ -149,14 +149,18 @@ def _patch(path: Path, offsets: array, new: dict[int, bytes], h: Any, tmp: Path)
             prev = end
             delta = len(new[i]) - (end - start)
             if shift:
-                out[prev_i + 1:i + 1] = array("Q", (x + shift for x in offsets[prev_i + 1:i + 1]))
+                out[prev_i + 1:i + 1] = _shifted(offsets[prev_i + 1:i + 1], shift)
             shift += delta
             prev_i = i
         f.write(data[prev:])
         h.update(data[prev:])
         if new and shift:
-            out[prev_i + 1:] = array("Q", (x + shift for x in offsets[prev_i + 1:]))
+            out[prev_i + 1:] = _shifted(offsets[prev_i + 1:], shift)
     return out
+
+
+def _shifted(offsets: array, shift: int) -> array:
+    return array("Q", [x + shift for x in offsets])
 
 
 class _Stub:
@@ -213,21 +217,20 @@ def try_fast(lore_dir: Path, out: Path, cfg: CompileConfig) -> tuple[dict, int] 
 
 def _changed_pages(lore_dir: Path, state: dict) -> dict[str, tuple[ParsedPage, bytes]] | None:
     files = state["files"]
-    paths = scan(lore_dir)
+    paths = scan_paths(lore_dir)
     if len(paths) != len(files):
         return None
     trusted_before = state["saved_ns"] - 2_000_000_000
     changed = {}
-    root = str(lore_dir)
-    for path in paths:
-        rel = os.path.relpath(path, root).replace(os.sep, "/")
+    for path, rel in paths:
         known = files.get(rel)
         if known is None:
             return None
-        st = path.stat()
+        st = os.stat(path)
         if known[0] == st.st_mtime_ns and known[1] == st.st_size and st.st_mtime_ns < trusted_before:
             continue
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
         sha = content_hash(data)
         files[rel] = (st.st_mtime_ns, st.st_size, sha)
         if sha != known[2]:

@@ -75,13 +75,21 @@ def entity_corpus(e: Entity) -> str:
 
 def scan(root: Path) -> list[Path]:
     """Every `.md` page under root, skipping files and folders that start with `.` or `_`."""
+    return [Path(path) for path, _ in scan_paths(root)]
+
+
+def scan_paths(root: Path | str) -> list[tuple[str, str]]:
+    """(path, path relative to root with `/`) of every page, sorted by the relative path."""
     out = []
+    base = len(str(root).rstrip(os.sep)) + 1
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
-        out += [os.path.join(folder, f) for f in files if f.endswith(".md") and not f.startswith((".", "_"))]
-    base = len(str(root).rstrip(os.sep)) + 1
-    out.sort(key=lambda p: p[base:].replace(os.sep, "/"))
-    return [Path(p) for p in out]
+        for f in files:
+            if f.endswith(".md") and not f.startswith((".", "_")):
+                path = os.path.join(folder, f)
+                out.append((path, path[base:].replace(os.sep, "/")))
+    out.sort(key=lambda p: p[1])
+    return out
 
 
 def load_vault(root: Path | str, page_cache: Any | None = None) -> Vault:
