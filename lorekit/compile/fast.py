@@ -140,6 +140,7 @@ def _patch(path: Path, offsets: array, new: dict[int, bytes], h: Any, tmp: Path)
     out = array("Q", offsets)
     shift = 0
     prev = 0
+    prev_i = -1
     with open(tmp, "wb") as f:
         for i in sorted(new):
             start, end = offsets[i], offsets[i + 1]
