@@ -8,7 +8,7 @@ Runs `lorekit compile`, `train`, `export` and `eval` as a user would (each stage
 commands.
 
 --subset keeps, after compiling, only the lore keeper's rows about the listed entities (slugs), the
-lore keeper's "unknown name" rows, and the unknown/secret/greeting rows of one NPC (--npc): the full
+lore keeper's "unknown name" rows, and the secret and greeting rows of one NPC (--npc): the full
 sample_lore dataset (2,630 rows, 8 epochs by default on CPU) takes hours to train on 2 cores.
 """
 
@@ -49,13 +49,16 @@ def run_stage(name: str, argv: list[str], log_dir: Path) -> tuple[float, str]:
     return wall, " ".join(["python3 -m lorekit", *argv])
 
 
+NPC_KINDS = ("secret", "greeting")
+
+
 def keep_row(meta: dict, entities: set[str], npc: str) -> bool:
     if meta.get("npc") is None:
         if meta.get("kind") == "unknown":
             return True
         facts = meta.get("facts") or []
         return bool(facts) and all(f.split(".")[0] in entities for f in facts)
-    return meta.get("npc") == npc and meta.get("kind") in ("secret", "unknown", "greeting")
+    return meta.get("npc") == npc and meta.get("kind") in NPC_KINDS
 
 
 def subset(out: Path, entities: set[str], npc: str) -> dict:
@@ -154,7 +157,7 @@ def main() -> int:
     ap.add_argument("--lore", default=str(REPO / "sample_lore"))
     ap.add_argument("--reuse", action="store_true", help="skip a stage whose artifact already exists")
     ap.add_argument("--subset", default="", help="comma-separated entity slugs to keep (see above)")
-    ap.add_argument("--npc", default="tobin-reedy", help="NPC whose unknown/secret/greeting rows --subset keeps")
+    ap.add_argument("--npc", default="tobin-reedy", help="NPC whose secret and greeting rows --subset keeps")
     ap.add_argument("--eval-threads", type=int, default=0,
                     help="llama.cpp threads for eval (0: 1 when the machine is busier than its cores, else all)")
     ap.add_argument("eval_args", nargs="*", help="extra flags for `lorekit eval` (after --)")
