@@ -76,6 +76,26 @@ def test_labels_cover_only_model_turns(tiny, family):
         fmt.render(chat_formats.from_sharegpt(row))
 
 
+@pytest.mark.parametrize("family", ["gemma3", "gemma4"])
+def test_masked_output_layer_gives_the_models_own_loss(tiny, family):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorekit import chat_formats
+    from lorekit.train.data import collate, encode_rows
+    from lorekit.train.loop import masked_loss
+
+    tok = AutoTokenizer.from_pretrained(tiny[family])
+    model = AutoModelForCausalLM.from_pretrained(tiny[family])
+    model.config.final_logit_softcapping = 30.0  # real Gemma checkpoints cap their logits
+    batch = collate(encode_rows(tok, chat_formats.get(family), rows(3), 256), tok.pad_token_id)
+    with torch.no_grad():
+        loss, n = masked_loss(model, batch, bf16=False)
+        reference = model(**batch).loss
+    assert n == int((batch["labels"] != -100).sum())
+    torch.testing.assert_close(loss / n, reference, atol=1e-5, rtol=1e-5)
+
+
 def test_batches_are_bucketed_and_reproducible():
     from lorekit.train.data import batch_order
 
