@@ -73,7 +73,7 @@ def run(lore_dir: Path | str, out: Path | str, cfg: CompileConfig | None = None)
     lore_dir, out = Path(lore_dir), Path(out)
     cfg = cfg or load_config(lore_dir)
     dataset = out / "dataset"
-    if cfg.cache:
+    if cfg.cache and not cfg.max_facts:  # the fast patch path assumes every fact is taught
         from lorekit.compile.fast import try_fast
 
         try:

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 from lorekit.compile.config import CompileConfig
 from lorekit.compile.dataset import Builder, Row, Rows, phrasing_warnings
 from lorekit.compile.extras import greeting_rows, multi_turn_rows, secret_rows, unknown_rows
+from lorekit.compile.focus import focus
 from lorekit.compile.templates import TemplateFailure
 from lorekit.lore import Fact, Vault, facts_of, load_vault
 from lorekit.lore.problems import Problem, error, warning
@@ -36,6 +37,7 @@ class Rec(NamedTuple):
 class Built:
     vault: Vault
     facts: list[Fact] = field(default_factory=list)
+    facts_total: int = 0  # before max_facts
     problems: list[Problem] = field(default_factory=list)
     train: list[Rec] = field(default_factory=list)
     eval: list[Rec] = field(default_factory=list)
@@ -105,7 +107,9 @@ def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
         built.problems.append(error(e.template, e.line, e.message, "fix the persona or keeper template"))
         return built
     built.systems = systems
-    built.facts = [f for f in facts_of(vault) if keep_fact(f, cfg)]
+    kept = [f for f in facts_of(vault) if keep_fact(f, cfg)]
+    built.facts_total = len(kept)
+    built.facts = focus(vault, kept, cfg.max_facts)
     vault.mention_log = []  # type: ignore[attr-defined]  # replayed by the incremental fast path
     builder = Builder(vault, cfg, templates, systems)
     built.digest = templates.digest()

@@ -23,6 +23,8 @@ class CompileConfig:
     fact_kinds: list[str] = opt(["field", "reverse", "summary", "section"],
                                 "which facts to teach: field, reverse (links asked backwards), summary, section")
     skip_fields: list[str] = opt([], "front matter fields not to teach (e.g. [\"aliases\"]) to keep the dataset small")
+    max_facts: int = opt(0, "teach at most this many facts, those of the NPCs' most important pages first "
+                         "(0: all); keeps quick CPU builds of large worlds within minutes")
     keeper: bool = opt(True, "also teach public facts without a persona, as a neutral lore keeper")
     format: Literal["sharegpt", "openai"] = opt("sharegpt", "row format: ShareGPT `conversations` or OpenAI `messages`")
     template_dir: str = opt("", "extra template folder that overrides the vault's _templates/ and the defaults")

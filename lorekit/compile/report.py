@@ -24,6 +24,7 @@ def make_report(lore_dir: Path, cfg: CompileConfig, built: Any, sha: str, n_trai
         "entities": len(vault.entities),
         "entities_by_type": dict(sorted(Counter(e.type for e in vault.entities.values()).items())),
         "facts": len(built.facts),
+        "facts_total": built.facts_total,
         "facts_by_kind": dict(sorted(Counter(f.kind for f in built.facts).items())),
         "facts_untaught": sum(1 for c in fact_counts if c == 0),
         "rows": {"train": n_train, "eval": n_eval, "eval_dropped_as_seen": built.dropped_eval},
@@ -51,6 +52,8 @@ def summary(report: dict[str, Any], wall_s: float | None = None) -> str:
     lines = [
         f"pages      {r['pages']} ({types})",
         f"facts      {r['facts']} ({kinds}); untaught (no speaker may tell them): {r['facts_untaught']}",
+        *([f"           teaching {r['facts']} of {r['facts_total']} facts (max_facts = {r['config']['max_facts']})"]
+          if r.get("facts_total", r["facts"]) > r["facts"] else []),
         f"rows       {r['rows']['train']} train, {r['rows']['eval']} eval",
         "           by kind: " + ", ".join(f"{k} {n}" for k, n in r["rows_by_kind"]["train"].items()),
         f"per fact   min {r['rows_per_fact']['min']}, mean {r['rows_per_fact']['mean']}, max {r['rows_per_fact']['max']}",

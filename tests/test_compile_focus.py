@@ -1,0 +1,30 @@
+"""`[compile] max_facts`: a budget of facts, the NPCs' pages first, whole and deterministic."""
+
+from __future__ import annotations
+
+import json
+
+from lorekit.compile import run
+from lorekit.compile.config import CompileConfig
+from tests.conftest import SAMPLE_LORE
+
+
+def _facts(path) -> set[str]:
+    return {f for line in path.read_text(encoding="utf-8").splitlines() for f in json.loads(line)["meta"]["facts"]}
+
+
+def test_max_facts_keeps_the_budget_and_npc_pages_first(tmp_path):
+    full = run(SAMPLE_LORE, tmp_path / "full", CompileConfig(cache=False))
+    small = run(SAMPLE_LORE, tmp_path / "small", CompileConfig(cache=False, max_facts=90))
+    again = run(SAMPLE_LORE, tmp_path / "again", CompileConfig(cache=False, max_facts=90))
+
+    assert small.report["facts"] == 90 and small.report["facts_total"] == full.report["facts"]
+    assert small.report["rows"]["train"] < full.report["rows"]["train"] / 3
+    assert small.train_path.read_bytes() == again.train_path.read_bytes()
+    taught = _facts(small.train_path)
+    # Every NPC's own page is taught (the player asks NPCs about themselves first).
+    for npc_id in json.loads(small.report_path.read_text())["npcs"]:
+        assert any(f.startswith(npc_id["id"] + ".") for f in taught), npc_id["id"]
+    # Eval asks only about facts that training teaches.
+    assert _facts(small.eval_path) <= taught
+    assert "teaching 90 of" in __import__("lorekit.compile.report", fromlist=["summary"]).summary(small.report)
