@@ -65,7 +65,7 @@ def test_llama_cpp_logits_match_merged_pytorch(exported, family):
     comps = ver["comparisons"]
     assert set(comps) == {"model.gguf vs torch", "base+adapter.gguf vs torch"}
     for c in comps.values():  # an f16 base: llama.cpp agrees with PyTorch to a few percent of the logit scale
-        assert c["top1_close"] == 1.0 and c["rel"] < 0.03, c
+        assert c["top1_close"] == 1.0 and c["rel"] < 0.05 and c["effect"] > 0.98, c
     assert report["family"] == family and report["base_source"].startswith("from-hf:")
     assert report["stop"] == [{"gemma3": "<end_of_turn>", "gemma4": "<turn|>"}[family]]
     assert report["type_written"] == "f16"  # the base written from HF is f16, so "base" keeps f16

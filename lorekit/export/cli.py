@@ -59,5 +59,7 @@ def _summary(result) -> None:
     if ver:
         for name, c in ver["comparisons"].items():
             mark = "ok" if c["passed"] else "FAILED"
-            print(f"  {name:<28} top-1 {c['top1']:.2f}  max |diff| {c['max_abs']:.4f}  rel {c['rel']:.4f}  {mark}")
+            effect = "-" if c.get("effect") is None else f"{c['effect']:.3f}"
+            print(f"  {name:<28} top-1 {c['top1']:.2f}  max |diff| {c['max_abs']:.4f}  rel {c['rel']:.4f}  "
+                  f"LoRA effect {effect}  {mark}")
     print(f"written to {result.export_dir}")

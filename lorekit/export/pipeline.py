@@ -104,8 +104,8 @@ def _raise_if_failed(report: dict, what: str) -> None:
     ver = report.get("verification")
     if ver and ver.get("passed") is False:
         bad = {k: v for k, v in ver["comparisons"].items() if not v["passed"]}
-        detail = "; ".join(f"{k}: rel diff {v['rel']:.4f} (limit {v['limit_rel']}), top-1 {v['top1_close']:.2f}"
-                           for k, v in bad.items())
+        detail = "; ".join(f"{k}: rel diff {v['rel']:.4f} (limit {v['limit_rel']}), top-1 {v['top1_close']:.2f}, "
+                           f"LoRA effect {v['effect']} (limit {v['limit_effect']})" for k, v in bad.items())
         raise LorekitError(f"export verification failed: {detail}; {what}")
 
 
@@ -185,11 +185,16 @@ def torch_reference(model: str, hf_dir: Path | None, adapter_dir: Path):
         from lorekit.train.load import load_model
 
         base = load_model(model)[0]
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().eval()
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+
+    def last(seqs: list[list[int]]):
+        return [model(torch.tensor([seq])).logits[0, -1].float().numpy() for seq in seqs]
 
     def logits(ids: list[list[int]]):
         with torch.no_grad():
-            return [merged(torch.tensor([seq])).logits[0, -1].float().numpy() for seq in ids]
+            adapted = last(ids)  # PEFT's unmerged forward: the same sum as a merge, in float32
+            with model.disable_adapter():
+                return adapted, last(ids)
 
     return logits
 

@@ -4,7 +4,11 @@ Figures per comparison (next-token logits at the end of each prompt, same token 
 - `top1`: share of prompts where both pick the same next token;
 - `top1_close`: share where llama.cpp's pick is within the allowed error of PyTorch's best logit
   (a near-tie that flips inside the tolerance is not an error; tiny random models have many);
-- `max_abs`: the largest logit difference; `rel`: that over PyTorch's largest |logit|.
+- `max_abs`: the largest logit difference; `rel`: that over PyTorch's largest |logit|;
+- `effect`: mean cosine between what the LoRA changes in llama.cpp (this file minus the base GGUF
+  alone) and what it changes in PyTorch (merged minus base): 1 = the same change, ~0 = the LoRA is
+  missing or another one. On a quantized file the re-rounding of the merged weights is the same
+  size as a small LoRA's effect, so this is the figure that still tells them apart.
 Limits depend on the weight type: float files must agree closely, quantized ones within what the
 quantization costs.
 """
@@ -38,11 +42,15 @@ PROMPTS = [
 ]
 
 # relative max-difference limit and minimum top1_close per weight type of the file llama.cpp runs
-# (llama.cpp's f16 KV cache and GELU table alone give ~5e-3 on the tiny Gemma 4 with f32 weights)
-LIMITS = {"f32": (1e-2, 1.0), "f16": (3e-2, 1.0), "bf16": (6e-2, 1.0), "q8_0": (8e-2, 1.0)}
-QUANTIZED_LIMIT = (0.35, 0.75)  # Q4_K_M and friends: re-quantizing the merged weights costs this much
+# Even with f32 weights llama.cpp differs from PyTorch: its CPU GELU reads an f16 table and its KV
+# cache is f16. On random tiny Gemma 4 models that reaches rel 0.03 (emulating the f16 GELU in
+# PyTorch brings it to 0.002); a conversion bug (a missing norm offset, a wrong RoPE) gives ~1.
+# (rel, top1_close, effect) limits
+LIMITS = {"f32": (0.05, 1.0, 0.9), "f16": (0.08, 1.0, 0.9), "bf16": (0.1, 1.0, 0.85), "q8_0": (0.12, 1.0, 0.85)}
+QUANTIZED_LIMIT = (0.35, 0.75, 0.5)  # Q4_K_M and friends: re-quantizing the merged weights costs this much
 
-TorchLogits = Callable[[list[list[int]]], list[np.ndarray]]
+# ids -> (logits with the LoRA, logits of the base model), last position of each prompt
+TorchLogits = Callable[[list[list[int]]], tuple[list[np.ndarray], list[np.ndarray]]]
 
 
 @dataclass
@@ -51,12 +59,14 @@ class Comparison:
     top1_close: float
     max_abs: float
     rel: float
+    effect: float | None = None
 
-    def passed(self, limit: tuple[float, float]) -> bool:
-        return self.rel <= limit[0] and self.top1_close >= limit[1]
+    def passed(self, limit: tuple[float, ...]) -> bool:
+        effect_ok = self.effect is None or self.effect >= limit[2]
+        return self.rel <= limit[0] and self.top1_close >= limit[1] and effect_ok
 
     def as_dict(self) -> dict:
-        return {k: round(v, 6) for k, v in vars(self).items()}
+        return {k: None if v is None else round(v, 6) for k, v in vars(self).items()}
 
 
 def read_back(path: Path, expect_type: str, arch: str) -> dict:
@@ -114,10 +124,15 @@ def llama_logits(llm, ids: list[list[int]]) -> list[np.ndarray]:
     return out
 
 
-def compare(ref: list[np.ndarray], got: list[np.ndarray], tie_rel: float = 0.0) -> Comparison:
-    """Compare logits row by row; `tie_rel` * max|ref| is how far below the best a pick may be."""
+def compare(ref: list[np.ndarray], got: list[np.ndarray], tie_rel: float = 0.0,
+            ref_base: list[np.ndarray] | None = None, got_base: list[np.ndarray] | None = None) -> Comparison:
+    """Compare logits row by row; `tie_rel` * max|ref| is how far below the best a pick may be.
+    With both base runs given, also how alike the LoRA's effect is on each side (`effect`)."""
     top1 = close = 0
     max_abs = scale = 0.0
+    effects = []
+    if ref_base is not None and got_base is not None:
+        effects = [_cosine(g - gb, r - rb) for r, g, rb, gb in zip(ref, got, ref_base, got_base, strict=True)]
     for r, g in zip(ref, got, strict=True):
         n = min(len(r), len(g))  # a GGUF vocab may be padded past the checkpoint's rows
         r, g = r[:n], g[:n]
@@ -126,10 +141,18 @@ def compare(ref: list[np.ndarray], got: list[np.ndarray], tie_rel: float = 0.0) 
         top1 += int(np.argmax(r) == np.argmax(g))
         close += int(r[np.argmax(g)] >= r.max() - tie_rel * float(np.max(np.abs(r))))
     n = max(1, len(ref))
-    return Comparison(top1 / n, close / n, max_abs, max_abs / max(scale, 1e-6))
+    effect = float(np.mean(effects)) if effects else None
+    return Comparison(top1 / n, close / n, max_abs, max_abs / max(scale, 1e-6), effect)
 
 
-def limit_for(gguf_path: Path) -> tuple[float, float]:
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    n = min(len(a), len(b))
+    a, b = a[:n].astype(np.float64), b[:n].astype(np.float64)
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / norm) if norm > 0 else 0.0
+
+
+def limit_for(gguf_path: Path) -> tuple[float, float, float]:
     ftype = int(GGUFFile.open(gguf_path).get("general.file_type", 1))
     name = {0: "f32", 1: "f16", 32: "bf16", 7: "q8_0"}.get(ftype)
     return LIMITS[name] if name else QUANTIZED_LIMIT
@@ -154,6 +177,8 @@ def verify(export_dir: Path, base_gguf: Path, family: str, torch_logits: TorchLo
         ids = tokenize(llm, texts)
         merged = llama_logits(llm, ids)
     runs = {"model.gguf": merged}
+    with llama(base_gguf) as llm:
+        plain = llama_logits(llm, ids)
     if adapter.is_file():
         with llama(base_gguf, adapter) as llm:
             runs["base+adapter.gguf"] = llama_logits(llm, ids)
@@ -161,17 +186,19 @@ def verify(export_dir: Path, base_gguf: Path, family: str, torch_logits: TorchLo
     report["prompt_tokens"] = [len(s) for s in ids]
     checks = {}
     if torch_logits is not None:
-        ref = torch_logits(ids)
+        ref, ref_base = torch_logits(ids)
         lim = limit_for(model)
-        checks["model.gguf vs torch"] = (compare(ref, merged, lim[0]), lim)
+        checks["model.gguf vs torch"] = (compare(ref, merged, lim[0], ref_base, plain), lim)
         if "base+adapter.gguf" in runs:
             lim = limit_for(base_gguf)
-            checks["base+adapter.gguf vs torch"] = (compare(ref, runs["base+adapter.gguf"], lim[0]), lim)
+            checks["base+adapter.gguf vs torch"] = (
+                compare(ref, runs["base+adapter.gguf"], lim[0], ref_base, plain), lim)
     elif "base+adapter.gguf" in runs:
         # no PyTorch model: the two llama.cpp routes must still agree with each other
         lim = max(limit_for(model), limit_for(base_gguf))
-        checks["model.gguf vs base+adapter.gguf"] = (compare(runs["base+adapter.gguf"], merged, lim[0]), lim)
+        checks["model.gguf vs base+adapter.gguf"] = (
+            compare(runs["base+adapter.gguf"], merged, lim[0], plain, plain), lim)
     report["comparisons"] = {k: {**c.as_dict(), "limit_rel": lim[0], "limit_top1_close": lim[1],
-                                 "passed": c.passed(lim)} for k, (c, lim) in checks.items()}
+                                 "limit_effect": lim[2], "passed": c.passed(lim)} for k, (c, lim) in checks.items()}
     report["passed"] = all(c["passed"] for c in report["comparisons"].values())
     return report
