@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lorekit.compile.templates import TemplateFailure, Templates, and_list, article, possessive
+from lorekit.compile.templates import (TemplateFailure, Templates, and_list, article, first_person, in_date, possessive,
+                                      type_noun)
 
 
 def vault_with(tmp_path, name: str, text: str):
@@ -57,6 +58,20 @@ def test_filters():
     assert and_list(["A"]) == "A" and and_list(["A", "B", "C"]) == "A, B and C"
     assert possessive("Mara Vell") == "Mara Vell's" and possessive("Silas") == "Silas'"
     assert article("smuggler") == "a smuggler" and article("inn") == "an inn" and article("Ash Guild") == "Ash Guild"
+    assert in_date("1190 AT") == "in 1190 AT" and in_date("spring of 1341 AT") == "in spring of 1341 AT"
+    assert in_date("around 1338 AT") == "around 1338 AT" and in_date("in 12 AT") == "in 12 AT"
+    assert type_noun("location") == "place" and type_noun("lore") == "thing"
+
+
+def test_first_person_rewrites_the_subject_only():
+    text = ("Mara Vell keeps the Ash Guild's books, and knows every smuggler. She has lost her brother. "
+            "Mara took in Oren Vell and feeds him in winter. Oren says she lies.")
+    assert first_person(text, "Mara Vell") == (
+        "I keep the Ash Guild's books, and know every smuggler. I have lost my brother. "
+        "I took in Oren Vell and feed him in winter. Oren says I lie.")
+    assert first_person("He is old. His oar is black; the river asked him.", "Tobin Reedy") == \
+        "I am old. My oar is black; the river asked me."
+    assert first_person("The Ash Guild is old.", "Mara Vell") == "The Ash Guild is old."  # nothing about her
 
 
 def test_every_default_template_renders(tmp_path):
@@ -68,8 +83,9 @@ def test_every_default_template_renders(tmp_path):
     for name in sorted(t.names):
         blocks = t._template(name).blocks
         assert "answer" in blocks or "system" in blocks, name
-        if "questions" in blocks:
-            assert len(t.lines(name, "questions", ctx)) >= 6, name  # 5 for train + 1 held out
-        for block in ("answer", "system"):
-            if block in blocks:
-                assert t.render(name, block, ctx, "s"), name
+        for me in (False, True):  # asked of anyone, and of the NPC the fact is about
+            if "questions" in blocks:
+                assert len(t.lines(name, "questions", {**ctx, "me": me})) >= 6, name  # 5 for train + 1 held out
+            for block in ("answer", "system"):
+                if block in blocks:
+                    assert t.render(name, block, {**ctx, "me": me}, "s"), name

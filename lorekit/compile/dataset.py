@@ -81,14 +81,22 @@ class Builder:
         view = {"id": fact.id, "kind": fact.kind, "field": fact.field, "label": fact.label,
                 "values": list(fact.values), "value": _and(fact.values), "plural": len(fact.values) > 1,
                 "text": fact.values[0] if fact.values else "", "expect": list(fact.expect), "others": list(fact.others)}
-        return {"entity": entity_view(entity), "fact": view}
+        # `me`: the speaker is the page the fact is about (an NPC asked about itself): answers in the
+        # first person, and some questions say "you"; set per speaker by questions() and answer()
+        return {"entity": entity_view(entity), "fact": view, "me": False}
+
+    def questions(self, template: str, ctx: dict, speaker: str | None, seed: str) -> tuple[list[str], list[str]]:
+        """(train, eval) phrasings of a fact as asked of `speaker` (its own page: `me` is true)."""
+        me = speaker is not None and speaker == ctx["entity"]["id"]
+        return split(self.t.lines(template, "questions", {**ctx, "me": me}, seed), self.cfg.eval_phrasings_per_fact)
 
     def answer(self, template: str, ctx: dict, speaker: str | None, seed: str, memo: dict | None = None) -> str:
         """The answer in the speaker's voice. `memo` reuses renders that did not call pick() (same text)."""
         if memo is not None and speaker in memo:
             return memo[speaker]
         npc = self.npc_views.get(speaker) if speaker else None
-        statement = self.t.render(template, "answer", {**ctx, "npc": npc}, seed)
+        me = speaker is not None and speaker == ctx["entity"]["id"]
+        statement = self.t.render(template, "answer", {**ctx, "npc": npc, "me": me}, seed)
         fixed = not self.t.picked
         voice = self.t.find("replies/voice.j2")
         if voice is not None:
@@ -108,8 +116,10 @@ class Builder:
         try:
             template = self.template_for(fact)
             ctx = self.context(fact)
-            questions = self.t.lines(template, "questions", ctx, f"{self.cfg.seed}:{fact.id}:q")
-            train_q, eval_q = split(questions, self.cfg.eval_phrasings_per_fact)
+            qseed = f"{self.cfg.seed}:{fact.id}:q"
+            train_q, eval_q = self.questions(template, ctx, None, qseed)
+            # the NPC the fact is about is asked its own variant ("What do you own?"), line for line
+            own = self.questions(template, ctx, fact.entity, qseed) if fact.entity in speakers else (train_q, eval_q)
             rng = random.Random(f"{self.cfg.seed}:{fact.id}")
             q0, s0 = rng.randrange(len(train_q)), rng.randrange(len(speakers))
             name = self.t.display(template)
@@ -120,12 +130,15 @@ class Builder:
             memo: dict = {}
             for i in range(n):
                 speaker = speakers[(s0 + i) % len(speakers)]
-                q = train_q[(q0 + i) % len(train_q)]
+                tq = own[0] if speaker == fact.entity else train_q
+                q = tq[(q0 + i) % len(tq)]
                 a = self.answer(template, ctx, speaker, f"{self.cfg.seed}:{fact.id}:{i}", memo)
                 out.train.append(make_row(self.systems[speaker], [(q, a)],
                                           meta(speaker, fact.kind, entities, [fact.id], _present(expect, a), name)))
             for j, q in enumerate(eval_q):
                 speaker = speakers[(s0 + n + j) % len(speakers)]
+                if speaker == fact.entity and j < len(own[1]):
+                    q = own[1][j]
                 a = self.answer(template, ctx, speaker, f"{self.cfg.seed}:{fact.id}:e{j}", memo)
                 out.eval.append(make_row(self.systems[speaker], [(q, a)],
                                          meta(speaker, fact.kind, entities, [fact.id], _present(expect, a), name)))

@@ -37,7 +37,8 @@ def unknown_rows(b: Builder) -> Rows:
             picked = rng.sample(strangers, min(len(strangers), cfg.unknown_per_npc + 1))
             for k, eid in enumerate(picked):
                 who = b.vault.entities[eid].name
-                train_q, eval_q = split(b.t.lines(tpl, "questions", {"name": who}), cfg.eval_phrasings_per_fact)
+                ctx = {"name": who, "type": b.vault.entities[eid].type}
+                train_q, eval_q = split(b.t.lines(tpl, "questions", ctx), cfg.eval_phrasings_per_fact)
                 in_eval = k == cfg.unknown_per_npc
                 qs = (eval_q or train_q) if in_eval else train_q
                 q = qs[rng.randrange(len(qs))]
@@ -118,7 +119,7 @@ def multi_turn_rows(b: Builder, facts: list[Fact]) -> Rows:
                 for fact in rng.sample(known, min(len(known), b.cfg.multi_turn_length)):
                     tpl = b.template_for(fact)
                     ctx = b.context(fact)
-                    train_q, _ = split(b.t.lines(tpl, "questions", ctx), b.cfg.eval_phrasings_per_fact)
+                    train_q, _ = b.questions(tpl, ctx, npc.id, "")
                     a = b.answer(tpl, ctx, npc.id, multi_seed(b, npc.id, c, fact))
                     turns.append((train_q[rng.randrange(len(train_q))], a))
                     ids.append(fact.id)

@@ -53,6 +53,82 @@ def article(text: Any) -> str:
     return ("an " if text[0].lower() in "aeiou" else "a ") + text
 
 
+_DATE_IN = {"spring", "summer", "autumn", "fall", "winter", "the", "year", "early", "late", "mid", "january",
+            "february", "march", "april", "may", "june", "july", "august", "september", "october",
+            "november", "december"}
+
+
+def in_date(text: Any) -> str:
+    """"1190 AT" -> "in 1190 AT", "spring of 1341" -> "in spring of 1341"; "around 1338 AT" and
+    "in 1190" stay as they are (only bare years, dates and seasons get the preposition)."""
+    text = str(text).strip()
+    first = text.split(" ", 1)[0].lower().rstrip(",")
+    return f"in {text}" if text and (text[0].isdigit() or first in _DATE_IN) else text
+
+
+_NOUNS = {"character": "person", "location": "place", "faction": "group", "item": "thing", "event": "event"}
+
+
+def type_noun(etype: Any) -> str:
+    """An entity type as a plain noun for questions: location -> "place", lore -> "thing"."""
+    return _NOUNS.get(str(etype), "thing")
+
+
+_VERB_S = re.compile(r"^[a-z]+s$")
+
+
+def _first_person_verb(word: str) -> str:
+    """Third person singular -> first person: "is" -> "am", "has" -> "have", "keeps" -> "keep"."""
+    low = word.lower()
+    fixed = {"is": "am", "has": "have", "does": "do", "goes": "go", "was": "was", "says": "say"}
+    if low in fixed:
+        return fixed[low]
+    if not _VERB_S.match(low) or low.endswith("ss") or len(low) < 3:
+        return word
+    if low.endswith("ies") and len(low) > 4:  # carries -> carry; lies -> lie
+        return word[:-3] + "y"
+    if low.endswith(("ches", "shes", "xes", "zes")):
+        return word[:-2]
+    return word[:-1]
+
+
+def first_person(text: Any, name: Any, about: Any = "") -> str:
+    """A page's prose about `name`, as `name` would say it: "Hessa Orrin is the guildmistress ... She has
+    commanded ..." -> "I am the guildmistress ... I have commanded ...". Rule-based: the full or first
+    name as a subject, sentence-level she/he and her/his before a noun become I/my; other names and
+    pronouns (which may mean someone else) are left alone. `about` (the page's summary) helps to tell
+    whether the prose says "she" or "he" of its subject."""
+    text, name = str(text), str(name).strip()
+    if not name:
+        return text
+    first = name.split()[0]
+    names = "|".join(re.escape(n) for n in dict.fromkeys([name, first]))
+    subj = re.search(r"\b(she|he|her|his)\b", f"{about} {text}", re.IGNORECASE)  # how the prose refers to its subject
+    pro = {"she": "She", "her": "She", "he": "He", "his": "He"}[subj.group(1).lower()] if subj else None
+    poss = {"She": "her", "He": "his"}.get(pro or "", "")
+    out = []
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        before = sentence
+        sentence = re.sub(rf"\b(?:{names})'s?\b(?!\w)", "my", sentence)
+        sentence = re.sub(rf"\b(?:{names})\s+(\w+)", lambda m: "I " + _first_person_verb(m.group(1)), sentence)
+        if pro:
+            sentence = re.sub(rf"\b(?:{pro}|{pro.lower()})\s+(\w+)", lambda m: "I " + _first_person_verb(m.group(1)),
+                              sentence)
+            sentence = re.sub(rf"\b{poss.capitalize()}\s+(?=[a-z])", "My ", sentence)
+            sentence = re.sub(rf"\b{poss}\s+(?=[a-z])(?!(?:in|on|at|to|for|with|from|by|and|or|as)\b)", "my ",
+                              sentence)
+            sentence = re.sub(rf"\b{'herself' if pro == 'She' else 'himself'}\b", "myself", sentence)
+            if pro == "He":  # "him" is unambiguous; "her" may be a possessive and is left alone
+                sentence = re.sub(r"\bhim\b", "me", sentence)
+        if sentence != before:  # "I am the ferryman ..., and has rowed" -> "..., and have rowed"
+            sentence = re.sub(r", and (\w+)", lambda m: ", and " + _first_person_verb(m.group(1)), sentence)
+            sentence = re.sub(r"\band ((?:never|also|then|often|always) )?(\w+)(?= (?:her|him|the|a|an|every|his|its|off|up|out|to)\b)",
+                              lambda m: "and " + (m.group(1) or "") + _first_person_verb(m.group(2)), sentence)
+        sentence = re.sub(r"(^|[.!?]\s+)my\b", lambda m: m.group(1) + "My", sentence)
+        out.append(sentence)
+    return " ".join(out)
+
+
 def _mkdir(path: Path) -> Path:
     Path(path).mkdir(parents=True, exist_ok=True)
     return Path(path)
@@ -87,6 +163,9 @@ class Templates:
         self.env.filters["and_list"] = and_list
         self.env.filters["possessive"] = possessive
         self.env.filters["article"] = article
+        self.env.filters["in_date"] = in_date
+        self.env.filters["type_noun"] = type_noun
+        self.env.filters["first_person"] = first_person
         self.names = set(self.env.list_templates(extensions=["j2"]))
         self._cache: dict[str, jinja2.Template] = {}
         self._globals = dict(self.env.globals)
