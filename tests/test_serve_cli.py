@@ -16,7 +16,7 @@ import pytest
 from lorekit.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-THREADS = os.environ.get("LOREKIT_TEST_THREADS", "2")
+THREADS = os.environ.get("LOREKIT_TEST_THREADS", "1")
 
 
 def serve(args: list[str], env: dict | None = None) -> subprocess.Popen:

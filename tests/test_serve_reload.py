@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
 
 lk = load_client()
 SAMPLE_LORE = Path(__file__).resolve().parent.parent / "sample_lore"
-THREADS = int(os.environ.get("LOREKIT_TEST_THREADS", "2"))
+THREADS = int(os.environ.get("LOREKIT_TEST_THREADS", "1"))
 NPC = "tobin-reedy"
 PAGE = "characters/Tobin Reedy.md"
 

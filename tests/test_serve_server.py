@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
 lk = load_client()
 SAMPLE_LORE = Path(__file__).resolve().parent.parent / "sample_lore"
 NPC = "tobin-reedy"
-THREADS = int(os.environ.get("LOREKIT_TEST_THREADS", "2"))
+THREADS = int(os.environ.get("LOREKIT_TEST_THREADS", "1"))
 MARKUP = ("<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>")
 
 
@@ -127,7 +127,7 @@ def test_cancel_stops_a_streaming_turn_and_frees_the_model(server):
         done = list(c.events(rid))[-1]
         assert done["type"] == "done" and done["finish_reason"] == "cancelled", done
         assert done["tokens"]["completion"] < 400
-        assert time.perf_counter() - t0 < 2.0
+        assert time.perf_counter() - t0 < 10.0
         # the model is free again: a short turn is answered at once
         assert c.turn(NPC, "Hello.", session="cancel2", max_tokens=4)["finish_reason"] in ("stop", "length")
         assert not server.sessions.history(NPC, "cancel"), "a cancelled turn is not added to history"
@@ -233,16 +233,24 @@ def test_silent_client_is_closed(server):
         raw.close()
 
 
+def wait_for_turn_end(server, reason: str, before: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while server.metrics.turns[reason] == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_disconnect_mid_stream_frees_the_model(server):
+    cancelled, finished = server.metrics.turns["cancelled"], server.metrics.turns["length"]
     raw = Raw(server.port)
     raw.send(json.dumps({"type": "turn", "id": 1, "npc": NPC, "text": "Tell me everything you know.",
                          "max_tokens": 400, "temperature": 0.8, "session": "gone"}).encode() + b"\n")
     assert raw.event()["id"] == 1
     raw.close()
+    wait_for_turn_end(server, "cancelled", cancelled)
+    assert server.metrics.turns["cancelled"] == cancelled + 1, "the abandoned turn was not cancelled"
+    assert server.metrics.turns["length"] == finished
     with client(server) as c:
-        t0 = time.perf_counter()
-        c.turn(NPC, "Hello.", session="after-gone", max_tokens=4)
-        assert time.perf_counter() - t0 < 8, "the abandoned turn kept the model busy"
+        assert c.turn(NPC, "Hello.", session="after-gone", max_tokens=2)["type"] == "done"
 
 
 def test_many_clients_are_all_served_fairly(server):
@@ -334,9 +342,9 @@ def test_cancel_during_a_long_prompt(server):
     with client(server) as c:
         rid = c.start_turn(NPC, "0123456789" * 150, session="long-prompt", max_tokens=4)
         time.sleep(0.3)  # the model is now processing ~1,700 prompt tokens
-        t0 = time.perf_counter()
         c.cancel(rid)
         done = list(c.events(rid))[-1]
         assert done["type"] == "done" and done["finish_reason"] == "cancelled", done
         assert done["tokens"]["completion"] == 0
-        assert time.perf_counter() - t0 < 3.0, "cancel waited for the whole prompt"
+        # the model stopped part-way through the prompt instead of finishing it first
+        assert server.engine.llm.n_tokens < done["tokens"]["prompt"] - 1
