@@ -120,3 +120,46 @@ def test_wrong_base_fails_in_one_line_and_keeps_the_previous_export(exported):
     assert "\n" not in message and str(wrong) in message and "adapter" in message and "gemma4" in message
     assert sha256(out / "export" / "model.gguf") == before
     assert not [p for p in out.iterdir() if p.name.startswith(".export")]
+
+
+def test_gemma4_double_wide_mlp_k_eq_v_and_two_shared_layers(tmp_path):
+    """The Gemma 4 features of the larger checkpoints: wider MLP in shared layers (E2B), keys
+    reused as values with their own head count on full-attention layers (31B)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+
+    from lorekit import chat_formats
+    from lorekit.train.template import chat_template
+    from tests.tiny_models import SPECIAL_TOKENS, make_tokenizer
+
+    tok = make_tokenizer()
+    tok.chat_template = chat_template(chat_formats.get("gemma4"))
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = Gemma4TextConfig(
+        vocab_size=len(tok), vocab_size_per_layer_input=len(tok), hidden_size=64, intermediate_size=128,
+        num_hidden_layers=5, num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=64,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        num_kv_shared_layers=2, use_double_wide_mlp=True, attention_k_eq_v=True, num_global_key_value_heads=2,
+        hidden_size_per_layer_input=16, max_position_embeddings=2048,
+        pad_token_id=ids["<pad>"], bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"])
+    torch.manual_seed(0)
+    model = Gemma4ForCausalLM(config).float()
+    hf = tmp_path / "hf"
+    model.save_pretrained(hf)
+    tok.save_pretrained(hf)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj", "up_proj", "down_proj"]))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    out = tmp_path / "out"
+    peft_model.save_pretrained(out / "adapter")
+    (out / "train").mkdir()
+    (out / "train" / "run.json").write_text(json.dumps({"model": str(hf), "family": "gemma4"}))
+
+    result = run(out, ExportConfig(verify_prompts=3))
+    assert result.passed, result.report["verification"]
+    g = GGUFFile.open(out / "export" / "model.gguf")
+    assert g.get("gemma4.feed_forward_length") == [128, 128, 128, 256, 256]
+    assert g.get("gemma4.attention.head_count_kv") == [1, 1, 2, 1, 2]
+    assert "blk.2.attn_v.weight" not in g.tensors and "blk.1.attn_v.weight" in g.tensors
