@@ -88,12 +88,15 @@ def test_masked_output_layer_gives_the_models_own_loss(tiny, family):
     tok = AutoTokenizer.from_pretrained(tiny[family])
     model = AutoModelForCausalLM.from_pretrained(tiny[family])
     model.config.final_logit_softcapping = 30.0  # real Gemma checkpoints cap their logits
-    batch = collate(encode_rows(tok, chat_formats.get(family), rows(3), 256), tok.pad_token_id)
+    batch = collate(encode_rows(tok, chat_formats.get(family), rows(3), 256), tok.pad_token_id, share_prefix=True)
+    assert batch["prefix_len"] >= 16  # the shared system prompt
     with torch.no_grad():
         loss, n = masked_loss(model, batch, bf16=False)
-        reference = model(**batch).loss
-    assert n == int((batch["labels"] != -100).sum())
+        shared, n2 = masked_loss(model, {**batch, "prefix_len": 0}, bf16=False)
+        reference = model(**{k: v for k, v in batch.items() if k != "prefix_len"}).loss
+    assert n == n2 == int((batch["labels"] != -100).sum())
     torch.testing.assert_close(loss / n, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared / n, reference, atol=1e-5, rtol=1e-5)
 
 
 def test_batches_are_bucketed_and_reproducible():
@@ -104,6 +107,10 @@ def test_batches_are_bucketed_and_reproducible():
     assert a == b and a != batch_order(lengths, 4, seed=1, epoch=1)
     assert sorted(i for batch in a for i in batch) == list(range(len(lengths)))
     assert all(max(lengths[i] for i in bt) - min(lengths[i] for i in bt) <= 3 for bt in a)
+    groups = ["a" if i % 3 else "b" for i in range(len(lengths))]
+    grouped = batch_order(lengths, 4, seed=1, epoch=0, groups=groups)
+    assert sorted(i for batch in grouped for i in batch) == list(range(len(lengths)))
+    assert all(len({groups[i] for i in bt}) == 1 for bt in grouped)
 
 
 @pytest.mark.parametrize("family", ["gemma3", "gemma4"])

@@ -33,6 +33,8 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = opt("auto", "auto: bf16 where it is faster (GPU, CPU autocast)")
     load_in_4bit: bool = opt(True, "on CUDA, load the base model in 4-bit (bitsandbytes nf4)")
     gradient_checkpointing: bool = opt(True, "on CUDA, trade compute for memory")
+    share_prompt: bool | None = opt(None, "run a system prompt shared by a batch once, without gradient "
+                                    "(much faster on CPU; default on for CPU, off for GPU)")
     compile: bool = opt(False, "let Unsloth use torch.compile (slow first step; off keeps start-up short)")
     eval_every: int = opt(0, "also evaluate every N optimizer steps (0: once per epoch only)")
     log_every: int = opt(5, "write a metrics line every N optimizer steps")

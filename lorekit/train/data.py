@@ -24,10 +24,15 @@ IGNORE = -100
 class Example:
     input_ids: list[int]
     labels: list[int]
+    group: str = ""  # rows of one group start with the same system prompt
 
     @property
     def n_trainable(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE)
+
+    @property
+    def first_trainable(self) -> int:
+        return next((i for i, x in enumerate(self.labels) if x != IGNORE), len(self.labels))
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -73,6 +78,8 @@ def encode_rows(tokenizer, fmt, rows: list[dict], max_length: int, where: str = 
     examples, cut = [], 0
     for row in rows:
         ex = encode(tokenizer, fmt, row["conversations"], max_length)
+        first = row["conversations"][0]
+        ex.group = first["value"] if first["from"] == "system" else ""
         cut += len(ex.input_ids) == max_length
         if ex.n_trainable:
             examples.append(ex)
@@ -84,27 +91,34 @@ def encode_rows(tokenizer, fmt, rows: list[dict], max_length: int, where: str = 
     return examples
 
 
-def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
+def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True,
+                groups: list[str] | None = None) -> list[list[int]]:
     """Batches of row indices, the same for the same (seed, epoch) so that a resumed run sees the same
     data. Rows are shuffled, then sorted by length inside windows of 32 batches (little padding), and
-    the batches shuffled again so that each step still mixes entities."""
+    the batches shuffled again so that each step still mixes entities. With `groups`, a batch never
+    mixes groups (rows of one batch then share their system prompt, computed once: see loop.py)."""
     idx = list(range(len(lengths)))
     rng = random.Random(seed * 1_000_003 + epoch)
     if shuffle:
         rng.shuffle(idx)
+    group = groups or [""] * len(lengths)
     window = batch_size * 32
     batches = []
     for i in range(0, len(idx), window):
-        chunk = sorted(idx[i:i + window], key=lambda j: lengths[j])
-        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+        chunk = sorted(idx[i:i + window], key=lambda j: (group[j], lengths[j]))
+        while chunk:
+            same = [j for j in chunk[:batch_size] if group[j] == group[chunk[0]]]
+            batches.append(same)
+            chunk = chunk[len(same):]
     if shuffle:
         rng.shuffle(batches)
     return batches
 
 
-def collate(examples: list[Example], pad_id: int, multiple: int = 1):
+def collate(examples: list[Example], pad_id: int, multiple: int = 1, share_prefix: bool = False):
     """Right-padded tensors: input_ids, attention_mask, labels. `multiple` rounds the width up, which
-    keeps the number of distinct shapes small for compiled kernels."""
+    keeps the number of distinct shapes small for compiled kernels. With `share_prefix`, "prefix_len"
+    is how many leading tokens all rows share and do not learn from (0: none worth sharing)."""
     import torch
 
     width = max(len(e.input_ids) for e in examples)
@@ -117,4 +131,17 @@ def collate(examples: list[Example], pad_id: int, multiple: int = 1):
         ids[i, :n] = torch.tensor(e.input_ids)
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if share_prefix:
+        batch["prefix_len"] = shared_prefix(examples)
+    return batch
+
+
+def shared_prefix(examples: list[Example], minimum: int = 16) -> int:
+    """Leading tokens common to every row, stopping before the token that predicts the first label."""
+    first = examples[0].input_ids
+    limit = min(min(e.first_trainable for e in examples) - 1, min(len(e.input_ids) for e in examples) - 1)
+    n = 0
+    while n < limit and all(e.input_ids[n] == first[n] for e in examples):
+        n += 1
+    return n if n >= minimum else 0

@@ -52,6 +52,7 @@ class Plan:
     pad_id: int
     last_lr: float = 0.0
     pad_multiple: int = 1
+    share_prefix: bool = False
 
     def steps_per_epoch(self, n_rows: int) -> int:
         return math.ceil(math.ceil(n_rows / self.batch_size) / self.grad_accum)
@@ -82,14 +83,23 @@ class Interrupted(Exception):
 
 
 def masked_loss(model, batch: dict, bf16: bool) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over labelled positions, and how many there were."""
+    """Summed cross-entropy over labelled positions, and how many there were.
+
+    With batch["prefix_len"] = P > 0, the P leading tokens that every row shares (the system prompt)
+    run once, without gradient, and the rows continue from that cache. The loss is the same; LoRA
+    just gets no gradient through the prompt's keys and values. On chat rows whose system prompt is
+    most of the tokens, this is most of the CPU time saved.
+    """
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
+    prefix = int(batch.get("prefix_len", 0))
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    labels = batch["labels"].to(device)[:, prefix + 1:]
     with _autocast(device, bf16):
-        hidden = causal.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              use_cache=False).last_hidden_state
-        labels = batch["labels"][:, 1:]
+        if prefix:
+            hidden = _hidden_after_prefix(causal.model, ids, mask, prefix)
+        else:
+            hidden = causal.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         keep = labels != IGNORE
         logits = causal.lm_head(hidden[:, :-1][keep])
     logits = logits.float()
@@ -97,6 +107,20 @@ def masked_loss(model, batch: dict, bf16: bool) -> tuple[torch.Tensor, int]:
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return F.cross_entropy(logits, labels[keep], reduction="sum"), int(keep.sum())
+
+
+def _hidden_after_prefix(decoder, ids: torch.Tensor, mask: torch.Tensor, prefix: int) -> torch.Tensor:
+    import inspect
+
+    # transformers renamed `past_key_values` to `cache` in 5.2x; accept both
+    name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    with torch.no_grad():
+        out = decoder(input_ids=ids[:1, :prefix], use_cache=True)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    cache.batch_repeat_interleave(ids.shape[0])
+    positions = torch.arange(prefix, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+    return decoder(input_ids=ids[:, prefix:], attention_mask=mask, position_ids=positions, use_cache=True,
+                   **{name: cache}).last_hidden_state
 
 
 def _autocast(device: torch.device, bf16: bool):
@@ -113,8 +137,10 @@ def evaluate(model, examples: list[Example], plan: Plan) -> float:
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for idx in batch_order([len(e.input_ids) for e in examples], plan.batch_size, 0, 0, shuffle=False):
-        loss, n = masked_loss(model, collate([examples[i] for i in idx], plan.pad_id, plan.pad_multiple), plan.bf16)
+    groups = [e.group for e in examples] if plan.share_prefix else None
+    for idx in batch_order([len(e.input_ids) for e in examples], plan.batch_size, 0, 0, False, groups):
+        batch = collate([examples[i] for i in idx], plan.pad_id, plan.pad_multiple, plan.share_prefix)
+        loss, n = masked_loss(model, batch, plan.bf16)
         total, count = total + float(loss), count + n
     model.train(was_training)
     return total / max(count, 1)
@@ -233,11 +259,13 @@ def train(model, train_rows: list[Example], eval_rows: list[Example], plan: Plan
         _set_rng_state(rng)
         log.info("resumed at step %d of %d (epoch %d)", state.step, total, state.epoch + 1)
     lengths = [len(e.input_ids) for e in train_rows]
+    row_groups = [e.group for e in train_rows] if plan.share_prefix else None
     model.train()
     started = time.perf_counter() - state.wall_s
     with StopFlag() as stop:
         while state.step < total:
-            groups = _groups(batch_order(lengths, plan.batch_size, plan.seed, state.epoch), plan.grad_accum)
+            groups = _groups(batch_order(lengths, plan.batch_size, plan.seed, state.epoch, True, row_groups),
+                             plan.grad_accum)
             while state.group < len(groups) and state.step < total:
                 rng = _rng_state()
                 loss, n_tok, n_all = _step(model, optimizer, scheduler, train_rows, groups[state.group], plan, stop)
@@ -278,7 +306,7 @@ def _step(model, optimizer, scheduler, rows, group, plan: Plan, stop: StopFlag):
         if stop.requested:
             optimizer.zero_grad(set_to_none=True)
             return None, 0, 0
-        loss, _ = masked_loss(model, collate(examples, plan.pad_id, plan.pad_multiple), plan.bf16)
+        loss, _ = masked_loss(model, collate(examples, plan.pad_id, plan.pad_multiple, plan.share_prefix), plan.bf16)
         (loss / n_tok).backward()
         total_loss += loss.item()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)

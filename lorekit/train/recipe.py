@@ -63,6 +63,7 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         plan = _plan(cfg, cuda, tok)
         # compiled kernels recompile for every new shape: round widths up to few shapes
         plan.pad_multiple = (64 if backend == "unsloth" and cfg.compile else 8) if cuda else 1
+        plan.share_prefix = cfg.share_prompt if cfg.share_prompt is not None else not cuda
         log.info("training %s (%s, %s backend) on %d rows, %d eval rows, %d steps",
                  profile.name, profile.family, backend, len(train_rows), len(eval_rows),
                  plan.total_steps(len(train_rows)))
