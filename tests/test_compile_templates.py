@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lorekit.compile.templates import (TemplateFailure, Templates, and_list, article, first_person, in_date, possessive,
-                                      type_noun)
+                                      that_is_me, type_noun)
 
 
 def vault_with(tmp_path, name: str, text: str):
@@ -72,6 +72,14 @@ def test_first_person_rewrites_the_subject_only():
     assert first_person("He is old. His oar is black; the river asked him.", "Tobin Reedy") == \
         "I am old. My oar is black; the river asked me."
     assert first_person("The Ash Guild is old.", "Mara Vell") == "The Ash Guild is old."  # nothing about her
+
+
+def test_that_is_me_marks_the_speakers_own_name_once():
+    assert that_is_me("Oren Vell and Mara Vell live in Cinderfall.", "Mara Vell") == \
+        "Oren Vell and Mara Vell (that is me) live in Cinderfall."
+    assert that_is_me("Family: Mara Vell (sister), Mara Vell.", "Mara Vell") == "Family: Mara Vell (sister; that is me), Mara Vell."
+    assert that_is_me("Mara Vell's knife.", "Mara Vell") == "Mara Vell's knife."
+    assert that_is_me("Oren Vell.", "Mara Vell") == "Oren Vell." and that_is_me("Mara Vell.", "") == "Mara Vell."
 
 
 def test_every_default_template_renders(tmp_path):

@@ -64,6 +64,16 @@ def test_other_speakers_still_use_the_full_name(sample):
         assert r["meta"]["expect"] == ["The Sluice Key"]
 
 
+def test_npcs_named_in_other_facts_say_it_is_them(sample):
+    vault, rows = sample
+    oar = [r for r in rows if r["meta"]["facts"] == ["the-heron-oar.owner"]]
+    assert any(r["meta"]["npc"] == "tobin-reedy" for r in oar)
+    for r in oar:
+        answer = turns(r)[0][1]
+        assert "Tobin Reedy" in answer and r["meta"]["expect"] == ["Tobin Reedy"]
+        assert ("Tobin Reedy (that is me)" in answer) == (r["meta"]["npc"] == "tobin-reedy"), r
+
+
 def test_who_is_only_for_people(sample):
     vault, rows = sample
     for r in rows:

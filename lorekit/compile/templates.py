@@ -129,6 +129,20 @@ def first_person(text: Any, name: Any, about: Any = "") -> str:
     return " ".join(out)
 
 
+def that_is_me(text: Any, name: Any) -> str:
+    """The speaker's own name inside a statement about something else, marked as the speaker:
+    "The Heron Oar belongs to Tobin Reedy (that is me)." Only the first plain mention (not "Name's");
+    a note in brackets keeps its place: "Bettany Crumb (guardian; that is me)"."""
+    text, name = str(text), str(name or "").strip()
+    if not name:
+        return text
+    m = re.search(rf"\b{re.escape(name)}\b(?!'s?\b|\w| \(that is me)( \(([^()]*)\))?", text)
+    if not m:
+        return text
+    mark = f"{name} ({m.group(2)}; that is me)" if m.group(1) else f"{name} (that is me)"
+    return text[:m.start()] + mark + text[m.end():]
+
+
 def _mkdir(path: Path) -> Path:
     Path(path).mkdir(parents=True, exist_ok=True)
     return Path(path)
@@ -166,6 +180,7 @@ class Templates:
         self.env.filters["in_date"] = in_date
         self.env.filters["type_noun"] = type_noun
         self.env.filters["first_person"] = first_person
+        self.env.filters["that_is_me"] = that_is_me
         self.names = set(self.env.list_templates(extensions=["j2"]))
         self._cache: dict[str, jinja2.Template] = {}
         self._globals = dict(self.env.globals)
