@@ -6,6 +6,8 @@ Measures optimizer steps of LoRA (r 16, all decoder projections) on real dataset
   baseline  fp32, the full 262,144-word output layer at every position (what a plain HF loss does)
   masked    fp32, output layer only where labels != -100
   bf16      masked + bf16 autocast
+  prompt    bf16 + the system prompt a batch shares run once without gradient (share_prompt)
+  prompt-fp32  the same in fp32
 and writes tokens/s (all tokens of the rows, padding excluded) with ratios to the baseline to
 bench/results/train_cpu.json.
 """
@@ -46,15 +48,17 @@ def measure(model, examples, plan, variant: str, steps: int) -> dict:
     from lorekit.train.data import batch_order, collate
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    batches = batch_order([len(e.input_ids) for e in examples], plan.batch_size, 0, 0)
+    share = variant.startswith("prompt")
+    groups = [e.group for e in examples] if share else None
+    batches = batch_order([len(e.input_ids) for e in examples], plan.batch_size, 0, 0, True, groups)
     times, tokens = [], []
     for i, idx in enumerate(batches[: steps + 1]):
-        batch = collate([examples[j] for j in idx], plan.pad_id)
+        batch = collate([examples[j] for j in idx], plan.pad_id, share_prefix=share)
         t = time.perf_counter()
         if variant == "baseline":
             loss, n = full_logits_loss(model, batch, False)
         else:
-            loss, n = loop.masked_loss(model, batch, variant == "bf16")
+            loss, n = loop.masked_loss(model, batch, variant in ("bf16", "prompt"))
         (loss / n).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -70,7 +74,7 @@ def main() -> int:
     ap.add_argument("--dataset", type=Path, default=Path("build/dataset/train.jsonl"))
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--variants", default="baseline,masked,bf16")
+    ap.add_argument("--variants", default="baseline,masked,bf16,prompt,prompt-fp32")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_cpu.json")
     args = ap.parse_args()
     import torch
