@@ -163,3 +163,25 @@ def test_gemma4_double_wide_mlp_k_eq_v_and_two_shared_layers(tmp_path):
     assert g.get("gemma4.feed_forward_length") == [128, 128, 128, 256, 256]
     assert g.get("gemma4.attention.head_count_kv") == [1, 1, 2, 1, 2]
     assert "blk.2.attn_v.weight" not in g.tensors and "blk.1.attn_v.weight" in g.tensors
+
+
+def test_base_type_without_llama_cpp_keeps_untouched_tensors_byte_for_byte(tmp_path, monkeypatch):
+    import numpy as np
+
+    from lorekit.export import from_hf, merge
+    from lorekit.export.lora_gguf import read_adapter
+
+    out = make_run(tmp_path, "gemma3")
+    base_path = from_hf.convert(tmp_path / "tiny-gemma3", tmp_path / "base-q8.gguf", dtype="q8_0")
+    monkeypatch.setattr(merge, "_llama_quantizer", lambda: None)  # as if llama-cpp-python were missing
+    adapter = read_adapter(out / "adapter")
+    result = merge.merge(GGUFFile.open(base_path), adapter, tmp_path / "model.gguf", "base")
+    assert result.method == "per-tensor"
+    base, merged = GGUFFile.open(base_path), GGUFFile.open(tmp_path / "model.gguf")
+    for name, t in base.tensors.items():
+        m = merged.tensors[name]
+        assert m.tensor_type == t.tensor_type
+        same = np.array_equal(np.asarray(m.data), np.asarray(t.data))
+        assert same == (name not in adapter.weights), name
+    name = "blk.0.attn_q.weight"
+    np.testing.assert_allclose(merged.array(name), base.array(name) + adapter.delta(name), atol=0.02)
