@@ -97,3 +97,10 @@ def test_every_default_template_renders(tmp_path):
             for block in ("answer", "system"):
                 if block in blocks:
                     assert t.render(name, block, {**ctx, "me": me}, "s"), name
+
+
+def test_unknown_asks_what_of_things_and_who_of_people():
+    t = Templates(None)
+    assert t.lines("replies/unknown.j2", "questions", {"name": "The Bell", "type": "item"})[0] == "What is The Bell?"
+    assert t.lines("replies/unknown.j2", "questions", {"name": "Zed", "type": "character"})[0] == "Who is Zed?"
+    assert t.lines("replies/unknown.j2", "questions", {"name": "Zed"})[0] == "Who is Zed?"  # an invented name
