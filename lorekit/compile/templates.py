@@ -121,8 +121,9 @@ def first_person(text: Any, name: Any, about: Any = "") -> str:
             if pro == "He":  # "him" is unambiguous; "her" may be a possessive and is left alone
                 sentence = re.sub(r"\bhim\b", "me", sentence)
         if sentence != before:  # "I am the ferryman ..., and has rowed" -> "..., and have rowed"
-            sentence = re.sub(r", and (\w+)", lambda m: ", and " + _first_person_verb(m.group(1)), sentence)
-            sentence = re.sub(r"\band ((?:never|also|then|often|always) )?(\w+)(?= (?:her|him|the|a|an|every|his|its|off|up|out|to)\b)",
+            # "in 1338 AT and feeds her" -> "and feed her"; a list of nouns stays: "hours and hands of crew"
+            # (after a plural), "fish, and eggs." (nothing follows)
+            sentence = re.sub(r"(?<=, |[^s,] )and ((?:never|also|then|often|always) )?(\w+)(?! of\b)(?= \w)",
                               lambda m: "and " + (m.group(1) or "") + _first_person_verb(m.group(2)), sentence)
         sentence = re.sub(r"(^|[.!?]\s+)my\b", lambda m: m.group(1) + "My", sentence)
         out.append(sentence)
