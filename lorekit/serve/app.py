@@ -143,12 +143,18 @@ class App:
         for conn in list(self.clients):
             conn.shutdown()
         self.scheduler.drain(lambda t: t.sink.error("shutting_down", "the server is stopping"))
+        running = self.scheduler.running
+        if running:
+            running.cancel.set()  # stops at the next token or prompt chunk
         self.scheduler.close()
         if self._worker:
             self._worker.stopping.set()
-            await asyncio.to_thread(self._worker.join, 30)
+            await asyncio.to_thread(self._worker.join, 60)
         if self.server:
             await self.server.wait_closed()
+        if self._worker and self._worker.is_alive():
+            log.error("the model thread did not stop; leaving the model loaded")
+            return
         if self.engine:
             self.engine.close()
         if self.pending_engine:
