@@ -108,6 +108,7 @@ def main() -> int:
         "dataset": {"rows": len(examples), "tokens": sum(lengths), "mean_tokens": round(sum(lengths) / len(lengths), 1),
                     "trainable_tokens": trainable, "trainable_share": round(trainable / sum(lengths), 3)},
         "batch": args.batch, "steps_timed": args.steps, "results": results,
+        "load_average_at_end": os.getloadavg(),
         "note": "the machine's 2 cores were shared with other work; figures are lower bounds",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

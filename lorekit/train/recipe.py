@@ -177,8 +177,9 @@ def _plan(cfg: TrainConfig, cuda: bool, tok) -> loop.Plan:
                      log_every=cfg.log_every, seed=cfg.seed, keep_best=cfg.keep_best, pad_id=tok.pad_token_id)
 
 
-# bf16 autocast on the CPU: measured faster than fp32 for the 270M (bench/results/train_cpu.md).
-CPU_BF16 = True
+# bf16 autocast on the CPU: off. On this AVX2-only CPU (no AVX512-BF16) bf16 matmuls fell back to a
+# slow generic kernel: 3 steps did not finish in 9 minutes (bench/results/train_cpu.md).
+CPU_BF16 = False
 
 
 def _prepare_logs(ckpt: Path, partial: Path, resume: bool) -> None:
