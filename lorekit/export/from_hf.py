@@ -65,7 +65,14 @@ def text_config(hf_dir: Path) -> dict[str, Any]:
     cfg = json.loads(path.read_text(encoding="utf-8"))
     text = dict(cfg.get("text_config") or cfg)
     text.setdefault("tie_word_embeddings", cfg.get("tie_word_embeddings", True))
-    return text
+    try:  # transformers fills in what a checkpoint's config.json leaves at the defaults
+        from transformers import AutoConfig
+
+        full = AutoConfig.from_pretrained(str(hf_dir)).get_text_config().to_dict()
+        return {**full, **{k: v for k, v in text.items() if k not in full}}
+    except Exception as err:  # an unknown model_type or no transformers: the raw file is all we have
+        log.debug("reading %s without transformers (%s)", path, err)
+        return text
 
 
 def family_of(cfg: dict[str, Any], where: Path) -> str:
