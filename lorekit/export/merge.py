@@ -6,7 +6,8 @@ family's chat template is added when the base has none.
 
 Types: `f16` and `q8_0` are written by the `gguf` package. `base` keeps the base's quantization: with
 llama-cpp-python installed, an f16 merge is re-quantized by llama.cpp's own quantizer to the base's
-file type (Q4_K_M and every other type llama.cpp knows); without it, untouched tensors are copied
+file type (Q4_K_M and every other type llama.cpp knows; untouched tensors that already have the type
+the quantizer picks are copied as they are); without it, untouched tensors are copied
 byte for byte and each merged tensor is written in its own type when the `gguf` package can write
 it, otherwise in the nearest more precise type it can (Q4_K -> Q5_0, Q6_K -> Q8_0).
 """
@@ -64,9 +65,11 @@ def merge(base: GGUFFile, adapter: LoraAdapter | None, out: Path, mtype: str = "
         return MergeResult(out, f"{FTYPE_NAMES.get(base_ftype, base_ftype)} (merged tensors re-typed)",
                            "per-tensor", _count(adapter))
     with tempfile.TemporaryDirectory(prefix=".merge-", dir=out.parent) as tmp:
-        f16 = Path(tmp) / "merged-f16.gguf"
-        _write(base, adapter, f16, "f16", chat_template)
-        quantize(f16, out, base_ftype)
+        # Merged tensors go to the quantizer as f16; untouched ones keep their bytes, and llama.cpp
+        # copies a tensor unchanged when it already has the type it would choose for it.
+        staged = Path(tmp) / "merged-f16.gguf"
+        _write(base, adapter, staged, "f16-merged", chat_template)
+        quantize(staged, out, base_ftype)
     return MergeResult(out, FTYPE_NAMES.get(base_ftype, str(base_ftype)), "llama.cpp quantizer", _count(adapter))
 
 
@@ -98,14 +101,14 @@ def _plan(base: GGUFFile, adapter: LoraAdapter | None, name: str, mode: str) -> 
     src = base.tensors[name]
     shape = base.shape(name)
     touched = adapter is not None and name in adapter.weights
-    if mode == "per-tensor" and not touched:
+    if mode in ("per-tensor", "f16-merged") and not touched:
         return TensorOut(name, shape, src.tensor_type, lambda: src.data)
     if len(shape) < 2 or src.tensor_type == T.F32 and not touched:
         qtype = T.F32 if src.tensor_type == T.F32 or len(shape) < 2 else T.F16
     elif mode == "per-tensor":
         qtype = src.tensor_type if writable(src.tensor_type, shape) else _nearest(src.tensor_type, shape)
     else:
-        qtype = {"f16": T.F16, "f32": T.F32, "bf16": T.BF16, "q8_0": T.Q8_0}[mode]
+        qtype = {"f16": T.F16, "f16-merged": T.F16, "f32": T.F32, "bf16": T.BF16, "q8_0": T.Q8_0}[mode]
         if not writable(qtype, shape):
             qtype = T.F16
 
@@ -165,6 +168,7 @@ def _llama_quantizer():
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = ftype
         params.nthread = max(1, min(4, os.cpu_count() or 1))
+        params.allow_requantize = True  # untouched tensors arrive quantized; most are copied as they are
         with quiet_native_output():  # llama.cpp prints a line per tensor on the C streams
             rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
         if rc != 0:
