@@ -5,6 +5,7 @@ between turns."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -16,6 +17,14 @@ if TYPE_CHECKING:
     from lorekit.serve.app import App
 
 log = logging.getLogger(__name__)
+
+# Text shaped like a control token (`<end_of_turn>`, `<|turn>`, `<unused0>`): the prompt is tokenized with
+# special tokens parsed, so a player typing one could forge a turn. Such text gets a look-alike bracket.
+CONTROL_LIKE = re.compile(r"<(?=\|?[A-Za-z0-9_/]{1,40}\|?>)")
+
+
+def neutralize(text: str) -> str:
+    return CONTROL_LIKE.sub("\u2039", text)
 
 
 class PromptError(Exception):
@@ -33,7 +42,10 @@ class Worker(threading.Thread):
     def run(self) -> None:
         app = self.app
         while not self.stopping.is_set():
-            app.swap_pending_engine()
+            try:
+                app.swap_pending_engine()
+            except Exception:  # keep serving with whatever model is in place
+                log.exception("swapping in the new model failed")
             turn = app.scheduler.next(timeout=0.02 if app.to_warm else 0.5)
             if turn is None:
                 self.prewarm_one()
@@ -92,13 +104,15 @@ class Worker(threading.Thread):
             known = ", ".join(lore.npcs)
             raise PromptError("unknown_npc", f"no NPC {turn.npc!r} (known: {known})")
         block = lore.state_block(turn.npc, turn.state)
-        user = f"{block}\n\n{turn.text}" if block else turn.text
+        user = neutralize(f"{block}\n\n{turn.text}" if block else turn.text)
         if turn.messages is not None:
-            history = [m for m in turn.messages if m["role"] in ("user", "assistant")]
+            history = [{"role": m["role"], "content": neutralize(m["content"])} for m in turn.messages
+                       if m["role"] in ("user", "assistant")]
         else:
             history = []
             for t in self.app.sessions.history(turn.npc, turn.session):
-                history += [{"role": "user", "content": t["user"]}, {"role": "assistant", "content": t["npc"]}]
+                history += [{"role": "user", "content": neutralize(t["user"])},
+                            {"role": "assistant", "content": neutralize(t["npc"])}]
         system = {"role": "system", "content": lore.prompts[turn.npc]}
         budget = engine.n_ctx - turn.sampling.max_tokens
         while True:
