@@ -134,10 +134,16 @@ def test_new_model_is_swapped_in_and_a_broken_one_is_refused(world, server):
 
 
 def test_history_survives_a_restart(world, server):
+    watcher = lk.LoreKitClient(port=server.port).connect()
     with lk.LoreKitClient(port=server.port) as c:
         c.reset(NPC, "persist")
         first = c.turn(NPC, "My name is Wren.", session="persist", max_tokens=4)
     server.stop_background()
+    event = watcher.recv(10)  # a connected game is told, then the stream ends
+    assert event["type"] == "error" and event["code"] == "shutting_down"
+    with pytest.raises(ConnectionError):
+        watcher.recv(10)
+    watcher.close()
     again = start(world, prewarm=True)
     try:
         deadline = time.monotonic() + 120

@@ -148,6 +148,7 @@ class GameConnection:
             pass
         finally:
             self.closed = True
+            self.writer.close()  # after the last event: the client reads it, then end of stream
 
     def shutdown(self, code: str = "shutting_down", message: str = "the server is stopping") -> None:
         self.send({"type": "error", "id": None, "code": code, "message": message})
