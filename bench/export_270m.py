@@ -45,7 +45,8 @@ def make_adapter(out: Path, base: GGUFFile, r: int = 16, alpha: int = 32) -> Non
             rows, cols = base.shape(f"blk.{layer}.{short}.weight")
             key = f"base_model.model.model.layers.{layer}.{module}"
             tensors[f"{key}.lora_A.weight"] = (rng.standard_normal((r, cols)) / np.sqrt(cols)).astype(np.float32)
-            tensors[f"{key}.lora_B.weight"] = (rng.standard_normal((rows, r)) * 0.002).astype(np.float32)
+            # about the size a few epochs of training give (the effect must show through Q4_K_M)
+            tensors[f"{key}.lora_B.weight"] = (rng.standard_normal((rows, r)) * 0.01).astype(np.float32)
     (out / "adapter").mkdir(parents=True)
     save_file(tensors, str(out / "adapter" / "adapter_model.safetensors"))
     (out / "adapter" / "adapter_config.json").write_text(json.dumps({

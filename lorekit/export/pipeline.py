@@ -106,7 +106,11 @@ def _raise_if_failed(report: dict, what: str) -> None:
         bad = {k: v for k, v in ver["comparisons"].items() if not v["passed"]}
         detail = "; ".join(f"{k}: rel diff {v['rel']:.4f} (limit {v['limit_rel']}), top-1 {v['top1_close']:.2f}, "
                            f"LoRA effect {v['effect']} (limit {v['limit_effect']})" for k, v in bad.items())
-        raise LorekitError(f"export verification failed: {detail}; {what}")
+        hint = ""
+        if any(v.get("effect") is not None and v["effect"] < v["limit_effect"] for v in bad.values()):
+            hint = (" (the LoRA's change is lost in the re-quantized model.gguf: export with --type q8_0 or f16, "
+                    "or serve the base with adapter.gguf)")
+        raise LorekitError(f"export verification failed: {detail}{hint}; {what}")
 
 
 def train_info(out: Path, adapter_base: str) -> dict:
