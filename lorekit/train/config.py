@@ -17,7 +17,7 @@ class TrainConfig:
     model: str = opt("gemma3-270m", "model profile name, local model folder, or hub id")
     backend: Literal["auto", "unsloth", "transformers"] = opt(
         "auto", "auto: Unsloth on a CUDA GPU, transformers + peft otherwise")
-    epochs: float | None = opt(None, "passes over the training rows (default 3; 8 for gemma3-270m on CPU)")
+    epochs: float | None = opt(None, "passes over the training rows (default 3)")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: no limit)")
     lr: float = opt(2e-4, "peak learning rate")
     batch_size: int | None = opt(None, "rows per micro-batch (default 2; 8 on CPU)")

@@ -115,10 +115,12 @@ def _backend(cfg: TrainConfig, cuda: bool) -> str:
     return "unsloth" if importlib.util.find_spec("unsloth") else "transformers"
 
 
-# CPU defaults were measured on 2 cores (bench/results/train_cpu.md): the 270M learns the sample
-# world's facts in 8 epochs at batch 8; a GPU follows the guide (batch 2 x 4, 3 epochs).
+# CPU: batch 8 x 1 (fewer, fuller steps; bench/results/train_cpu.md). Epochs stay at 3 on the CPU too:
+# at the estimated ~500 tokens/s of 2 idle cores, a few hundred sample rows take ~2 min an epoch,
+# so 8 epochs (what field-notes used on 50 short rows) would not fit the README's 15-minute build.
+# A GPU follows the guide (batch 2 x 4, 3 epochs).
 CPU_DEFAULTS = {"batch_size": 8, "grad_accum": 1, "epochs": 3.0}
-CPU_PROFILE_EPOCHS = {"gemma3-270m": 8.0}
+CPU_PROFILE_EPOCHS: dict[str, float] = {}
 GPU_DEFAULTS = {"batch_size": 2, "grad_accum": 4, "epochs": 3.0}
 
 
