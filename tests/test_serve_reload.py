@@ -123,11 +123,18 @@ def test_new_model_is_swapped_in_and_a_broken_one_is_refused(world, server):
         assert event["generation"] == gen + 1
         assert c.turn(NPC, "Hello.", session="model-a", max_tokens=2)["finish_reason"] in ("stop", "length")
 
+        from lorekit.atomic import replace_dir
+
+        with replace_dir(export) as staging:  # how `lorekit export` publishes: the whole folder at once
+            (staging / "model.gguf").symlink_to(target)
+        event = wait_for(c, "reloaded", "model", timeout=30)
+        assert event["generation"] == gen + 2
+
         (export / "model.gguf").unlink()
         (export / "model.gguf").write_bytes(b"GGUF" + b"\0" * 1000)  # a truncated, unloadable file
         event = wait_for(c, "reload_error", "model", timeout=30)
         assert "model.gguf" in event["errors"][0]
-        assert c.status()["model"]["generation"] == gen + 1
+        assert c.status()["model"]["generation"] == gen + 2
         assert c.turn(NPC, "Hello.", session="model-b", max_tokens=2)["finish_reason"] in ("stop", "length")
         (export / "model.gguf").unlink()
         (export / "model.gguf").symlink_to(target)

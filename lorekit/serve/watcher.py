@@ -66,7 +66,8 @@ class Watcher:
         self.lore_root = app.lore_dir.resolve()
         self.lore = Debounced(app.cfg.debounce, app.reload_lore)
         self.model = Debounced(MODEL_DEBOUNCE, app.reload_model)
-        self.model_dirs = {(app.out / "export").resolve()}
+        self.export_dir = (app.out / "export").resolve()
+        self.model_dirs = {self.export_dir}
         if app.cfg.model:
             self.model_dirs.add(Path(app.cfg.model).resolve().parent)
         self.model_names = MODEL_FILES | {Path(app.cfg.model).name} if app.cfg.model else MODEL_FILES
@@ -82,13 +83,16 @@ class Watcher:
 
         self.observer = Observer()
         self.observer.schedule(Handler(), str(self.lore_root), recursive=True)
-        for folder in self.model_dirs:
-            folder.mkdir(parents=True, exist_ok=True)
+        # The build folder, recursively: `lorekit export` replaces the whole export folder at once
+        # (a rename), which a watch on the old folder would never see.
+        self.export_dir.mkdir(parents=True, exist_ok=True)
+        self.observer.schedule(Handler(), str(self.export_dir.parent), recursive=True)
+        for folder in self.model_dirs - {self.export_dir}:
             self.observer.schedule(Handler(), str(folder), recursive=False)
 
     def changed(self, path: str) -> None:
         p = Path(path)
-        if p.name in self.model_names and p.parent.resolve() in self.model_dirs:
+        if p == self.export_dir or p.name in self.model_names and p.parent.resolve() in self.model_dirs:
             log.info("model file changed: %s", p)
             self.model.trigger()
         elif lore_relevant(path, self.lore_root):
