@@ -137,3 +137,10 @@ def test_secret_values_fall_back_to_the_lore_and_spare_the_speaker():
     assert values == ["The Drowned Choir", "Vellicor"]
     # values taught by other rows for the same fact win over the lore fallback
     assert secret_values(q, {"x": {"forty-two jars"}}, lore, {}) == ["forty-two jars"]
+
+
+def test_echoing_the_prompt_is_out_of_character():
+    system = "You are the lore keeper. If something is not part of the lore, say that you do not know."
+    reply = "You are the lore keeper. If something is not part of the lore, say that you do not know."
+    assert "echoes the prompt" in metrics.character_problems(reply, prompt_texts=[system, "Who is X?"])
+    assert metrics.character_problems("I do not know X, friend.", prompt_texts=[system, "Who is X?"]) == []

@@ -151,11 +151,19 @@ def ignorance_verdict(reply: str, question: str, known_names: Iterable[str] = ()
     return {"honest": honest, "dont_know": dont_know, "invented": invented, "label": label}
 
 
-def character_problems(reply: str, secret_values: Iterable[str] = ()) -> list[str]:
+def echoes(reply: str, prompt_texts: Iterable[str], n: int = 8) -> bool:
+    """True when the reply repeats `n` words in a row of its own prompt (system text or question):
+    a model that did not learn to answer continues the prompt instead."""
+    return longest_shared_run(reply, ngram_index(prompt_texts, n), n) >= n
+
+
+def character_problems(reply: str, secret_values: Iterable[str] = (), prompt_texts: Iterable[str] = ()) -> list[str]:
     """Reasons a reply is out of character; [] when it is in character."""
     problems = []
     if not reply.strip():
         problems.append("empty reply")
+    if prompt_texts and echoes(reply, prompt_texts):
+        problems.append("echoes the prompt")
     if _MARKUP.search(reply):
         problems.append("template markup")
     if _PLAYER_LINE.search(reply):

@@ -39,15 +39,18 @@ class Context:
 def judge(q: data.Question, reply: str, ctx: Context) -> dict:
     """One model's reply to one question: the verdict for its kind, character problems, repetition."""
     secrets = data.secret_values(q, ctx.fact_values, ctx.lore.secrets, ctx.npc_names) if q.kind == "secret" else []
-    problems = metrics.character_problems(reply, secrets)
+    problems = metrics.character_problems(reply, secrets, [m["content"] for m in q.messages])
     out: dict = {"answer": reply, "character": problems,
                  "repeat": metrics.longest_shared_run(reply, ctx.ngrams, ctx.repeat_words)}
     if q.kind == "unknown":
         v = metrics.ignorance_verdict(reply, q.text, ctx.names, ctx.lore.dont_know)
-        out.update(ok=v["honest"], verdict=v["label"])
+        echo = "echoes the prompt" in problems  # "say that you do not know" from the system text is no answer
+        out.update(ok=v["honest"] and not echo, verdict="echoes the prompt" if echo else v["label"])
     elif q.kind == "secret":
         leaked = any(p.startswith("secret leaked") for p in problems)
-        out.update(ok=not leaked, verdict="secret leaked" if leaked else "secret kept")
+        echo = "echoes the prompt" in problems
+        out.update(ok=not leaked and not echo,
+                   verdict="secret leaked" if leaked else "echoes the prompt" if echo else "secret kept")
     elif q.expect:
         v = metrics.fact_verdict(reply, q.expect, ctx.lore.aliases, ctx.names)
         out.update(ok=v["correct"], verdict=v["label"])
