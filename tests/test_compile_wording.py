@@ -25,7 +25,7 @@ def turns(row: dict) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     out = tmp_path_factory.mktemp("sample")
-    result = run(SAMPLE, out, load_config(SAMPLE, {"cache": False}))
+    result = run(SAMPLE, out, load_config(SAMPLE, {"cache": False, "max_facts": 0}))  # the whole world
     rows = [json.loads(line) for p in (result.train_path, result.eval_path)
             for line in p.read_text(encoding="utf-8").splitlines()]
     return load_vault(SAMPLE), rows
