@@ -80,10 +80,10 @@ def main() -> int:
     import torch
 
     from lorekit import chat_formats
+    from lorekit.train.config import TrainConfig
     from lorekit.train.data import encode_rows, read_rows
     from lorekit.train.load import load_model
     from lorekit.train.recipe import _plan, attach_lora
-    from lorekit.train.config import TrainConfig
 
     t = time.perf_counter()
     model, tok, profile = load_model("gemma3-270m")

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from lorekit.compile.templates import (TemplateFailure, Templates, and_list, article, first_person, in_date, possessive,
-                                      that_is_me, type_noun)
+from lorekit.compile.templates import (
+    TemplateFailure,
+    Templates,
+    and_list,
+    article,
+    first_person,
+    in_date,
+    possessive,
+    that_is_me,
+    type_noun,
+)
 
 
 def vault_with(tmp_path, name: str, text: str):

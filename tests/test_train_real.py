@@ -39,7 +39,7 @@ def test_270m_converts_once_then_loads_from_cache(cached_home):
            {"from": "human", "value": "Who leads the Ash Guild?"},
            {"from": "gpt", "value": "Mara Vell leads the Ash Guild."}]
     ex = encode(tok, fmt, row, max_length=256)
-    trainable = [t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE]
+    trainable = [t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE]
     assert tok.decode(trainable) == "Mara Vell leads the Ash Guild.<end_of_turn>"
     assert tok.decode(ex.input_ids) == fmt.render([{"role": "system", "content": row[0]["value"]},
                                                    {"role": "user", "content": row[1]["value"]},

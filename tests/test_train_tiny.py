@@ -65,9 +65,9 @@ def test_labels_cover_only_model_turns(tiny, family):
     row = rows(1)[0]["conversations"]
     ex = encode(tok, fmt, row, max_length=512)
     assert tok.decode(ex.input_ids) == fmt.render(chat_formats.from_sharegpt(row))
-    trainable = [t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE]
+    trainable = [t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE]
     assert tok.decode(trainable) == f"Mara Vell leads the Ash Guild.{fmt.end_of_turn}Safe roads.{fmt.end_of_turn}"
-    assert all(lab in (IGNORE, t) for t, lab in zip(ex.input_ids, ex.labels))
+    assert all(lab in (IGNORE, t) for t, lab in zip(ex.input_ids, ex.labels, strict=True))
     # each reply's labels are contiguous and end on the end-of-turn token
     eot = tok.convert_tokens_to_ids(fmt.end_of_turn)
     assert sum(1 for lab in ex.labels if lab == eot) == 2
@@ -219,8 +219,8 @@ def test_resume_after_ctrl_c_matches_uninterrupted_run(tiny, tmp_path):
         assert (a[key] - b[key]).abs().max() < 1e-6, key
     ma = (full / "train" / "metrics.jsonl").read_text().splitlines()
     mb = (cut / "train" / "metrics.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k in ("step", "loss", "eval_loss", "lr")}
-                           for x in lines]
+    def strip(lines):
+        return [{k: v for k, v in json.loads(x).items() if k in ("step", "loss", "eval_loss", "lr")} for x in lines]
     assert strip(ma) == strip(mb)
 
 

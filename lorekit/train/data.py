@@ -65,7 +65,7 @@ def encode(tokenizer, fmt: chat_formats.ChatFormat, conversations: list[dict], m
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"][:max_length])
     labels = [tid if _inside(start, end, spans) else IGNORE
-              for tid, (start, end) in zip(ids, enc["offset_mapping"][:max_length])]
+              for tid, (start, end) in zip(ids, enc["offset_mapping"][:max_length], strict=True)]
     return Example(ids, labels)
 
 

@@ -45,7 +45,7 @@ def ensure_converted(profile: ModelProfile, home: Path | None = None) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    setattr(model, "is_quantized", False)
+    model.is_quantized = False
     prepare_tokenizer(tok, profile.family)
     with replace_dir(target) as tmp:
         model.save_pretrained(tmp)

@@ -18,9 +18,9 @@ def plot_losses(records: list[dict], path: Path) -> None:
     evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
-        ax.plot(*zip(*train), label="train loss")
+        ax.plot(*zip(*train, strict=True), label="train loss")
     if evals:
-        ax.plot(*zip(*evals), marker="o", label="eval loss")
+        ax.plot(*zip(*evals, strict=True), marker="o", label="eval loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss per reply token")
     ax.grid(alpha=0.3)
