@@ -26,6 +26,7 @@ class Answer:
     text: str
     tokens: int
     seconds: float
+    ended: bool = True  # stopped at the end-of-turn token, not at max_tokens
 
 
 class Generator(Protocol):
@@ -74,16 +75,17 @@ class LlamaGenerator:
         if len(tokens) + self.max_tokens > self.n_ctx:
             raise LorekitError(f"a prompt of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}; "
                                "raise [eval] n_ctx")
-        start, out = time.perf_counter(), []
+        start, out, ended = time.perf_counter(), [], False
         for tok in self.llm.generate(tokens, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
             if tok in self.stop_ids:
+                ended = True
                 break
             out.append(tok)
             if len(out) >= self.max_tokens:
                 break
         # Special tokens are kept in the text so that leaked template markup is visible to the checks.
         text = self.llm.detokenize(out, special=True).decode("utf-8", errors="replace")
-        return Answer(cut_at_stop(text, self.stop), len(out), time.perf_counter() - start)
+        return Answer(cut_at_stop(text, self.stop), len(out), time.perf_counter() - start, ended)
 
     def close(self) -> None:
         self.llm.close()
@@ -112,10 +114,11 @@ class TorchGenerator:
             out = self.model.generate(**enc, do_sample=False, max_new_tokens=self.max_tokens,
                                       eos_token_id=self.stop_ids, pad_token_id=self.stop_ids[-1])
         new = out[0, enc["input_ids"].shape[1]:].tolist()
+        ended = bool(new) and new[-1] in self.stop_ids
         while new and new[-1] in self.stop_ids:
             new.pop()
         reply = self.tokenizer.decode(new, skip_special_tokens=False)
-        return Answer(cut_at_stop(reply, self.stop), len(new), time.perf_counter() - start)
+        return Answer(cut_at_stop(reply, self.stop), len(new), time.perf_counter() - start, ended)
 
     def close(self) -> None:
         self.model = None

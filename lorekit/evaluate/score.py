@@ -63,7 +63,8 @@ def score_question(q: data.Question, base, tuned, ctx: Context) -> dict:
     return {
         "line": q.index, "npc": q.meta.get("npc"), "kind": q.kind, "question": q.text,
         "expected": q.expected, "expect": q.expect, "facts": q.meta.get("facts") or [],
-        "base": judge(q, base.text, ctx), "tuned": judge(q, tuned.text, ctx),
+        "base": {**judge(q, base.text, ctx), "ended": getattr(base, "ended", True)},
+        "tuned": {**judge(q, tuned.text, ctx), "ended": getattr(tuned, "ended", True)},
     }
 
 
@@ -91,6 +92,8 @@ def model_summary(rows: list[dict], model: str, repeat_words: int, speed: dict) 
         "repetition": {"verbatim": sum(n >= repeat_words for n in repeats), "total": len(rows),
                        "share": metrics.share(sum(n >= repeat_words for n in repeats), len(rows)),
                        "longest_words": max(repeats, default=0)},
+        "ended_turn": {"hits": sum(r[model].get("ended", True) for r in rows), "total": len(rows),
+                       "share": metrics.share(sum(r[model].get("ended", True) for r in rows), len(rows))},
         "tokens_per_s": speed.get("tokens_per_s"),
     }
 
@@ -154,6 +157,12 @@ def verdict(summary: dict, rows: list[dict]) -> dict:
         advice.append(f"Honest 'I don't know' on {hon:.0%} of unknown names: add more out-of-lore questions.")
     if t["secrets_kept"]["total"] and t["secrets_kept"]["share"] < 1:
         advice.append("A secret leaked: add refusal lines (npc.refuse) and check the secret's `known_by`.")
+    ended = (t.get("ended_turn") or {}).get("share")
+    if ended is not None and ended < 0.8:
+        status += ", does not end its turn"
+        advice.append(f"Only {ended:.0%} of tuned replies ended with the end-of-turn token within [eval] max_tokens: "
+                      "in a game they run on to the token limit. Train more steps, or check that the "
+                      "end-of-turn token is in the labels.")
     if t["in_character"]["problems"].get("template markup"):
         advice.append("Template markup leaked into replies: the runtime must stop at the family's end-of-turn token.")
     if not advice:
