@@ -54,6 +54,18 @@ def config_path(lore_dir: Path | None) -> Path | None:
     return path if path.is_file() else None
 
 
+def lore_dir_of(out: Path) -> Path | None:
+    """The lore folder a build folder was compiled from (recorded in OUT/dataset/report.json), so
+    that train, export and eval find the same lorekit.toml; None before the first compile."""
+    report = Path(out) / "dataset" / "report.json"
+    if report.is_file():
+        import json
+
+        lore = json.loads(report.read_text(encoding="utf-8")).get("lore_dir")
+        return Path(lore) if lore else None
+    return None
+
+
 def read_file(path: Path | None) -> dict[str, Any]:
     """Read and check the top level of a `lorekit.toml`; {} when there is none."""
     if path is None:

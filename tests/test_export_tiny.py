@@ -19,7 +19,8 @@ pytest.importorskip("llama_cpp")
 from lorekit.cli import main  # noqa: E402
 from lorekit.errors import LorekitError  # noqa: E402
 from lorekit.export import ExportConfig, check, run  # noqa: E402
-from lorekit.export.gguf_util import GGUFFile, sha256  # noqa: E402
+from lorekit.export.gguf_util import GGUFFile  # noqa: E402
+from lorekit.hashing import file_sha256 as sha256  # noqa: E402
 
 
 def make_run(root, family: str, seed: int = 1):

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from lorekit import __version__
+from lorekit.hashing import file_sha256
 
 LORE_SUFFIXES = {".md", ".j2", ".jinja", ".toml", ".yaml", ".yml"}
 
@@ -21,14 +22,6 @@ def _h(*parts: object) -> str:
     for part in parts:
         digest.update(json.dumps(part, sort_keys=True, default=str).encode())
         digest.update(b"\0")
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 FLAGS = ("type", "base_gguf", "from_hf", "npc", "verify", "verify_prompts", "adapter_gguf")
@@ -33,19 +32,11 @@ def command(args: argparse.Namespace) -> int:
     from lorekit.export import check, run
     from lorekit.export.config import ExportConfig
 
-    lore = args.lore or _lore_dir(args.out)
+    lore = args.lore or config.lore_dir_of(args.out)
     cfg = config.load(ExportConfig, "export", lore, {k: getattr(args, k) for k in FLAGS})
     result = check(args.out, cfg) if args.check else run(args.out, cfg)
     _summary(result)
     return 0
-
-
-def _lore_dir(out: Path) -> Path | None:
-    report = out / "dataset" / "report.json"
-    if report.is_file():
-        lore = json.loads(report.read_text(encoding="utf-8")).get("lore_dir")
-        return Path(lore) if lore else None
-    return None
 
 
 def _summary(result) -> None:

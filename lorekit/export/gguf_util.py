@@ -86,14 +86,6 @@ def copy_metadata(src: GGUFFile, writer: Any, skip: set[str] = frozenset()) -> N
         writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
 
 
-def sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

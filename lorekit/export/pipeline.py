@@ -204,7 +204,7 @@ def torch_reference(model: str, hf_dir: Path | None, adapter_dir: Path):
 
 
 def describe_files(folder: Path) -> dict:
-    from lorekit.export.gguf_util import sha256
+    from lorekit.hashing import file_sha256 as sha256
 
     return {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
             for p in sorted(folder.iterdir()) if p.is_file() and p.name != "export.json"}

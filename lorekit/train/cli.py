@@ -32,9 +32,8 @@ def command(args: argparse.Namespace) -> int:
 
     from lorekit import config
     from lorekit.train.config import TrainConfig
-    from lorekit.train.recipe import _lore_dir
 
-    lore = args.lore or _lore_dir(args.out)
+    lore = args.lore or config.lore_dir_of(args.out)
     cfg = config.load(TrainConfig, "train", lore, {k: getattr(args, k) for k in FLAGS})
     bar = None
     last_eval = ["-"]

@@ -45,7 +45,7 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
     started = time.perf_counter()
     out = Path(out)
     train_file, eval_file = _dataset_files(out)
-    cfg = cfg or config_mod.load(TrainConfig, "train", _lore_dir(out))
+    cfg = cfg or config_mod.load(TrainConfig, "train", config_mod.lore_dir_of(out))
     import torch
 
     cuda = torch.cuda.is_available()
@@ -86,14 +86,6 @@ def _dataset_files(out: Path) -> tuple[Path, Path]:
     if not train_file.is_file():
         raise LorekitError(f"{train_file}: missing; run `lorekit compile LORE_DIR --out {out}` first")
     return train_file, eval_file
-
-
-def _lore_dir(out: Path) -> Path | None:
-    report = out / "dataset" / "report.json"
-    if report.is_file():
-        lore = json.loads(report.read_text(encoding="utf-8")).get("lore_dir")
-        return Path(lore) if lore else None
-    return None
 
 
 def _backend(cfg: TrainConfig, cuda: bool) -> str:
