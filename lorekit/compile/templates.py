@@ -17,7 +17,19 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
+CHECKOUT_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
+
+
+def default_dir() -> Path:
+    """The default templates: shipped in the wheel as `lorekit/_templates/` (pyproject maps the
+    repository's `templates/` there), else the checkout's `templates/` (a clone or `pip install -e .`)."""
+    from importlib.resources import files
+
+    shipped = Path(str(files("lorekit") / "_templates"))
+    return shipped if (shipped / "persona.j2").is_file() else CHECKOUT_DIR
+
+
+DEFAULT_DIR = default_dir()
 OVERRIDE_DIR = "_templates"
 _MISSING_RE = re.compile(r"has no attribute '([^']+)'|'([^']+)' is undefined|no item named '([^']+)'")
 
@@ -211,8 +223,8 @@ class Templates:
         if self.lore_dir and path.is_relative_to(self.lore_dir):
             return path.relative_to(self.lore_dir).as_posix()
         for d in self.dirs:
-            if path.is_relative_to(d):
-                return f"{d.name}/{path.relative_to(d).as_posix()}"
+            if path.is_relative_to(d):  # the defaults read `templates/` in a wheel (lorekit/_templates) too
+                return f"{'templates' if d == DEFAULT_DIR else d.name}/{path.relative_to(d).as_posix()}"
         return name
 
     def _template(self, name: str) -> jinja2.Template:

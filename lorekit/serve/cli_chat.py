@@ -16,11 +16,20 @@ from lorekit.errors import LorekitError
 CLIENT = Path(__file__).resolve().parents[2] / "runtime" / "python" / "lorekit_client.py"
 
 
+def client_path() -> Path:
+    """The reference client: shipped in the wheel as `lorekit/_runtime/`, else the checkout's copy."""
+    from importlib.resources import files
+
+    shipped = Path(str(files("lorekit") / "_runtime" / "lorekit_client.py"))
+    return shipped if shipped.is_file() else CLIENT
+
+
 def load_client():
-    """The reference client module, loaded from the repository's runtime/python folder."""
-    if not CLIENT.is_file():
-        raise LorekitError(f"{CLIENT}: reference client not found (run LoreKit from a clone: pip install -e .)")
-    spec = importlib.util.spec_from_file_location("lorekit_client", CLIENT)
+    """The reference client module, loaded from the wheel or the repository's runtime/python folder."""
+    path = client_path()
+    if not path.is_file():
+        raise LorekitError(f"{path}: reference client not found (reinstall LoreKit: pip install lorekit)")
+    spec = importlib.util.spec_from_file_location("lorekit_client", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("lorekit_client", module)
     spec.loader.exec_module(module)
