@@ -34,14 +34,14 @@ from lorekit.compile.dataset import Builder
 from lorekit.compile.extras import multi_row, multi_seed
 from lorekit.compile.templates import Templates
 from lorekit.lore.facts import Fact, entity_facts
-from lorekit.lore.links import parse_value
+from lorekit.lore.links import parse_value, resolve_target
 from lorekit.lore.model import RESERVED, Entity
 from lorekit.lore.page import ParsedPage, content_hash, parse_page
 from lorekit.lore.vault import entity_corpus, entity_from_page, scan_paths
 
 log = logging.getLogger(__name__)
 STATE = "state.pickle"
-VERSION = 2
+VERSION = 3
 MAX_CHANGED = 20
 
 
@@ -113,6 +113,7 @@ def save_state(out: Path, lore_dir: Path, cfg: CompileConfig, built: Built, dige
         # what only a changed page needs, pickled per page so a small edit unpickles only its own
         "pages": {rel: pickle.dumps(v, protocol=5) for rel, v in per_page.items()},
         "index": {k: (v, vault.entities[v].name) for k, v in vault.index.items()},
+        "paths": {k: v and (v, vault.entities[v].name) for k, v in vault.paths.items()},
         "public": vault.public_ids(), "npcs": vault.npcs, "systems": built.systems,
         "multi": [(inv_train[i], npc, c, names, turns) for i, npc, c, names, turns in built.multi],
         "secret_ids": {s for n in vault.npcs.values() for s in n.secrets},
@@ -176,7 +177,7 @@ class _MiniVault:
         self.root, self.state, self.entities, self.npcs = root, state, entities, state["npcs"]
 
     def resolve(self, name: str) -> Any:
-        hit = self.state["index"].get(name.strip().lower())
+        hit = resolve_target(name, self.state["index"], self.state["paths"])
         return _Stub(*hit) if hit else None
 
     def public_ids(self) -> set[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 LINK_RE = re.compile(r"(!?)\[\[([^\[\]|#]*)(?:#([^\[\]|]*))?(?:\|([^\[\]]*))?\]\]")
 # Obsidian also links to attachments; those are not pages and are never checked.
@@ -21,7 +22,7 @@ class Link:
 
     @property
     def shown(self) -> str:
-        return (self.text or self.target or self.heading or "").strip()
+        return (self.text or page_name(self.target) or self.heading or "").strip()
 
 
 def find_links(text: str, line: int, key: str | None = None) -> list[Link]:
@@ -37,13 +38,48 @@ def find_links(text: str, line: int, key: str | None = None) -> list[Link]:
     return out
 
 
+def link_path(target: str) -> str:
+    """An Obsidian path-style target, normalised: `/places/The Salt Gate.md` -> `places/The Salt Gate`."""
+    path = target.strip().replace("\\", "/").lstrip("/")
+    while path.startswith("./"):
+        path = path[2:]
+    return path[:-3] if path.lower().endswith(".md") else path
+
+
+def page_name(target: str) -> str:
+    """The page a target names, without its folders and `.md`: `places/The Salt Gate.md` -> `The Salt Gate`."""
+    return link_path(target).rsplit("/", 1)[-1].strip()
+
+
+def resolve_target(target: str, index: dict, paths: dict) -> Any:
+    """Look a link target up: as written (a name or alias, case-insensitive), else as a page path
+    (`places/The Salt Gate`, also a trailing part of a deeper path), else by its last part.
+    `index` maps lower-case names to anything, `paths` lower-case page paths (no `.md`) to the same;
+    a path that two pages end with maps to None and falls through to the name."""
+    low = target.strip().lower()
+    hit = index.get(low)
+    if hit is not None:
+        return hit
+    path = link_path(low)
+    if "/" in path and paths.get(path) is not None:
+        return paths[path]
+    return index.get(page_name(path))
+
+
+def path_keys(rel: str) -> list[str]:
+    """The keys `resolve_target` finds a page by path: `world/places/X.md` -> `world/places/x`, `places/x`."""
+    parts = link_path(rel).lower().split("/")
+    return ["/".join(parts[i:]) for i in range(len(parts) - 1)]
+
+
 def render_links(text: str) -> str:
-    """Replace links by the text a reader sees: `[[A|the a]]` -> `the a`, `[[A#B]]` -> `A`."""
+    """Replace links by the text a reader sees: `[[A|the a]]` -> `the a`, `[[A#B]]` -> `A`,
+    `[[places/A.md]]` -> `A`."""
 
     def shown(m: re.Match) -> str:
         if m.group(1) and _ATTACHMENT_RE.search(m.group(2).strip()):
             return ""
-        return (m.group(4) or m.group(2) or m.group(3) or "").strip()
+        return (m.group(4) or page_name(m.group(2) or "") or m.group(3) or "").strip()
 
     return LINK_RE.sub(shown, text)
 

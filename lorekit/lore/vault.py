@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorekit.lore.links import Link, find_links, parse_value
+from lorekit.lore.links import Link, find_links, page_name, parse_value, path_keys, resolve_target
 from lorekit.lore.model import RESERVED, TYPES, Entity, Npc
 from lorekit.lore.page import ParsedPage, content_hash, parse_page
 from lorekit.lore.problems import Problem, error, warning
@@ -31,6 +31,7 @@ class Vault:
     npcs: dict[str, Npc] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     index: dict[str, str] = field(default_factory=dict)  # lower-case name, alias or file name -> id
+    paths: dict[str, str | None] = field(default_factory=dict)  # lower-case page path (and its tails) -> id
     _names: dict[str, str] = field(default_factory=dict)  # lower-case key -> name as written
 
     @property
@@ -42,11 +43,11 @@ class Vault:
         return [p for p in self.problems if p.severity == "warning"]
 
     def resolve(self, name: str) -> Entity | None:
-        eid = self.index.get(name.strip().lower())
+        eid = resolve_target(name, self.index, self.paths)
         return self.entities.get(eid) if eid else None
 
     def suggest(self, name: str) -> str:
-        close = difflib.get_close_matches(name.strip().lower(), list(self.index), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(page_name(name).lower(), list(self.index), n=1, cutoff=0.6)
         return self._names[close[0]] if close else ""
 
     def public_ids(self) -> set[str]:
@@ -242,6 +243,8 @@ def _index(vault: Vault, entity: Entity, page: ParsedPage) -> None:
             vault.problems.append(error(page.path, page.line_of(field_name) or 1,
                                         f"duplicate {what} `{key}`: already used by `{other.name}` ({other.page})",
                                         "names and aliases must be unique across the vault"))
+    for key in path_keys(entity.page):  # a tail that two pages share names neither: None
+        vault.paths[key] = entity.id if key not in vault.paths else None
 
 
 def _check_links(vault: Vault) -> None:
