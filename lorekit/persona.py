@@ -19,7 +19,10 @@ def templates_for(vault: Any, template_dir: str | Path | None = None, bytecode_d
     key = str(template_dir or "")
     cache = vault.__dict__.setdefault("_templates", {})
     if key not in cache:
+        from lorekit.lore.article import article_names
+
         cache[key] = Templates(vault.root, Path(template_dir) if template_dir else None, bytecode_dir)
+        cache[key].use_article_names(article_names(vault.entities.values()))
     return cache[key]
 
 

@@ -93,7 +93,7 @@ def test_that_is_me_marks_the_speakers_own_name_once():
 
 def test_every_default_template_renders(tmp_path):
     t = Templates(None)
-    fact = {"value": "V", "values": ["V"], "plural": False, "label": "lbl", "text": "T.", "field": "f"}
+    fact = {"value": "V", "values": ["V"], "plural": False, "label": "lbl", "text": "T.", "field": "f", "types": []}
     ctx = {"entity": {"name": "Mara Vell", "type": "character", "fields": {}, "summary": "S."}, "fact": fact,
            "name": "Zed", "npc": {"name": "N", "greeting": "Hi", "refuse": "", "dont_know": "", "openers": [],
                                  "voice": "v", "style": ""}, "statement": "S", "secrets": [], "known": []}

@@ -12,6 +12,7 @@ import pytest
 
 from lorekit.compile import load_config, run
 from lorekit.lore import load_vault
+from lorekit.lore.article import name_in
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_lore"
 FACT_KINDS = ("field", "reverse", "summary", "section")
@@ -46,7 +47,7 @@ def test_npcs_speak_of_themselves_in_the_first_person(sample):
         name = vault.npcs[r["meta"]["npc"]].name
         (question, answer), = turns(r)
         assert name not in answer, r  # never "Hessa Orrin owns ..." from Hessa Orrin herself
-        assert name not in r["meta"]["expect"] and all(v in answer for v in r["meta"]["expect"]), r
+        assert name not in r["meta"]["expect"] and all(name_in(v, answer) for v in r["meta"]["expect"]), r
         assert re.search(r"\b(I|my|My|me)\b", answer), r
     questions = [turns(r)[0][0] for r in own]
     with_you = [q for q in questions if re.search(r"\b(you|your|yourself)\b", q)]
@@ -60,7 +61,7 @@ def test_other_speakers_still_use_the_full_name(sample):
     assert {r["meta"]["npc"] for r in owner} > {"hessa-orrin"}
     for r in owner:
         answer = turns(r)[0][1]
-        assert ("I own The Sluice Key" in answer) == (r["meta"]["npc"] == "hessa-orrin"), r
+        assert ("I own the Sluice Key" in answer) == (r["meta"]["npc"] == "hessa-orrin"), r
         assert r["meta"]["expect"] == ["The Sluice Key"]
 
 
@@ -113,4 +114,26 @@ def test_reverse_questions_are_natural(sample):
     # a place's items and events are asked about in words that fit both
     place = [(q, a) for r in rows if r["meta"]["facts"] == ["lanternhold.rev.location"] for q, a in turns(r)]
     assert place and not [q for q, _ in place if re.search(r"\bkept\b|^What happened (in|at)", q)]
-    assert all("The Siege of Lanternhold" in a and "The Ninefold Lantern" in a for _, a in place)
+    assert all("the Siege of Lanternhold" in a and "the Ninefold Lantern" in a for _, a in place)
+
+
+def test_reverse_location_fits_what_is_there(sample):
+    _, rows = sample
+
+    def asked(fact):
+        return [(q, a) for r in rows if r["meta"]["facts"] == [fact] for q, a in turns(r)]
+    items, events = asked("the-coral-athenaeum.rev.location"), asked("vellicor.rev.location")
+    assert items and all(re.search(r"\b(kept|found|held|lies|stored|rests)\b", q) for q, _ in items)
+    assert all(a.endswith("are kept at the Coral Athenaeum.") for _, a in items)
+    assert events and all(re.search(r"\b(happened|took place|occurred|came to pass)\b", q) for q, _ in events)
+    assert all(a.endswith("took place at Vellicor.") for _, a in events)
+
+
+def test_a_leading_the_is_lower_case_inside_sentences(sample):
+    vault, rows = sample
+    names = [e.name for e in vault.entities.values() if e.name.startswith("The ")]
+    inside = re.compile(r"[a-z,] (" + "|".join(re.escape(n) for n in names) + r")\b")
+    texts = [t["value"] for r in rows for t in r["conversations"]]
+    assert not [m.group(0) for t in texts for m in inside.finditer(t)]
+    assert any("lives in the Crooked Eel" in t or "at the Crooked Eel" in t for t in texts)
+    assert any(t.startswith("The Crooked Eel ") for t in texts)

@@ -170,7 +170,7 @@ def _unit_key(builder: Builder, fact: Fact, cfg_key: str, shas: dict[str, str], 
     """Everything a fact's rows depend on: the fact, its pages' bytes, its speakers, templates, config."""
     vault = builder.vault
     speakers = builder.speakers(fact)
-    parts = [cfg_key, repr((fact.id, fact.kind, fact.field, fact.values, fact.expect, fact.others)),
+    parts = [cfg_key, repr((fact.id, fact.kind, fact.field, fact.values, fact.expect, fact.others, fact.types)),
              ",".join(sorted(fact.pages)), shas[vault.entities[fact.entity].page]]
     parts += [sigs[s] for s in speakers]
     return hashlib.blake2b("\0".join(parts).encode("utf-8"), digest_size=16).hexdigest()

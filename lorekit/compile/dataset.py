@@ -14,6 +14,7 @@ from typing import Any
 from lorekit.compile.config import CompileConfig
 from lorekit.compile.templates import TemplateFailure, Templates
 from lorekit.lore import Fact, Vault
+from lorekit.lore.article import name_in
 from lorekit.lore.problems import Problem, error, warning
 from lorekit.persona import entity_view, npc_view
 
@@ -80,7 +81,8 @@ class Builder:
         entity = self.vault.entities[fact.entity]
         view = {"id": fact.id, "kind": fact.kind, "field": fact.field, "label": fact.label,
                 "values": list(fact.values), "value": _and(fact.values), "plural": len(fact.values) > 1,
-                "text": fact.values[0] if fact.values else "", "expect": list(fact.expect), "others": list(fact.others)}
+                "text": fact.values[0] if fact.values else "", "expect": list(fact.expect), "others": list(fact.others),
+                "types": list(fact.types)}
         # `me`: the speaker is the page the fact is about (an NPC asked about itself): answers in the
         # first person, and some questions say "you"; set per speaker by questions() and answer()
         return {"entity": entity_view(entity), "fact": view, "me": False}
@@ -175,7 +177,7 @@ def _and(values: tuple[str, ...] | list[str]) -> str:
 
 
 def _present(expect: list[str], answer: str) -> list[str]:
-    return [v for v in expect if v and v in answer]
+    return [v for v in expect if v and name_in(v, answer)]
 
 
 def phrasing_warnings(vault: Vault, rows: Rows, facts: list[Fact], minimum: int) -> list[Problem]:

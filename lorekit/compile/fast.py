@@ -33,6 +33,7 @@ from lorekit.compile.config import CompileConfig
 from lorekit.compile.dataset import Builder
 from lorekit.compile.extras import multi_row, multi_seed
 from lorekit.compile.templates import Templates
+from lorekit.lore.article import article_names
 from lorekit.lore.facts import Fact, entity_facts
 from lorekit.lore.links import parse_value, resolve_target
 from lorekit.lore.model import RESERVED, Entity
@@ -41,7 +42,7 @@ from lorekit.lore.vault import entity_corpus, entity_from_page, scan_paths
 
 log = logging.getLogger(__name__)
 STATE = "state.pickle"
-VERSION = 3
+VERSION = 4
 MAX_CHANGED = 20
 
 
@@ -54,7 +55,7 @@ def signature(lore_dir: Path, cfg: CompileConfig, digest: str) -> str:
 def interface(page: ParsedPage) -> str:
     """What other pages and the graph can see of a page; its prose and plain values are left out."""
     meta = page.meta
-    fixed = {k: meta.get(k) for k in ("name", "aliases", "type", "tags", "secret", "known_by", "npc")}
+    fixed = {k: meta.get(k) for k in ("name", "aliases", "type", "tags", "secret", "known_by", "npc", "article_in_name")}
     fields = []
     for key, raw in meta.items():
         if key in RESERVED:
@@ -114,6 +115,7 @@ def save_state(out: Path, lore_dir: Path, cfg: CompileConfig, built: Built, dige
         "pages": {rel: pickle.dumps(v, protocol=5) for rel, v in per_page.items()},
         "index": {k: (v, vault.entities[v].name) for k, v in vault.index.items()},
         "paths": {k: v and (v, vault.entities[v].name) for k, v in vault.paths.items()},
+        "article_names": article_names(vault.entities.values()),
         "public": vault.public_ids(), "npcs": vault.npcs, "systems": built.systems,
         "multi": [(inv_train[i], npc, c, names, turns) for i, npc, c, names, turns in built.multi],
         "secret_ids": {s for n in vault.npcs.values() for s in n.secrets},
@@ -194,6 +196,7 @@ def try_fast(lore_dir: Path, out: Path, cfg: CompileConfig) -> tuple[dict, int] 
     except Exception:
         return None
     templates = Templates(lore_dir, Path(cfg.template_dir) if cfg.template_dir else None, out / ".cache" / "jinja")
+    templates.use_article_names(state["article_names"])
     if signature(lore_dir, cfg, templates.digest()) != state["sig"]:
         return None
     changed = _changed_pages(lore_dir, state)

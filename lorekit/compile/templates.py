@@ -17,6 +17,8 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from lorekit.lore.article import Article
+
 CHECKOUT_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
 
 
@@ -198,12 +200,19 @@ class Templates:
         self._cache: dict[str, jinja2.Template] = {}
         self._globals = dict(self.env.globals)
         self._display: dict[str, str] = {}
+        self.article: Article | None = None
+
+    def use_article_names(self, names: list[str]) -> None:
+        """Lower-case the leading "The" of these page names inside sentences, in everything rendered."""
+        self.article = Article(names)
 
     def digest(self) -> str:
         """A hash of every template's text: part of the incremental cache key."""
         h = hashlib.blake2b(digest_size=16)
         for name in sorted(self.names):
             h.update(name.encode() + b"\0" + self.source(name).encode() + b"\0")
+        if self.article is not None:  # the names it lower-cases change rendered text too
+            h.update(b"article\0" + self.article.digest().encode())
         return h.hexdigest()
 
     def source(self, name: str) -> str:
@@ -256,7 +265,8 @@ class Templates:
         context = tpl.new_context({**self._globals, **ctx, "pick": pick}, shared=True)
         try:
             try:
-                return "".join(tpl.blocks[block](context)).strip()
+                text = "".join(tpl.blocks[block](context)).strip()
+                return self.article(text) if self.article is not None else text
             except Exception:
                 self.env.handle_exception()  # re-raises with template lines in the traceback
         except TemplateFailure:

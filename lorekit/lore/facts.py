@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from lorekit.lore.article import name_in
 from lorekit.lore.model import Entity
 from lorekit.lore.vault import Vault, slug
 
@@ -30,6 +31,7 @@ class Fact:
     file: str  # lore file and line the fact comes from (for messages)
     line: int
     others: tuple[str, ...] = ()  # names of the linked entities (reverse: the sources)
+    types: tuple[str, ...] = ()  # reverse: the sources' page types, sorted ("event", "item")
 
 
 def facts_of(vault: Vault) -> list[Fact]:
@@ -81,7 +83,8 @@ def _reverse_fact(vault: Vault, target: Entity, field_name: str, sources: list[t
     names = tuple(dict.fromkeys(e.name for e, _ in sources))
     first, line = sources[0]
     return Fact(f"{target.id}.rev.{field_name}", "reverse", target.id, field_name, field_name.replace("_", " "),
-                names, names, frozenset({target.id, *(e.id for e, _ in sources)}), first.page, line, names)
+                names, names, frozenset({target.id, *(e.id for e, _ in sources)}), first.page, line, names,
+                tuple(sorted({e.type for e, _ in sources})))
 
 
 def short(text: str) -> str:
@@ -101,6 +104,6 @@ def _expect_in(vault: Vault, text: str, entity: Entity, targets: list[str]) -> t
     found = []
     for name in targets:
         target = vault.resolve(name)
-        if target is not None and target.id != entity.id and target.name in text and target.name not in found:
+        if target is not None and target.id != entity.id and name_in(target.name, text) and target.name not in found:
             found.append(target.name)
     return tuple(found[:3])

@@ -9,7 +9,8 @@ from lorekit.lore.page import Section
 
 TYPES = ("character", "location", "faction", "item", "event", "lore")
 # Front matter keys that configure a page rather than state a fact about it.
-RESERVED = {"type", "name", "tags", "npc", "secret", "known_by", "cssclass", "cssclasses", "publish", "id"}
+RESERVED = {"type", "name", "tags", "npc", "secret", "known_by", "cssclass", "cssclasses", "publish", "id",
+            "article_in_name"}
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Entity:
     summary_targets: list[str] = field(default_factory=list)
     sections: list[Section] = field(default_factory=list)
     secret: bool = False
+    article_in_name: bool = False  # a leading "The" stays capitalised mid-sentence (lorekit.lore.article)
     known_by: list[str] = field(default_factory=list)  # NPC ids; empty = no restriction
     npc: Npc | None = None
 

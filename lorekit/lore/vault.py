@@ -185,6 +185,11 @@ def entity_from_page(page: ParsedPage, problems: list[Problem]) -> Entity:
     if not isinstance(secret, bool):
         problems.append(error(path, page.line_of("secret"), "`secret` must be true or false", "write `secret: true`"))
     entity.secret = secret is True
+    article = meta.get("article_in_name", False)
+    if not isinstance(article, bool):
+        problems.append(error(path, page.line_of("article_in_name"), "`article_in_name` must be true or false",
+                              "write `article_in_name: true` to keep a leading \"The\" capitalised mid-sentence"))
+    entity.article_in_name = article is True
     for key, raw in meta.items():
         if key in RESERVED or raw is None:
             continue
