@@ -18,8 +18,10 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -209,42 +211,112 @@ def bench_swa(lore, root, gguf, threads) -> dict:
 
 # -- 3. lore edit -> turn using it ------------------------------------------------------------
 
-def bench_reload(lore, root, gguf, threads, rounds) -> dict:
-    app = start(lore, root / "out-reload", gguf, threads, state_cache_mb=512)
-    reloaded, first_turn, reprocessed, waited = [], [], [], []
+def serve_process(lore: Path, out: Path, gguf: str, threads: int, src: Path | None) -> tuple[subprocess.Popen, int]:
+    """`lorekit serve` as its own process; `src`: run the LoreKit source tree there (the baseline)."""
+    env = dict(os.environ, PYTHONPATH=str(src) if src else str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "lorekit", "serve", str(lore), "--out", str(out), "--model", gguf,
+                             "--port", "0", "--threads", str(threads)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env, cwd=lore.parent)
+    for line in proc.stdout:
+        m = re.search(r"HTTP on [^ ]+:(\d+)", line)
+        if m:
+            return proc, int(m.group(1))
+    raise RuntimeError(f"lorekit serve ({src or 'this tree'}) did not start")
+
+
+def wait_warm(port: int, timeout: float = 300) -> dict:
+    """Until the server has pre-processed every persona (so start-up warming is not measured)."""
+    deadline = time.monotonic() + timeout
+    with lk.LoreKitClient(port=port) as c:
+        while time.monotonic() < deadline:
+            st = c.status()
+            if not st.get("prewarm_pending") and not st.get("queue"):
+                return st
+            time.sleep(0.2)
+    raise TimeoutError("the server never finished pre-processing the personas")
+
+
+def edit_then_turn(c, page: Path, original: str, npc: str, marker: str, pause: float) -> dict:
+    """Save the NPC's page with `marker` in its voice; after the `reloaded` event (and `pause` seconds,
+    a player who takes a moment), send a 1-token turn. Times from the save."""
+    t0 = time.perf_counter()
+    page.write_text(original.replace("  voice: ", f"  voice: {marker} ", 1), encoding="utf-8")
+    while True:
+        e = c.recv(10)
+        if e.get("type") == "reloaded" and e.get("what") == "lore":
+            break
+    t_reload = time.perf_counter() - t0
+    if pause:
+        time.sleep(pause)
+    t_sent = time.perf_counter() - t0
+    rid = c.start_turn(npc, "Hello.", session=f"bench-reload-{abs(hash(marker))}", max_tokens=1)
+    first = None
+    for e in c.events(rid):
+        if first is None and e["type"] in ("token", "done"):
+            first = time.perf_counter() - t0
+        if e["type"] == "done":
+            done = e
+        elif e["type"] == "error":
+            raise RuntimeError(e)
+    return {"reloaded_s": t_reload, "sent_s": t_sent, "first_token_s": first, "done_s": time.perf_counter() - t0,
+            "first_token_after_send_s": first - t_sent, "processed": done["tokens"]["prompt"] - done["tokens"]["cached"],
+            "prompt": done["tokens"]["prompt"]}
+
+
+def bench_reload(lore, root, gguf, threads, rounds, baseline_rev: str | None, pause: float = 1.5) -> dict:
+    """The same edits against this tree's server and, interleaved round by round under the same load,
+    against the server of `baseline_rev` (the code before the change), each in its own process."""
+    trees = {"new": None}
+    if baseline_rev:
+        src = root / "baseline-src"
+        src.mkdir()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", baseline_rev, "lorekit", "templates"],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        trees["baseline"] = src
+    servers, results = {}, {name: {"immediate": [], "paused": []} for name in trees}
     try:
-        npc = "tobin-reedy" if "tobin-reedy" in app.lore.current.npcs else next(iter(app.lore.current.npcs))
-        page = lore / app.lore.current.vault.npcs[npc].page
-        original = page.read_text(encoding="utf-8")
-        with lk.LoreKitClient(port=app.port) as c:
-            for r in range(rounds):
-                marker = f"Says 'aye' exactly {r + 3} times."
-                gen = app.lore.current.generation
-                t0 = time.perf_counter()
-                page.write_text(original.replace("  voice: ", f"  voice: {marker} ", 1), encoding="utf-8")
-                while True:  # the notification every client gets
-                    e = c.recv(5)
-                    if e.get("type") == "reloaded" and e.get("what") == "lore":
-                        break
-                t_reload = time.perf_counter() - t0
-                done = c.turn(npc, "Hello.", session=f"bench-reload-{r}", max_tokens=1)
-                t_turn = time.perf_counter() - t0
-                assert app.lore.current.generation > gen and marker in app.lore.current.prompts[npc]
-                assert done["tokens"]["prompt"] > 0
-                reloaded.append(t_reload)
-                first_turn.append(t_turn)
-                reprocessed.append(done["tokens"]["prompt"] - done["tokens"]["cached"])
-                waited.append(done["timings"]["queue_ms"] + done["timings"]["prompt_ms"])
-        page.write_text(original, encoding="utf-8")
-        persona_tokens = len(app.engine.tokenize(app.lore.current.prompts[npc]))
+        for name, src in trees.items():
+            copy = root / f"reload-{name}" / "lore"
+            shutil.copytree(lore, copy)
+            with open(copy / "lorekit.toml", "a", encoding="utf-8") as f:
+                f.write("\n[serve]\ndebounce = 0.1\ntemperature = 0.0\nrepeat_penalty = 1.0\nn_ctx = 2048\n")
+            proc, port = serve_process(copy, copy.parent / "out", gguf, threads, src)
+            servers[name] = (proc, port, copy)
+        npc = "tobin-reedy"
+        for name, (_, port, copy) in servers.items():
+            wait_warm(port)
+        clients = {name: lk.LoreKitClient(port=port, timeout=120).connect() for name, (_, port, _) in servers.items()}
+        pages = {name: copy / "characters" / "Tobin Reedy.md" for name, (_, _, copy) in servers.items()}
+        original = pages["new"].read_text(encoding="utf-8")
+        order = list(trees)
+        for r in range(rounds):
+            for kind, pause_s in (("immediate", 0.0), ("paused", pause)):
+                for name in (order if r % 2 == 0 else order[::-1]):
+                    marker = f"Says aye exactly {r + 3} times ({kind})."
+                    results[name][kind].append(edit_then_turn(clients[name], pages[name], original, npc, marker, pause_s))
+                    wait_warm(servers[name][1])
+        st = clients["new"].status()
+        for c in clients.values():
+            c.close()
     finally:
-        app.stop_background()
-    return {"rounds": rounds, "debounce_s": 0.1, "median_edit_to_reloaded_s": round(statistics.median(reloaded), 3),
-            "median_edit_to_first_turn_done_s": round(statistics.median(first_turn), 3),
-            "max_edit_to_first_turn_done_s": round(max(first_turn), 3),
-            "persona_tokens": persona_tokens,
-            "median_tokens_processed_by_the_turn": statistics.median(reprocessed),
-            "median_queue_plus_prompt_ms": round(statistics.median(waited), 1)}
+        for proc, _, _ in servers.values():
+            proc.terminate()
+            proc.wait(30)
+    med = statistics.median
+    out: dict = {"rounds": rounds, "debounce_s": 0.1, "npc": npc, "pause_s": pause, "baseline_rev": baseline_rev,
+                 "threads": threads, "model_sha256": st["model"].get("sha256")}
+    for name, kinds in results.items():
+        for kind, rows in kinds.items():
+            out[f"{name}_{kind}"] = {
+                "median_edit_to_reloaded_s": round(med(r["reloaded_s"] for r in rows), 3),
+                "median_edit_to_first_token_s": round(med(r["first_token_s"] for r in rows), 3),
+                "median_edit_to_done_s": round(med(r["done_s"] for r in rows), 3),
+                "max_edit_to_first_token_s": round(max(r["first_token_s"] for r in rows), 3),
+                "median_first_token_after_send_s": round(med(r["first_token_after_send_s"] for r in rows), 3),
+                "median_tokens_processed_by_the_turn": med(r["processed"] for r in rows),
+                "all": rows}
+    return out
 
 
 # -- 4. many clients ---------------------------------------------------------------------------
@@ -280,6 +352,27 @@ def bench_crowd(lore, root, gguf, threads, clients: int, tokens: int) -> dict:
             "latency_s": {"min": round(lat[0], 2), "median": round(statistics.median(lat), 2), "max": round(lat[-1], 2)}}
 
 
+def reload_rows(r: dict) -> str:
+    """Table rows of the reload part: this tree against the baseline revision, same run, interleaved."""
+    if "new_immediate" not in r:
+        return ""
+    rows = []
+    for kind, what in (("immediate", "turn sent at the `reloaded` event"),
+                       ("paused", f"turn sent {r['pause_s']} s after the `reloaded` event")):
+        new, base = r[f"new_{kind}"], r.get(f"baseline_{kind}")
+        for key, label in (("median_edit_to_first_token_s", "edit -> first token"),
+                           ("median_edit_to_done_s", "edit -> turn done (1 token)")):
+            b = f"`{r['baseline_rev']}`: {base[key]} s" if base else "-"
+            ratio = f"{base[key] / new[key]:.2f}x faster" if base else "-"
+            rows.append(f"| lore edit, {what}: {label} (median of {r['rounds']}) | {new[key]} s | {b} | {ratio} | < 1 s |")
+        b = base["median_first_token_after_send_s"] if base else "-"
+        rows.append(f"| lore edit, {what}: turn sent -> first token; tokens the turn processed | "
+                    f"{new['median_first_token_after_send_s']} s; {new['median_tokens_processed_by_the_turn']} | "
+                    f"{b} s; {base['median_tokens_processed_by_the_turn'] if base else '-'} | - | - |")
+    rows.append(f"| lore edit -> `reloaded` event (median) | {r['new_immediate']['median_edit_to_reloaded_s']} s | - | - | - |")
+    return "\n".join(rows) + "\n"
+
+
 def write(results: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serve_bench.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -302,9 +395,7 @@ def write(results: dict) -> None:
 | time to first token, alternating {s['npcs']} NPCs (median) | {s['per_npc_state']['median_ttft_s']} s | re-processing each persona {s['reprocess']['median_ttft_s']} s | {s['speedup']}x faster | >= 5x |
 | continuing a {wf.get('continue_prompt')}-token conversation: tokens reused, time to first token | {wf.get('continue_cached')}, {wf.get('continue_first_token_ms')} ms (`swa_full`) | first processing of it: {wf.get('first_turn_prompt_ms')} ms; window-only cache: {wo.get('continue_cached')} reused, {wo.get('continue_first_token_ms')} ms | - | - |
 | new session right after it (persona reused from far behind the 512-token window): greedy reply equals a fresh server's | {wf.get('new_session_reply_matches_fresh')} (`swa_full`, {wf.get('new_session_cached')} tokens reused) | window-only cache: {wo.get('new_session_reply_matches_fresh')} ({wo.get('new_session_cached')} tokens reused) | - | identical |
-| lore edit -> `reloaded` event (median) | {r['median_edit_to_reloaded_s']} s | - | - | - |
-| lore edit -> first turn done with the new persona (median / max) | {r['median_edit_to_first_turn_done_s']} / {r['max_edit_to_first_turn_done_s']} s | - | of which waiting for the changed persona ({r['persona_tokens']} tokens) to be processed: {r['median_queue_plus_prompt_ms']} ms | < 1 s |
-| {c['clients']} concurrent clients, {c['max_tokens']} tokens each | {c['completed']} done, {len(c['errors'])} errors | - | latency min/median/max {c['latency_s']['min']} / {c['latency_s']['median']} / {c['latency_s']['max']} s | no errors |
+{reload_rows(r)}| {c['clients']} concurrent clients, {c['max_tokens']} tokens each | {c['completed']} done, {len(c['errors'])} errors | - | latency min/median/max {c['latency_s']['min']} / {c['latency_s']['median']} / {c['latency_s']['max']} s | no errors |
 """
     (RESULTS / "serve_bench.md").write_text(md)
 
@@ -314,6 +405,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--reload-rounds", type=int, default=3)
+    ap.add_argument("--baseline-rev", help="git revision whose server is the baseline of the reload part "
+                    "(run from `git archive`, interleaved with this tree's)")
     ap.add_argument("--lore", type=Path, default=REPO / "sample_lore")
     ap.add_argument("--only", nargs="*", choices=["decode", "switch", "swa", "reload", "crowd"],
                     help="run these parts only and merge them into the existing results")
@@ -337,7 +431,7 @@ def main() -> None:
         "decode": lambda: bench_decode(lore, root, gguf, args.threads, args.rounds, args.tokens),
         "switch": lambda: bench_switch(lore, root, gguf, args.threads, 3),
         "swa": lambda: bench_swa(lore, root, gguf, args.threads),
-        "reload": lambda: bench_reload(lore, root, gguf, args.threads, 3),
+        "reload": lambda: bench_reload(lore, root, gguf, args.threads, args.reload_rounds, args.baseline_rev),
         "crowd": lambda: bench_crowd(lore, root, gguf, args.threads, 16, 8),
     }
     try:

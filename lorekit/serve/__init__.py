@@ -7,12 +7,16 @@ protocol is in `runtime/PROTOCOL.md`; the state lives on `lorekit.serve.app.App`
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 from lorekit.serve.config import ServeConfig
 
 __all__ = ["ServeConfig", "ServeResult", "run"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,11 +33,19 @@ def run(lore_dir: Path, out: Path, cfg: ServeConfig, on_ready=None) -> ServeResu
     app.load()
 
     async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl+C, or a game/launcher ending the process
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # Windows: Ctrl+C still raises KeyboardInterrupt
+                pass
         await app.start()
         if on_ready:
             on_ready(app)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
+            log.info("stopping: cancelling turns in flight, telling clients")
         finally:
             await app.close()
 

@@ -81,7 +81,8 @@ class App:
         self.model_generation = 0
         self.model_errors: list[str] = []
         self.clients: set = set()
-        self.to_warm: set[str] = set()  # NPCs whose persona the worker pre-processes when idle
+        self.to_warm: dict[str, None] = {}  # ordered set: NPCs whose persona the worker pre-processes when idle
+        self.warming: str | None = None  # the NPC whose persona the worker is processing now
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: asyncio.base_events.Server | None = None
         self.port = cfg.port
@@ -89,6 +90,7 @@ class App:
         self.watcher: Any = None
         self.retrainer: Any = None
         self._swap_lock = threading.Lock()
+        self._warm_lock = threading.Lock()
         self._reload_lock = threading.Lock()  # one model load at a time (watcher and retrainer may both ask)
         self._thread: threading.Thread | None = None
         self._worker: Any = None
@@ -134,21 +136,20 @@ class App:
         log.info("listening on %s:%d (game protocol and HTTP)", self.cfg.host, self.port)
 
     async def close(self) -> None:
-        if self.watcher:
-            self.watcher.stop()
-        if self.retrainer:
-            self.retrainer.stop()
+        """Stop within about a second: cancel the running turn, tell every client, close, free the model."""
         if self.server:
             self.server.close()
         for conn in list(self.clients):
-            conn.shutdown()
+            conn.shutdown()  # each turn in flight ends with `shutting_down`, then end of stream
         self.scheduler.drain(lambda t: t.sink.error("shutting_down", "the server is stopping"))
         running = self.scheduler.running
         if running:
-            running.cancel.set()  # stops at the next token or prompt chunk
+            running.cancel.set()  # stops at the next token or prompt chunk (~0.2 s)
         self.scheduler.close()
         if self._worker:
             self._worker.stopping.set()
+        await asyncio.to_thread(self._stop_background_work)
+        if self._worker:
             await asyncio.to_thread(self._worker.join, 60)
         if self.server:
             await self.server.wait_closed()
@@ -158,7 +159,13 @@ class App:
         if self.engine:
             self.engine.close()
         if self.pending_engine:
-            self.pending_engine.close()
+            self.pending_engine[0].close()
+
+    def _stop_background_work(self) -> None:
+        if self.watcher:
+            self.watcher.stop()
+        if self.retrainer:
+            self.retrainer.stop()
 
     def start_background(self) -> App:
         """Run the server on its own loop in a daemon thread (tests, benchmarks); returns when listening."""
@@ -239,9 +246,12 @@ class App:
             self.metrics.reloaded("lore")
             log.info("lore reloaded in %.0f ms (generation %d, changed: %s)", (time.perf_counter() - t0) * 1000,
                      self.lore.current.generation, ", ".join(result.changed) or "no persona")
+            # The changed personas first, before any other warming, and before clients hear of the reload:
+            # the worker starts on them now, from each NPC's previous state (only the tokens from the
+            # first changed one on are processed), so the next turn of that NPC finds them ready.
+            self._warm(result.changed, first=True)
             self.notify_threadsafe({"type": "reloaded", "id": None, "what": "lore",
                                     "generation": self.lore.current.generation, "npcs": result.changed})
-            self._warm(result.changed)
             if self.retrainer:
                 self.retrainer.lore_changed()
         else:
@@ -293,9 +303,25 @@ class App:
         self.notify_threadsafe({"type": "reloaded", "id": None, "what": "model",
                                 "generation": self.model_generation, "path": str(self.engine.path)})
 
-    def _warm(self, npcs) -> None:
-        if self.cfg.prewarm:
-            self.to_warm.update(npcs)
+    def _warm(self, npcs, first: bool = False) -> None:
+        """Queue NPCs whose persona the worker pre-processes when idle; `first`: ahead of the others."""
+        if not self.cfg.prewarm:
+            return
+        npcs = list(npcs)
+        with self._warm_lock:
+            if first:  # dicts keep insertion order: rebuild with these in front
+                rest = [n for n in self.to_warm if n not in npcs]
+                self.to_warm.clear()
+                self.to_warm.update(dict.fromkeys(npcs + rest))
+            else:
+                self.to_warm.update(dict.fromkeys(npcs))
+        self.scheduler.wake()
+
+    def next_to_warm(self) -> str | None:
+        with self._warm_lock:
+            npc = next(iter(self.to_warm), None)
+            self.to_warm.pop(npc, None)
+            return npc
 
     # -- status -------------------------------------------------------------------------------
 
@@ -304,12 +330,13 @@ class App:
         return {
             "protocol": PROTOCOL_VERSION, "server": SERVER,
             "model": {"path": str(engine.path), "adapter": str(engine.adapter) if engine.adapter else None,
+                      "sha256": engine.sha256,
                       "family": self.family or engine.family, "loaded_at": round(engine.loaded_at, 3),
                       "generation": self.model_generation, "errors": self.model_errors},
             "lore": {"dir": str(self.lore_dir.resolve()), "npcs": len(lore.npcs), "loaded_at": round(lore.loaded_at, 3),
                      "generation": lore.generation, "errors": self.lore.errors, "warnings": self.lore.warnings},
             "retrain": self.retrainer.status() if self.retrainer else {"enabled": False, "state": "idle",
                                                                         "last_error": None},
-            "prewarm_pending": len(self.to_warm), "queue": self.scheduler.depth(), "clients": len(self.clients),
+            "prewarm_pending": len(self.to_warm) + (self.warming is not None), "queue": self.scheduler.depth(), "clients": len(self.clients),
             "uptime_s": round(time.time() - self.started, 1),
         }

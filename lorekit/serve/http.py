@@ -129,7 +129,9 @@ async def handle(app: App, req: Request, writer: asyncio.StreamWriter) -> bool:
 
 
 async def health(app: App, req: Request, writer: asyncio.StreamWriter) -> bool:
-    data = {"status": "ok", "model_loaded": app.engine is not None, "lore_errors": len(app.lore.errors)}
+    engine = app.engine
+    model = {"name": engine.path.name, "sha256": engine.sha256, "generation": app.model_generation} if engine else None
+    data = {"status": "ok", "model_loaded": engine is not None, "model": model, "lore_errors": len(app.lore.errors)}
     writer.write(json_response(200, data, req.keep_alive))
     return req.keep_alive
 

@@ -151,6 +151,14 @@ class GameConnection:
             self.writer.close()  # after the last event: the client reads it, then end of stream
 
     def shutdown(self, code: str = "shutting_down", message: str = "the server is stopping") -> None:
+        """Close after telling the client: each turn in flight ends with this error (its last event,
+        whatever the worker still emits is dropped), then a notice without id, then end of stream."""
+        if code == "shutting_down":
+            for rid, turn in list(self.turns.items()):
+                turn.cancel.set()
+                self.app.scheduler.remove(turn)
+                self.send({"type": "error", "id": rid, "code": code, "message": message})
+            self.turns.clear()
         self.send({"type": "error", "id": None, "code": code, "message": message})
         self.out.put_nowait(None)
         self.closed = True

@@ -45,6 +45,7 @@ class Scheduler:
         self._queues: OrderedDict[object, deque[Turn]] = OrderedDict()
         self._cond = threading.Condition()
         self._closed = False
+        self._woken = False
         self.running: Turn | None = None
 
     def submit(self, turn: Turn) -> None:
@@ -53,11 +54,12 @@ class Scheduler:
             self._cond.notify()
 
     def next(self, timeout: float | None = None) -> Turn | None:
-        """The next turn in client rotation; None when closed or after `timeout` seconds."""
+        """The next turn in client rotation; None when closed, woken or after `timeout` seconds."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._closed or self._queues, timeout):
+            if not self._cond.wait_for(lambda: self._closed or self._woken or self._queues, timeout):
                 return None
-            if self._closed:
+            self._woken = False
+            if self._closed or not self._queues:
                 return None
             client, queue = self._queues.popitem(last=False)
             turn = queue.popleft()
@@ -65,6 +67,12 @@ class Scheduler:
                 self._queues[client] = queue
             self.running = turn
             return turn
+
+    def wake(self) -> None:
+        """Make a waiting `next()` return now (there is other work: a persona to pre-process)."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
 
     def finished(self, turn: Turn) -> None:
         with self._cond:

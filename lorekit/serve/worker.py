@@ -63,9 +63,9 @@ class Worker(threading.Thread):
     def prewarm_one(self) -> None:
         """While idle, process one NPC's persona ahead of its first turn (start-up, reloads, new model)."""
         app = self.app
-        if not app.to_warm:
+        npc = app.next_to_warm()
+        if npc is None:
             return
-        npc = app.to_warm.pop()
         lore, engine = app.lore.current, app.engine
         if npc not in lore.npcs:
             return
@@ -73,14 +73,17 @@ class Worker(threading.Thread):
         marker = "\x00"
         text = fmt.render([{"role": "system", "content": lore.prompts[npc]}, {"role": "user", "content": marker}])
         t0 = time.perf_counter()
+        app.warming = npc
         try:
             done = engine.prewarm((npc, "*persona*"), engine.tokenize(text.split(marker)[0]),
                                   stop=lambda: app.scheduler.depth() > 0 or self.stopping.is_set())
         except Exception:  # warming is an optimisation: never let it stop the server
             log.exception("pre-processing the persona of %s failed", npc)
             return
+        finally:
+            app.warming = None
         if not done:  # a turn is waiting: serve it first, finish this persona later
-            app.to_warm.add(npc)
+            app._warm([npc], first=True)
             return
         log.debug("persona of %s ready (%.0f ms)", npc, (time.perf_counter() - t0) * 1000)
 
