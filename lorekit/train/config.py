@@ -29,6 +29,8 @@ class TrainConfig:
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = opt(0.0, "dropout on the LoRA input")
+    train_turn_tokens: bool = opt(True, "also train the embedding rows of the chat format's turn tokens "
+                                  "(a base model never learned them, so without this it never ends its turn)")
     max_length: int = opt(1024, "rows longer than this many tokens are cut (a warning says how many)")
     precision: Literal["auto", "bf16", "fp32"] = opt("auto", "auto: bf16 where it is faster (GPU, CPU autocast)")
     load_in_4bit: bool = opt(True, "on CUDA, load the base model in 4-bit (bitsandbytes nf4)")

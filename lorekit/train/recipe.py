@@ -19,7 +19,7 @@ from lorekit import chat_formats
 from lorekit import config as config_mod
 from lorekit.atomic import replace_dir, write_text
 from lorekit.errors import LorekitError
-from lorekit.train import loop
+from lorekit.train import loop, token_rows
 from lorekit.train.config import TrainConfig
 from lorekit.train.data import encode_rows, read_rows
 
@@ -64,6 +64,9 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         # compiled kernels recompile for every new shape: round widths up to few shapes
         plan.pad_multiple = (64 if backend == "unsloth" and cfg.compile else 8) if cuda else 1
         plan.share_prefix = cfg.share_prompt if cfg.share_prompt is not None else not cuda
+        # run.json records what ran, not "auto"
+        cfg = replace(cfg, optimizer=plan.optimizer, precision="bf16" if plan.bf16 else "fp32",
+                      share_prompt=plan.share_prefix)
         log.info("training %s (%s, %s backend) on %d rows, %d eval rows, %d steps",
                  profile.name, profile.family, backend, len(train_rows), len(eval_rows),
                  plan.total_steps(len(train_rows)))
@@ -128,7 +131,8 @@ def _load(cfg: TrainConfig, backend: str, cuda: bool):
     """Load and attach LoRA; an Unsloth failure falls back to the plain path with a warning."""
     from lorekit.train import load
 
-    lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout}
+    lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+            "turn_tokens": cfg.train_turn_tokens}
     if backend == "unsloth":
         try:
             model, tok, profile = load.load_unsloth(cfg.model, cfg.max_length, cfg.load_in_4bit, lora, cfg.seed,
@@ -142,22 +146,28 @@ def _load(cfg: TrainConfig, backend: str, cuda: bool):
             log.warning("Unsloth failed (%s); falling back to transformers + peft", str(e).splitlines()[0][:200])
     model, tok, profile = load.load_model(cfg.model, "cuda" if cuda else "cpu",
                                           load_in_4bit=cuda and cfg.load_in_4bit)
-    return attach_lora(model, profile, lora, cuda and cfg.gradient_checkpointing), tok, profile, "transformers"
+    return attach_lora(model, profile, lora, cuda and cfg.gradient_checkpointing, tok), tok, profile, "transformers"
 
 
-def attach_lora(model, profile, lora: dict, checkpointing: bool):
+def attach_lora(model, profile, lora: dict, checkpointing: bool, tok=None):
+    """LoRA on every projection of the text decoder; with `lora["turn_tokens"]` and a tokenizer, also
+    the embedding rows of the turn tokens (see `load.turn_token_indices`)."""
     from peft import LoraConfig, get_peft_model
 
-    from lorekit.train.load import lora_target_regex
+    from lorekit.train.load import lora_target_regex, turn_token_indices
 
     # No prepare_model_for_kbit_training: it upcasts every unquantized weight to fp32, which for
     # Gemma 4's per-layer embeddings alone is 8 GB.
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    rows = turn_token_indices(tok, profile) if tok is not None and lora.get("turn_tokens") else None
     config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], bias="none",
-                        target_modules=lora_target_regex(profile), task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+                        target_modules=lora_target_regex(profile), task_type="CAUSAL_LM",
+                        trainable_token_indices=rows)
+    model = get_peft_model(model, config)
+    token_rows.speed_up(model)
+    return model
 
 
 def _plan(cfg: TrainConfig, cuda: bool, tok) -> loop.Plan:
