@@ -1,7 +1,8 @@
-"""Tiny random Gemma 3 / Gemma 4 -> base GGUF (--from-hf) -> perturbed LoRA -> export -> llama.cpp logits.
+"""Tiny random Gemma 3 / Gemma 4 -> base GGUF (--from-hf) -> perturbed LoRA (+ trained token rows) ->
+export -> llama.cpp logits.
 
 The export checks itself against the merged PyTorch model; these tests read its figures and also
-make it fail on purpose (a wrong adapter, a wrong base) to show the checks can fail.
+make it fail on purpose (a wrong adapter, wrong token rows, a wrong base) to show the checks can fail.
 """
 
 from __future__ import annotations
@@ -22,24 +23,33 @@ from lorekit.export import ExportConfig, check, run  # noqa: E402
 from lorekit.export.gguf_util import GGUFFile  # noqa: E402
 from lorekit.hashing import file_sha256 as sha256  # noqa: E402
 
+TURN_TOKENS = {"gemma3": ["<start_of_turn>", "<end_of_turn>"], "gemma4": ["<|turn>", "<turn|>"]}
 
-def make_run(root, family: str, seed: int = 1):
-    """OUT with adapter/ (a LoRA whose B is random, so it changes the logits) and train/run.json."""
+
+def make_run(root, family: str, seed: int = 1, rows: bool = False):
+    """OUT with adapter/ (a LoRA whose B is random, so it changes the logits; with `rows`, the chat
+    format's turn tokens as trained embedding rows too, as training saves them) and train/run.json."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tests.tiny_models import make_tiny_model
 
-    out = root / f"out-{family}-{seed}"
+    out = root / f"out-{family}-{seed}{'-rows' if rows else ''}"
     hf = make_tiny_model(root, family)
     model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    extra = {}
+    if rows:
+        ids = AutoTokenizer.from_pretrained(hf).convert_tokens_to_ids(TURN_TOKENS[family])
+        extra = {"trainable_token_indices": {"embed_tokens": ids}}
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, **extra))
     torch.manual_seed(seed)
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
             p.data.normal_(0, 0.05)
+        if "trainable_tokens_delta" in name:  # PEFT keeps the rows' values: move them off the base's
+            p.data.add_(torch.randn_like(p) * 0.1)
     peft_model.save_pretrained(out / "adapter")
     (out / "train").mkdir(parents=True)
     (out / "train" / "run.json").write_text(json.dumps({"model": str(hf), "family": family}))
@@ -52,7 +62,7 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     outs = {}
     for family in ("gemma3", "gemma4"):
-        out = make_run(root, family)
+        out = make_run(root, family, rows=True)
         assert main(["export", str(out), "--prompts", "3"]) == 0
         outs[family] = out
     return outs
@@ -62,14 +72,39 @@ def exported(tmp_path_factory):
 def test_llama_cpp_logits_match_merged_pytorch(exported, family):
     report = json.loads((exported[family] / "export" / "export.json").read_text())
     ver = report["verification"]
-    assert ver["passed"] and ver["prompts"] == 3
+    assert ver["passed"] and ver["prompts"] == 3 + 2  # + the answer and the two-turn prompts
     comps = ver["comparisons"]
-    assert set(comps) == {"model.gguf vs torch", "base+adapter.gguf vs torch"}
+    # adapter.gguf cannot carry trained token rows on a tied embedding: it is checked as the LoRA alone
+    assert set(comps) == {"model.gguf vs torch", "base+adapter.gguf vs torch (LoRA only)"}
     for c in comps.values():  # an f16 base: llama.cpp agrees with PyTorch to a few percent of the logit scale
         assert c["top1_close"] == 1.0 and c["rel"] < 0.05 and c["effect"] > 0.98, c
+    assert ver["notes"] and "token rows" in ver["notes"][0]
+    eot = ver["end_of_turn"]  # the trained rows move the end-of-turn logit; llama.cpp moves it the same
+    moved = eot["torch"]["logit"] - eot["torch base"]["logit"]
+    assert abs(moved) > 0.05 and abs(eot["model.gguf"]["logit"] - eot["torch"]["logit"]) < 0.2 * abs(moved), eot
     assert report["family"] == family and report["base_source"].startswith("from-hf:")
     assert report["stop"] == [{"gemma3": "<end_of_turn>", "gemma4": "<turn|>"}[family]]
-    assert report["type_written"] == "f16"  # the base written from HF is f16, so "base" keeps f16
+    assert report["type_written"] == "f16"  # the base written from HF is f16, so "auto" keeps f16
+    rows = report["adapter"]["token_rows"]
+    assert rows and report["adapter"]["token_rows_in"] == {"model.gguf": True, "adapter.gguf": False}
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gemma4"])
+def test_trained_rows_replace_their_rows_and_nothing_else(exported, family):
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    folder = exported[family] / "export"
+    rows = json.loads((folder / "export.json").read_text())["adapter"]["token_rows"]
+    (values,) = [v for k, v in load_file(str(exported[family] / "adapter" / "adapter_model.safetensors")).items()
+                 if "trainable_tokens" in k]
+    model, base = GGUFFile.open(folder / "model.gguf"), GGUFFile.open(folder / "base.gguf")
+    np.testing.assert_allclose(model.array("token_embd.weight")[rows], values, atol=1e-3)  # f16
+    other = np.ones(base.shape("token_embd.weight")[0], bool)
+    other[rows] = False
+    assert np.array_equal(np.asarray(model.tensors["token_embd.weight"].data)[other],
+                          np.asarray(base.tensors["token_embd.weight"].data)[other])
+    assert "output.weight" not in model.tensors  # tied: the same rows are the output layer's
 
 
 @pytest.mark.parametrize("family", ["gemma3", "gemma4"])
@@ -109,6 +144,24 @@ def test_q8_0_export_and_check_catches_a_swapped_adapter(exported, tmp_path):
     with pytest.raises(LorekitError, match="verification failed"):
         check(out, ExportConfig(verify_prompts=2))
     assert main(["export", str(out), "--check", "--prompts", "2"]) == 2
+
+
+def test_check_fails_when_the_token_rows_are_missing(exported, tmp_path):
+    """The same LoRA without the trained rows (PEFT's saved rows = the base's): model.gguf no longer matches."""
+    from safetensors.numpy import load_file, save_file
+
+    out = tmp_path / "out"
+    shutil.copytree(exported["gemma3"], out)
+    path = out / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    rows = json.loads((out / "export" / "export.json").read_text())["adapter"]["token_rows"]
+    base = GGUFFile.open(out / "export" / "base.gguf").array("token_embd.weight")
+    key = next(k for k in tensors if "trainable_tokens" in k)
+    tensors[key] = base[rows]
+    save_file(tensors, str(path))
+    with pytest.raises(LorekitError, match="verification failed") as err:
+        check(out, ExportConfig(verify_prompts=1))
+    assert "model.gguf vs torch" in str(err.value)
 
 
 def test_wrong_base_fails_in_one_line_and_keeps_the_previous_export(exported):

@@ -186,3 +186,91 @@ def test_base_source_order_and_errors(tmp_path):
     with pytest.raises(LorekitError, match="not a folder"):
         base_source(ExportConfig(from_hf=str(tmp_path / "nope")), str(hf))
     assert train_info(tmp_path, str(hf)) == {"model": str(hf), "family": "gemma3"}
+
+
+def write_rows_adapter(folder, rows: list[int], width: int, spec=None, key="base_model.model.model.embed_tokens"):
+    """A PEFT adapter with one LoRA pair and trained token rows (PEFT saves the rows' new values)."""
+    write_adapter(folder, {"layers.0.self_attn.q_proj": (64, 64)},
+                  trainable_token_indices=spec if spec is not None else {"embed_tokens": rows})
+    tensors = safetensors_numpy.load_file(str(folder / "adapter_model.safetensors"))
+    values = np.random.default_rng(1).standard_normal((len(rows), width)).astype(np.float32)
+    tensors[f"{key}.token_adapter.trainable_tokens_delta"] = values
+    safetensors_numpy.save_file(tensors, str(folder / "adapter_model.safetensors"))
+    return folder, values
+
+
+def test_trained_token_rows_are_read_and_checked(tmp_path):
+    folder, values = write_rows_adapter(tmp_path / "a", [5, 6], 64)
+    adapter = lora_gguf.read_adapter(folder)
+    assert adapter.token_rows.indices == [5, 6] and adapter.touched == {"blk.0.attn_q.weight", "token_embd.weight"}
+    embd = np.zeros((8, 64), np.float32)
+    changed = adapter.apply("token_embd.weight", embd)
+    np.testing.assert_array_equal(changed[[5, 6]], values)  # replaced, not added
+    assert not changed[:5].any() and not embd.any()
+    shapes = {"blk.0.attn_q.weight": (64, 64), "token_embd.weight": (8, 64)}
+    lora_gguf.check_against_base(adapter, shapes, 1, "base.gguf")
+    with pytest.raises(LorekitError, match=r"token rows \[5, 6\] .* 6x64 token embedding"):
+        lora_gguf.check_against_base(adapter, {**shapes, "token_embd.weight": (6, 64)}, 1, "base.gguf")
+    with pytest.raises(LorekitError, match="lm_head"):
+        lora_gguf.read_adapter(write_rows_adapter(tmp_path / "b", [5], 64, key="base_model.model.lm_head")[0])
+    with pytest.raises(LorekitError, match="does not list the 2 trained"):
+        lora_gguf.read_adapter(write_rows_adapter(tmp_path / "c", [5, 6], 64, spec={"embed_tokens": [5]})[0])
+    g4 = write_rows_adapter(tmp_path / "d", [3], 64, spec=[3], key="base_model.model.model.language_model.embed_tokens")
+    assert lora_gguf.read_adapter(g4[0]).token_rows.indices == [3]
+
+
+def write_base(path, vocab=16, hidden=64, seed=0):
+    """A small quantized 'gemma3' GGUF: Q8_0 token_embd, a Q5_0 projection (a 5-bit type like the 270M's), a norm."""
+    rng = np.random.default_rng(seed)
+    T = gguf.GGMLQuantizationType
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_file_type(8)  # MOSTLY_Q5_0
+    w.add_block_count(1)
+    tensors = {"token_embd.weight": (rng.standard_normal((vocab, hidden)) * 0.05, T.Q8_0),
+               "blk.0.attn_q.weight": (rng.standard_normal((64, hidden)) * 0.05, T.Q5_0),
+               "blk.0.attn_norm.weight": (rng.standard_normal(hidden), T.F32)}
+    for name, (array, qtype) in tensors.items():
+        array = array.astype(np.float32)
+        data = gguf.quants.quantize(array, qtype) if qtype != T.F32 else array
+        w.add_tensor(name, data, raw_shape=data.shape if qtype == T.F32 else None, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return GGUFFile.open(path)
+
+
+def _survives(merged, base, adapter, name) -> float:
+    """Share of the LoRA's change that is still in the merged file (1 = all of it)."""
+    got, want = (merged.array(name) - base.array(name)).ravel(), adapter.delta(name).ravel()
+    return float(got @ want / (want @ want))
+
+
+def test_auto_keeps_untouched_bytes_and_a_small_lora_that_requantizing_rounds_away(tmp_path, monkeypatch):
+    from lorekit.export import merge, verify
+
+    base = write_base(tmp_path / "base.gguf")
+    folder, values = write_rows_adapter(tmp_path / "a", [5, 6], 64)
+    adapter = lora_gguf.read_adapter(folder)
+    a, b, scale = adapter.weights["blk.0.attn_q.weight"]
+    # a trained LoRA's size: about 1.5% of the weights (the 270M's trained adapter: 1.2-2%)
+    b *= 0.015 * np.abs(base.array("blk.0.attn_q.weight")).mean() / np.abs(adapter.delta("blk.0.attn_q.weight")).mean()
+    result = merge.merge(base, adapter, tmp_path / "auto.gguf", "auto")
+    assert (result.type, result.method) == ("Q5_0+Q8_0", "per-tensor")
+    auto = GGUFFile.open(tmp_path / "auto.gguf")
+    T = gguf.GGMLQuantizationType
+    assert auto.tensors["blk.0.attn_q.weight"].tensor_type == T.Q8_0
+    assert _survives(auto, base, adapter, "blk.0.attn_q.weight") > 0.95
+    assert np.array_equal(auto.tensors["blk.0.attn_norm.weight"].data, base.tensors["blk.0.attn_norm.weight"].data)
+    embd, base_embd = np.asarray(auto.tensors["token_embd.weight"].data), np.asarray(base.tensors["token_embd.weight"].data)
+    others = [i for i in range(16) if i not in (5, 6)]
+    assert auto.tensors["token_embd.weight"].tensor_type == T.Q8_0 and np.array_equal(embd[others], base_embd[others])
+    np.testing.assert_allclose(auto.array("token_embd.weight")[[5, 6]], values, atol=0.02)  # Q8_0 of the new rows
+    assert verify.limit_for(tmp_path / "auto.gguf", tmp_path / "base.gguf") == verify.LIMITS["q8_0"]
+    assert verify.limit_for(tmp_path / "base.gguf") == verify.QUANTIZED_LIMIT
+
+    monkeypatch.setattr(merge, "_llama_quantizer", lambda: None)  # `base` without llama.cpp: own types per tensor
+    merge.merge(base, adapter, tmp_path / "base-type.gguf", "base")
+    requantized = GGUFFile.open(tmp_path / "base-type.gguf")
+    assert requantized.tensors["blk.0.attn_q.weight"].tensor_type == T.Q5_0
+    assert _survives(requantized, base, adapter, "blk.0.attn_q.weight") < 0.5  # snapped back onto the base's grid

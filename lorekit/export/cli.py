@@ -11,8 +11,9 @@ FLAGS = ("type", "base_gguf", "from_hf", "npc", "verify", "verify_prompts", "ada
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", nargs="?", default="build", type=Path,
                         help="build folder holding adapter/ (default: build); files go to OUT/export/")
-    parser.add_argument("--type", choices=["base", "f16", "q8_0"],
-                        help="merged model type (default base: keep the base GGUF's quantization)")
+    parser.add_argument("--type", choices=["auto", "base", "f16", "q8_0"],
+                        help="merged model type (default auto: untouched tensors as in the base, changed ones "
+                        "in q8_0; base: all re-quantized to the base's type)")
     parser.add_argument("--base-gguf", dest="base_gguf", help="base model GGUF (default: the profile's own)")
     parser.add_argument("--from-hf", dest="from_hf", nargs="?", const="model", metavar="DIR",
                         help="write the base GGUF from a Hugging Face folder (no DIR: the trained model's folder)")
@@ -47,6 +48,8 @@ def _summary(result) -> None:
     print(f"model.gguf type: {report.get('type_written')} ({report.get('quantization_method')}); "
           f"stop at {', '.join(report.get('stop', []))}")
     ver = report.get("verification")
+    for note in (ver or {}).get("notes", []):
+        print(f"note: {note}")
     if ver:
         for name, c in ver["comparisons"].items():
             mark = "ok" if c["passed"] else "FAILED"

@@ -10,10 +10,11 @@ from lorekit.config import opt
 
 @dataclass
 class ExportConfig:
-    type: Literal["base", "f16", "q8_0"] = opt(
-        "base",
-        "merged model.gguf type: `base` keeps the base GGUF's quantization (re-quantized with llama.cpp's "
-        "quantizer, or per tensor when llama-cpp-python is missing), `f16`, or `q8_0`",
+    type: Literal["auto", "base", "f16", "q8_0"] = opt(
+        "auto",
+        "merged model.gguf type: `auto` keeps every tensor the adapter leaves alone as the base has it and "
+        "writes the changed ones in q8_0 (a trained LoRA survives); `base` re-quantizes all to the base GGUF's "
+        "type (smallest; a small LoRA can be rounded away), `f16`, or `q8_0`",
     )
     base_gguf: str = opt("", "base model GGUF; empty: the model profile's own GGUF (the 270M ships one)")
     from_hf: str = opt(

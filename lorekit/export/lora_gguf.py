@@ -5,6 +5,11 @@ llama.cpp's adapter format (read by `llama_adapter_lora_init`): `general.type = 
 tensors `<name>.lora_a` and `<name>.lora_b`. With GGUF's innermost-first shapes, A is `[in, r]` and
 B is `[r, out]`, which in numpy order are exactly PEFT's `lora_A.weight (r, in)` and
 `lora_B.weight (out, r)`. llama.cpp scales B @ A by alpha / r, r read from B.
+
+Trained token rows (PEFT `trainable_token_indices`, used for the chat format's special tokens) are
+not a LoRA: PEFT saves the rows' new *values* (it replaces those rows of `embed_tokens`, and of the
+tied output layer, it does not add to them). They go into the merged model; llama.cpp cannot take
+them as an adapter on Gemma's tied embedding (see `TOKEN_ROWS_NOT_IN_ADAPTER`).
 """
 
 from __future__ import annotations
@@ -35,10 +40,28 @@ MODULE_TO_GGUF = {
     "per_layer_projection": "proj",
 }
 
+TOKEN_EMBD = "token_embd.weight"
+TOKEN_ROWS_NOT_IN_ADAPTER = (
+    "adapter.gguf holds the LoRA only, without the trained token rows: llama.cpp applies a token_embd LoRA "
+    "to the tied output layer too, where its shapes abort the process, and refuses an output.weight LoRA on "
+    "a tied model; model.gguf has the rows, serve that one")
+
+# base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta (Gemma 4: ...language_model...)
+_TOKENS_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?:model\.)?(?:language_model\.)?(?:model\.)?(embed_tokens|lm_head)"
+    r"\.token_adapter\.trainable_tokens_delta(?:\.default)?$")
 # base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight, also under language_model (Gemma 4)
 _KEY = re.compile(
     r"^(?:base_model\.model\.)?(?:model\.)?(?:language_model\.)?(?:model\.)?layers\.(\d+)\.(.+)\.lora_([AB])(?:\.default)?\.weight$"
 )
+
+
+@dataclass
+class TokenRows:
+    """Trained rows of the token embedding: `values[i]` replaces row `indices[i]`."""
+
+    indices: list[int]
+    values: np.ndarray  # (len(indices), hidden) float32
 
 
 @dataclass
@@ -50,6 +73,12 @@ class LoraAdapter:
     r: int
     alpha: float
     weights: dict[str, tuple[np.ndarray, np.ndarray, float]] = field(default_factory=dict)
+    token_rows: TokenRows | None = None
+
+    @property
+    def touched(self) -> set[str]:
+        """Names of the base tensors this adapter changes."""
+        return set(self.weights) | ({TOKEN_EMBD} if self.token_rows is not None else set())
 
     @property
     def n_layers(self) -> int:
@@ -60,6 +89,15 @@ class LoraAdapter:
         """scale * B @ A in float32, numpy order (out, in): what merging adds to the base weight."""
         a, b, scale = self.weights[name]
         return (b.astype(np.float32) @ a.astype(np.float32)) * np.float32(scale)
+
+    def apply(self, name: str, weight: np.ndarray) -> np.ndarray:
+        """The base tensor `weight` (float32, numpy order) as this adapter changes it."""
+        if name in self.weights:
+            weight = weight + self.delta(name)
+        if name == TOKEN_EMBD and self.token_rows is not None:
+            weight = np.array(weight, dtype=np.float32, copy=True)
+            weight[self.token_rows.indices] = self.token_rows.values
+        return weight
 
 
 def read_adapter(adapter_dir: Path) -> LoraAdapter:
@@ -75,7 +113,15 @@ def read_adapter(adapter_dir: Path) -> LoraAdapter:
     _check_supported(cfg, cfg_path)
     tensors = _load_f32(load_file(str(st_path)))
     pairs: dict[str, dict[str, np.ndarray]] = {}
+    token_values = None
     for key, value in tensors.items():
+        t = _TOKENS_KEY.match(key)
+        if t:
+            if t.group(1) == "lm_head":
+                raise LorekitError(f"{st_path}: trained token rows on lm_head (an untied output layer) cannot be "
+                                   "exported; train them on embed_tokens (Gemma ties the two)")
+            token_values = value
+            continue
         m = _KEY.match(key)
         if not m:
             raise LorekitError(f"{st_path}: tensor {key!r} is not a LoRA weight of a decoder layer projection; "
@@ -95,9 +141,23 @@ def read_adapter(adapter_dir: Path) -> LoraAdapter:
         if a.shape[0] != b.shape[1]:
             raise LorekitError(f"{st_path}: {name}: lora_A {a.shape} and lora_B {b.shape} disagree on the rank")
         adapter.weights[name] = (a, b, _scale(cfg, str(ab["module"]), a.shape[0]))
-    if not adapter.weights:
+    if token_values is not None:
+        adapter.token_rows = _token_rows(cfg, token_values, cfg_path)
+    if not adapter.weights and adapter.token_rows is None:
         raise LorekitError(f"{st_path}: the adapter holds no LoRA weights")
     return adapter
+
+
+def _token_rows(cfg: dict, values: np.ndarray, where: Path) -> TokenRows:
+    spec = cfg.get("trainable_token_indices")
+    indices = spec.get("embed_tokens") if isinstance(spec, dict) else spec
+    if isinstance(spec, dict) and set(spec) - {"embed_tokens"}:
+        raise LorekitError(f"{where}: trainable_token_indices on {sorted(set(spec) - {'embed_tokens'})} cannot be "
+                           "exported; train token rows on embed_tokens only")
+    if not isinstance(indices, list) or len(indices) != values.shape[0]:
+        raise LorekitError(f"{where}: trainable_token_indices {spec!r} does not list the {values.shape[0]} trained "
+                           "token rows the adapter holds; the adapter is incomplete")
+    return TokenRows([int(i) for i in indices], values)
 
 
 def _check_supported(cfg: dict, where: Path) -> None:
@@ -138,6 +198,13 @@ def check_against_base(adapter: LoraAdapter, base_shapes: dict[str, tuple[int, .
         if shape != (b.shape[0], a.shape[1]):
             raise LorekitError(f"{where}: {name} is {shape[0]}x{shape[1]} in the base but the LoRA is "
                                f"{b.shape[0]}x{a.shape[1]}; export onto the model the adapter was trained on")
+    rows = adapter.token_rows
+    if rows is not None:
+        vocab, hidden = base_shapes.get(TOKEN_EMBD, (0, 0))
+        if rows.values.shape[1] != hidden or max(rows.indices) >= vocab or min(rows.indices) < 0:
+            raise LorekitError(f"{where}: trained token rows {rows.indices} of width {rows.values.shape[1]} do not "
+                               f"fit the base's {vocab}x{hidden} token embedding; export onto the model the "
+                               "adapter was trained on")
 
 
 def write_adapter_gguf(adapter: LoraAdapter, arch: str, out: Path, name: str = "lorekit-adapter") -> None:

@@ -1,15 +1,23 @@
-"""Base GGUF + LoRA -> one merged GGUF (`model.gguf`).
+"""Base GGUF + LoRA (+ trained token rows) -> one merged GGUF (`model.gguf`).
 
-Each adapted weight is dequantized with `gguf.quants.dequantize`, gets `scale * B @ A` added, and is
-written back; every other tensor and all metadata (tokenizer included) are carried over, and the
-family's chat template is added when the base has none.
+Each adapted weight is dequantized with `gguf.quants.dequantize`, gets `scale * B @ A` added (trained
+token rows replace their rows of `token_embd`, which Gemma ties to the output layer), and is written
+back; every other tensor and all metadata (tokenizer included) are carried over, and the family's
+chat template is added when the base has none.
 
-Types: `f16` and `q8_0` are written by the `gguf` package. `base` keeps the base's quantization: with
-llama-cpp-python installed, an f16 merge is re-quantized by llama.cpp's own quantizer to the base's
-file type (Q4_K_M and every other type llama.cpp knows; untouched tensors that already have the type
-the quantizer picks are copied as they are); without it, untouched tensors are copied
-byte for byte and each merged tensor is written in its own type when the `gguf` package can write
-it, otherwise in the nearest more precise type it can (Q4_K -> Q5_0, Q6_K -> Q8_0).
+Types:
+- `auto` (default): untouched tensors keep the base's bytes and types; each changed tensor is written
+  in q8_0, or in its own type when that is already as precise (q8_0, f16, f32). Re-quantizing a
+  merged weight to a 4-5 bit type rounds most of a trained LoRA's small change away (the merged
+  weight snaps back to the base's grid points; bench/results/export_270m.json has the figures), and
+  q8_0 keeps it. Trained token rows are re-encoded alone; the other rows keep their bytes.
+- `f16` and `q8_0`: every weight in that type, written by the `gguf` package.
+- `base`: the base's own file type. With llama-cpp-python installed, an f16 merge is re-quantized by
+  llama.cpp's quantizer (Q4_K_M and every other type llama.cpp knows; untouched tensors that already
+  have the type the quantizer picks are copied as they are); without it, untouched tensors are copied
+  byte for byte and each merged tensor is written in its own type when the `gguf` package can write
+  it, otherwise in the nearest more precise type it can (Q4_K -> Q5_0, Q6_K -> Q8_0). Smallest, but
+  the verification may find the LoRA's effect lost.
 """
 
 from __future__ import annotations
@@ -47,17 +55,21 @@ class MergeResult:
     merged_tensors: int
 
 
-def merge(base: GGUFFile, adapter: LoraAdapter | None, out: Path, mtype: str = "base",
+def merge(base: GGUFFile, adapter: LoraAdapter | None, out: Path, mtype: str = "auto",
           chat_template: str | None = None) -> MergeResult:
-    """Write base + adapter to `out` as `mtype` ("base" | "f16" | "q8_0")."""
+    """Write base + adapter to `out` as `mtype` ("auto" | "base" | "f16" | "q8_0")."""
     base_ftype = int(base.get("general.file_type", 1))
-    if mtype == "base" and base_ftype in (0, 1, 32):
+    if mtype in ("auto", "base") and base_ftype in (0, 1, 32):
         mtype = {0: "f32", 1: "f16", 32: "bf16"}[base_ftype]
     if mtype in ("f16", "q8_0", "f32", "bf16"):
         _write(base, adapter, out, mtype, chat_template)
         return MergeResult(out, mtype, "gguf", _count(adapter))
+    if mtype == "auto":
+        types = _write(base, adapter, out, "auto", chat_template)
+        name = FTYPE_NAMES.get(base_ftype, str(base_ftype))
+        return MergeResult(out, "+".join([name, *types]), "per-tensor", _count(adapter))
     if mtype != "base":
-        raise LorekitError(f"export type {mtype!r} is not one of base, f16, q8_0")
+        raise LorekitError(f"export type {mtype!r} is not one of auto, base, f16, q8_0")
     quantize = _llama_quantizer()
     if quantize is None:
         log.info("llama-cpp-python is not installed: keeping the base's types per tensor")
@@ -74,10 +86,12 @@ def merge(base: GGUFFile, adapter: LoraAdapter | None, out: Path, mtype: str = "
 
 
 def _count(adapter: LoraAdapter | None) -> int:
-    return len(adapter.weights) if adapter else 0
+    return len(adapter.touched) if adapter else 0
 
 
-def _write(base: GGUFFile, adapter: LoraAdapter | None, out: Path, mode: str, chat_template: str | None) -> None:
+def _write(base: GGUFFile, adapter: LoraAdapter | None, out: Path, mode: str,
+           chat_template: str | None) -> list[str]:
+    """Write the merged file; returns the names of the types tensors were given that differ from the base's."""
     import gguf
 
     plan = [_plan(base, adapter, name, mode) for name in base.tensors]
@@ -92,33 +106,56 @@ def _write(base: GGUFFile, adapter: LoraAdapter | None, out: Path, mode: str, ch
 
     write_streaming(out, base.arch, metadata, plan)
     log.info("wrote %s (%s, %d tensors)", out, mode, len(plan))
+    return sorted({t.qtype.name for t in plan if t.qtype != base.tensors[t.name].tensor_type})
 
 
 def _plan(base: GGUFFile, adapter: LoraAdapter | None, name: str, mode: str) -> TensorOut:
-    import gguf
-
-    T = gguf.GGMLQuantizationType
     src = base.tensors[name]
     shape = base.shape(name)
-    touched = adapter is not None and name in adapter.weights
-    if mode in ("per-tensor", "f16-merged") and not touched:
+    touched = adapter is not None and name in adapter.touched
+    if mode in ("per-tensor", "f16-merged", "auto") and not touched:
         return TensorOut(name, shape, src.tensor_type, lambda: src.data)
-    if len(shape) < 2 or src.tensor_type == T.F32 and not touched:
-        qtype = T.F32 if src.tensor_type == T.F32 or len(shape) < 2 else T.F16
-    elif mode == "per-tensor":
-        qtype = src.tensor_type if writable(src.tensor_type, shape) else _nearest(src.tensor_type, shape)
-    else:
-        qtype = {"f16": T.F16, "f16-merged": T.F16, "f32": T.F32, "bf16": T.BF16, "q8_0": T.Q8_0}[mode]
-        if not writable(qtype, shape):
-            qtype = T.F16
+    qtype = _type_for(src.tensor_type, shape, mode, touched)
+    if touched and name not in adapter.weights and qtype == src.tensor_type:
+        # only trained token rows change: re-encode those rows, every other row keeps its bytes
+        return TensorOut(name, shape, qtype, lambda: _splice_rows(src, qtype, adapter.token_rows))
 
     def make() -> np.ndarray:
         weight = base.array(name)
-        if touched:
-            weight = weight + adapter.delta(name)
-        return encode(weight, qtype)
+        return encode(adapter.apply(name, weight) if touched else weight, qtype)
 
     return TensorOut(name, shape, qtype, make)
+
+
+def _type_for(src_type, shape: tuple[int, ...], mode: str, touched: bool):
+    import gguf
+
+    T = gguf.GGMLQuantizationType
+    if len(shape) < 2 or src_type == T.F32 and not touched:
+        return T.F32 if src_type == T.F32 or len(shape) < 2 else T.F16
+    if mode == "per-tensor":
+        return src_type if writable(src_type, shape) else _nearest(src_type, shape)
+    if mode == "auto":
+        if _bits(src_type) >= _bits(T.Q8_0) and writable(src_type, shape):
+            return src_type
+        return T.Q8_0 if writable(T.Q8_0, shape) else T.F16
+    qtype = {"f16": T.F16, "f16-merged": T.F16, "f32": T.F32, "bf16": T.BF16, "q8_0": T.Q8_0}[mode]
+    return qtype if writable(qtype, shape) else T.F16
+
+
+def _bits(qtype) -> float:
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return size * 8 / block
+
+
+def _splice_rows(src, qtype, rows) -> np.ndarray:
+    """The tensor's stored data with the trained rows re-encoded in its own type."""
+    data = np.array(src.data, copy=True)
+    data = data.reshape(data.shape[0], -1)
+    data[rows.indices] = np.asarray(encode(rows.values, qtype)).reshape(len(rows.indices), -1)
+    return data
 
 
 def _nearest(qtype, shape):
@@ -126,10 +163,8 @@ def _nearest(qtype, shape):
     import gguf
 
     T = gguf.GGMLQuantizationType
-    bits = gguf.GGML_QUANT_SIZES[qtype][1] * 8 / gguf.GGML_QUANT_SIZES[qtype][0]
     for candidate in (T.Q5_0, T.Q8_0, T.F16):
-        cbits = gguf.GGML_QUANT_SIZES[candidate][1] * 8 / gguf.GGML_QUANT_SIZES[candidate][0]
-        if cbits >= bits and writable(candidate, shape):
+        if _bits(candidate) >= _bits(qtype) and writable(candidate, shape):
             return candidate
     return T.F16
 

@@ -52,7 +52,7 @@ def run(out: Path, cfg: ExportConfig | None = None) -> ExportResult:
         family = check_family(base, train["family"], adapter.path)
         check_against_base(adapter, {n: base.shape(n) for n in base.tensors},
                            int(base.get(f"{base.arch}.block_count", 0)), str(base.path))
-        if cfg.adapter_gguf:
+        if cfg.adapter_gguf and adapter.weights:
             write_adapter_gguf(adapter, base.arch, tmp / "adapter.gguf")
         merged = merge.merge(base, adapter, tmp / "model.gguf", cfg.type, chat_template(family))
         write_text(tmp / "Modelfile", modelfile.render(family, system=system))
@@ -66,14 +66,14 @@ def run(out: Path, cfg: ExportConfig | None = None) -> ExportResult:
             "type_requested": cfg.type,
             "type_written": merged.type,
             "quantization_method": merged.method,
-            "adapter": {"r": adapter.r, "alpha": adapter.alpha, "tensors": len(adapter.weights),
-                        "layers": adapter.n_layers},
+            "adapter": adapter_info(adapter),
             "npc": cfg.npc or None,
             "config": vars(cfg).copy(),
             "versions": versions(),
         }
         if cfg.verify:
-            report["verification"] = _verify(tmp, base.path, family, train["model"], hf_dir, out / "adapter", cfg)
+            report["verification"] = _verify(tmp, base.path, family, train["model"], hf_dir, out / "adapter", cfg,
+                                             report["adapter"]["token_rows"])
         report["files"] = describe_files(tmp)
         report["wall_s"] = round(time.time() - start, 2)
         write_text(tmp / "export.json", json.dumps(report, indent=2) + "\n")
@@ -93,11 +93,23 @@ def check(out: Path, cfg: ExportConfig | None = None) -> ExportResult:
     model = report.get("model") or ""
     hf_dir = Path(report["base_source"].removeprefix("from-hf:")) if report.get("base_source", "").startswith("from-hf:") else None
     report["verification"] = _verify(final, Path(report["base_gguf"]), report["family"], model, hf_dir,
-                                     out / "adapter", cfg)
+                                     out / "adapter", cfg, report.get("adapter", {}).get("token_rows"))
     report["verification"]["checked_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     write_text(path, json.dumps(report, indent=2) + "\n")
     _raise_if_failed(report, f"figures in {path}")
     return ExportResult(final, report)
+
+
+def adapter_info(adapter) -> dict:
+    from lorekit.export.lora_gguf import TOKEN_ROWS_NOT_IN_ADAPTER
+
+    rows = adapter.token_rows.indices if adapter.token_rows is not None else None
+    info = {"r": adapter.r, "alpha": adapter.alpha, "tensors": len(adapter.weights), "layers": adapter.n_layers,
+            "token_rows": rows}
+    if rows:
+        info["token_rows_in"] = {"model.gguf": True, "adapter.gguf": False}
+        info["token_rows_note"] = TOKEN_ROWS_NOT_IN_ADAPTER
+    return info
 
 
 def _raise_if_failed(report: dict, what: str) -> None:
@@ -107,9 +119,10 @@ def _raise_if_failed(report: dict, what: str) -> None:
         detail = "; ".join(f"{k}: rel diff {v['rel']:.4f} (limit {v['limit_rel']}), top-1 {v['top1_close']:.2f}, "
                            f"LoRA effect {v['effect']} (limit {v['limit_effect']})" for k, v in bad.items())
         hint = ""
-        if any(v.get("effect") is not None and v["effect"] < v["limit_effect"] for v in bad.values()):
-            hint = (" (the LoRA's change is lost in the re-quantized model.gguf: export with --type q8_0 or f16, "
-                    "or serve the base with adapter.gguf)")
+        lost = any(v.get("effect") is not None and v["effect"] < v["limit_effect"] for v in bad.values())
+        if lost and report.get("type_requested") == "base":
+            hint = (" (the LoRA's change is lost in the re-quantized model.gguf: export with --type auto, q8_0 "
+                    "or f16, or serve the base with adapter.gguf)")
         raise LorekitError(f"export verification failed: {detail}{hint}; {what}")
 
 
@@ -166,11 +179,11 @@ def chat_template(family: str) -> str:
 
 
 def _verify(export_dir: Path, base_gguf: Path, family: str, model: str, hf_dir: Path | None,
-            adapter_dir: Path, cfg: ExportConfig) -> dict:
+            adapter_dir: Path, cfg: ExportConfig, token_rows: list[int] | None) -> dict:
     from lorekit.export.verify import verify
 
     reference = torch_reference(model, hf_dir, adapter_dir) if cfg.check_torch else None
-    return verify(export_dir, base_gguf, family, reference, cfg.verify_prompts)
+    return verify(export_dir, base_gguf, family, reference, cfg.verify_prompts, token_rows)
 
 
 def torch_reference(model: str, hf_dir: Path | None, adapter_dir: Path):
@@ -190,17 +203,32 @@ def torch_reference(model: str, hf_dir: Path | None, adapter_dir: Path):
 
         base = load_model(model)[0]
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    rows = _token_row_layers(model)
 
     def last(seqs: list[list[int]]):
         return [model(torch.tensor([seq])).logits[0, -1].float().numpy() for seq in seqs]
 
-    def logits(ids: list[list[int]]):
+    def logits(ids: list[list[int]]) -> dict:
         with torch.no_grad():
-            adapted = last(ids)  # PEFT's unmerged forward: the same sum as a merge, in float32
+            out = {"adapted": last(ids)}  # PEFT's unmerged forward: the same sum as a merge, in float32
+            if rows:
+                trained = [layer.trainable_tokens_delta["default"].data.clone() for layer in rows]
+                for layer in rows:  # PEFT's "delta" holds the rows' values; the originals restore the base
+                    layer.trainable_tokens_delta["default"].data.copy_(layer.trainable_tokens_original["default"])
+                out["lora_only"] = last(ids)
+                for layer, values in zip(rows, trained, strict=True):
+                    layer.trainable_tokens_delta["default"].data.copy_(values)
             with model.disable_adapter():
-                return adapted, last(ids)
+                out["base"] = last(ids)
+        return out
 
     return logits
+
+
+def _token_row_layers(model) -> list:
+    """PEFT's trained-token layers that hold their own rows (a tied output layer follows the embedding's)."""
+    return [m for m in model.modules()
+            if "default" in getattr(m, "trainable_tokens_delta", {}) and "default" in getattr(m, "trainable_tokens_original", {})]
 
 
 def describe_files(folder: Path) -> dict:

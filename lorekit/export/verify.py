@@ -9,8 +9,13 @@ Figures per comparison (next-token logits at the end of each prompt, same token 
   alone) and what it changes in PyTorch (merged minus base): 1 = the same change, ~0 = the LoRA is
   missing or another one. On a quantized file the re-rounding of the merged weights is the same
   size as a small LoRA's effect, so this is the figure that still tells them apart.
-Limits depend on the weight type: float files must agree closely, quantized ones within what the
-quantization costs.
+Limits depend on the least precise type among the tensors that differ from the base GGUF (the
+others are the very weights PyTorch runs): float types must agree closely, quantized ones within what
+the quantization costs.
+Besides the plain prompts, two prompts exercise the chat format's own tokens: one ends right after
+an answer (the next token should be the end-of-turn token) and one holds a whole earlier exchange.
+Trained token rows (the embeddings of those tokens) thus show in the figures, and `end_of_turn`
+records that token's logit on the answer prompt in each run.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ PROMPTS = [
     "What year was the long winter?",
 ]
 
+# (question, answer): the answer prompt stops after the answer; the two-turn prompt holds the exchange
+EXCHANGE = ("Who leads the Ash Guild?", "Mara Vell leads the Ash Guild.")
+
 # relative max-difference limit and minimum top1_close per weight type of the file llama.cpp runs
 # Even with f32 weights llama.cpp differs from PyTorch: its CPU GELU reads an f16 table and its KV
 # cache is f16. On random tiny Gemma 4 models that reaches rel 0.03 (emulating the f16 GELU in
@@ -49,8 +57,9 @@ PROMPTS = [
 LIMITS = {"f32": (0.05, 1.0, 0.9), "f16": (0.08, 1.0, 0.9), "bf16": (0.1, 1.0, 0.85), "q8_0": (0.12, 1.0, 0.85)}
 QUANTIZED_LIMIT = (0.35, 0.75, 0.5)  # Q4_K_M and friends: re-quantizing the merged weights costs this much
 
-# ids -> (logits with the LoRA, logits of the base model), last position of each prompt
-TorchLogits = Callable[[list[list[int]]], tuple[list[np.ndarray], list[np.ndarray]]]
+# ids -> {"adapted": with the adapter, "base": without it, "lora_only": with the LoRA but the base's token
+# rows (only when the adapter has trained rows)}: logits at the last position of each prompt
+TorchLogits = Callable[[list[list[int]]], dict[str, list[np.ndarray]]]
 
 
 @dataclass
@@ -89,8 +98,13 @@ def read_back(path: Path, expect_type: str, arch: str) -> dict:
 
 
 def prompts_for(family: str, n: int) -> list[str]:
+    """`n` plain prompts, then the answer prompt and the two-turn prompt."""
     fmt = chat_formats.get(family)
-    return [fmt.render([{"role": "user", "content": p}], add_generation_prompt=True) for p in PROMPTS[:n]]
+    plain = [fmt.render([{"role": "user", "content": p}], add_generation_prompt=True) for p in PROMPTS[:n]]
+    asked = [{"role": "user", "content": EXCHANGE[0]}]
+    answered = fmt.render(asked, add_generation_prompt=True) + EXCHANGE[1]
+    exchange = [*asked, {"role": "assistant", "content": EXCHANGE[1]}, {"role": "user", "content": PROMPTS[5]}]
+    return [*plain, answered, fmt.render(exchange, add_generation_prompt=True)]
 
 
 @contextlib.contextmanager
@@ -152,15 +166,32 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / norm) if norm > 0 else 0.0
 
 
-def limit_for(gguf_path: Path) -> tuple[float, float, float]:
-    ftype = int(GGUFFile.open(gguf_path).get("general.file_type", 1))
-    name = {0: "f32", 1: "f16", 32: "bf16", 7: "q8_0"}.get(ftype)
+def limit_for(gguf_path: Path, base_path: Path | None = None) -> tuple[float, float, float]:
+    """Limits for the least precise weight type in the file; with `base_path`, among the tensors that
+    differ from the base only (untouched tensors are the very weights PyTorch dequantized)."""
+    import gguf
+
+    g = GGUFFile.open(gguf_path)
+    base = GGUFFile.open(base_path).tensors if base_path else {}
+    T = gguf.GGMLQuantizationType
+    types = [t.tensor_type for name, t in g.tensors.items() if len(t.shape) >= 2 and not _same(t, base.get(name))]
+    types = types or [t.tensor_type for t in g.tensors.values() if len(t.shape) >= 2]
+    worst = min(types, key=lambda q: gguf.GGML_QUANT_SIZES[q][1] / gguf.GGML_QUANT_SIZES[q][0])
+    name = {T.F32: "f32", T.F16: "f16", T.BF16: "bf16", T.Q8_0: "q8_0"}.get(worst)
     return LIMITS[name] if name else QUANTIZED_LIMIT
 
 
+def _same(tensor, other) -> bool:
+    return (other is not None and other.tensor_type == tensor.tensor_type
+            and np.array_equal(np.asarray(tensor.data), np.asarray(other.data)))
+
+
 def verify(export_dir: Path, base_gguf: Path, family: str, torch_logits: TorchLogits | None,
-           n_prompts: int = 4) -> dict:
-    """Run every check on `export_dir` (model.gguf, adapter.gguf); returns the figures for export.json."""
+           n_prompts: int = 4, token_rows: list[int] | None = None) -> dict:
+    """Run every check on `export_dir` (model.gguf, adapter.gguf); returns the figures for export.json.
+    `token_rows`: the adapter's trained token ids, which model.gguf has and adapter.gguf cannot."""
+    from lorekit.export.lora_gguf import TOKEN_ROWS_NOT_IN_ADAPTER
+
     model, adapter = export_dir / "model.gguf", export_dir / "adapter.gguf"
     arch = GGUFFile.open(base_gguf).arch
     report: dict = {"read_back": {"model.gguf": read_back(model, "model", arch)}}
@@ -175,8 +206,8 @@ def verify(export_dir: Path, base_gguf: Path, family: str, torch_logits: TorchLo
     texts = prompts_for(family, max(1, min(n_prompts, len(PROMPTS))))
     with llama(model) as llm:
         ids = tokenize(llm, texts)
-        merged = llama_logits(llm, ids)
-    runs = {"model.gguf": merged}
+        eot = tokenize(llm, [chat_formats.get(family).end_of_turn])[0]
+        runs = {"model.gguf": llama_logits(llm, ids)}
     with llama(base_gguf) as llm:
         plain = llama_logits(llm, ids)
     if adapter.is_file():
@@ -184,21 +215,44 @@ def verify(export_dir: Path, base_gguf: Path, family: str, torch_logits: TorchLo
             runs["base+adapter.gguf"] = llama_logits(llm, ids)
     report["prompts"] = len(ids)
     report["prompt_tokens"] = [len(s) for s in ids]
-    checks = {}
-    if torch_logits is not None:
-        ref, ref_base = torch_logits(ids)
-        lim = limit_for(model)
-        checks["model.gguf vs torch"] = (compare(ref, merged, lim[0], ref_base, plain), lim)
-        if "base+adapter.gguf" in runs:
-            lim = limit_for(base_gguf)
-            checks["base+adapter.gguf vs torch"] = (
-                compare(ref, runs["base+adapter.gguf"], lim[0], ref_base, plain), lim)
-    elif "base+adapter.gguf" in runs:
-        # no PyTorch model: the two llama.cpp routes must still agree with each other
-        lim = max(limit_for(model), limit_for(base_gguf))
-        checks["model.gguf vs base+adapter.gguf"] = (
-            compare(runs["base+adapter.gguf"], merged, lim[0], plain, plain), lim)
+    if token_rows:
+        report["token_rows"] = token_rows
+        if adapter.is_file():
+            report["notes"] = [TOKEN_ROWS_NOT_IN_ADAPTER]
+    ref = torch_logits(ids) if torch_logits is not None else None
+    checks = _comparisons(runs, plain, ref, model, base_gguf, bool(token_rows))
     report["comparisons"] = {k: {**c.as_dict(), "limit_rel": lim[0], "limit_top1_close": lim[1],
                                  "limit_effect": lim[2], "passed": c.passed(lim)} for k, (c, lim) in checks.items()}
+    if len(eot) == 1:
+        report["end_of_turn"] = _end_of_turn(eot[0], {**runs, "base.gguf": plain}, ref)
     report["passed"] = all(c["passed"] for c in report["comparisons"].values())
     return report
+
+
+def _comparisons(runs: dict, plain: list, ref: dict | None, model: Path, base_gguf: Path,
+                 has_rows: bool) -> dict[str, tuple[Comparison, tuple]]:
+    checks = {}
+    if ref is not None:
+        lim = limit_for(model, base_gguf)
+        checks["model.gguf vs torch"] = (compare(ref["adapted"], runs["model.gguf"], lim[0], ref["base"], plain), lim)
+        if "base+adapter.gguf" in runs:
+            # adapter.gguf cannot hold trained token rows: compare it with the LoRA alone
+            key, want = (("base+adapter.gguf vs torch (LoRA only)", ref["lora_only"]) if has_rows
+                         else ("base+adapter.gguf vs torch", ref["adapted"]))
+            lim = limit_for(base_gguf)
+            checks[key] = (compare(want, runs["base+adapter.gguf"], lim[0], ref["base"], plain), lim)
+    elif "base+adapter.gguf" in runs and not has_rows:
+        # no PyTorch model: the two llama.cpp routes must still agree with each other
+        lim = max(limit_for(model, base_gguf), limit_for(base_gguf))
+        checks["model.gguf vs base+adapter.gguf"] = (
+            compare(runs["base+adapter.gguf"], runs["model.gguf"], lim[0], plain, plain), lim)
+    return checks
+
+
+def _end_of_turn(token: int, runs: dict, ref: dict | None) -> dict:
+    """On the answer prompt (second to last): the end-of-turn token's logit and whether it is the pick."""
+    rows = {name: logits[-2] for name, logits in runs.items()}
+    if ref is not None:
+        rows = {"torch": ref["adapted"][-2], "torch base": ref["base"][-2], **rows}
+    return {"token": token, **{name: {"logit": round(float(r[token]), 4), "top1": bool(int(np.argmax(r)) == token)}
+                               for name, r in rows.items()}}
