@@ -110,7 +110,29 @@ def test_general_agreement_and_reference():
     forgot = general.score("What is the capital of France?", ("Paris",), "Paris.", "The Ash Guild, traveler.", 0.5)
     assert not forgot["agree"] and forgot["base_correct"] and not forgot["tuned_correct"]
     s = general.summarize([agree, forgot])
-    assert s["agreement"] == 0.5 and s["kept"] == 0.5 and s["questions"] == 2
+    assert s["agreement"] == 0.5 and s["kept"] == 0.5 and s["questions"] == 2 and s["base_echoes"] == 0
+
+
+def test_forgetting_ignores_a_base_model_that_echoes_the_question():
+    q, refs = "What is the capital of France?", ("Paris",)
+    echo = general.score(q, refs, "What is the capital of France? What is the capital", "Paris, traveler.", 0.5)
+    assert echo["base_echo"] and not echo["agree"]
+    s = general.summarize([echo] * 6)
+    assert s["base_echoes"] == 6 and s["agreement"] is None
+    assert general.forgetting(s) is None  # nothing to compare with: no verdict of forgetting
+    drift = general.score(q, refs, "France's capital city is Paris.", "The Ash Guild, traveler.", 0.5)
+    assert not drift["base_echo"]
+    assert "agrees with the base model on only 0%" in general.forgetting(general.summarize([echo, drift]))
+
+
+def test_forgetting_uses_kept_when_the_base_knows_enough():
+    q, refs = "What is the capital of France?", ("Paris",)
+    kept = general.score(q, refs, "Paris.", "It is Paris, of course.", 0.9)  # disagrees in wording only
+    assert not kept["agree"] and kept["tuned_correct"]
+    assert general.forgetting(general.summarize([kept] * general.MIN_KNOWN)) is None
+    lost = general.score(q, refs, "Paris.", "The Ash Guild.", 0.5)
+    s = general.summarize([kept] * 2 + [lost] * 4)
+    assert "still answers only 33%" in general.forgetting(s)
 
 
 def test_builtin_general_set_is_small_and_answerable():

@@ -1,14 +1,20 @@
 """A small built-in set of general questions: did fine-tuning on lore make the model forget the world?
 
-The headline figure is reference-free: the share of questions where the tuned model's answer still
-agrees with the base model's answer (content-word overlap F1 >= a threshold). Each question also
-carries accepted reference answers, reported beside it so a reader can see whether the base model
-knew the answer in the first place (a 270M base model often does not).
+Two figures, and `forgetting()` picks the one that means something for this base model:
+- **kept**: of the questions the base model answered correctly (it states a reference answer), the
+  share the tuned model still answers correctly. Used when the base knew at least MIN_KNOWN answers.
+- **agreement** (reference-free): the share where the tuned answer still agrees with the base answer
+  (content-word overlap F1 >= a threshold), counted only over base answers that are not mere echoes
+  of the question: a base (not instruction-tuned) model often just repeats the question, and a tuned
+  model that answers instead would otherwise read as "forgetting".
 """
 
 from __future__ import annotations
 
 from lorekit.evaluate import metrics
+
+MIN_KNOWN = 5  # base answers needed before "kept" is trusted over "agreement"
+ECHO_NEW = 0.2  # a base answer with fewer new content words than this share echoes the question
 
 # (question, accepted answers)
 QUESTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -53,19 +59,49 @@ def score(question: str, accepted: tuple[str, ...], base: str, tuned: str, thres
         "tuned": tuned,
         "f1": round(f1, 3),
         "agree": f1 >= threshold,
+        "base_echo": echoes(base, question),
         "base_correct": knows(base, accepted),
         "tuned_correct": knows(tuned, accepted),
     }
 
 
+def echoes(reply: str, question: str) -> bool:
+    """True when the reply adds (almost) no content word that the question did not already have."""
+    words = metrics.content_words(reply)
+    if not words:
+        return True
+    asked = set(metrics.content_words(question))
+    return sum(w not in asked for w in words) / len(words) < ECHO_NEW
+
+
 def summarize(rows: list[dict]) -> dict:
     n = len(rows)
+    answered = [r for r in rows if not r.get("base_echo")]
     return {
         "questions": n,
-        "agreement": metrics.share(sum(r["agree"] for r in rows), n),
+        "base_echoes": n - len(answered),
+        # over the questions the base model answered rather than echoed
+        "agreement": metrics.share(sum(r["agree"] for r in answered), len(answered)),
         "base_correct": metrics.share(sum(r["base_correct"] for r in rows), n),
         "tuned_correct": metrics.share(sum(r["tuned_correct"] for r in rows), n),
         # of the questions the base model got right, the share the tuned model still gets right
         "kept": metrics.share(sum(r["tuned_correct"] for r in rows if r["base_correct"]),
                               sum(r["base_correct"] for r in rows)),
     }
+
+
+def forgetting(summary: dict | None) -> str | None:
+    """A sentence when the general questions show forgetting, else None (see the module docstring)."""
+    if not summary:
+        return None
+    known = round((summary.get("base_correct") or 0) * summary["questions"])
+    kept = summary.get("kept")
+    if known >= MIN_KNOWN and kept is not None:
+        if kept < 0.6:
+            return (f"of the {known} general questions the base model answered correctly, the tuned model "
+                    f"still answers only {kept:.0%}")
+        return None
+    agreement = summary.get("agreement")
+    if agreement is not None and agreement < 0.5:
+        return f"the tuned model agrees with the base model on only {agreement:.0%} of general questions"
+    return None

@@ -23,8 +23,10 @@ def figures(summary: dict) -> list[tuple[str, float | None, float | None, str, s
     gen = summary.get("general")
     if gen:
         n = gen["questions"]
-        out.append(("General: tuned agrees with base", None, gen["agreement"], "", f"of {n}",
-                    "general questions whose tuned answer keeps the base answer's content (word-overlap F1)"))
+        asked = n - gen.get("base_echoes", 0)
+        out.append(("General: tuned agrees with base", None, gen["agreement"], "", f"of {asked}",
+                    "general questions whose tuned answer keeps the base answer's content (word-overlap F1); "
+                    f"{gen.get('base_echoes', 0)} base answers only echoed the question and are left out"))
         out.append(("General: correct", gen["base_correct"], gen["tuned_correct"], f"of {n}", f"of {n}",
                     "answer contains the reference answer"))
     return out

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorekit.evaluate import data, metrics
+from lorekit.evaluate import data, general, metrics
 from lorekit.evaluate.config import EvalConfig
 
 MODELS = ("base", "tuned")
@@ -141,13 +141,13 @@ def verdict(summary: dict, rows: list[dict]) -> dict:
         shown = ", ".join(missed[:8]) + (f" and {len(missed) - 8} more" if len(missed) > 8 else "")
         advice.append(f"More phrasings (or aliases) for these facts, missed in every phrasing asked: {shown}.")
     rep, ref = t["repetition"]["share"], summary.get("repetition_reference") or 0.0
-    gen = (summary.get("general") or {}).get("agreement")
+    forgot = general.forgetting(summary.get("general"))
     over = []
     if rep is not None and rep > max(0.3, ref + 0.15):
         over.append(f"{rep:.0%} of tuned replies repeat {summary['repeat_words']}+ words of training answers "
                     f"(the dataset's own answers: {ref:.0%})")
-    if gen is not None and gen < 0.5:
-        over.append(f"the tuned model agrees with the base model on only {gen:.0%} of general questions")
+    if forgot:
+        over.append(forgot)
     if over:
         status = "over-trained" if status == "good" else status + ", over-trained"
         advice.append("Signs of over-training: " + "; ".join(over) + ". Train fewer epochs (or lower the "
