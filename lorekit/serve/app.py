@@ -70,6 +70,9 @@ class App:
         if not is_loopback(cfg.host) and not cfg.token:
             raise LorekitError(f"--host {cfg.host} is not a loopback address: set --token (or [serve] token) "
                                "so only your game can talk to the server")
+        if cfg.retrain and cfg.model:
+            raise LorekitError(f"--retrain writes OUT/export/model.gguf, but --model {cfg.model} would be served "
+                               "instead of it: drop --model (or [serve] model)")
         self.cfg, self.lore_dir, self.out = cfg, Path(lore_dir), Path(out)
         self.lore = Lore(self.lore_dir)
         self.sessions = SessionStore(self.out / "serve" / "sessions", cfg.history_max_turns)
