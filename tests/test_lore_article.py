@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from lorekit.compile import load_config, run
-from lorekit.lore import load_vault
+from lorekit.lore import facts_of, load_vault
 from lorekit.lore.article import Article, article_names, name_in
 
 PAGES = {
     "places/The Salt Gate.md": "---\ntype: location\n---\n# The Salt Gate\n\nThe Salt Gate is the harbour entrance.\n",
     "places/The Hague.md": "---\ntype: location\narticle_in_name: true\n---\n# The Hague\n\nThe Hague is a city of courts.\n",
     "people/Ilsa Brand.md": "---\ntype: character\nresidence: \"[[The Salt Gate]]\"\nlocation: \"[[The Hague]]\"\n"
+                            "npc:\n  voice: Curt.\n  greeting: Papers.\n  knows: [\"*\"]\n"
                             "---\n# Ilsa Brand\n\nIlsa Brand keeps the gate. She sails to The Hague each spring.\n",
     "people/Bram Holt.md": "---\ntype: character\nresidence: \"[[The Hague]]\"\n---\n# Bram Holt\n\nBram Holt is a judge.\n",
     "items/Brass Key.md": "---\ntype: item\nlocation: \"[[The Salt Gate]]\"\n---\n# Brass Key\n\nThe Brass Key opens the gate.\n",
@@ -31,10 +32,13 @@ def write_vault(root: Path, pages: dict[str, str] = PAGES) -> Path:
     return root
 
 
-def qa(out: Path) -> list[tuple[str, str, dict]]:
-    rows = [json.loads(line) for name in ("train.jsonl", "eval.jsonl")
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for name in ("train.jsonl", "eval.jsonl")
             for line in (out / "dataset" / name).read_text(encoding="utf-8").splitlines()]
-    return [(r["conversations"][-2]["value"], r["conversations"][-1]["value"], r["meta"]) for r in rows]
+
+
+def qa(out: Path) -> list[tuple[str, str, dict]]:
+    return [(r["conversations"][-2]["value"], r["conversations"][-1]["value"], r["meta"]) for r in _rows(out)]
 
 
 @pytest.mark.parametrize("text, want", [
@@ -68,7 +72,7 @@ def test_article_in_name_must_be_a_boolean(tmp_path):
 
 def test_compiled_rows_follow_the_rule(tmp_path):
     out = tmp_path / "out"
-    run(write_vault(tmp_path / "vault"), out, load_config(tmp_path / "vault"))
+    run(write_vault(tmp_path / "vault"), out, load_config(tmp_path / "vault", {"multi_turn": 12}))
     rows = qa(out)
     answers = [a for _, a, _ in rows]
     assert "Ilsa Brand lives in the Salt Gate." in answers
@@ -78,7 +82,15 @@ def test_compiled_rows_follow_the_rule(tmp_path):
     assert "She sails to The Hague each spring." in " ".join(answers)  # prose keeps a flagged name
     for q, a, meta in rows:
         assert " The Salt Gate" not in q and ". The Watch" not in a.replace("The Watch never", "")
-        assert all(name_in(v, a) for v in meta["expect"]), (q, a, meta)
+        assert meta["kind"] == "multi_turn" or all(name_in(v, a) for v in meta["expect"]), (q, a, meta)
+    # every row, multi-turn ones too, expects each value its answers state in either form
+    facts = {f.id: f for f in facts_of(load_vault(tmp_path / "vault"))}
+    multi = [r for r in _rows(out) if r["meta"]["kind"] == "multi_turn"]
+    assert multi
+    for r in _rows(out):
+        said = " ".join(t["value"] for t in r["conversations"] if t["from"] == "gpt")
+        stated = {v for fid in r["meta"]["facts"] for v in facts[fid].expect if name_in(v, said)}
+        assert stated <= set(r["meta"]["expect"]), r
     salt = [m for _, _, m in rows if m["facts"] == ["ilsa-brand.residence"]]
     assert salt and all(m["expect"] == ["The Salt Gate"] for m in salt)  # expect keeps the page's name
 
@@ -102,6 +114,6 @@ def test_reverse_location_is_asked_by_what_is_there(tmp_path):
     people = [(q, a) for q, a, m in rows if m["facts"] == ["the-hague.rev.location"]]
     things = [(q, a) for q, a, m in rows if m["facts"] == ["the-salt-gate.rev.location"]]
     assert people and all(q.startswith("Who") or q.startswith("Whom") or q.startswith("Name someone") for q, _ in people)
-    assert all(a == "Ilsa Brand can be found at The Hague." for _, a in people)
+    assert all(a.endswith("can be found at The Hague.") for _, a in people), people
     assert things and not [q for q, _ in things if q.startswith("Who")]
     assert all(a == "Brass Key is kept at the Salt Gate." for _, a in things), things

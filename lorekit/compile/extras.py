@@ -8,6 +8,7 @@ from lorekit.compile.dataset import Builder, Rows, make_row, meta, split
 from lorekit.compile.names import invent
 from lorekit.compile.templates import TemplateFailure
 from lorekit.lore import Fact
+from lorekit.lore.article import name_in
 from lorekit.persona import npc_view
 
 
@@ -124,7 +125,7 @@ def multi_turn_rows(b: Builder, facts: list[Fact]) -> Rows:
                     turns.append((train_q[rng.randrange(len(train_q))], a))
                     ids.append(fact.id)
                     names.append(b.vault.entities[fact.entity].name)
-                    expect.append([v for v in fact.expect if v in a])
+                    expect.append([v for v in fact.expect if name_in(v, a)])
             except TemplateFailure as e:
                 out.problems.append(b.template_problem(e, npc.page, 0, f"a conversation of NPC `{npc.id}`"))
                 break

@@ -34,7 +34,7 @@ from lorekit.compile.config import CompileConfig
 from lorekit.compile.dataset import Builder
 from lorekit.compile.extras import multi_row, multi_seed
 from lorekit.compile.templates import Templates
-from lorekit.lore.article import article_names
+from lorekit.lore.article import article_names, name_in
 from lorekit.lore.facts import Fact, entity_facts
 from lorekit.lore.links import parse_value, resolve_target
 from lorekit.lore.model import RESERVED, Entity
@@ -313,7 +313,7 @@ def _multi_line(builder: Builder, cfg: CompileConfig, state: dict, npc_id: str, 
             fact = rendered[fid]
             answer = builder.answer(builder.template_for(fact), builder.context(fact), npc_id,
                                     multi_seed(builder, npc_id, c, fact))
-            part = [v for v in fact.expect if v in answer]
+            part = [v for v in fact.expect if name_in(v, answer)]
         new_turns.append((question, answer))
         expect.append(part)
         stored.append((fid, question, answer, part))
