@@ -11,14 +11,23 @@ Copy this one file into your game or tool. It speaks runtime/PROTOCOL.md over a 
         print(done["text"], done["timings"])
 
 It is synchronous and single-threaded: events for other requests that arrive while you wait are
-kept and handed out when you ask for them; server notifications (`reloaded`, `reload_error`) go to
-`on_notification` and to the `notifications` list.
+kept and handed out when you ask for them; server notifications (`reloaded`, `reload_error`, and
+connection notices such as `shutting_down`) go to `on_notification` and to the `notifications` list.
+
+Reconnecting (on by default, like the Godot, Unity and Lua clients): when the connection drops (the
+server restarted, the player's game was paused for long), every request in flight ends exactly once
+with an `error` event of code `disconnected`, `on_disconnected(reason)` is called, and the next call
+that talks to the server connects again (back-off 0.5 s doubling to 5 s, for up to `timeout`
+seconds), says hello and calls `on_connected(hello)`. Requests that change nothing (list_npcs, ping,
+status, reset) are sent again once; a turn is not (the player's line may have reached the server).
+`connect(retry_for=60)` waits for a server that is not up yet.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import select
 import socket
 import time
 from collections import defaultdict, deque
@@ -28,6 +37,7 @@ from typing import Any
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 7861
 FINAL = ("done", "error")
+IDEMPOTENT = ("list_npcs", "ping", "status", "reset")  # safe to send again after a reconnect
 
 
 class LoreKitError(Exception):
@@ -41,30 +51,106 @@ class LoreKitError(Exception):
 class LoreKitClient:
     def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None,
                  timeout: float = 120.0, client: str = "lorekit_client.py",
-                 on_notification: Callable[[dict], None] | None = None):
+                 on_notification: Callable[[dict], None] | None = None, reconnect: bool = True,
+                 reconnect_min: float = 0.5, reconnect_max: float = 5.0,
+                 on_disconnected: Callable[[str], None] | None = None,
+                 on_connected: Callable[[dict], None] | None = None):
         self.host, self.port, self.token, self.timeout, self.client = host, port, token, timeout, client
-        self.on_notification = on_notification
+        self.on_notification, self.on_disconnected, self.on_connected = on_notification, on_disconnected, on_connected
+        self.reconnect, self.reconnect_min, self.reconnect_max = reconnect, reconnect_min, reconnect_max
         self.notifications: list = []
         self.server_info: dict = {}
+        self.reconnects = 0
         self._sock: socket.socket | None = None
         self._buf = b""
         self._pending: dict = defaultdict(deque)  # id -> events not yet consumed
+        self._inflight: dict = {}  # id -> request type: sent, final event not received yet
+        self._lost: list = []  # (id, reason): requests the dropped connection took down, not yet reported
+        self._wanted = False  # connect() was called and close() was not: reconnect after a drop
+        self._last_reason = ""
         self._ids = itertools.count(1)
 
     # -- connection ---------------------------------------------------------------------------
 
-    def connect(self) -> LoreKitClient:
+    def connect(self, retry_for: float = 0.0) -> LoreKitClient:
+        """Connect and say hello; with `retry_for`, keep trying that many seconds (server not up yet).
+        Raises OSError when no server answers, LoreKitError("unauthorized") for a wrong token."""
+        self._wanted = True
+        deadline, delay = time.monotonic() + retry_for, self.reconnect_min
+        while True:
+            try:
+                self._open()
+                return self
+            except OSError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max)
+
+    def _open(self) -> None:
+        self._drop_socket()
         self._sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server_info = self.hello()
-        return self
+        try:
+            self.server_info = self.hello()
+        except LoreKitError as e:
+            if e.code == "disconnected":  # closed during hello (the server is stopping): try again
+                raise ConnectionError(e.message) from None
+            if e.code == "unauthorized":
+                self._wanted = False  # a wrong token will not get better: no reconnect loop
+            self._drop_socket()
+            raise
+        except OSError:
+            self._drop_socket()
+            raise
+        if self.on_connected:
+            self.on_connected(self.server_info)
 
-    def close(self) -> None:
+    def _reconnect(self) -> None:
+        """Connect again after a drop, with back-off, for up to `timeout` seconds."""
+        self.reconnects += 1
+        try:
+            self.connect(retry_for=self.timeout)
+        except OSError as e:
+            raise ConnectionError(f"could not reconnect to {self.host}:{self.port} ({e})") from None
+
+    def _drop_socket(self) -> None:
         if self._sock:
             try:
                 self._sock.close()
             finally:
                 self._sock = None
+
+    def _connection_lost(self, reason: str) -> None:
+        """The socket is gone: requests in flight end once each (after any events already received)."""
+        self._drop_socket()
+        self._buf = self._buf[: self._buf.rfind(b"\n") + 1]  # complete lines still count; a partial one not
+        self._lost += [(rid, reason) for rid in self._inflight]
+        self._inflight.clear()
+        self._last_reason = reason
+        if self.on_disconnected:
+            self.on_disconnected(reason)
+
+    def _check_alive(self) -> None:
+        """Before sending: notice a connection the server closed meanwhile (read what is waiting)."""
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    self._connection_lost("the server closed the connection")
+                else:
+                    self._buf += chunk
+        except (OSError, ValueError) as e:
+            self._connection_lost(f"connection lost ({e})")
+
+    def close(self) -> None:
+        """Close for good (no reconnect)."""
+        self._wanted = False
+        self._drop_socket()
 
     def __enter__(self) -> LoreKitClient:
         return self.connect() if self._sock is None else self
@@ -78,21 +164,50 @@ class LoreKitClient:
         return f"r{next(self._ids)}"
 
     def send(self, message: dict) -> None:
+        self._check_alive()
         if self._sock is None:
-            raise ConnectionError("not connected; call connect() first")
-        self._sock.sendall(json.dumps(message, ensure_ascii=False).encode("utf-8") + b"\n")
+            if not (self._wanted and self.reconnect):
+                raise ConnectionError("not connected; call connect() first")
+            self._reconnect()
+        data = json.dumps(message, ensure_ascii=False).encode("utf-8") + b"\n"
+        if message.get("type") != "cancel" and "id" in message:
+            self._inflight[message["id"]] = message.get("type")
+        try:
+            self._sock.sendall(data)
+        except OSError as e:
+            self._connection_lost(f"send failed ({e})")
 
     def recv(self, timeout: float | None = None) -> dict:
-        """The next event from the server, whatever request it belongs to."""
-        assert self._sock is not None, "not connected"
-        self._sock.settimeout(self.timeout if timeout is None else timeout)
+        """The next event from the server, whatever request it belongs to. After a drop: the events
+        already received, then one `disconnected` error per request in flight, then ConnectionError."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while b"\n" not in self._buf:
-            chunk = self._sock.recv(65536)
+            if self._lost:
+                rid, reason = self._lost.pop(0)
+                return {"type": "error", "id": rid, "code": "disconnected", "message": reason}
+            if self._sock is None:
+                raise ConnectionError(self._last_reason or "not connected")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("timed out")
+            self._sock.settimeout(left)
+            try:
+                chunk = self._sock.recv(65536)
+            except socket.timeout:
+                raise
+            except OSError as e:
+                self._connection_lost(f"connection lost ({e})")
+                continue
             if not chunk:
-                raise ConnectionError("the server closed the connection")
+                self._connection_lost("the server closed the connection")
+                continue
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)
+        event = json.loads(line)
+        rid = event.get("id")
+        if rid in self._inflight and (self._inflight[rid] != "turn" or event.get("type") in FINAL):
+            del self._inflight[rid]
+        return event
 
     def next_event(self, rid: Any, timeout: float | None = None) -> dict:
         """The next event for request `rid`; events of other requests are kept for later."""
@@ -101,8 +216,11 @@ class LoreKitClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"no event for request {rid!r}")
-            event = self.recv(left)
-            if event.get("id") is None and event.get("type") != "error":
+            try:
+                event = self.recv(left)
+            except socket.timeout:
+                continue
+            if event.get("id") is None:  # notifications and connection notices (shutting_down, idle_timeout)
                 self.notifications.append(event)
                 if self.on_notification:
                     self.on_notification(event)
@@ -114,13 +232,18 @@ class LoreKitClient:
         return event
 
     def request(self, message: dict) -> dict:
-        """Send a request and return its single answer; an `error` answer raises LoreKitError."""
-        message.setdefault("id", self.new_id())
-        self.send(message)
-        event = self.next_event(message["id"])
-        if event["type"] == "error":
-            raise LoreKitError(event["code"], event["message"], event)
-        return event
+        """Send a request and return its single answer; an `error` answer raises LoreKitError. A request
+        that changes nothing is sent once more if the connection dropped before its answer."""
+        for attempt in (1, 2):
+            message["id"] = message.get("id") if attempt == 1 and message.get("id") is not None else self.new_id()
+            self.send(message)
+            event = self.next_event(message["id"])
+            if event["type"] != "error":
+                return event
+            if not (event["code"] == "disconnected" and attempt == 1 and self.reconnect
+                    and message.get("type") in IDEMPOTENT):
+                raise LoreKitError(event["code"], event["message"], event)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- requests -----------------------------------------------------------------------------
 
