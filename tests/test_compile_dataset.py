@@ -248,3 +248,26 @@ def test_patch_replaces_lines_and_keeps_offsets(tmp_path):
     assert (tmp_path / "g.jsonl").read_bytes() == b"".join(expected)
     assert h.hexdigest() == hashlib.sha256(b"".join(expected)).hexdigest()
     assert list(out) == list(_offsets(expected))
+
+
+def test_offsets_stay_right_over_many_patches(tmp_path, monkeypatch):
+    import hashlib
+    import random
+
+    from lorekit.compile.fast import Offsets, _offsets, _patch
+
+    monkeypatch.setattr(Offsets, "FOLD", 5)  # fold often: both the lazy shifts and the folding are used
+    rng = random.Random(7)
+    lines = [f"line {i}\n".encode() for i in range(40)]
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b"".join(lines))
+    offsets = _offsets(lines)
+    pending = []
+    for k in range(12):
+        new = {i: b"x" * rng.randrange(1, 30) + b"\n" for i in rng.sample(range(40), 3)}
+        offsets = _patch(path, offsets, new, hashlib.sha256(), tmp_path / "g.jsonl")
+        (tmp_path / "g.jsonl").replace(path)
+        lines = [new.get(i, line) for i, line in enumerate(lines)]
+        assert list(offsets) == list(_offsets(lines)), k
+        pending.append(len(offsets.shifts))
+    assert 0 in pending and max(pending) > 0  # some patches kept shifts pending, some folded them
