@@ -284,7 +284,7 @@ def bench_reload(lore, root, gguf, threads, rounds, baseline_rev: str | None, pa
             proc, port = serve_process(copy, copy.parent / "out", gguf, threads, src)
             servers[name] = (proc, port, copy)
         npc = "tobin-reedy"
-        for name, (_, port, copy) in servers.items():
+        for _, port, _ in servers.values():
             wait_warm(port)
         clients = {name: lk.LoreKitClient(port=port, timeout=120).connect() for name, (_, port, _) in servers.items()}
         pages = {name: copy / "characters" / "Tobin Reedy.md" for name, (_, _, copy) in servers.items()}

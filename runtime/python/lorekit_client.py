@@ -38,6 +38,7 @@ PROTOCOL_VERSION = 1
 DEFAULT_PORT = 7861
 FINAL = ("done", "error")
 IDEMPOTENT = ("list_npcs", "ping", "status", "reset")  # safe to send again after a reconnect
+SocketTimeout = socket.timeout  # TimeoutError from Python 3.10 on; this file also runs on 3.8
 
 
 class LoreKitError(Exception):
@@ -189,11 +190,11 @@ class LoreKitClient:
                 raise ConnectionError(self._last_reason or "not connected")
             left = deadline - time.monotonic()
             if left <= 0:
-                raise socket.timeout("timed out")
+                raise SocketTimeout("timed out")
             self._sock.settimeout(left)
             try:
                 chunk = self._sock.recv(65536)
-            except socket.timeout:
+            except SocketTimeout:
                 raise
             except OSError as e:
                 self._connection_lost(f"connection lost ({e})")
@@ -218,7 +219,7 @@ class LoreKitClient:
                 raise TimeoutError(f"no event for request {rid!r}")
             try:
                 event = self.recv(left)
-            except socket.timeout:
+            except SocketTimeout:
                 continue
             if event.get("id") is None:  # notifications and connection notices (shutting_down, idle_timeout)
                 self.notifications.append(event)
