@@ -271,3 +271,17 @@ def test_offsets_stay_right_over_many_patches(tmp_path, monkeypatch):
         assert list(offsets) == list(_offsets(lines)), k
         pending.append(len(offsets.shifts))
     assert 0 in pending and max(pending) > 0  # some patches kept shifts pending, some folded them
+
+
+def test_fast_scan_finds_the_pages_load_vault_finds(tmp_path):
+    from lorekit.compile.fast import _scan_stat
+    from lorekit.lore.vault import scan_paths
+
+    vault = tmp_path / "vault"
+    shutil.copytree(VAULT, vault)
+    (vault / "notes.md.bak").write_text("not a page")
+    (vault / "_drafts").mkdir()
+    (vault / "_drafts" / "Draft.md").write_text("---\ntype: lore\n---\n# Draft\n")
+    (vault / "linked").symlink_to(vault / "places", target_is_directory=True)
+    found = sorted((path, rel) for path, rel, _ in _scan_stat(str(vault)))
+    assert found == scan_paths(vault) and len(found) == 7
