@@ -7,6 +7,13 @@ Each case is `lorekit.train.run` in a fresh process (so that Unsloth's patches n
 plain path): wall time counts from that process's start to the saved adapter. Models have random
 weights in the real shapes (speed and memory do not depend on the values). Steady tokens/s is taken
 after the first `--warm` optimizer steps; GPU utilisation is nvidia-smi's mean over the same window.
+
+Cases of backend "trl" are not LoreKit's loop but the naive baseline, what a user following the guide
+without Unsloth writes: transformers + peft + trl's SFTTrainer, one row per sequence, right-padded,
+no packing, no padding-free batches (see `worker_trl`). The naive-vs-Unsloth comparison at equal batch:
+
+    python bench/train_throughput.py --cases g3-1b-trl,g3-1b-unsloth-b8,g3-1b-transformers,g3-1b-unsloth-compiled
+    PYTHONPATH=/tmp/trlsite python3 bench/train_throughput.py --cases tiny-transformers,tiny-trl --out /tmp/t.json  # CPU
 """
 
 from __future__ import annotations
@@ -50,7 +57,25 @@ CASES = {
                                   dict(batch_size=2, grad_accum=4, load_in_4bit=True, gradient_checkpointing=True,
                                        max_steps=10, max_length=1024, compile=True), (100, 1000), 300),
     "tiny-transformers": ("tiny", "transformers", dict(batch_size=4, grad_accum=1, max_steps=8), (64, 80), 300),
+    # The naive baseline (shared GPU README: ~1,070 tokens/s), and Unsloth at the same batch 8 and gradient
+    # checkpointing; Unsloth compiled as it does by default (the README's 3.0x run), and with compilation off
+    # (what `lorekit train` uses unless compile = true).
+    "g3-1b-trl": ("gemma3-1b", "trl",
+                  dict(batch_size=8, grad_accum=1, gradient_checkpointing=True, max_steps=30), (1920, 150), 240),
+    "g3-1b-unsloth-b8": ("gemma3-1b", "unsloth",
+                         dict(batch_size=8, grad_accum=1, load_in_4bit=False, gradient_checkpointing=True,
+                              max_steps=30, compile=True), (1920, 150), 330),
+    "g3-1b-unsloth-b8-nocompile": ("gemma3-1b", "unsloth",
+                                   dict(batch_size=8, grad_accum=1, load_in_4bit=False, gradient_checkpointing=True,
+                                        max_steps=30), (1920, 150), 200),
+    "tiny-trl": ("tiny", "trl", dict(batch_size=4, grad_accum=1, gradient_checkpointing=True, max_steps=8),
+                 (64, 80), 300),
 }
+RATIOS = (("g3-1b-unsloth", "g3-1b-transformers"), ("e2b-4bit-unsloth", "e2b-4bit-transformers"),
+          ("g3-1b-unsloth-compiled", "g3-1b-transformers"), ("e2b-4bit-unsloth-compiled", "e2b-4bit-transformers"),
+          ("g3-1b-unsloth-b8", "g3-1b-trl"), ("g3-1b-unsloth-b8-nocompile", "g3-1b-trl"),
+          ("g3-1b-unsloth-compiled", "g3-1b-trl"), ("g3-1b-transformers", "g3-1b-trl"),
+          ("tiny-transformers", "tiny-trl"))
 
 
 def model_config(shape: str):
@@ -117,8 +142,10 @@ def write_rows(out: Path, tok_dir: Path, count: int, target: int) -> float:
 
 
 def worker(case: str, work: Path, result_file: Path) -> None:
-    """One `lorekit train` run; called in a fresh process."""
+    """One `lorekit train` run (or, for backend "trl", the naive SFTTrainer run); called in a fresh process."""
     shape, backend, overrides, _, _ = CASES[case]
+    if backend == "trl":
+        return worker_trl(case, work, result_file)
     from lorekit.train import run
     from lorekit.train.config import TrainConfig
 
@@ -140,6 +167,153 @@ def worker(case: str, work: Path, result_file: Path) -> None:
               "first_step_at_s": round(steps[0][1] - START, 1) if steps else None,
               "steps_t": steps, "peak_memory_gib": round(mem / 1024, 2), "final_loss": result.train_loss}
     result_file.write_text(json.dumps(record))
+
+
+def sharegpt_to_prompt_completion(conversations: list[dict]) -> dict:
+    """A ShareGPT row as trl's conversational prompt-completion row: the last model turn is the completion,
+    everything before it the prompt. trl then computes the loss on the completion only (its default for
+    prompt-completion data). A row with several model turns would train only its last one."""
+    roles = {"system": "system", "human": "user", "gpt": "assistant"}
+    msgs = [{"role": roles[t["from"]], "content": t["value"]} for t in conversations]
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    return {"prompt": msgs[:last], "completion": [msgs[last]]}
+
+
+def worker_trl(case: str, work: Path, result_file: Path) -> None:
+    """The naive baseline: transformers + peft + trl's SFTTrainer on the same rows file, the way a user
+    following the guide without Unsloth would train. bf16, gradient checkpointing, adamw_8bit on CUDA (fp32
+    and torch AdamW on the CPU); LoRA and schedule from the same `TrainConfig` defaults as LoreKit's loop;
+    no packing, no padding-free batches, no length grouping (trl's defaults). Loss on the model's turn
+    only, through trl's prompt-completion format (`assistant_only_loss` would need `{% generation %}`
+    markers that LoreKit's chat template does not have: trl refuses templates it cannot patch)."""
+    shape, _, overrides, _, _ = CASES[case]
+    import torch
+    import trl
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from lorekit.models import resolve
+    from lorekit.train.config import TrainConfig
+
+    cfg = TrainConfig(model=str(work / f"model-{shape}"), **overrides)
+    cuda = torch.cuda.is_available()
+    out = work / f"out-{case}"
+    progress = result_file.with_suffix(".steps")
+    rows = [json.loads(x) for x in (out / "dataset" / "train.jsonl").read_text().splitlines() if x.strip()]
+    dataset = Dataset.from_list([sharegpt_to_prompt_completion(r["conversations"]) for r in rows])
+    tok = AutoTokenizer.from_pretrained(cfg.model)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.bfloat16 if cuda else torch.float32)
+    if cuda:
+        model = model.to("cuda")
+    args = SFTConfig(
+        output_dir=str(out / "trl"), per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, max_steps=cfg.max_steps, num_train_epochs=1,
+        learning_rate=cfg.lr, lr_scheduler_type=cfg.schedule,
+        warmup_steps=max(1, round(cfg.warmup_ratio * cfg.max_steps)) if cfg.warmup_ratio > 0 else 0,  # as loop.py
+        weight_decay=cfg.weight_decay, max_grad_norm=1.0, seed=cfg.seed,
+        optim="adamw_8bit" if cuda else "adamw_torch", bf16=cuda, fp16=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        max_length=cfg.max_length, packing=False, padding_free=False, completion_only_loss=None,
+        assistant_only_loss=False, logging_steps=1, save_strategy="no", report_to="none",
+        disable_tqdm=True, dataloader_num_workers=0)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
+                      target_modules=list(resolve(cfg.model).lora_targets),
+                      task_type="CAUSAL_LM")
+    steps: list[tuple[int, float, int]] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            tokens = int(trainer._total_train_tokens)  # attention-mask sum: row tokens without padding
+            steps.append((state.global_step, time.time(), tokens))
+            with progress.open("a") as f:
+                f.write(json.dumps([state.global_step, round(time.time() - START, 1), tokens]) + "\n")
+
+    lm_head = cpu_lm_head_stand_in() if not cuda else "trl's fused LM head (Triton), logits at labelled tokens only"
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=lora,
+                         callbacks=[Clock()])
+    trained = trainer.train_dataset
+    labels = [sum(x != -100 for x in r) for r in trained["labels"]]
+    lengths = [len(r) for r in trained["input_ids"]]
+    same = same_tokens_and_labels(tok, cfg, rows, trained)
+    trainer.train()
+    trainer.save_model(str(out / "adapter"))
+    tok.save_pretrained(str(out / "adapter"))
+    wall = time.time() - START
+    if cuda:
+        mem_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        import resource
+
+        mem_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    sample = next(r for r in trained.select(range(1)))
+    record = {"case": case, "backend": "trl", "steps": trainer.state.global_step, "wall_s": round(wall, 1),
+              "first_step_at_s": round(steps[0][1] - START, 1) if steps else None, "steps_t": steps,
+              "peak_memory_gib": round(mem_mb / 1024, 2), "final_loss": losses[-1] if losses else None,
+              "trl": {"version": trl.__version__, "packing": args.packing, "padding_free": args.padding_free,
+                      "loss_on": "completion (the model turn, end-of-turn included)"
+                      if trainer.completion_only_loss else "whole sequence",
+                      "mean_row_tokens": round(sum(lengths) / len(lengths), 1),
+                      "trained_token_share": round(sum(labels) / sum(lengths), 3),
+                      "same_tokens_and_labels_as_lorekit": same,
+                      "first_row_trained_text": tok.decode([x for x in sample["labels"] if x != -100]),
+                      "optim": args.optim, "bf16": args.bf16, "lm_head": lm_head,
+                      "gradient_checkpointing": args.gradient_checkpointing}}
+    result_file.write_text(json.dumps(record))
+
+
+def same_tokens_and_labels(tok, cfg, rows: list[dict], trained) -> dict:
+    """How many of trl's rows hold exactly the token ids, and the trained positions, of LoreKit's own
+    encoding (so that both count and learn the same tokens), e.g. {"ids": "1920/1920", ...}."""
+    from lorekit import chat_formats
+    from lorekit.models import resolve
+    from lorekit.train.data import encode_rows
+
+    ours = encode_rows(tok, chat_formats.get(resolve(cfg.model).family), rows, cfg.max_length)
+    theirs = list(zip(trained["input_ids"], trained["labels"], strict=True))
+    pairs = list(zip(ours, theirs, strict=False))
+    same_ids = sum(list(a.input_ids) == list(ids) for a, (ids, _) in pairs)
+    same_labels = sum(list(a.labels) == list(lab) for a, (_, lab) in pairs)
+    extra = sum(sum(x != -100 for x in lab) - a.n_trainable for a, (_, lab) in pairs)
+    return {"ids": f"{same_ids}/{len(theirs)}", "labels": f"{same_labels}/{len(theirs)}",
+            "trl_extra_trained_tokens_per_row": round(extra / max(len(pairs), 1), 2)}
+
+
+def cpu_lm_head_stand_in() -> str:
+    """trl 1.15 computes its loss through a Triton kernel (log-probs at the labelled tokens only, no full
+    logits), and Triton has no CPU backend: on a CPU-only torch, `SFTTrainer.train()` fails with
+    "'NoneType' object has no attribute 'apply'". For the CPU smoke case only, put in a plain-torch
+    function of the same signature (full logits of the labelled tokens; exact, slow for a big vocabulary).
+    The GPU cases run trl's own kernel."""
+    import torch
+    from trl.trainer import utils
+
+    if getattr(utils, "_ChunkedLogProbFunction", None) is not None:
+        return "trl's fused LM head (Triton), logits at labelled tokens only"
+
+    class PlainLogProbs:
+        @staticmethod
+        def apply(hidden, weight, bias, targets, temperature, chunk_size, softcap=None, logit_scale=1.0,
+                  outputs=("log_probs",)):
+            z = torch.nn.functional.linear(hidden, weight, bias).float() * logit_scale
+            if softcap is not None:
+                z = softcap * torch.tanh(z / softcap)
+            z = z / temperature
+            logp = torch.log_softmax(z, dim=-1)
+            picked = logp.gather(-1, targets[:, None]).squeeze(-1)
+            entropy = -(logp.exp() * logp).sum(-1) if "entropy" in outputs else None
+            sq = torch.logsumexp(2 * logp, dim=-1).detach() if "log_sum_sq_probs" in outputs else None
+            mean = z.mean(-1).detach() if "mean_logits" in outputs else None
+            top1 = (z.argmax(-1) == targets) if "is_top1" in outputs else None
+            return picked, entropy, sq, mean, top1
+
+    utils._ChunkedLogProbFunction = PlainLogProbs
+    return "plain-torch stand-in for trl's Triton LM head (CPU smoke run only)"
 
 
 def gpu_sampler(samples: list, stop: threading.Event) -> None:
@@ -234,9 +408,7 @@ def write_report(path: Path, results: list[dict]) -> dict:
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
               "command": " ".join(["python"] + sys.argv), "results": results}
     by = {r["case"]: r for r in results}
-    for a, b in (("g3-1b-unsloth", "g3-1b-transformers"), ("e2b-4bit-unsloth", "e2b-4bit-transformers"),
-                 ("g3-1b-unsloth-compiled", "g3-1b-transformers"),
-                 ("e2b-4bit-unsloth-compiled", "e2b-4bit-transformers")):
+    for a, b in RATIOS:
         if by.get(a, {}).get("steady_tokens_per_s") and by.get(b, {}).get("steady_tokens_per_s"):
             report[f"ratio_{a}_vs_{b}"] = round(by[a]["steady_tokens_per_s"] / by[b]["steady_tokens_per_s"], 2)
     path.parent.mkdir(parents=True, exist_ok=True)
