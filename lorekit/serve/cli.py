@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help="secret clients must send (required off loopback)")
     parser.add_argument("--model", help="GGUF to serve (default: OUT/export/model.gguf)")
     parser.add_argument("--ctx", dest="n_ctx", type=int, help="context window in tokens (default 4096)")
-    parser.add_argument("--threads", dest="n_threads", type=int, help="CPU threads (default: all)")
+    parser.add_argument("--threads", dest="n_threads", type=int, help="CPU threads (default: half the cores, at least 1)")
     parser.add_argument("--no-watch", action="store_true", help="do not reload when lore or model files change")
     parser.add_argument("--retrain", action="store_true",
                         help="after lore edits, rebuild (compile, train, export) in the background and swap it in")
