@@ -12,7 +12,7 @@ Cases of backend "trl" are not LoreKit's loop but the naive baseline, what a use
 without Unsloth writes: transformers + peft + trl's SFTTrainer, one row per sequence, right-padded,
 no packing, no padding-free batches (see `worker_trl`). The naive-vs-Unsloth comparison at equal batch:
 
-    python bench/train_throughput.py --cases g3-1b-trl,g3-1b-unsloth-b8,g3-1b-transformers,g3-1b-unsloth-compiled
+    python bench/train_throughput.py --cases g3-1b-trl,g3-1b-unsloth-b8,g3-1b-transformers-b8,g3-1b-transformers,g3-1b-unsloth-compiled
     PYTHONPATH=/tmp/trlsite python3 bench/train_throughput.py --cases tiny-transformers,tiny-trl --out /tmp/t.json  # CPU
 """
 
@@ -62,6 +62,9 @@ CASES = {
     # (what `lorekit train` uses unless compile = true).
     "g3-1b-trl": ("gemma3-1b", "trl",
                   dict(batch_size=8, grad_accum=1, gradient_checkpointing=True, max_steps=30), (1920, 150), 240),
+    "g3-1b-transformers-b8": ("gemma3-1b", "transformers",  # LoreKit's loop at trl's settings: loop vs Unsloth
+                              dict(batch_size=8, grad_accum=1, load_in_4bit=False, gradient_checkpointing=True,
+                                   max_steps=30), (1920, 150), 200),
     "g3-1b-unsloth-b8": ("gemma3-1b", "unsloth",
                          dict(batch_size=8, grad_accum=1, load_in_4bit=False, gradient_checkpointing=True,
                               max_steps=30, compile=True), (1920, 150), 330),
@@ -75,6 +78,8 @@ RATIOS = (("g3-1b-unsloth", "g3-1b-transformers"), ("e2b-4bit-unsloth", "e2b-4bi
           ("g3-1b-unsloth-compiled", "g3-1b-transformers"), ("e2b-4bit-unsloth-compiled", "e2b-4bit-transformers"),
           ("g3-1b-unsloth-b8", "g3-1b-trl"), ("g3-1b-unsloth-b8-nocompile", "g3-1b-trl"),
           ("g3-1b-unsloth-compiled", "g3-1b-trl"), ("g3-1b-transformers", "g3-1b-trl"),
+          ("g3-1b-transformers-b8", "g3-1b-trl"), ("g3-1b-unsloth-b8", "g3-1b-transformers-b8"),
+          ("g3-1b-unsloth-b8-nocompile", "g3-1b-transformers-b8"),
           ("tiny-transformers", "tiny-trl"))
 
 
