@@ -241,14 +241,15 @@ def worker_trl(case: str, work: Path, result_file: Path) -> None:
     lm_head = cpu_lm_head_stand_in() if not cuda else "trl's fused LM head (Triton), logits at labelled tokens only"
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=lora,
                          callbacks=[Clock()])
-    trained = trainer.train_dataset
-    labels = [sum(x != -100 for x in r) for r in trained["labels"]]
-    lengths = [len(r) for r in trained["input_ids"]]
-    same = same_tokens_and_labels(tok, cfg, rows, trained)
     trainer.train()
     trainer.save_model(str(out / "adapter"))
     tok.save_pretrained(str(out / "adapter"))
     wall = time.time() - START
+    # checks of what was trained, after the clock stopped
+    trained = trainer.train_dataset
+    labels = [sum(x != -100 for x in r) for r in trained["labels"]]
+    lengths = [len(r) for r in trained["input_ids"]]
+    same = same_tokens_and_labels(tok, cfg, rows, trained)
     if cuda:
         mem_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
