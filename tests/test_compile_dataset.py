@@ -285,3 +285,35 @@ def test_fast_scan_finds_the_pages_load_vault_finds(tmp_path):
     (vault / "linked").symlink_to(vault / "places", target_is_directory=True)
     found = sorted((path, rel) for path, rel, _ in _scan_stat(str(vault)))
     assert found == scan_paths(vault) and len(found) == 7
+
+
+def test_fast_path_rewrites_the_spare_and_a_failed_patch_changes_nothing(tmp_path, monkeypatch):
+    from lorekit.compile import fast
+
+    vault, out = tmp_path / "vault", tmp_path / "out"
+    shutil.copytree(VAULT, vault)
+    run(vault, out, load_config(vault))
+    page = vault / "Ash Guild.md"
+    inodes = []
+    for word in ("owns", "rules", "holds"):
+        page.write_text(page.read_text().replace("controls every kiln", f"{word} every kiln")
+                        .replace("owns every kiln", f"{word} every kiln").replace("rules every kiln", f"{word} every kiln"))
+        assert run(vault, out, load_config(vault)).fast
+        inodes.append((out / "dataset" / "train.jsonl").stat().st_ino)
+    assert inodes[2] == inodes[0] != inodes[1]  # the dataset before the last patch is rewritten in place
+    _same_as_full(tmp_path, vault, out)
+    before = {p.name: p.read_bytes() for p in (out / "dataset").iterdir()}
+
+    def broken(data, offsets, new, h, tmp):  # half a file written, then the disk fills up
+        tmp.write_bytes(b"half")
+        raise OSError("disk full")
+    monkeypatch.setattr(fast, "_patch_view", broken)
+    page.write_text(page.read_text().replace("holds every kiln", "keeps every kiln"))
+    with pytest.raises(OSError):
+        fast.try_fast(vault, out, load_config(vault))
+    assert before == {p.name: p.read_bytes() for p in (out / "dataset").iterdir()}
+    assert not (out / ".cache" / fast.SPARE).exists()
+    monkeypatch.undo()
+    assert run(vault, out, load_config(vault)).fast  # no spare: written afresh, and the next one is kept
+    assert (out / ".cache" / fast.SPARE / "train.jsonl").exists()
+    _same_as_full(tmp_path, vault, out)

@@ -16,6 +16,7 @@ compile from scratch: tests and bench/compile_scale.py check it.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import itertools
@@ -24,8 +25,10 @@ import logging
 import mmap
 import os
 import pickle
+import shutil
 import time
 from array import array
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,7 @@ from lorekit.lore.vault import entity_corpus, entity_from_page
 
 log = logging.getLogger(__name__)
 STATE = "state.pickle"
+SPARE = "spare-dataset"
 VERSION = 5
 MAX_CHANGED = 20
 
@@ -182,7 +186,8 @@ def _patch(path: Path, offsets: Offsets, new: dict[int, bytes], h: Any, tmp: Pat
 def _patch_view(data: memoryview, offsets: Offsets, new: dict[int, bytes], h: Any, tmp: Path) -> Offsets:
     shifts = []
     prev = 0
-    with open(tmp, "wb") as f:
+    # no O_TRUNC: a spare file (see _into_spare) is overwritten in its cached pages, then cut to size
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o644), "wb") as f:
         for i in sorted(new):
             start, end = offsets[i], offsets[i + 1]
             for piece in (data[prev:start], new[i]):
@@ -192,6 +197,7 @@ def _patch_view(data: memoryview, offsets: Offsets, new: dict[int, bytes], h: An
             shifts.append((i + 1, len(new[i]) - (end - start)))
         f.write(data[prev:])
         h.update(data[prev:])
+        f.truncate()
     return offsets.moved(shifts)
 
 
@@ -255,7 +261,7 @@ def _try_fast(lore_dir: Path, out: Path, cfg: CompileConfig) -> tuple[dict, int]
         return None
     train_new, eval_new = patch
     h = hashlib.sha256()
-    with atomic.replace_dir(out / "dataset") as tmp:
+    with _into_spare(out / "dataset", out / ".cache" / SPARE) as tmp:
         for name, new in (("train.jsonl", train_new), ("eval.jsonl", eval_new)):
             state["offsets"][name] = _patch(out / "dataset" / name, state["offsets"][name], new, h, tmp / name)
         report = dict(state["report"], dataset_sha256=h.hexdigest())
@@ -282,6 +288,26 @@ def _scan_stat(root: str) -> list[tuple[str, str, os.stat_result]]:
                 elif e.name.endswith(".md"):
                     out.append((e.path, prefix + e.name, e.stat()))
     return out
+
+
+@contextlib.contextmanager
+def _into_spare(target: Path, spare: Path) -> Iterator[Path]:
+    """Yield the folder to write the next dataset into: the dataset before the last patch, kept as a
+    spare and overwritten in place. Its pages are still in the page cache, and rewriting them costs
+    a fraction of writing new files (measured on these VMs: 0.05 s against 0.8-1.3 s for 184 MB). On
+    success the spare and `target` swap places (two renames, as in atomic.replace_dir); on an error
+    the spare is removed and `target` is untouched. The price: one more copy of the dataset on disk."""
+    spare.mkdir(parents=True, exist_ok=True)
+    try:
+        yield spare
+    except BaseException:
+        shutil.rmtree(spare, ignore_errors=True)
+        raise
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(spare, target)
+    os.replace(old, spare)
 
 
 def _changed_pages(lore_dir: Path, state: dict) -> dict[str, tuple[ParsedPage, bytes]] | None:
