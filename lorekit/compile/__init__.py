@@ -98,10 +98,16 @@ def run(lore_dir: Path | str, out: Path | str, cfg: CompileConfig | None = None)
     h.update(eval_bytes)
     sha = h.hexdigest()
     report = make_report(lore_dir, cfg, built, sha, len(train_lines), len(eval_lines))
-    with atomic.replace_dir(dataset) as tmp:
-        (tmp / "train.jsonl").write_bytes(train_bytes)
-        (tmp / "eval.jsonl").write_bytes(eval_bytes)
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if store is not None:  # with a cache, the dataset before this one is kept and rewritten in place
+        from lorekit.compile.fast import SPARE, into_spare, overwrite
+
+        swap = into_spare(dataset, out / ".cache" / SPARE)
+    else:
+        swap, overwrite = atomic.replace_dir(dataset), _write
+    with swap as tmp:
+        overwrite(tmp / "train.jsonl", train_bytes)
+        overwrite(tmp / "eval.jsonl", eval_bytes)
+        overwrite(tmp / "report.json", (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     if store is not None:
         from lorekit.compile.fast import save_state
 
@@ -113,6 +119,10 @@ def run(lore_dir: Path | str, out: Path | str, cfg: CompileConfig | None = None)
     log.debug("compiled %d train and %d eval rows in %.2f s", len(train_lines), len(eval_lines), wall)
     return CompileResult(out, dataset / "train.jsonl", dataset / "eval.jsonl", dataset / "report.json", report,
                          built.problems, wall, built.rendered)
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
 
 
 def _order(n: int, seed: str) -> list[int]:

@@ -186,7 +186,7 @@ def _patch(path: Path, offsets: Offsets, new: dict[int, bytes], h: Any, tmp: Pat
 def _patch_view(data: memoryview, offsets: Offsets, new: dict[int, bytes], h: Any, tmp: Path) -> Offsets:
     shifts = []
     prev = 0
-    # no O_TRUNC: a spare file (see _into_spare) is overwritten in its cached pages, then cut to size
+    # no O_TRUNC: a spare file (see into_spare) is overwritten in its cached pages, then cut to size
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o644), "wb") as f:
         for i in sorted(new):
             start, end = offsets[i], offsets[i + 1]
@@ -261,11 +261,11 @@ def _try_fast(lore_dir: Path, out: Path, cfg: CompileConfig) -> tuple[dict, int]
         return None
     train_new, eval_new = patch
     h = hashlib.sha256()
-    with _into_spare(out / "dataset", out / ".cache" / SPARE) as tmp:
+    with into_spare(out / "dataset", out / ".cache" / SPARE) as tmp:
         for name, new in (("train.jsonl", train_new), ("eval.jsonl", eval_new)):
             state["offsets"][name] = _patch(out / "dataset" / name, state["offsets"][name], new, h, tmp / name)
         report = dict(state["report"], dataset_sha256=h.hexdigest())
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        overwrite(tmp / "report.json", (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     state["report"], state["dataset"] = report, _dataset_stats(out)
     _update_mentions(state, changed)
     atomic.write_bytes(out / ".cache" / STATE, pickle.dumps(state, protocol=5))
@@ -290,8 +290,15 @@ def _scan_stat(root: str) -> list[tuple[str, str, os.stat_result]]:
     return out
 
 
+def overwrite(path: Path, data: bytes) -> None:
+    """Write `data` over `path` without truncating it first (its cached pages are reused), then cut it."""
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644), "wb") as f:
+        f.write(data)
+        f.truncate()
+
+
 @contextlib.contextmanager
-def _into_spare(target: Path, spare: Path) -> Iterator[Path]:
+def into_spare(target: Path, spare: Path) -> Iterator[Path]:
     """Yield the folder to write the next dataset into: the dataset before the last patch, kept as a
     spare and overwritten in place. Its pages are still in the page cache, and rewriting them costs
     a fraction of writing new files (measured on these VMs: 0.05 s against 0.8-1.3 s for 184 MB). On
@@ -303,6 +310,9 @@ def _into_spare(target: Path, spare: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(spare, ignore_errors=True)
         raise
+    if not target.exists():  # the first dataset: nothing to keep
+        os.replace(spare, target)
+        return
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     os.replace(target, old)
