@@ -49,7 +49,11 @@ def request(app, method, path, body=None, headers=None, conn=None):
 def test_health_models_and_keep_alive(server):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     status, ctype, body = request(server, "GET", "/health", conn=conn)
-    assert status == 200 and json.loads(body) == {"status": "ok", "model_loaded": True, "lore_errors": 0}
+    from lorekit.hashing import file_sha256
+
+    model = {"name": server.engine.path.name, "sha256": file_sha256(server.engine.path), "generation": 1}
+    assert status == 200 and json.loads(body) == {"status": "ok", "model_loaded": True, "model": model,
+                                                  "lore_errors": 0}
     status, _, body = request(server, "GET", "/v1/models", conn=conn)  # same connection: keep-alive
     models = json.loads(body)
     assert status == 200 and models["object"] == "list"
