@@ -167,6 +167,8 @@ class LoreKitClient:
     def send(self, message: dict) -> None:
         self._check_alive()
         if self._sock is None:
+            if message.get("type") == "cancel":  # the turn already ended with `disconnected`
+                return
             if not (self._wanted and self.reconnect):
                 raise ConnectionError("not connected; call connect() first")
             self._reconnect()
