@@ -115,7 +115,8 @@ class App:
 
     def _engine_args(self) -> dict[str, Any]:
         c = self.cfg
-        return dict(n_ctx=c.n_ctx, n_batch=c.n_batch, n_threads=c.n_threads, gpu_layers=c.gpu_layers,
+        return dict(n_ctx=c.n_ctx, n_batch=c.n_batch, n_threads=c.n_threads, n_threads_batch=c.n_threads_batch,
+                    gpu_layers=c.gpu_layers,
                     swa_full=c.swa_full, seed=c.seed, state_cache_mb=c.state_cache_mb, verbose=c.verbose_llama)
 
     async def start(self) -> None:

@@ -20,6 +20,7 @@ class ServeConfig:
     n_ctx: int = opt(4096, "context window in tokens; history is trimmed to fit it")
     n_batch: int = opt(512, "prompt tokens processed per llama.cpp batch")
     n_threads: int = opt(0, "CPU threads for llama.cpp; 0: half the cores (at least 1), leaving the rest to the game")
+    n_threads_batch: int = opt(0, "CPU threads for prompt processing (personas after an edit, history); 0: n_threads")
     gpu_layers: int = opt(0, "layers offloaded to a GPU (-1: all) when llama.cpp was built with one")
     swa_full: bool = opt(True, "keep Gemma's full sliding-window cache so conversations and NPC switches reuse it")
     state_cache_mb: int = opt(512, "memory for saved per-NPC prompt states (switching NPCs without re-processing)")

@@ -136,7 +136,7 @@ def gguf_family(llm) -> str:
 
 class Engine:
     def __init__(self, model: Path, adapter: Path | None = None, *, n_ctx: int = 4096, n_batch: int = 512,
-                 n_threads: int = 0, gpu_layers: int = 0, swa_full: bool = True, seed: int = -1,
+                 n_threads: int = 0, n_threads_batch: int = 0, gpu_layers: int = 0, swa_full: bool = True, seed: int = -1,
                  state_cache_mb: int = 512, verbose: bool = False):
         try:
             import llama_cpp
@@ -146,10 +146,11 @@ class Engine:
         if not self.path.is_file():
             raise LorekitError(f"{self.path}: no such model file (run `lorekit build` or pass --model PATH)")
         threads = n_threads or default_threads()
+        batch_threads = n_threads_batch or threads
         try:
             self.llm = llama_cpp.Llama(
                 model_path=str(self.path), lora_path=str(self.adapter) if self.adapter else None,
-                n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads, n_threads_batch=threads,
+                n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads, n_threads_batch=batch_threads,
                 n_gpu_layers=gpu_layers, swa_full=swa_full, seed=seed if seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
                 verbose=verbose,
             )
