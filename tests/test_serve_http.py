@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,9 @@ def request(app, method, path, body=None, headers=None, conn=None):
 
 
 def test_health_models_and_keep_alive(server):
+    deadline = time.monotonic() + 30
+    while server.engine.sha256 is None and time.monotonic() < deadline:  # hashed in the background
+        time.sleep(0.05)
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     status, ctype, body = request(server, "GET", "/health", conn=conn)
     from lorekit.hashing import file_sha256

@@ -91,7 +91,11 @@ def test_retrain_swaps_the_new_model_in_while_a_client_stays_connected(tmp_path)
     app.start_background()
     try:
         with lk.LoreKitClient(port=app.port, timeout=120) as c:
+            t_hash = time.monotonic() + 30
             status = c.status()
+            while status["model"]["sha256"] is None and time.monotonic() < t_hash:  # hashed in the background
+                time.sleep(0.05)
+                status = c.status()
             assert status["model"]["sha256"] == first_sha and status["model"]["generation"] == 1
             before = c.turn("mara-vell", "Who leads the Ash Guild?", session="retrain", max_tokens=4)
             assert before["finish_reason"] in ("stop", "length")
@@ -113,6 +117,9 @@ def test_retrain_swaps_the_new_model_in_while_a_client_stays_connected(tmp_path)
             after = c.turn("mara-vell", "Who leads the Ash Guild?", session="retrain", max_tokens=4)
             assert after["finish_reason"] in ("stop", "length") and after["tokens"]["completion"] >= 1
             status = c.status()
+            while status["model"]["sha256"] is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                status = c.status()
             assert status["model"]["sha256"] == new_sha and status["model"]["generation"] == 2, status["model"]
             while status["retrain"]["state"] == "running" and time.monotonic() < deadline:
                 time.sleep(0.2)  # the export folder was swapped in (and seen) before the build process exited

@@ -164,8 +164,16 @@ class Engine:
         self.live_key: object = None
         self.loaded_at = time.time()
         self.signature = file_signature(self.path, self.adapter)
-        self.sha256 = model_sha256(self.path, self.adapter)
+        self.sha256: str | None = None  # the model's identity in status and /health, once hashed
+        threading.Thread(target=self._hash, name="lorekit-model-hash", daemon=True).start()
         self.prompt_rate = 100.0  # prompt tokens/s, updated as prompts are processed (sizes the chunks)
+
+    def _hash(self) -> None:
+        """In the background: a multi-GB GGUF takes seconds to hash, and serving need not wait for it."""
+        try:
+            self.sha256 = model_sha256(self.path, self.adapter)
+        except OSError as e:
+            log.warning("could not hash %s: %s", self.path, e)
 
     # -- tokens -------------------------------------------------------------------------------
 
