@@ -58,6 +58,8 @@ def start(lore: Path, out: Path, gguf: str, threads: int, **cfg) -> App:
                 repeat_penalty=1.0)
     app = App(lore, out, ServeConfig(**{**base, **cfg}))
     app.load()
+    while app.engine.sha256 is None:  # the model is hashed in the background: not during a measurement
+        time.sleep(0.05)
     return app.start_background()
 
 
