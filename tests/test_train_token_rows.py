@@ -77,3 +77,21 @@ def test_row_only_forward_equals_peft_forward(tiny, family):
     torch.testing.assert_close(fast_logits, peft_logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast_grad, peft_grad, atol=1e-5, rtol=1e-5)
     assert fast_grad.abs().sum() > 0
+
+
+def test_conversion_that_splits_the_turn_tokens_is_refused(tiny, tmp_path):
+    from transformers import AutoTokenizer
+
+    from lorekit.errors import LorekitError
+    from lorekit.models import resolve
+    from lorekit.train.load import _check_chat_tokens
+
+    tok = AutoTokenizer.from_pretrained(tiny["gemma3"])
+    profile = resolve(str(tiny["gemma3"]))
+    _check_chat_tokens(tok, profile, tmp_path / "m.gguf")  # one token each: accepted
+
+    def split_everything(text, **kw):  # what transformers 5.17 made of the 270M GGUF's tokenizer
+        return {"input_ids": [ord(c) for c in text]}
+
+    with pytest.raises(LorekitError, match=r"m\.gguf: transformers .* became 13 pieces"):
+        _check_chat_tokens(split_everything, profile, tmp_path / "m.gguf")

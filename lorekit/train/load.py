@@ -47,10 +47,24 @@ def ensure_converted(profile: ModelProfile, home: Path | None = None) -> Path:
     model.hf_quantizer = None
     model.is_quantized = False
     prepare_tokenizer(tok, profile.family)
+    _check_chat_tokens(tok, profile, gguf)
     with replace_dir(target) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return target
+
+
+def _check_chat_tokens(tok, profile: ModelProfile, gguf: Path) -> None:
+    """Refuse a converted tokenizer that splits the turn markers (transformers 5.17 did that to this GGUF;
+    5.24 does not): trained on pieces, the model could never emit the one stop token the runtime waits for."""
+    import transformers
+
+    fmt = chat_formats.get(profile.family)
+    pieces = tok(fmt.end_of_turn, add_special_tokens=False)["input_ids"]
+    if len(pieces) != 1:
+        raise LorekitError(
+            f"{gguf}: transformers {transformers.__version__} converted this GGUF's tokenizer without its chat "
+            f"tokens ({fmt.end_of_turn} became {len(pieces)} pieces); upgrade it: pip install -U 'transformers>=5.24'")
 
 
 def _pypi_gguf(profile: ModelProfile) -> Path:
