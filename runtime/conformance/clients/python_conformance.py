@@ -3,8 +3,7 @@ reference client (runtime/python/lorekit_client.py).
 
 Usage: python3 python_conformance.py HOST PORT SCENARIO_JSON LABEL
 Prints one JSON line per step on stdout; the runner judges them (runtime/conformance/judge.py).
-The reference client is synchronous and does not reconnect by itself: for the reconnect step this
-program does what a Python tool would do, wait for the connection to drop and call connect() again.
+For the reconnect step it relies on the client's own reconnect (on by default since protocol client 1.1).
 """
 
 from __future__ import annotations
@@ -54,39 +53,20 @@ def run_turn(client: lk.LoreKitClient, npc: str, text: str, session: str, cancel
     return events, False, cancel_after
 
 
-def connect_with_retry(client: lk.LoreKitClient, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            client.connect()
-            return True
-        except OSError:
-            client.close()
-            time.sleep(0.2)
-    return False
-
-
-def wait_for_drop(client: lk.LoreKitClient, seconds: float) -> str | None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            client.recv(timeout=max(0.1, deadline - time.monotonic()))
-        except (ConnectionError, OSError) as e:
-            client.close()
-            return str(e) or type(e).__name__
-    return None
-
-
 def main() -> int:
     host, port, scenario_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     label = sys.argv[4] if len(sys.argv) > 4 else "python"
     scenario = json.loads(Path(scenario_path).read_text(encoding="utf-8"))
     session = f"{scenario['session_prefix']}-{label}"
     timeouts = scenario["timeouts_s"]
-    client = lk.LoreKitClient(host, port, timeout=timeouts["step"], client=f"conformance/{label}")
+    client = lk.LoreKitClient(host, port, timeout=max(timeouts["step"], timeouts["reconnect"]),
+                              client=f"conformance/{label}", reconnect_min=0.2, reconnect_max=1.0)
 
     start = time.perf_counter()
-    ok = connect_with_retry(client, timeouts["connect"])
+    try:
+        ok = bool(client.connect(retry_for=timeouts["connect"]))
+    except (ConnectionError, OSError):
+        ok = False
     emit({"step": "connect", "ok": ok, "protocol": client.server_info.get("protocol"),
           "server": client.server_info.get("server"), "elapsed_ms": (time.perf_counter() - start) * 1000})
     if not ok:
@@ -128,24 +108,29 @@ def main() -> int:
     after = [] if dropped else [{"type": "npcs", "npcs": client.list_npcs()}]
     emit({"step": "idle", "seconds": idle["seconds"], "disconnected": dropped, "pongs": pongs, "events": after})
 
-    # A long turn is in flight when the runner restarts the server: it must still end exactly once.
-    # The reference client raises ConnectionError when the connection drops mid-turn; this program
-    # records that as the client-side "disconnected" error the other clients emit.
+    # A long turn is in flight when the runner restarts the server: it must still end exactly once. The
+    # reference client ends it itself (an `error` event: `shutting_down` from the server or `disconnected`
+    # from the client) and connects again on the next call, as the Godot, Unity and Lua clients do.
+    drops: list[str] = []
+    client.on_disconnected = drops.append
     rid = client.start_turn(npc, cancel["text"], session=session, max_tokens=cancel["max_tokens"])
     emit({"step": "await_restart"})
-    inflight, reason = [], None
+    inflight = [record(event) for event in client.events(rid)]
+    deadline = time.monotonic() + timeouts["reconnect"]
+    while not drops and time.monotonic() < deadline:  # the server's notice can come before the drop
+        try:
+            client.recv(timeout=max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            continue
+        except (ConnectionError, OSError) as e:
+            drops.append(drops[0] if drops else str(e) or type(e).__name__)
     try:
-        for event in client.events(rid):
-            inflight.append(record(event))
-    except (ConnectionError, OSError) as e:
-        inflight.append({"type": "error", "code": "disconnected", "message": str(e)})
-        reason = str(e) or type(e).__name__
-        client.close()
-    reason = reason or wait_for_drop(client, timeouts["reconnect"])
-    reconnected = reason is not None and connect_with_retry(client, timeouts["reconnect"])
-    after = [{"type": "npcs", "npcs": client.list_npcs()}] if reconnected else []
-    emit({"step": "reconnect", "disconnected": reason is not None, "reason": reason, "reconnected": reconnected,
-          "events": after, "inflight_events": inflight})
+        after, reconnected = [{"type": "npcs", "npcs": client.list_npcs()}], True
+    except (ConnectionError, OSError):
+        after, reconnected = [], False
+    emit({"step": "reconnect", "disconnected": bool(drops), "reason": drops[0] if drops else None,
+          "reconnected": reconnected, "reconnects": client.reconnects, "events": after,
+          "inflight_events": inflight})
     client.close()
     emit({"step": "end"})
     return 0
