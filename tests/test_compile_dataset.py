@@ -293,14 +293,14 @@ def test_fast_path_rewrites_the_spare_and_a_failed_patch_changes_nothing(tmp_pat
     vault, out = tmp_path / "vault", tmp_path / "out"
     shutil.copytree(VAULT, vault)
     run(vault, out, load_config(vault))
+    inodes = [(out / ".cache" / fast.SPARE / "train.jsonl").stat().st_ino]  # the first compile makes a spare
     page = vault / "Ash Guild.md"
-    inodes = []
     for word in ("owns", "rules", "holds"):
         page.write_text(page.read_text().replace("controls every kiln", f"{word} every kiln")
                         .replace("owns every kiln", f"{word} every kiln").replace("rules every kiln", f"{word} every kiln"))
         assert run(vault, out, load_config(vault)).fast
         inodes.append((out / "dataset" / "train.jsonl").stat().st_ino)
-    assert inodes[2] == inodes[0] != inodes[1]  # the dataset before the last patch is rewritten in place
+    assert inodes[3] == inodes[1] == inodes[0] != inodes[2]  # the dataset before the last is rewritten in place
     _same_as_full(tmp_path, vault, out)
     before = {p.name: p.read_bytes() for p in (out / "dataset").iterdir()}
 

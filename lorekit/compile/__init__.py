@@ -98,6 +98,9 @@ def run(lore_dir: Path | str, out: Path | str, cfg: CompileConfig | None = None)
     h.update(eval_bytes)
     sha = h.hexdigest()
     report = make_report(lore_dir, cfg, built, sha, len(train_lines), len(eval_lines))
+    files = {"train.jsonl": train_bytes, "eval.jsonl": eval_bytes,
+             "report.json": (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8")}
+    first = not dataset.exists()
     if store is not None:  # with a cache, the dataset before this one is kept and rewritten in place
         from lorekit.compile.fast import SPARE, into_spare, overwrite
 
@@ -105,9 +108,12 @@ def run(lore_dir: Path | str, out: Path | str, cfg: CompileConfig | None = None)
     else:
         swap, overwrite = atomic.replace_dir(dataset), _write
     with swap as tmp:
-        overwrite(tmp / "train.jsonl", train_bytes)
-        overwrite(tmp / "eval.jsonl", eval_bytes)
-        overwrite(tmp / "report.json", (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        for name, data in files.items():
+            overwrite(tmp / name, data)
+    if store is not None and first:  # a spare from the start: the first edit, too, rewrites it in place
+        (out / ".cache" / SPARE).mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            overwrite(out / ".cache" / SPARE / name, data)
     if store is not None:
         from lorekit.compile.fast import save_state
 
