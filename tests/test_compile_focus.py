@@ -30,3 +30,11 @@ def test_max_facts_keeps_the_budget_and_npc_pages_first(tmp_path):
     # Eval asks only about facts that training teaches.
     assert _facts(small.eval_path) <= taught
     assert "teaching 90 of" in __import__("lorekit.compile.report", fromlist=["summary"]).summary(small.report)
+
+
+def test_small_set_warns_unless_a_fact_budget_made_it_small(tmp_path):
+    def warned(cfg):
+        return any("train rows (<" in w for w in run(SAMPLE_LORE, tmp_path / str(id(cfg)), cfg).report["warnings"])
+
+    assert warned(CompileConfig(cache=False, min_rows=100_000))  # too few rows for this threshold: warned
+    assert not warned(CompileConfig(cache=False, min_rows=100_000, max_facts=16))  # small on purpose

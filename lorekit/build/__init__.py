@@ -18,12 +18,12 @@ from typing import Any
 from lorekit import atomic
 from lorekit.build import keys
 from lorekit.build.config import STAGES, BuildConfig
+from lorekit.compile.templates import DEFAULT_DIR
 from lorekit.config import load as load_config
 from lorekit.config import section_class, to_dict
 from lorekit.errors import LorekitError
 
 log = logging.getLogger(__name__)
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 STAMP = "build.json"
 
 
@@ -142,7 +142,7 @@ def _stages(lore_dir: Path, out: Path, overrides: dict[str, dict[str, Any]]) -> 
 
     return [
         Stage("compile", ("dataset/train.jsonl", "dataset/eval.jsonl"),
-              lambda: keys.compile_key(lore_dir, TEMPLATES_DIR, to_dict(cfg("compile"))), do_compile),
+              lambda: keys.compile_key(lore_dir, DEFAULT_DIR, to_dict(cfg("compile"))), do_compile),
         Stage("train", ("adapter/adapter_model.safetensors",),
               lambda: keys.train_key(out / "dataset", to_dict(cfg("train"))), do_train),
         Stage("export", ("export/model.gguf",),

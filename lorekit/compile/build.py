@@ -126,7 +126,7 @@ def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
     _add(built, extras, cfg.format)
     _drop_seen_eval(built)
     built.problems += phrasing_warnings(vault, Rows(phrasings=built.phrasings), built.facts, cfg.min_phrasings)
-    if len(built.train) < cfg.min_rows:
+    if len(built.train) < cfg.min_rows and not cfg.max_facts:  # a fact budget makes a small set on purpose
         built.problems.append(warning(".", None, f"only {len(built.train)} train rows (< {cfg.min_rows}): "
                                       "too few to teach a model", "write more pages or fields, or raise phrasings_per_fact"))
     built.problems = _dedupe(built.problems)

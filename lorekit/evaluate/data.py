@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lorekit import chat_formats, models
 from lorekit.errors import LorekitError
+from lorekit.lore.links import page_name
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,8 @@ def _key_values(entity) -> list[str]:
     values = set(getattr(entity, "summary_targets", []) or [])
     for parts in (getattr(entity, "fields", {}) or {}).values():
         for part in parts:
-            text = getattr(part, "target", None) or getattr(part, "text", "")
+            target = getattr(part, "target", None)
+            text = page_name(target) if target else getattr(part, "text", "")
             if text and len(str(text).split()) <= 5:
                 values.add(str(text))
     return sorted(values - {entity.name})
