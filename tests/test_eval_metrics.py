@@ -115,14 +115,20 @@ def test_general_agreement_and_reference():
 
 def test_forgetting_ignores_a_base_model_that_echoes_the_question():
     q, refs = "What is the capital of France?", ("Paris",)
-    echo = general.score(q, refs, "What is the capital of France? What is the capital", "Paris, traveler.", 0.5)
+    # what the real base 270M answered, question and noise over and over
+    noise = "What is the capital of France? mendatang\nWhat is the capital of France? mendatang"
+    echo = general.score(q, refs, noise, "Paris, traveler.", 0.5)
     assert echo["base_echo"] and not echo["agree"]
+    assert not general.echoes("Paris is the capital of France.", q, refs)  # an answer that restates
     s = general.summarize([echo] * 6)
     assert s["base_echoes"] == 6 and s["agreement"] is None
     assert general.forgetting(s) is None  # nothing to compare with: no verdict of forgetting
-    drift = general.score(q, refs, "France's capital city is Paris.", "The Ash Guild, traveler.", 0.5)
+    drift = general.score(q, refs, "The French capital is a big city.", "The Ash Guild, traveler.", 0.5)
     assert not drift["base_echo"]
-    assert "agrees with the base model on only 0%" in general.forgetting(general.summarize([echo, drift]))
+    lost = general.score(q, refs, noise, "The Ash Guild, traveler.", 0.5)
+    assert "agrees with the base model on only 0%" in general.forgetting(general.summarize([lost, drift]))
+    # the tuned model states more reference answers than the base: low agreement is not forgetting
+    assert general.forgetting(general.summarize([echo, drift])) is None
 
 
 def test_forgetting_uses_kept_when_the_base_knows_enough():

@@ -6,7 +6,8 @@ Two figures, and `forgetting()` picks the one that means something for this base
 - **agreement** (reference-free): the share where the tuned answer still agrees with the base answer
   (content-word overlap F1 >= a threshold), counted only over base answers that are not mere echoes
   of the question: a base (not instruction-tuned) model often just repeats the question, and a tuned
-  model that answers instead would otherwise read as "forgetting".
+  model that answers instead would otherwise read as "forgetting". It decides only when the base knew
+  too few answers for "kept", and only if the tuned model does not state more reference answers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 from lorekit.evaluate import metrics
 
 MIN_KNOWN = 5  # base answers needed before "kept" is trusted over "agreement"
-ECHO_NEW = 0.2  # a base answer with fewer new content words than this share echoes the question
 
 # (question, accepted answers)
 QUESTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -59,19 +59,22 @@ def score(question: str, accepted: tuple[str, ...], base: str, tuned: str, thres
         "tuned": tuned,
         "f1": round(f1, 3),
         "agree": f1 >= threshold,
-        "base_echo": echoes(base, question),
+        "base_echo": echoes(base, question, accepted),
         "base_correct": knows(base, accepted),
         "tuned_correct": knows(tuned, accepted),
     }
 
 
-def echoes(reply: str, question: str) -> bool:
-    """True when the reply adds (almost) no content word that the question did not already have."""
-    words = metrics.content_words(reply)
+def echoes(reply: str, question: str, accepted: tuple[str, ...] = ()) -> bool:
+    """True when the reply is no answer but the question again: it states no accepted answer and has
+    every content word of the question (a base model repeats "What is the capital of France?" with
+    noise after it), or it has no content word at all."""
+    words = set(metrics.content_words(reply))
     if not words:
         return True
-    asked = set(metrics.content_words(question))
-    return sum(w not in asked for w in words) / len(words) < ECHO_NEW
+    if knows(reply, accepted):
+        return False
+    return set(metrics.content_words(question)) <= words
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -91,7 +94,11 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def forgetting(summary: dict | None) -> str | None:
-    """A sentence when the general questions show forgetting, else None (see the module docstring)."""
+    """A sentence when the general questions show forgetting, else None (see the module docstring).
+
+    With a base model that knew fewer than MIN_KNOWN answers (a small base model that mostly echoes),
+    low agreement counts only when the tuned model also states fewer reference answers than the base
+    did: a tuned model that answers where the base rambled has not forgotten anything."""
     if not summary:
         return None
     known = round((summary.get("base_correct") or 0) * summary["questions"])
@@ -102,6 +109,7 @@ def forgetting(summary: dict | None) -> str | None:
                     f"still answers only {kept:.0%}")
         return None
     agreement = summary.get("agreement")
-    if agreement is not None and agreement < 0.5:
+    if agreement is not None and agreement < 0.5 and (summary.get("tuned_correct") or 0) <= (
+            summary.get("base_correct") or 0):
         return f"the tuned model agrees with the base model on only {agreement:.0%} of general questions"
     return None
