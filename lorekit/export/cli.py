@@ -54,6 +54,6 @@ def _summary(result) -> None:
         for name, c in ver["comparisons"].items():
             mark = "ok" if c["passed"] else "FAILED"
             effect = "-" if c.get("effect") is None else f"{c['effect']:.3f}"
-            print(f"  {name:<28} top-1 {c['top1']:.2f}  max |diff| {c['max_abs']:.4f}  rel {c['rel']:.4f}  "
+            print(f"  {name:<39} top-1 {c['top1']:.2f}  max |diff| {c['max_abs']:.4f}  rel {c['rel']:.4f}  "
                   f"LoRA effect {effect}  {mark}")
     print(f"written to {result.export_dir}")
