@@ -11,9 +11,10 @@ For each merged type: `lorekit export` without verification (timed), then
   (<merged - base, delta> / <delta, delta>; 1 = all of it) and the error left on it (|merged - base -
   delta| / |delta|): re-quantizing to 4-5 bit types rounds a small change back onto the base's grid;
 - `lorekit export --check` (llama.cpp against the merged PyTorch model) unless --no-verify;
-- llama.cpp speed: prompt (128 tokens) and greedy decode (32 tokens) on 1 thread, best of 3,
-  interleaved with the base GGUF measured the same way; per second of wall time and per second of
-  CPU time (robust on a shared machine), with ratios to the base.
+- llama.cpp speed: prompt (128 tokens, llama-cpp-python's default batch threads: all cores) and
+  greedy decode (32 tokens, 1 thread), best of 3, interleaved with the base GGUF measured the same
+  way; per second of wall time and per second of this process's CPU time (robust on a shared
+  machine), with ratios to the base.
 Baselines measured in the same run: copying the base GGUF (pure I/O) and llama.cpp's quantizer
 re-quantizing an f16 copy of the base to Q4_K_M. Writes bench/results/export_270m.json (or --results).
 """
@@ -95,8 +96,8 @@ def survival(base: GGUFFile, merged: GGUFFile, adapter) -> dict:
 
 
 def speed(path: Path, prompt_tokens: int = 128, gen_tokens: int = 32) -> dict[str, float]:
-    """llama.cpp on one thread: prompt and greedy-decode tokens per second of wall time and per
-    second of this process's CPU time (the latter hardly moves when other jobs share the cores)."""
+    """llama.cpp prompt and greedy-decode (1 thread) tokens per second of wall time and per second of
+    this process's CPU time (the latter hardly moves when other jobs share the cores)."""
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(path), n_ctx=512, n_batch=512, n_threads=1, verbose=False, seed=0)
