@@ -119,7 +119,7 @@ def test_forgetting_ignores_a_base_model_that_echoes_the_question():
     noise = "What is the capital of France? mendatang\nWhat is the capital of France? mendatang"
     echo = general.score(q, refs, noise, "Paris, traveler.", 0.5)
     assert echo["base_echo"] and not echo["agree"]
-    assert not general.echoes("Paris is the capital of France.", q, refs)  # an answer that restates
+    assert not general.repeats_question("Paris is the capital of France.", q, refs)  # an answer that restates
     s = general.summarize([echo] * 6)
     assert s["base_echoes"] == 6 and s["agreement"] is None
     assert general.forgetting(s) is None  # nothing to compare with: no verdict of forgetting

@@ -59,13 +59,13 @@ def score(question: str, accepted: tuple[str, ...], base: str, tuned: str, thres
         "tuned": tuned,
         "f1": round(f1, 3),
         "agree": f1 >= threshold,
-        "base_echo": echoes(base, question, accepted),
+        "base_echo": repeats_question(base, question, accepted),
         "base_correct": knows(base, accepted),
         "tuned_correct": knows(tuned, accepted),
     }
 
 
-def echoes(reply: str, question: str, accepted: tuple[str, ...] = ()) -> bool:
+def repeats_question(reply: str, question: str, accepted: tuple[str, ...] = ()) -> bool:
     """True when the reply is no answer but the question again: it states no accepted answer and has
     every content word of the question (a base model repeats "What is the capital of France?" with
     noise after it), or it has no content word at all."""

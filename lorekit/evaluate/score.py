@@ -81,6 +81,7 @@ def is_fact(r: dict) -> bool:
 def model_summary(rows: list[dict], model: str, repeat_words: int, speed: dict) -> dict:
     in_char = sum(not r[model]["character"] for r in rows)
     repeats = [r[model]["repeat"] for r in rows]
+    ended = sum(r[model].get("ended", True) for r in rows)  # stopped at the end-of-turn token
     kinds = sorted({r["kind"] for r in rows if is_fact(r)})
     return {
         "fact_recall": _rate(rows, model, is_fact),
@@ -92,8 +93,7 @@ def model_summary(rows: list[dict], model: str, repeat_words: int, speed: dict) 
         "repetition": {"verbatim": sum(n >= repeat_words for n in repeats), "total": len(rows),
                        "share": metrics.share(sum(n >= repeat_words for n in repeats), len(rows)),
                        "longest_words": max(repeats, default=0)},
-        "ended_turn": {"hits": sum(r[model].get("ended", True) for r in rows), "total": len(rows),
-                       "share": metrics.share(sum(r[model].get("ended", True) for r in rows), len(rows))},
+        "ended_turn": {"hits": ended, "total": len(rows), "share": metrics.share(ended, len(rows))},
         "tokens_per_s": speed.get("tokens_per_s"),
     }
 

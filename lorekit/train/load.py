@@ -133,14 +133,14 @@ def load_unsloth(profile_or_path: str, max_length: int, load_in_4bit: bool, lora
                 model, finetune_vision_layers=False, finetune_language_layers=True,
                 finetune_attention_modules=True, finetune_mlp_modules=True, r=lora["r"], lora_alpha=lora["alpha"],
                 lora_dropout=lora["dropout"], bias="none", random_state=seed,
-                use_gradient_checkpointing=checkpointing, **_rows(tok, profile, lora))
+                use_gradient_checkpointing=checkpointing, **token_row_kwargs(tok, profile, lora))
         else:
             model, tok = FastLanguageModel.from_pretrained(str(source), max_seq_length=max_length,
                                                            load_in_4bit=load_in_4bit)
             model = FastLanguageModel.get_peft_model(
                 model, r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                 target_modules=list(profile.lora_targets), bias="none", random_state=seed,
-                use_gradient_checkpointing=checkpointing, **_rows(tok, profile, lora))
+                use_gradient_checkpointing=checkpointing, **token_row_kwargs(tok, profile, lora))
     tok = getattr(tok, "tokenizer", tok)  # FastModel may hand back a processor
     from lorekit.train import token_rows
 
@@ -148,8 +148,12 @@ def load_unsloth(profile_or_path: str, max_length: int, load_in_4bit: bool, lora
     return model, prepare_tokenizer(tok, profile.family), profile
 
 
-def _rows(tok, profile: ModelProfile, lora: dict) -> dict:
-    rows = turn_token_indices(getattr(tok, "tokenizer", tok), profile) if lora.get("turn_tokens") else None
+def token_row_kwargs(tok, profile: ModelProfile, lora: dict) -> dict:
+    """`trainable_token_indices` for a LoRA config when `lora["turn_tokens"]` asks for it (and a tokenizer
+    is there to find the ids), else nothing: shared by the plain peft and the Unsloth paths."""
+    if tok is None or not lora.get("turn_tokens"):
+        return {}
+    rows = turn_token_indices(getattr(tok, "tokenizer", tok), profile)
     return {"trainable_token_indices": rows} if rows else {}
 
 

@@ -154,17 +154,16 @@ def attach_lora(model, profile, lora: dict, checkpointing: bool, tok=None):
     the embedding rows of the turn tokens (see `load.turn_token_indices`)."""
     from peft import LoraConfig, get_peft_model
 
-    from lorekit.train.load import lora_target_regex, turn_token_indices
+    from lorekit.train.load import lora_target_regex, token_row_kwargs
 
     # No prepare_model_for_kbit_training: it upcasts every unquantized weight to fp32, which for
     # Gemma 4's per-layer embeddings alone is 8 GB.
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    rows = turn_token_indices(tok, profile) if tok is not None and lora.get("turn_tokens") else None
     config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], bias="none",
                         target_modules=lora_target_regex(profile), task_type="CAUSAL_LM",
-                        trainable_token_indices=rows)
+                        **token_row_kwargs(tok, profile, lora))
     model = get_peft_model(model, config)
     token_rows.speed_up(model)
     return model
