@@ -39,11 +39,11 @@ def setup():
     load.ensure_converted(resolve("gemma3-270m"))
     print("converted in", time.time() - t)
 
-def variant(name, rows, lr_mult=1.0, eot_w=1.0, epochs=3, lr=5e-4):
+def variant(name, rows, lr_mult=1.0, epochs=3, lr=5e-4):
     out = Path(f"/tmp/eotb-{name}")
     if not out.exists():
         shutil.copytree("/tmp/eotb", out)
-    orig_opt, _orig_loss = loop.make_optimizer, loop.masked_loss
+    orig_opt = loop.make_optimizer
     def make_optimizer(model, plan):
         rp = [p for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" in n]
         lp = [p for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" not in n]
