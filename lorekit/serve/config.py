@@ -37,7 +37,7 @@ class ServeConfig:
     max_line: int = opt(65536, "longest request line in bytes")
     max_turns_per_client: int = opt(8, "turns one connection may have queued or streaming")
     watch: bool = opt(True, "reload lore and model files when they change")
-    debounce: float = opt(0.25, "seconds of quiet after a lore edit before reloading")
+    debounce: float = opt(0.25, "seconds of quiet before a lore edit that does not load is reported as an error (one that loads is used at once)")
     retrain: bool = opt(False, "after lore edits, run compile -> train -> export in the background and swap in the result")
     retrain_debounce: float = opt(10.0, "seconds of quiet after a lore edit before a retrain starts")
     verbose_llama: bool = opt(False, "print llama.cpp's own log")

@@ -1,7 +1,9 @@
-"""Watch the lore folder and the export folder; reload after a short quiet period (debounce).
+"""Watch the lore folder and the export folder; reload when a save has settled.
 
-Lore edits reload the vault within about a second; a new `model.gguf` or `adapter.gguf` in
-`OUT/export/` (or a new file at --model) is loaded beside the old model and swapped in.
+A lore edit is tried as soon as the save's burst of file events has settled (`SETTLE_S`); only if
+the vault then has an error (an editor may still be writing) does the reload wait for `debounce`
+seconds of quiet before it reports that error. A new `model.gguf` or `adapter.gguf` in `OUT/export/`
+(or a new file at --model) is loaded beside the old model and swapped in.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ log = logging.getLogger(__name__)
 
 MODEL_FILES = {"model.gguf", "adapter.gguf", "export.json"}
 MODEL_DEBOUNCE = 1.0
+# One save is a burst of events (truncate, write, close; or write a temporary file and rename it) a
+# few milliseconds long; a reload tried this long after the last of them reads the finished file.
+SETTLE_S = 0.03
 
 
 class Debounced:
@@ -46,6 +51,46 @@ class Debounced:
                 self._timer.cancel()
 
 
+class Eager(Debounced):
+    """Try `fn(final=False)` once events have settled for `settle` seconds; if it fails (returns False),
+    call `fn(final=True)` after `delay` seconds of quiet, so a failure is only reported for a file that
+    stayed broken. A new event restarts the cycle."""
+
+    def __init__(self, delay: float, fn, settle: float = SETTLE_S):
+        super().__init__(delay, fn)
+        self.settle = min(settle, delay)
+
+    def trigger(self) -> None:
+        self._arm(self.settle, self._try)
+
+    def _arm(self, delay: float, run) -> None:
+        with self._lock:
+            if self._timer:
+                self._timer.cancel()
+            self._timer = threading.Timer(delay, run)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _try(self) -> None:
+        timer = self._timer
+        try:
+            ok = self.fn(final=False)
+        except Exception:
+            log.exception("reload failed")
+            ok = False
+        if not ok:
+            with self._lock:
+                if self._timer is not timer:  # a newer event already re-armed: its cycle decides
+                    return
+            self._arm(max(self.delay - self.settle, 0.0), self._final)
+
+    def _final(self) -> None:
+        try:
+            self.fn(final=True)
+        except Exception:
+            log.exception("reload failed")
+
+
 def lore_relevant(path: str, root: Path) -> bool:
     """Pages, config and templates count; hidden folders (.obsidian), `_drafts` and editor swap files do not."""
     try:
@@ -64,7 +109,7 @@ class Watcher:
 
         self.app = app
         self.lore_root = app.lore_dir.resolve()
-        self.lore = Debounced(app.cfg.debounce, app.reload_lore)
+        self.lore = Eager(app.cfg.debounce, app.reload_lore)
         self.model = Debounced(MODEL_DEBOUNCE, app.reload_model)
         self.export_dir = (app.out / "export").resolve()
         self.model_dirs = {self.export_dir}
