@@ -71,6 +71,14 @@ CASES = {
     "g3-1b-unsloth-b8-nocompile": ("gemma3-1b", "unsloth",
                                    dict(batch_size=8, grad_accum=1, load_in_4bit=False, gradient_checkpointing=True,
                                         max_steps=30), (1920, 150), 200),
+    # Each backend at a batch sized to the card (H200: the plain loop's batch 64 used 48 GiB): does Unsloth pull
+    # further ahead when both fill the GPU?
+    "g3-1b-transformers-b128": ("gemma3-1b", "transformers",
+                                dict(batch_size=128, grad_accum=1, load_in_4bit=False, gradient_checkpointing=False,
+                                     max_steps=30), (3840, 150), 240),
+    "g3-1b-unsloth-compiled-b128": ("gemma3-1b", "unsloth",
+                                    dict(batch_size=128, grad_accum=1, load_in_4bit=False,
+                                         gradient_checkpointing=False, max_steps=30, compile=True), (3840, 150), 400),
     "tiny-trl": ("tiny", "trl", dict(batch_size=4, grad_accum=1, gradient_checkpointing=True, max_steps=8),
                  (64, 80), 300),
 }
@@ -80,7 +88,7 @@ RATIOS = (("g3-1b-unsloth", "g3-1b-transformers"), ("e2b-4bit-unsloth", "e2b-4bi
           ("g3-1b-unsloth-compiled", "g3-1b-trl"), ("g3-1b-transformers", "g3-1b-trl"),
           ("g3-1b-transformers-b8", "g3-1b-trl"), ("g3-1b-unsloth-b8", "g3-1b-transformers-b8"),
           ("g3-1b-unsloth-b8-nocompile", "g3-1b-transformers-b8"),
-          ("tiny-transformers", "tiny-trl"))
+          ("g3-1b-unsloth-compiled-b128", "g3-1b-transformers-b128"), ("tiny-transformers", "tiny-trl"))
 
 
 def model_config(shape: str):
