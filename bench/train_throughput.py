@@ -79,6 +79,9 @@ CASES = {
     "g3-1b-unsloth-compiled-b128": ("gemma3-1b", "unsloth",
                                     dict(batch_size=128, grad_accum=1, load_in_4bit=False,
                                          gradient_checkpointing=False, max_steps=30, compile=True), (3840, 150), 400),
+    "g3-1b-unsloth-compiled-b192": ("gemma3-1b", "unsloth",
+                                    dict(batch_size=192, grad_accum=1, load_in_4bit=False,
+                                         gradient_checkpointing=False, max_steps=30, compile=True), (5760, 150), 400),
     "tiny-trl": ("tiny", "trl", dict(batch_size=4, grad_accum=1, gradient_checkpointing=True, max_steps=8),
                  (64, 80), 300),
 }
@@ -88,7 +91,8 @@ RATIOS = (("g3-1b-unsloth", "g3-1b-transformers"), ("e2b-4bit-unsloth", "e2b-4bi
           ("g3-1b-unsloth-compiled", "g3-1b-trl"), ("g3-1b-transformers", "g3-1b-trl"),
           ("g3-1b-transformers-b8", "g3-1b-trl"), ("g3-1b-unsloth-b8", "g3-1b-transformers-b8"),
           ("g3-1b-unsloth-b8-nocompile", "g3-1b-transformers-b8"),
-          ("g3-1b-unsloth-compiled-b128", "g3-1b-transformers-b128"), ("tiny-transformers", "tiny-trl"))
+          ("g3-1b-unsloth-compiled-b128", "g3-1b-transformers-b128"),
+          ("g3-1b-unsloth-compiled-b192", "g3-1b-transformers"), ("g3-1b-unsloth-compiled-b128", "g3-1b-transformers"), ("tiny-transformers", "tiny-trl"))
 
 
 def model_config(shape: str):
