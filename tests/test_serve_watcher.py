@@ -80,3 +80,26 @@ def test_only_lore_files_count(tmp_path):
     assert not lore_relevant(str(root / "_drafts" / "x.md"), root)
     assert not lore_relevant(str(root / "characters" / ".Tobin.md.swp"), root)
     assert not lore_relevant(str(tmp_path.parent / "elsewhere.md"), root)
+
+
+def test_a_reload_parses_only_the_edited_page(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from lorekit.serve.personas import Lore
+
+    root = tmp_path / "lore"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "sample_lore", root)
+    lore = Lore(root)
+    assert lore.load().ok
+    before = {page.path: page for page in lore.current.vault.pages}
+    page = next(root.rglob("Tobin Reedy.md"))
+    page.write_text(page.read_text(encoding="utf-8").replace("  voice: ", "  voice: Says aye a lot. ", 1),
+                    encoding="utf-8")
+    result = lore.load()
+    assert result.ok and result.changed == ["tobin-reedy"]
+    assert "Says aye a lot." in lore.current.prompts["tobin-reedy"]
+    after = {page.path: page for page in lore.current.vault.pages}
+    reparsed = {path for path in after if after[path] is not before[path]}
+    assert reparsed == {page.relative_to(root).as_posix()}
+    assert len(lore._parsed) == len(after)  # the old parse of the edited page is not kept

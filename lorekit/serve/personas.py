@@ -57,6 +57,7 @@ class Lore:
         self.current: LoreSnapshot | None = None
         self.errors: list[str] = []  # problems of the last failed reload; [] when the disk is good
         self.warnings: list[str] = []
+        self._parsed: dict = {}  # content hash + path -> parsed page: a reload re-parses only edited pages
 
     def load(self) -> ReloadResult:
         try:
@@ -78,7 +79,9 @@ class Lore:
 
         if not self.root.is_dir():
             raise LorekitError(f"{self.root}: lore folder not found")
-        vault = load_vault(self.root)
+        vault = load_vault(self.root, self._parsed)
+        live = {id(page) for page in vault.pages}
+        self._parsed = {key: page for key, page in self._parsed.items() if id(page) in live}
         if vault.errors:
             raise LorekitError("\n".join(str(p) for p in vault.errors))
         npcs, prompts = {}, {}
