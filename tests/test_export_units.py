@@ -274,3 +274,42 @@ def test_auto_keeps_untouched_bytes_and_a_small_lora_that_requantizing_rounds_aw
     requantized = GGUFFile.open(tmp_path / "base-type.gguf")
     assert requantized.tensors["blk.0.attn_q.weight"].tensor_type == T.Q5_0
     assert _survives(requantized, base, adapter, "blk.0.attn_q.weight") < 0.5  # snapped back onto the base's grid
+
+
+def test_fast_gguf_reader_reads_what_the_gguf_package_reads(tmp_path):
+    """The export's GGUF reader (one view per numeric array, plain views of the mapping) must give the
+    same metadata and tensors as gguf.GGUFReader: every kind of value, arrays of strings included."""
+    from lorekit.export.gguf_util import fast_reader
+
+    path = tmp_path / "t.gguf"
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_string("general.name", "tiny ünïcode")
+    w.add_uint32("gemma3.block_count", 2)
+    w.add_bool("x.flag", True)
+    w.add_array("tokenizer.ggml.tokens", ["<pad>", "", "<end_of_turn>", "héllo", "▁world"] * 50)
+    w.add_array("tokenizer.ggml.scores", [float(i) / 7 for i in range(250)])
+    w.add_array("tokenizer.ggml.token_type", [i % 3 for i in range(250)])
+    w.add_array("x.empty", [])
+    w.add_array("x.bools", [True, False, True])
+    w.add_key_value("x.i64", [-(2**40), 5], gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.INT64)
+    rng = np.random.default_rng(0)
+    w.add_tensor("a.weight", rng.standard_normal((4, 64)).astype(np.float32))
+    q = gguf.quants.quantize(rng.standard_normal((2, 64)).astype(np.float32), gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("b.weight", q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    slow, fast = gguf.GGUFReader(path), fast_reader()(path)
+    assert list(fast.fields) == list(slow.fields)
+    for key, field in slow.fields.items():
+        assert fast.fields[key].types == field.types, key
+        assert fast.fields[key].contents() == field.contents(), key
+    tokens = fast.fields["tokenizer.ggml.tokens"]
+    assert len(tokens.data) == 250 and tokens.contents(3) == "héllo"
+    assert fast.data_offset == slow.data_offset
+    for a, b in zip(fast.tensors, slow.tensors, strict=True):
+        assert (a.name, a.tensor_type, list(a.shape), a.n_bytes) == (b.name, b.tensor_type, list(b.shape), b.n_bytes)
+        assert np.array_equal(np.asarray(a.data), np.asarray(b.data))
+    assert GGUFFile.open(path).get("tokenizer.ggml.scores") == slow.fields["tokenizer.ggml.scores"].contents()
