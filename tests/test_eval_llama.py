@@ -81,3 +81,16 @@ def test_eval_base_against_base_agrees_with_itself(gguf, tmp_path):
     assert res.summary["base"]["fact_recall"]["total"] == 1
     assert res.summary["base"]["tokens_per_s"] > 1
     assert html.escape(doc["questions"][0]["base"]["answer"]) in res.report_html.read_text()
+
+
+def test_llama_cpp_warnings_go_to_the_debug_log_not_stderr(gguf, capfd, caplog):
+    # llama-cpp-python 0.3.36 prints llama.cpp warnings to stderr even with verbose=False (an old level
+    # numbering); LoreKit routes them to the "llama.cpp" logger so `lorekit build` output stays readable
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="llama.cpp"):
+        LlamaGenerator(gguf, "gemma3", max_tokens=1, seed=0, n_ctx=256)
+    err = capfd.readouterr().err
+    warned = [r for r in caplog.records if r.name == "llama.cpp" and "SWA cache" in r.getMessage()]
+    assert warned and all(r.levelno == logging.DEBUG for r in warned)
+    assert "SWA cache" not in err

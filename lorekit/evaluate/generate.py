@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from lorekit import chat_formats
+from lorekit import chat_formats, llama_log
 from lorekit.errors import LorekitError
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class LlamaGenerator:
         self.format = chat_formats.get(family)
         self.stop = tuple(stop) or self.format.stop
         self.max_tokens, self.n_ctx = max_tokens, n_ctx
+        llama_log.route()
         self.llm = Llama(str(path), n_ctx=n_ctx, seed=seed, n_threads=threads or os.cpu_count(),
                          n_threads_batch=threads or os.cpu_count(), verbose=False)
         # Stop strings that are one token (`<end_of_turn>`) end generation by id.

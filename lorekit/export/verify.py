@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lorekit import chat_formats
+from lorekit import chat_formats, llama_log
 from lorekit.errors import LorekitError
 from lorekit.export.gguf_util import GGUFFile
 
@@ -114,6 +114,7 @@ def llama(model_path: Path, lora_path: Path | None = None):
     except ImportError:
         raise LorekitError("llama-cpp-python is not installed, so the export cannot be checked with llama.cpp: "
                            "pip install 'lorekit[serve]' (or export with --no-verify)") from None
+    llama_log.route()
     kwargs = {"lora_path": str(lora_path)} if lora_path else {}
     llm = Llama(model_path=str(model_path), n_ctx=512, n_batch=512, n_threads=max(1, min(4, os.cpu_count() or 1)),
                 verbose=False, seed=0, **kwargs)

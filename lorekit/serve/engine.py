@@ -145,6 +145,10 @@ class Engine:
         self.path, self.adapter = Path(model), Path(adapter) if adapter else None
         if not self.path.is_file():
             raise LorekitError(f"{self.path}: no such model file (run `lorekit build` or pass --model PATH)")
+        if not verbose:
+            from lorekit import llama_log
+
+            llama_log.route()
         threads = n_threads or default_threads()
         batch_threads = n_threads_batch or threads
         try:
