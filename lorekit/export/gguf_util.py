@@ -6,7 +6,6 @@ GGUF stores shapes innermost-first (`ne`), numpy outermost-first: a linear layer
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from lorekit.errors import LorekitError
+from lorekit.gguf_reader import open_gguf
 
 # File types (llama_ftype) for the merged model, by name.
 FTYPE = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}
@@ -40,7 +40,7 @@ class GGUFFile:
         if not path.is_file():
             raise LorekitError(f"{path}: GGUF file not found (give --base-gguf PATH or --from-hf DIR)")
         try:
-            return cls(path, fast_reader()(path))
+            return cls(path, open_gguf(path))
         except Exception as err:  # the reader raises ValueError/struct errors on junk
             raise LorekitError(f"{path}: not a readable GGUF file ({err}); re-download or re-create it") from None
 
@@ -70,59 +70,6 @@ class GGUFFile:
         t = self.tensors[name]
         data = gguf.quants.dequantize(t.data, t.tensor_type)
         return np.asarray(data, dtype=np.float32).reshape(self.shape(name))
-
-
-def fast_reader() -> type:
-    """`gguf.GGUFReader`, minus most of its start-up: it builds a memory-mapped numpy view per array
-    element, ~4 million of them for Gemma's 262,144-word vocabulary (18.7 s per open of the 270M here;
-    an export opens several GGUFs). This one slices a plain view of the same mapping (no copy) and reads
-    a numeric array as one view. `contents()` and the tensors are unchanged; only a numeric array's
-    `field.data` holds one index instead of one per element."""
-    import gguf
-
-    class FastGGUFReader(gguf.GGUFReader):
-        def _get(self, offset, dtype, count=1, override_order=None):
-            plain = self.__dict__.get("_plain")
-            if plain is None:
-                plain = self._plain = self.data.view(np.ndarray)
-            count = int(count)
-            dt = np.dtype(dtype)
-            arr = plain[offset : offset + dt.itemsize * count].view(dt)[:count]
-            order = self.byte_order if override_order is None else override_order
-            return arr if order == "I" else arr.view(arr.dtype.newbyteorder(order))
-
-        def _get_field_parts(self, orig_offs, raw_type):
-            if gguf.GGUFValueType(raw_type) != gguf.GGUFValueType.ARRAY:
-                return super()._get_field_parts(orig_offs, raw_type)
-            raw_itype = self._get(orig_offs, np.uint32)
-            alen = self._get(orig_offs + 4, np.uint64)
-            itype, count = gguf.GGUFValueType(int(raw_itype[0])), int(alen[0])
-            nptype = self.gguf_scalar_to_np.get(itype)
-            if itype == gguf.GGUFValueType.STRING and count and self.byte_order == "I" and sys.byteorder == "little":
-                return self._strings(orig_offs, raw_itype, alen, count)
-            if count == 0 or nptype is None:  # nested or empty arrays: the usual way
-                return super()._get_field_parts(orig_offs, raw_type)
-            values = self._get(orig_offs + 12, nptype, count)
-            return 12 + int(values.nbytes), [raw_itype, alen, values], [2], [gguf.GGUFValueType.ARRAY, itype]
-
-        def _strings(self, orig_offs, raw_itype, alen, count):
-            """An array of strings: (length, bytes) parts per string, as the base class makes them."""
-            plain, raw = self._plain, self._plain_bytes()
-            parts, idxs, offs = [raw_itype, alen], [], orig_offs + 12
-            for _ in range(count):
-                n = int.from_bytes(raw[offs : offs + 8], "little")
-                parts += (plain[offs : offs + 8].view(np.uint64), plain[offs + 8 : offs + 8 + n])
-                idxs.append(len(parts) - 1)
-                offs += 8 + n
-            return offs - orig_offs, parts, idxs, [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING]
-
-        def _plain_bytes(self) -> memoryview:
-            mv = self.__dict__.get("_mv")
-            if mv is None:
-                mv = self._mv = memoryview(self._plain)
-            return mv
-
-    return FastGGUFReader
 
 
 def copy_metadata(src: GGUFFile, writer: Any, skip: set[str] = frozenset()) -> None:
