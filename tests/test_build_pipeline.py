@@ -85,6 +85,8 @@ def test_build_end_to_end_then_incremental(project, capsys):
     assert main(["build", str(vault), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Nothing to do" in printed and "lorekit serve" in printed
+    verdict = json.loads((out / "eval" / "report.json").read_text())["verdict"]
+    assert f"evaluation: {verdict['status']} ({verdict['headline']})" in printed
 
 
 def test_build_stops_on_broken_lore_and_keeps_artifacts(tmp_path):

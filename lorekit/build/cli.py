@@ -60,5 +60,19 @@ def _summary(result, lore_dir: Path, total: float) -> None:
     print(f"total {total:.1f} s; build folder: {result.out}")
     report = result.out / "eval" / "report.html"
     if report.exists():
+        _verdict(result.out / "eval" / "report.json")
         print(f"evaluation report: {report}")
     print(f"\nNext: lorekit serve {lore_dir} --out {result.out}")
+
+
+def _verdict(path: Path) -> None:
+    """The evaluation's verdict and advice, so a modder sees what training achieved without opening the report."""
+    import json
+
+    try:
+        verdict = json.loads(path.read_text(encoding="utf-8"))["verdict"]
+    except (OSError, ValueError, KeyError):
+        return
+    print(f"evaluation: {verdict['status']} ({verdict['headline']})")
+    for line in verdict.get("advice", []):
+        print(f"  - {line}")
