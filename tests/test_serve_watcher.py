@@ -103,3 +103,21 @@ def test_a_reload_parses_only_the_edited_page(tmp_path):
     reparsed = {path for path in after if after[path] is not before[path]}
     assert reparsed == {page.relative_to(root).as_posix()}
     assert len(lore._parsed) == len(after)  # the old parse of the edited page is not kept
+
+
+def test_reloads_that_overlap_run_one_after_the_other(tmp_path):
+    # a save during a slow reload (a big vault) starts a second one; they must not interleave
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from lorekit.serve.personas import Lore
+
+    root = tmp_path / "lore"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "sample_lore", root)
+    lore = Lore(root)
+    assert lore.load().ok
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: lore.load(), range(8)))
+    assert all(r.ok for r in results)
+    assert lore.current.generation == 9  # 1 + 8 loads, each after the one before

@@ -8,6 +8,7 @@ finish on the snapshot they started with.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +59,13 @@ class Lore:
         self.errors: list[str] = []  # problems of the last failed reload; [] when the disk is good
         self.warnings: list[str] = []
         self._parsed: dict = {}  # content hash + path -> parsed page: a reload re-parses only edited pages
+        self._lock = threading.Lock()  # one load at a time: a save during a slow reload starts another
 
     def load(self) -> ReloadResult:
+        with self._lock:
+            return self._load()
+
+    def _load(self) -> ReloadResult:
         try:
             snap, warnings = self._build((self.current.generation if self.current else 0) + 1)
         except LorekitError as e:
