@@ -92,7 +92,8 @@ RATIOS = (("g3-1b-unsloth", "g3-1b-transformers"), ("e2b-4bit-unsloth", "e2b-4bi
           ("g3-1b-transformers-b8", "g3-1b-trl"), ("g3-1b-unsloth-b8", "g3-1b-transformers-b8"),
           ("g3-1b-unsloth-b8-nocompile", "g3-1b-transformers-b8"),
           ("g3-1b-unsloth-compiled-b128", "g3-1b-transformers-b128"),
-          ("g3-1b-unsloth-compiled-b192", "g3-1b-transformers"), ("g3-1b-unsloth-compiled-b128", "g3-1b-transformers"), ("tiny-transformers", "tiny-trl"))
+          ("g3-1b-unsloth-compiled-b192", "g3-1b-transformers"), ("g3-1b-unsloth-compiled-b192", "g3-1b-trl"),
+          ("g3-1b-unsloth-compiled-b192", "g3-1b-transformers-b128"), ("g3-1b-transformers-b128", "g3-1b-trl"), ("g3-1b-unsloth-compiled-b128", "g3-1b-transformers"), ("tiny-transformers", "tiny-trl"))
 
 
 def model_config(shape: str):
