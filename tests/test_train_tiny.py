@@ -113,6 +113,28 @@ def test_batches_are_bucketed_and_reproducible():
     assert all(len({groups[i] for i in bt}) == 1 for bt in grouped)
 
 
+def test_epochs_count_the_batches_training_uses():
+    # With a shared system prompt a batch holds one NPC's rows, so 13 rows in groups of 5/5/3 at batch 4
+    # make 2 + 2 + 1 = 5 batches an epoch, not ceil(13 / 4) = 4: "3 epochs" must be 15 steps, not 12.
+    from dataclasses import replace
+
+    from lorekit.train.data import Example, batch_order
+    from lorekit.train.loop import Plan
+
+    rows = [Example([1] * (10 + i), [1] * (10 + i), group) for i, group in enumerate("aaaaabbbbbccc")]
+    plan = Plan(epochs=3, batch_size=4, grad_accum=1, lr=1e-3, warmup_ratio=0.0, schedule="linear",
+                weight_decay=0.0, optimizer="adamw", bf16=False, max_steps=0, eval_every=0, log_every=1, seed=7,
+                keep_best=False, pad_id=0, share_prefix=True)
+    lengths, groups = [len(e.input_ids) for e in rows], [e.group for e in rows]
+    per_epoch = [len(batch_order(lengths, 4, 7, e, True, groups)) for e in range(4)]
+    assert per_epoch == [5, 5, 5, 5]
+    assert plan.total_steps(rows) == 15
+    assert replace(plan, epochs=2.5).total_steps(rows) == 13  # 10 + ceil(0.5 x 5)
+    assert replace(plan, grad_accum=2).total_steps(rows) == 9  # ceil(5 / 2) = 3 an epoch
+    assert replace(plan, share_prefix=False).total_steps(rows) == 12  # ungrouped: ceil(13 / 4) = 4
+    assert replace(plan, max_steps=7).total_steps(rows) == 7
+
+
 @pytest.mark.parametrize("family", ["gemma3", "gemma4"])
 def test_loss_falls_and_artifacts_are_written(tiny, family, tmp_path):
     from lorekit.train import run

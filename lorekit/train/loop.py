@@ -54,11 +54,19 @@ class Plan:
     pad_multiple: int = 1
     share_prefix: bool = False
 
-    def steps_per_epoch(self, n_rows: int) -> int:
-        return math.ceil(math.ceil(n_rows / self.batch_size) / self.grad_accum)
+    def epoch_steps(self, rows: list[Example], epoch: int) -> int:
+        """Optimizer steps in `epoch`, from the batches `train` will use: with a shared system prompt a
+        batch holds one NPC's rows only, so an epoch has more batches than rows / batch size."""
+        lengths = [len(e.input_ids) for e in rows]
+        groups = [e.group for e in rows] if self.share_prefix else None
+        batches = batch_order(lengths, self.batch_size, self.seed, epoch, True, groups)
+        return math.ceil(len(batches) / self.grad_accum)
 
-    def total_steps(self, n_rows: int) -> int:
-        total = math.ceil(self.epochs * self.steps_per_epoch(n_rows))
+    def total_steps(self, rows: list[Example]) -> int:
+        whole = int(self.epochs)
+        total = sum(self.epoch_steps(rows, e) for e in range(whole))
+        if self.epochs > whole:  # a fractional last epoch
+            total += math.ceil((self.epochs - whole) * self.epoch_steps(rows, whole))
         return min(total, self.max_steps) if self.max_steps else total
 
 
@@ -250,7 +258,7 @@ def train(model, train_rows: list[Example], eval_rows: list[Example], plan: Plan
           resume: bool = False, on_log: Callback | None = None, on_step: Callback | None = None) -> tuple[State, dict]:
     """Train `model` in place. Returns the final state and the LoRA tensors to keep (best or last)."""
     on_log, on_step = on_log or (lambda r: None), on_step or (lambda r: None)
-    total = plan.total_steps(len(train_rows))
+    total = plan.total_steps(train_rows)
     optimizer = make_optimizer(model, plan)
     scheduler = make_scheduler(optimizer, plan, total)
     state, best, rng = State(), None, None

@@ -69,7 +69,7 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
                       share_prompt=plan.share_prefix)
         log.info("training %s (%s, %s backend) on %d rows, %d eval rows, %d steps",
                  profile.name, profile.family, backend, len(train_rows), len(eval_rows),
-                 plan.total_steps(len(train_rows)))
+                 plan.total_steps(train_rows))
         ckpt, partial = out / "train" / "checkpoint", out / "train" / ".metrics.partial.jsonl"
         _prepare_logs(ckpt, partial, resume)
         state, keep = loop.train(model, train_rows, eval_rows, plan, ckpt, resume=resume,
