@@ -54,13 +54,18 @@ class Plan:
     pad_multiple: int = 1
     share_prefix: bool = False
 
-    def epoch_steps(self, rows: list[Example], epoch: int) -> int:
-        """Optimizer steps in `epoch`, from the batches `train` will use: with a shared system prompt a
-        batch holds one NPC's rows only, so an epoch has more batches than rows / batch size."""
+    def step_groups(self, rows: list[Example], epoch: int) -> list[list[list[int]]]:
+        """The optimizer steps of `epoch`, each a list of micro-batches of row indices (the same for the
+        same seed and epoch, so a resumed run sees the same data)."""
         lengths = [len(e.input_ids) for e in rows]
         groups = [e.group for e in rows] if self.share_prefix else None
         batches = batch_order(lengths, self.batch_size, self.seed, epoch, True, groups)
-        return math.ceil(len(batches) / self.grad_accum)
+        return [batches[i:i + self.grad_accum] for i in range(0, len(batches), self.grad_accum)]
+
+    def epoch_steps(self, rows: list[Example], epoch: int) -> int:
+        """Optimizer steps in `epoch`, counted from the batches `train` uses: with a shared system prompt a
+        batch holds one NPC's rows only, so an epoch has more batches than rows / batch size."""
+        return len(self.step_groups(rows, epoch))
 
     def total_steps(self, rows: list[Example]) -> int:
         whole = int(self.epochs)
@@ -266,14 +271,11 @@ def train(model, train_rows: list[Example], eval_rows: list[Example], plan: Plan
         state, rng, best = load_checkpoint(checkpoint, model, optimizer, scheduler)
         _set_rng_state(rng)
         log.info("resumed at step %d of %d (epoch %d)", state.step, total, state.epoch + 1)
-    lengths = [len(e.input_ids) for e in train_rows]
-    row_groups = [e.group for e in train_rows] if plan.share_prefix else None
     model.train()
     started = time.perf_counter() - state.wall_s
     with StopFlag() as stop:
         while state.step < total:
-            groups = _groups(batch_order(lengths, plan.batch_size, plan.seed, state.epoch, True, row_groups),
-                             plan.grad_accum)
+            groups = plan.step_groups(train_rows, state.epoch)
             while state.group < len(groups) and state.step < total:
                 rng = _rng_state()
                 loss, n_tok, n_all = _step(model, optimizer, scheduler, train_rows, groups[state.group], plan, stop)
@@ -298,10 +300,6 @@ def train(model, train_rows: list[Example], eval_rows: list[Example], plan: Plan
                 raise Interrupted(f"stopped at step {state.step} of {total}")
     keep = best if (plan.keep_best and best is not None) else trainable_state(model)
     return state, keep
-
-
-def _groups(batches: list[list[int]], accum: int) -> list[list[list[int]]]:
-    return [batches[i:i + accum] for i in range(0, len(batches), accum)]
 
 
 def _step(model, optimizer, scheduler, rows, group, plan: Plan, stop: StopFlag):
