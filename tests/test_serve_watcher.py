@@ -3,10 +3,16 @@ debounce, and only if the lore stayed broken (an editor may still be writing).""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
+from lorekit.serve.personas import Lore
 from lorekit.serve.watcher import Eager, lore_relevant
+from tests.conftest import SAMPLE_LORE
 
 
 class Recorder:
@@ -82,16 +88,18 @@ def test_only_lore_files_count(tmp_path):
     assert not lore_relevant(str(tmp_path.parent / "elsewhere.md"), root)
 
 
-def test_a_reload_parses_only_the_edited_page(tmp_path):
-    import shutil
-    from pathlib import Path
-
-    from lorekit.serve.personas import Lore
-
+@pytest.fixture
+def sample(tmp_path):
+    """A copy of the sample world, loaded once as the server's `Lore`."""
     root = tmp_path / "lore"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "sample_lore", root)
+    shutil.copytree(SAMPLE_LORE, root)
     lore = Lore(root)
     assert lore.load().ok
+    return root, lore
+
+
+def test_a_reload_parses_only_the_edited_page(sample):
+    root, lore = sample
     before = {page.path: page for page in lore.current.vault.pages}
     page = next(root.rglob("Tobin Reedy.md"))
     page.write_text(page.read_text(encoding="utf-8").replace("  voice: ", "  voice: Says aye a lot. ", 1),
@@ -105,18 +113,9 @@ def test_a_reload_parses_only_the_edited_page(tmp_path):
     assert len(lore._parsed) == len(after)  # the old parse of the edited page is not kept
 
 
-def test_reloads_that_overlap_run_one_after_the_other(tmp_path):
+def test_reloads_that_overlap_run_one_after_the_other(sample):
     # a save during a slow reload (a big vault) starts a second one; they must not interleave
-    import shutil
-    from concurrent.futures import ThreadPoolExecutor
-    from pathlib import Path
-
-    from lorekit.serve.personas import Lore
-
-    root = tmp_path / "lore"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "sample_lore", root)
-    lore = Lore(root)
-    assert lore.load().ok
+    _, lore = sample
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: lore.load(), range(8)))
     assert all(r.ok for r in results)

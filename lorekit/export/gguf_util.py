@@ -35,7 +35,6 @@ class GGUFFile:
 
     @classmethod
     def open(cls, path: Path | str) -> GGUFFile:
-
         path = Path(path)
         if not path.is_file():
             raise LorekitError(f"{path}: GGUF file not found (give --base-gguf PATH or --from-hf DIR)")

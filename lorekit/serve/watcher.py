@@ -32,18 +32,24 @@ class Debounced:
         self.delay, self.fn, self._timer, self._lock = delay, fn, None, threading.Lock()
 
     def trigger(self) -> None:
+        self._arm(self.delay, self._run)
+
+    def _arm(self, delay: float, run) -> None:
+        """(Re)start the one timer: a pending run is replaced by `run` in `delay` seconds."""
         with self._lock:
             if self._timer:
                 self._timer.cancel()
-            self._timer = threading.Timer(self.delay, self._run)
+            self._timer = threading.Timer(delay, run)
             self._timer.daemon = True
             self._timer.start()
 
-    def _run(self) -> None:
+    def _run(self, **kwargs) -> bool:
+        """Call `fn`; a failure is logged, never raised into the timer thread. False if it raised."""
         try:
-            self.fn()
+            return self.fn(**kwargs)
         except Exception:
             log.exception("reload failed")
+            return False
 
     def cancel(self) -> None:
         with self._lock:
@@ -63,32 +69,17 @@ class Eager(Debounced):
     def trigger(self) -> None:
         self._arm(self.settle, self._try)
 
-    def _arm(self, delay: float, run) -> None:
-        with self._lock:
-            if self._timer:
-                self._timer.cancel()
-            self._timer = threading.Timer(delay, run)
-            self._timer.daemon = True
-            self._timer.start()
-
     def _try(self) -> None:
         timer = self._timer
-        try:
-            ok = self.fn(final=False)
-        except Exception:
-            log.exception("reload failed")
-            ok = False
-        if not ok:
-            with self._lock:
-                if self._timer is not timer:  # a newer event already re-armed: its cycle decides
-                    return
-            self._arm(max(self.delay - self.settle, 0.0), self._final)
+        if self._run(final=False):
+            return
+        with self._lock:
+            if self._timer is not timer:  # a newer event already re-armed: its cycle decides
+                return
+        self._arm(max(self.delay - self.settle, 0.0), self._final)
 
     def _final(self) -> None:
-        try:
-            self.fn(final=True)
-        except Exception:
-            log.exception("reload failed")
+        self._run(final=True)
 
 
 def lore_relevant(path: str, root: Path) -> bool:
