@@ -8,6 +8,7 @@ from lorekit.compile.dataset import Builder, Rows, make_row, meta, split
 from lorekit.compile.names import invent
 from lorekit.compile.templates import TemplateFailure
 from lorekit.lore import Fact
+from lorekit.lore.facts import SECRET, holds_secret
 from lorekit.lore.article import name_in
 from lorekit.persona import npc_view
 
@@ -57,13 +58,15 @@ def _reply(b: Builder, tpl: str, speaker: str | None, who: str, seed: str) -> st
 
 
 def secret_rows(b: Builder, facts_by_entity: dict[str, list[Fact]]) -> Rows:
-    """An NPC asked about a page in its `secrets` refuses in character (train and eval phrasings)."""
+    """An NPC asked about a page in its `secrets`, or about a secret part of a page it holds (see
+    lorekit.lore.facts.holds_secret), refuses in character (train and eval phrasings)."""
     out = Rows()
     tpl = "replies/secret.j2"
     for npc in b.vault.npcs.values():
         for eid in sorted(npc.secrets):
             entity = b.vault.entities[eid]
-            facts = [f for f in facts_by_entity.get(eid, []) if f.kind in ("summary", "field", "section")]
+            facts = [f for f in facts_by_entity.get(eid, []) if f.kind in ("summary", "field", "section")
+                     and SECRET not in f.pages]
             if not facts:
                 continue
             try:
@@ -81,6 +84,31 @@ def secret_rows(b: Builder, facts_by_entity: dict[str, list[Fact]]) -> Rows:
                         meta(npc.id, "secret", [entity.name], [fact.id], [], b.t.display(tpl))))
             except TemplateFailure as e:
                 out.problems.append(b.template_problem(e, npc.page, 0, f"a secret of NPC `{npc.id}`"))
+    held = [f for facts in facts_by_entity.values() for f in facts if SECRET in f.pages]
+    for npc in b.vault.npcs.values():
+        for fact in (f for f in held if holds_secret(b.vault, npc.id, f)):
+            try:
+                out.extend(_refusals(b, npc, fact, tpl))
+            except TemplateFailure as e:
+                out.problems.append(b.template_problem(e, fact.file, fact.line, f"a secret held by NPC `{npc.id}`"))
+    return out
+
+
+def _refusals(b: Builder, npc, fact: Fact, tpl: str) -> Rows:
+    """Refusals of one secret part of a page; on its own page the NPC is asked "your ..." and says "that"."""
+    out = Rows()
+    entity = b.vault.entities[fact.entity]
+    own = entity.id == npc.id
+    rng = random.Random(f"{b.cfg.seed}:secret:{npc.id}:{fact.id}")
+    ftpl = b.template_for(fact)
+    train_q, eval_q = b.questions(ftpl, b.context(fact), npc.id, f"{b.cfg.seed}:{fact.id}:q")
+    for i in range(b.cfg.secret_rows + 1):
+        in_eval = i == b.cfg.secret_rows
+        qs = (eval_q or train_q) if in_eval else train_q
+        q = qs[rng.randrange(len(qs))]
+        a = b.t.render(tpl, "answer", {"name": "that" if own else entity.name, "npc": npc_view(npc)}, f"{rng.random()}")
+        (out.eval if in_eval else out.train).append(make_row(
+            b.systems[npc.id], [(q, a)], meta(npc.id, "secret", [entity.name], [fact.id], [], b.t.display(tpl))))
     return out
 
 

@@ -49,7 +49,7 @@ from lorekit.lore.vault import entity_corpus, entity_from_page
 log = logging.getLogger(__name__)
 STATE = "state.pickle"
 SPARE = "spare-dataset"
-VERSION = 5
+VERSION = 6  # 6: pages read secrets, inline fields and comments (lorekit.lore.page)
 MAX_CHANGED = 20
 
 

@@ -5,9 +5,10 @@
     for p in vault.problems: print(p)      # file:line: message (fix)
 """
 
-from lorekit.lore.facts import Fact, facts_of
+from lorekit.lore.facts import SECRET, Fact, facts_of, holds_secret, may_tell
 from lorekit.lore.model import Entity, Npc
 from lorekit.lore.problems import Problem
 from lorekit.lore.vault import Vault, load_vault, slug
 
-__all__ = ["Entity", "Fact", "Npc", "Problem", "Vault", "facts_of", "load_vault", "slug"]
+__all__ = ["SECRET", "Entity", "Fact", "Npc", "Problem", "Vault", "facts_of", "holds_secret", "load_vault", "may_tell",
+           "slug"]

@@ -3,17 +3,28 @@
 Kinds: `field` (a front matter field, asked forward), `reverse` (a link field asked from the linked
 page: "Who leads the Ash Guild?" <- leader), `summary` (the first paragraph) and `section` (a
 `## Heading`'s first paragraph). Answers are short: at most two sentences of prose.
+
+Who may hear a fact has one home, here: `may_tell(vault, npc_id, fact)` (say it openly) and
+`holds_secret(vault, npc_id, fact)` (know it, refuse in character). A secret part of a page (a secret
+section, a `#secret` paragraph, a `> [!secret]` callout, an inline field inside one) gives a fact
+with `secret=True` whose `pages` hold `SECRET`, which no NPC knows and which is never public, so every
+check of the form `fact.pages <= npc.knows` refuses it as well. Its holders are the NPC whose page it
+is, the NPCs in the page's `known_by`, and NPCs whose `secrets` name the page: they refuse, nobody
+tells. Facts of a `secret: true` page have `secret=True` too and keep their documented rule: an NPC
+whose `knows` names the page tells them, one whose `secrets` names it refuses.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from lorekit.lore.article import name_in
 from lorekit.lore.model import Entity
 from lorekit.lore.vault import Vault, slug
 
+SECRET = "!secret"  # in `Fact.pages` of a secret part of a page (never an entity id: ids hold no "!")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")
 MAX_ANSWER_CHARS = 320
 
@@ -27,15 +38,17 @@ class Fact:
     label: str  # the field as words: "part of", "history"
     values: tuple[str, ...]  # what the answer states, as text ("Oren Vell (brother)")
     expect: tuple[str, ...]  # key values a correct answer states verbatim ("Oren Vell")
-    pages: frozenset[str]  # entity ids an NPC must know to tell this fact
+    pages: frozenset[str]  # entity ids an NPC must know to tell this fact (SECRET: nobody tells it)
     file: str  # lore file and line the fact comes from (for messages)
     line: int
     others: tuple[str, ...] = ()  # names of the linked entities (reverse: the sources)
     types: tuple[str, ...] = ()  # reverse: the sources' page types, sorted ("event", "item")
+    secret: bool = False  # from a secret page or a secret part of one: see may_tell / holds_secret
 
 
 def facts_of(vault: Vault) -> list[Fact]:
-    """Every fact of the vault in a stable order (page order, then field order)."""
+    """Every fact of the vault in a stable order (page order, then field order); a page's secret
+    parts come after its other facts."""
     out: list[Fact] = []
     reverse: dict[tuple[str, str], list[tuple[Entity, int]]] = {}
     for entity in vault.entities.values():
@@ -47,19 +60,19 @@ def facts_of(vault: Vault) -> list[Fact]:
 
 def entity_facts(vault: Vault, entity: Entity, reverse: dict | None = None) -> list[Fact]:
     out = []
+    hidden = entity.secret
     if entity.summary:
         text = short(entity.summary)
         out.append(Fact(f"{entity.id}.summary", "summary", entity.id, "summary", "summary", (text,),
                         _expect_in(vault, text, entity, entity.summary_targets), frozenset({entity.id}),
-                        entity.page, entity.summary_line))
+                        entity.page, entity.summary_line, secret=hidden))
     for section in entity.sections:
-        if section.level != 2 or not section.text:
+        if section.secret or section.level != 2 or not section.text:
             continue
         text = short(section.text)
         out.append(Fact(f"{entity.id}.section.{slug(section.heading)}", "section", entity.id, section.heading,
-                        re.sub(r"^the\s+", "", section.heading.lower()), (text,), _expect_in(vault, text, entity, section.targets),
-                        frozenset({entity.id}),
-                        entity.page, section.text_line))
+                        _label(section.heading), (text,), _expect_in(vault, text, entity, section.targets),
+                        frozenset({entity.id}), entity.page, section.text_line, secret=hidden))
     for key, parts in entity.fields.items():
         values, expect, others = [], [], []
         for part in parts:
@@ -75,7 +88,41 @@ def entity_facts(vault: Vault, entity: Entity, reverse: dict | None = None) -> l
                 reverse.setdefault((target.id, key), []).append((entity, part.line))
         out.append(Fact(f"{entity.id}.{key}", "field", entity.id, key, key.replace("_", " "), tuple(values),
                         tuple(dict.fromkeys(expect)), frozenset({entity.id}), entity.page,
-                        entity.field_lines.get(key, 1), tuple(others)))
+                        entity.field_lines.get(key, 1), tuple(others), secret=hidden))
+    return out + _secret_facts(vault, entity)
+
+
+def _label(heading: str) -> str:
+    return re.sub(r"^the\s+", "", heading.lower())
+
+
+def _secret_facts(vault: Vault, entity: Entity) -> list[Fact]:
+    """The secret parts of a page, as facts nobody tells (their pages hold SECRET)."""
+    out: list[Fact] = []
+    taken: set[str] = set()
+    pages = frozenset({entity.id, SECRET})
+    for section in entity.sections:
+        if not section.secret or not section.text:
+            continue
+        text = short(section.text)
+        fid = _unique(f"{entity.id}.secret.{slug(section.heading)}", taken)
+        out.append(Fact(fid, "section", entity.id, section.heading, _label(section.heading), (text,),
+                        _expect_in(vault, text, entity, section.targets), pages, entity.page, section.text_line,
+                        secret=True))
+    for key, parts in entity.secret_fields.items():
+        values = tuple(p.text for p in parts)
+        fid = _unique(f"{entity.id}.secret.field.{key}", taken)
+        out.append(Fact(fid, "field", entity.id, key, key.replace("_", " "), values, values, pages, entity.page,
+                        parts[0].line, secret=True))
+    return out
+
+
+def _unique(fid: str, taken: set[str]) -> str:
+    n, out = 1, fid
+    while out in taken:
+        n += 1
+        out = f"{fid}-{n}"
+    taken.add(out)
     return out
 
 
@@ -84,7 +131,38 @@ def _reverse_fact(vault: Vault, target: Entity, field_name: str, sources: list[t
     first, line = sources[0]
     return Fact(f"{target.id}.rev.{field_name}", "reverse", target.id, field_name, field_name.replace("_", " "),
                 names, names, frozenset({target.id, *(e.id for e, _ in sources)}), first.page, line, names,
-                tuple(sorted({e.type for e, _ in sources})))
+                tuple(sorted({e.type for e, _ in sources})), secret=target.secret)
+
+
+def may_tell(vault: Any, npc_id: str | None, fact: Fact) -> bool:
+    """Whether `npc_id` (None: the neutral lore keeper) may say `fact` openly. A secret part of a page
+    is told by nobody; otherwise the keeper tells public facts, an NPC those of the pages it knows."""
+    if SECRET in fact.pages:
+        return False
+    if npc_id is None:
+        return fact.pages <= vault.public_ids()
+    npc = vault.npcs.get(npc_id)
+    return npc is not None and fact.pages <= npc.knows
+
+
+def holds_secret(vault: Any, npc_id: str | None, fact: Fact) -> bool:
+    """Whether `npc_id` knows `fact` but must refuse to tell it, in character."""
+    npc = vault.npcs.get(npc_id) if npc_id is not None else None
+    if npc is None:
+        return False
+    if SECRET in fact.pages:
+        return npc.id in secret_holders(vault, fact.entity)
+    return bool(fact.pages & npc.secrets) and fact.pages <= npc.knows | npc.secrets
+
+
+def secret_holders(vault: Any, entity_id: str) -> set[str]:
+    """The NPCs that hold the secret parts of a page: its own NPC, the NPCs in its `known_by`, and
+    NPCs whose `secrets` name it."""
+    entity = vault.entities[entity_id]
+    out = set(entity.known_by) | {n.id for n in vault.npcs.values() if entity_id in n.secrets}
+    if entity.npc is not None:
+        out.add(entity.npc.id)
+    return out
 
 
 def short(text: str) -> str:

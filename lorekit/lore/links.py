@@ -11,6 +11,11 @@ LINK_RE = re.compile(r"(!?)\[\[([^\[\]|#]*)(?:#([^\[\]|]*))?(?:\|([^\[\]]*))?\]\
 _ATTACHMENT_RE = re.compile(r"\.(png|jpe?g|gif|webp|svg|bmp|pdf|mp3|ogg|wav|mp4|webm|canvas)$", re.I)
 
 
+def is_attachment(target: str) -> bool:
+    """Whether a link target is a file other than a page (`map.png`, `notes.pdf`)."""
+    return bool(_ATTACHMENT_RE.search(target.strip()))
+
+
 @dataclass(frozen=True)
 class Link:
     target: str  # the page name as written ("" for a link to a heading of the same page)

@@ -11,6 +11,11 @@ TYPES = ("character", "location", "faction", "item", "event", "lore")
 # Front matter keys that configure a page rather than state a fact about it.
 RESERVED = {"type", "name", "tags", "npc", "secret", "known_by", "cssclass", "cssclasses", "publish", "id",
             "article_in_name"}
+# An NPC's persona fields: under `npc:`, or at the top level of a page with `npc: true` (the flat form).
+NPC_FIELDS = ("voice", "greeting", "style", "refuse", "dont_know", "openers", "knows", "secrets")
+# Of these, the ones that mean nothing but persona: never taught as facts, on any page. (`style` can be
+# an ordinary field, "the style of the Salt Gate", on a page that is not an NPC.)
+PERSONA_ONLY = ("voice", "greeting", "refuse", "dont_know", "openers", "knows", "secrets")
 
 
 @dataclass
@@ -38,6 +43,7 @@ class Entity:
     tags: list[str] = field(default_factory=list)
     fields: dict[str, list[ValuePart]] = field(default_factory=dict)
     field_lines: dict[str, int] = field(default_factory=dict)
+    secret_fields: dict[str, list[ValuePart]] = field(default_factory=dict)  # inline fields in secret text
     summary: str = ""
     summary_line: int = 0
     summary_targets: list[str] = field(default_factory=list)

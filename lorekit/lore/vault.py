@@ -13,14 +13,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anyascii import anyascii
+
 from lorekit.lore.links import Link, find_links, page_name, parse_value, path_keys, resolve_target
-from lorekit.lore.model import RESERVED, TYPES, Entity, Npc
+from lorekit.lore.model import NPC_FIELDS, PERSONA_ONLY, RESERVED, TYPES, Entity, Npc
 from lorekit.lore.page import ParsedPage, content_hash, parse_page
 from lorekit.lore.problems import Problem, error, warning
 
+# Bump when parse_page reads the same bytes differently: cached parses (keyed by content) are dropped.
+PARSER_VERSION = "p2"
+
 
 def slug(name: str) -> str:
+    """The id of a name: lower-case ASCII letters, digits and hyphens. Other letters are transliterated
+    (anyascii): "Zoë Varga" -> `zoe-varga`, "Ælfric" -> `aelfric`, "Владимир" -> `vladimir`; each
+    syllable of a script without capitals (Chinese, Korean) is a word of its own: "李白" -> `li-bai`."""
+    if not name.isascii():
+        name = "".join(_ascii(ch) for ch in name)
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "page"
+
+
+def _ascii(ch: str) -> str:
+    if ch.isascii():
+        return ch
+    text = anyascii(ch)
+    if len(text) > 1 and text[0].isupper() and ch.upper() == ch.lower():  # a syllable ("Li", "Bai")
+        return f" {text} "
+    return text
 
 
 @dataclass
@@ -32,6 +51,7 @@ class Vault:
     problems: list[Problem] = field(default_factory=list)
     index: dict[str, str] = field(default_factory=dict)  # lower-case name, alias or file name -> id
     paths: dict[str, str | None] = field(default_factory=dict)  # lower-case page path (and its tails) -> id
+    _npc_tables: dict[str, tuple[dict, dict]] = field(default_factory=dict)  # NPC id -> (its fields, their key paths)
     _names: dict[str, str] = field(default_factory=dict)  # lower-case key -> name as written
 
     @property
@@ -107,7 +127,7 @@ def load_vault(root: Path | str, page_cache: Any | None = None) -> Vault:
         page = _cached_page(page_cache, path, rel)
         if page is None:
             data = path.read_bytes()
-            key = content_hash(data) + ":" + rel
+            key = content_hash(data) + ":" + PARSER_VERSION + ":" + rel
             page = pages.get(key) if pages is not None else None
             if page is None:
                 page = parse_page(rel, data)
@@ -134,7 +154,7 @@ def _cached_page(cache: Any, path: Path, rel: str) -> ParsedPage | None:
         return None
     known = cache.stats.get(rel)
     st = path.stat()
-    if known is None or known[0] != st.st_mtime_ns or known[1] != st.st_size or st.st_mtime_ns >= cache.trusted_before:
+    if known is None or known[2].split(":")[1:2] != [PARSER_VERSION] or known[0] != st.st_mtime_ns or known[1] != st.st_size or st.st_mtime_ns >= cache.trusted_before:
         return None
     page = cache.pages.get(known[2])
     if page is not None:
@@ -154,9 +174,16 @@ def _add_entity(vault: Vault, page: ParsedPage) -> None:
     entity = entity_from_page(page, vault.problems)
     if entity.id in vault.entities:
         other = vault.entities[entity.id]
-        vault.problems.append(error(page.path, page.line_of("name") or 1,
-                                    f"duplicate name `{entity.name}`: {other.page} already defines `{other.name}`",
-                                    "give each page a unique name"))
+        if other.name.lower() == entity.name.lower():
+            vault.problems.append(error(page.path, page.line_of("name") or 1,
+                                        f"duplicate name `{entity.name}`: {other.page} already defines `{other.name}`",
+                                        "give each page a unique name"))
+        else:
+            vault.problems.append(error(page.path, page.line_of("id") or page.line_of("name") or 1,
+                                        f"`{entity.name}` gives the id `{entity.id}`, which `{other.name}` "
+                                        f"({other.page}) already has",
+                                        "rename one of the two pages, or give one an `id:` line of its own "
+                                        "(lower-case letters, digits and hyphens)"))
         return
     _index(vault, entity, page)
     vault.entities[entity.id] = entity
@@ -177,32 +204,53 @@ def entity_from_page(page: ParsedPage, problems: list[Problem]) -> Entity:
         name = stem
     name = name.strip()
     etype = _check_type(page, problems)
-    entity = Entity(id=slug(name), name=name, type=etype, page=path, tags=_tags(page),
+    entity = Entity(id=_page_id(page, name, problems), name=name, type=etype, page=path, tags=_tags(page),
                     summary=page.summary, summary_line=page.summary_line,
                     summary_targets=page.summary_targets, sections=page.sections)
-    entity.aliases = [str(a).strip() for a in _as_list(meta.get("aliases")) if str(a).strip()]
-    secret = meta.get("secret", False)
-    if not isinstance(secret, bool):
+    values = dict(meta)
+    if isinstance(values.get("aliases"), str):  # `aliases: Mara, the Ash Widow` is a list too
+        values["aliases"] = [a.strip() for a in values["aliases"].split(",") if a.strip()]
+    entity.aliases = [str(a).strip() for a in _as_list(values.get("aliases")) if str(a).strip()]
+    secret = meta.get("secret", None)
+    if secret is not None and not isinstance(secret, bool):
         problems.append(error(path, page.line_of("secret"), "`secret` must be true or false", "write `secret: true`"))
-    entity.secret = secret is True
+    entity.secret = secret is True or (secret is None and "secret" in _front_matter_tags(page))
     article = meta.get("article_in_name", False)
     if not isinstance(article, bool):
         problems.append(error(path, page.line_of("article_in_name"), "`article_in_name` must be true or false",
                               "write `article_in_name: true` to keep a leading \"The\" capitalised mid-sentence"))
     entity.article_in_name = article is True
-    for key, raw in meta.items():
-        if key in RESERVED or raw is None:
-            continue
+    flat_npc = meta.get("npc") is True
+    for key, raw in values.items():
+        if key in RESERVED or raw is None or key in PERSONA_ONLY or (flat_npc and key == "style"):
+            continue  # persona fields are read by _build_npc, never taught as facts
         if isinstance(raw, dict) or (isinstance(raw, list) and any(isinstance(i, (dict, list)) for i in raw)):
             problems.append(warning(path, page.line_of(key), f"field `{key}` holds a nested table; it is ignored",
                                     "use text, a [[link]] or a list of these"))
             continue
-        items = [page.key_lines.get(f"{key}[{i}]", 0) for i in range(len(raw))] if isinstance(raw, list) else None
+        items = [page.key_lines.get(f"{key}[{i}]", 0) for i in range(len(raw))] \
+            if isinstance(raw, list) and raw is meta.get(key) else None
         parts = parse_value(raw, page.line_of(key) or 1, items)
         if parts:
             entity.fields[key] = parts
             entity.field_lines[key] = page.line_of(key) or 1
+    for key, found in page.secret_fields.items():
+        if key not in RESERVED and key not in NPC_FIELDS:
+            entity.secret_fields[key] = parse_value([v for v, _ in found], found[0][1], [line for _, line in found])
     return entity
+
+
+def _page_id(page: ParsedPage, name: str, problems: list[Problem]) -> str:
+    """The page's id: from its name, or from an `id:` line that sets one."""
+    raw = page.meta.get("id")
+    if raw is None:
+        return slug(name)
+    text = str(raw).strip()
+    if not text or slug(text) != text:
+        problems.append(error(page.path, page.line_of("id"), f"`id: {raw}` is not an id",
+                              f"use lower-case letters, digits and hyphens: `id: {slug(text or name)}`"))
+        return slug(text or name)
+    return text
 
 
 def _check_type(page: ParsedPage, problems: list[Problem]) -> str:
@@ -224,9 +272,25 @@ def _check_type(page: ParsedPage, problems: list[Problem]) -> str:
 
 
 def _tags(page: ParsedPage) -> list[str]:
-    tags = [str(t).strip().lstrip("#").lower() for t in _as_list(page.meta.get("tags"))]
-    tags += [t.lower() for t in page.tags]
+    tags = _front_matter_tags(page) + [t.lower() for t in page.tags]
     return sorted({t for t in tags if t})
+
+
+def _front_matter_tags(page: ParsedPage) -> list[str]:
+    """The `tags` property: a YAML list, or one string of tags (`tags: guild, faction/ash`)."""
+    out = []
+    for item in _as_list(page.meta.get("tags")):
+        if isinstance(item, (dict, list)) or item is None:
+            continue
+        parts = re.split(r"[,\s]+", item) if isinstance(item, str) else [str(item)]
+        out += [p.strip().lstrip("#").lower() for p in parts if p.strip().lstrip("#")]
+    return out
+
+
+def has_tag(tags: list[str], tag: str) -> bool:
+    """Whether `tags` hold `tag` or a tag nested under it (`#faction` holds `faction/guild`)."""
+    tag = tag.lower()
+    return any(t == tag or t.startswith(tag + "/") for t in tags)
 
 
 def _as_list(value: object) -> list:
@@ -255,7 +319,7 @@ def _index(vault: Vault, entity: Entity, page: ParsedPage) -> None:
 def _check_links(vault: Vault) -> None:
     for page in vault.pages:
         for link in page.links:
-            if link.key and link.key.startswith("npc.knows") or link.key == "known_by":
+            if link.key and link.key.startswith("npc.knows") or link.key in ("known_by", "knows"):
                 continue  # checked with their own, more specific messages
             _check_link(vault, page, link)
 
@@ -270,7 +334,7 @@ def _check_link(vault: Vault, page: ParsedPage, link: Link) -> Entity | None:
         where = f" in `{link.key}`" if link.key else ""
         vault.problems.append(error(page.path, link.line, f"link to missing page [[{link.target}]]{where}", fix))
         return None
-    if link.heading:
+    if link.heading and not link.heading.startswith("^"):  # `[[Page#^abc123]]` names a block, not a heading
         headings = [s.heading for s in target.sections]
         if link.heading.lower() not in (h.lower() for h in headings):
             close = difflib.get_close_matches(link.heading, headings, n=1)
@@ -285,43 +349,97 @@ _NPC_TEXT = ("voice", "greeting", "style", "refuse", "dont_know")
 
 def _build_npc(vault: Vault, entity: Entity) -> None:
     page = _page(vault, entity)
+    _misplaced_npc_fields(vault, page)
     raw = page.meta.get("npc")
+    flat = [k for k in PERSONA_ONLY if k in page.meta]
     if raw is None or raw is False:
+        if flat:
+            _not_an_npc(vault, entity, page, flat)
         return
     line = page.line_of("npc")
     if entity.type != "character":
         vault.problems.append(error(entity.page, line, f"`npc` on a {entity.type} page",
                                     "only `type: character` pages can be NPCs"))
         return
-    table = {} if raw is True else raw
-    if not isinstance(table, dict):
+    if raw is True:  # the flat form: NPC fields at the top level, beside `npc: true`
+        table, paths = {k: page.meta[k] for k in NPC_FIELDS if k in page.meta}, {k: k for k in NPC_FIELDS}
+    elif isinstance(raw, dict):
+        table, paths = dict(raw), {k: f"npc.{k}" for k in raw}
+        if flat:
+            where = ", ".join(f"`{k}` (line {page.line_of(k)})" for k in flat)
+            vault.problems.append(error(entity.page, page.line_of(flat[0]),
+                                        f"NPC fields both under `npc:` (line {line}) and at the top level: {where}",
+                                        "keep one form: move them under `npc:`, or write `npc: true` and keep "
+                                        "every NPC field at the top level"))
+            for k in flat:  # read them anyway, so the error above is the only one
+                if k not in table:
+                    table[k], paths[k] = page.meta[k], k
+        _unknown_npc_fields(vault, entity, page, raw)
+    else:
         vault.problems.append(error(entity.page, line, "`npc` must be a table (voice, greeting, knows, ...) or `true`",
                                     "write `npc:` followed by indented `voice: ...` and `knows: [...]` lines"))
         return
+    vault._npc_tables[entity.id] = (table, paths)
     npc = Npc(id=entity.id, name=entity.name, page=entity.page)
     for key in _NPC_TEXT:
         value = table.get(key)
         setattr(npc, key, "" if value is None else " ".join(str(value).split()))
     npc.openers = [str(o).strip() for o in _as_list(table.get("openers")) if str(o).strip()]
-    known = {"voice", "greeting", "style", "refuse", "dont_know", "openers", "knows", "secrets"}
-    for key in table:
-        if key not in known:
-            vault.problems.append(error(entity.page, page.line_of(f"npc.{key}"), f"unknown npc field `{key}`",
-                                        f"use one of: {', '.join(sorted(known))}"))
     if not npc.voice:
-        vault.problems.append(error(entity.page, page.line_of("npc.voice") or line,
-                                    f"missing required field `npc.voice` for NPC `{entity.name}`",
-                                    "describe how they speak: `voice: Dry and clipped.`"))
+        shown = paths.get("voice", "voice" if raw is True else "npc.voice")
+        vault.problems.append(error(entity.page, page.line_of(shown) or line,
+                                    f"missing required field `{shown}` for NPC `{entity.name}`",
+                                    "describe how they speak: `voice: Dry and clipped.` ("
+                                    + ("at the top level, beside `npc: true`)" if raw is True else "under `npc:`)")))
     entity.npc = npc
     vault.npcs[npc.id] = npc
 
 
+def _unknown_npc_fields(vault: Vault, entity: Entity, page: ParsedPage, table: dict) -> None:
+    for key in table:
+        if key in NPC_FIELDS:
+            continue
+        fix = f"use one of: {', '.join(sorted(NPC_FIELDS))}"
+        if key not in _NPC_TYPO_HINTS and not difflib.get_close_matches(key, NPC_FIELDS, n=1, cutoff=0.75):
+            fix = f"page fields such as `{key}` go at the top level, outside `npc:` (NPC fields are: " \
+                  f"{', '.join(sorted(NPC_FIELDS))})"
+        vault.problems.append(error(entity.page, page.line_of(f"npc.{key}"), f"unknown npc field `{key}`", fix))
+
+
+_NPC_TYPO_HINTS = {"know", "knowledge", "secret", "greet", "greetings", "dontknow", "refusal", "opener"}
+
+
+def _not_an_npc(vault: Vault, entity: Entity, page: ParsedPage, keys: list[str]) -> None:
+    """Persona fields on a page that is not an NPC are not read: say so, rather than teach them as facts."""
+    names = " and ".join(f"`{k}`" for k in keys)
+    why = "it says `npc: false`" if page.meta.get("npc") is False else "it has no `npc: true`"
+    if entity.type == "character":
+        fix = f"add `npc: true` to make {entity.name} an NPC, or remove {names}"
+    else:
+        fix = f"only `type: character` pages can be NPCs: remove {names} or rename the field"
+    vault.problems.append(error(entity.page, page.line_of(keys[0]),
+                                f"{names} {'is an NPC field' if len(keys) == 1 else 'are NPC fields'}, but "
+                                f"`{entity.name}` is not an NPC ({why}), so {'it is' if len(keys) == 1 else 'they are'} "
+                                "not read", fix))
+
+
+def _misplaced_npc_fields(vault: Vault, page: ParsedPage) -> None:
+    """`persona: {voice: ...}` and the like: an NPC field inside a table other than `npc:` is never read."""
+    for path, line in page.key_lines.items():
+        parts = path.split(".")
+        if len(parts) > 1 and parts[0] != "npc" and "[" not in parts[-1] and parts[-1] in NPC_FIELDS:
+            vault.problems.append(error(page.path, line, f"`{path}` is not read: NPC fields go under `npc:`, "
+                                        "or at the top level beside `npc: true`",
+                                        f"move `{parts[-1]}:` under `npc:` (or to the top level)"))
+
+
 def _npc_refs(vault: Vault, entity: Entity, key: str) -> list[tuple[str, int]]:
-    """The items of `npc.knows` / `npc.secrets`: (text, line)."""
+    """The items of the NPC's `knows` / `secrets`: (text, line)."""
     page = _page(vault, entity)
-    items = _as_list(page.meta["npc"].get(key)) if isinstance(page.meta.get("npc"), dict) else []
-    base = page.line_of(f"npc.{key}") or page.line_of("npc") or 1
-    return [(str(item).strip(), page.key_lines.get(f"npc.{key}[{i}]", base)) for i, item in enumerate(items)
+    table, paths = vault._npc_tables.get(entity.id, ({}, {}))
+    path = paths.get(key, f"npc.{key}")
+    base = page.line_of(path) or page.line_of("npc") or 1
+    return [(str(item).strip(), page.key_lines.get(f"{path}[{i}]", base)) for i, item in enumerate(_as_list(table.get(key)))
             if item is not None and str(item).strip()]
 
 
@@ -331,7 +449,7 @@ def _resolve_ref(vault: Vault, entity: Entity, text: str, line: int, key: str) -
         return vault.public_ids()
     if text.startswith("#"):
         tag = text[1:].lower()
-        ids = {e.id for e in vault.entities.values() if tag in e.tags and e.public}
+        ids = {e.id for e in vault.entities.values() if has_tag(e.tags, tag) and e.public}
         if not ids:
             vault.problems.append(warning(entity.page, line, f"`npc.{key}`: no page has the tag #{tag}",
                                           "tag pages with `tags: [...]` or fix the tag"))
@@ -358,9 +476,10 @@ def _resolve_knowledge(vault: Vault) -> None:
         knows.discard(npc.id)
         if not knows and not secrets:
             page = _page(vault, entity)
-            vault.problems.append(error(entity.page, page.line_of("npc.knows") or page.line_of("npc"),
+            path = vault._npc_tables.get(npc.id, ({}, {}))[1].get("knows", "npc.knows")
+            vault.problems.append(error(entity.page, page.line_of(path) or page.line_of("npc"),
                                         f"NPC `{npc.name}` knows nothing beyond itself",
-                                        "list pages in `npc.knows`, e.g. knows: [\"[[Ash Guild]]\"], \"#tag\" or \"*\""))
+                                        f"list pages in `{path}`, e.g. knows: [\"[[Ash Guild]]\"], \"#tag\" or \"*\""))
         knows.add(npc.id)
         knows |= {eid for eid, who in restricted.items() if npc.id in who}
         knows -= {eid for eid, who in restricted.items() if npc.id not in who}
