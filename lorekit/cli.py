@@ -26,11 +26,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("lorekit.build.cli", "validate, compile, train, evaluate and export, incrementally"),
     "serve": ("lorekit.serve.cli", "run the NPC dialogue server for a game"),
     "chat": ("lorekit.serve.cli_chat", "talk to an NPC through a running server"),
+    "import-card": ("lorekit.cards.cli_import", "write an NPC page from a SillyTavern character card"),
+    "cards": ("lorekit.cards.cli", "write every NPC as a SillyTavern character card (.json, .png)"),
 }
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    lines = "\n".join(f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items())
+    lines = "\n".join(f"  {name:<12} {summary}" for name, (_, summary) in COMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="lorekit",
         description="Turn wiki-style markdown lore into NPCs that know it.",

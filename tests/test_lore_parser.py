@@ -62,13 +62,14 @@ def test_title_summary_sections_tags():
     assert page.summary == "Mara leads the guild in Cinderfall."
     assert page.summary_line == 12
     assert page.summary_targets == ["Ash Guild", "Cinderfall"]
-    assert [(s.heading, s.level, s.line, s.text) for s in page.sections] == [("History", 2, 17, "She rose fast.")]
+    assert [(s.heading, s.level, s.line, s.text, s.secret) for s in page.sections] == [
+        ("History", 2, 17, "She rose fast.", False), ("Secret", 2, 21, "She burned the Ember Ledger.", True)]
     assert page.tags == ["veteran"]
 
 
 def test_secret_callout_is_kept_out_of_the_text_but_its_links_are_checked():
     page = parse_page("Mara Vell.md", PAGE.encode())
-    assert "burned" not in page.summary + " ".join(s.text for s in page.sections)
+    assert "burned" not in page.summary + " ".join(s.text for s in page.sections if not s.secret)
     assert [link.target for link in page.secret_links] == ["Ember Ledger"]
     assert any(link.target == "Ember Ledger" for link in page.links)
 

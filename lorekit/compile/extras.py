@@ -8,8 +8,8 @@ from lorekit.compile.dataset import Builder, Rows, make_row, meta, split
 from lorekit.compile.names import invent
 from lorekit.compile.templates import TemplateFailure
 from lorekit.lore import Fact
-from lorekit.lore.facts import SECRET, holds_secret
 from lorekit.lore.article import name_in
+from lorekit.lore.facts import SECRET, holds_secret
 from lorekit.persona import npc_view
 
 
