@@ -23,6 +23,9 @@ CASES = {
     "empty_page": ("Blank.md", 1, "empty page"),
     "npc_knows_nothing": ("Hermit.md", 5, "NPC `Hermit` knows nothing beyond itself"),
     "template_field": ("_templates/fields/kind.j2", 11, "template uses `specialty`, which Home.md:3 (fact `home.kind`) lacks"),
+    "npc_both_forms": ("Wren.md", 6, "NPC fields both under `npc:` (line 3) and at the top level: `greeting` (line 6)"),
+    "persona_not_read": ("Hob.md", 4, "`voice` and `knows` are NPC fields, but `Hob` is not an NPC"),
+    "id_collision": ("b/Zoe Varga.md", 1, "`Zoe Varga` gives the id `zoe-varga`, which `Zoë Varga` (a/Zoë Varga.md) already has"),
 }
 
 

@@ -182,8 +182,8 @@ def _add_entity(vault: Vault, page: ParsedPage) -> None:
             vault.problems.append(error(page.path, page.line_of("id") or page.line_of("name") or 1,
                                         f"`{entity.name}` gives the id `{entity.id}`, which `{other.name}` "
                                         f"({other.page}) already has",
-                                        "rename one of the two pages, or give one an `id:` line of its own "
-                                        "(lower-case letters, digits and hyphens)"))
+                                        "rename one of the two pages, or give one an `id:` line of its own, "
+                                        "in lower-case letters, digits and hyphens"))
         return
     _index(vault, entity, page)
     vault.entities[entity.id] = entity
@@ -389,8 +389,8 @@ def _build_npc(vault: Vault, entity: Entity) -> None:
         shown = paths.get("voice", "voice" if raw is True else "npc.voice")
         vault.problems.append(error(entity.page, page.line_of(shown) or line,
                                     f"missing required field `{shown}` for NPC `{entity.name}`",
-                                    "describe how they speak: `voice: Dry and clipped.` ("
-                                    + ("at the top level, beside `npc: true`)" if raw is True else "under `npc:`)")))
+                                    "describe how they speak: `voice: Dry and clipped.`, "
+                                    + ("at the top level beside `npc: true`" if raw is True else "under `npc:`")))
     entity.npc = npc
     vault.npcs[npc.id] = npc
 
@@ -411,7 +411,8 @@ _NPC_TYPO_HINTS = {"know", "knowledge", "secret", "greet", "greetings", "dontkno
 
 def _not_an_npc(vault: Vault, entity: Entity, page: ParsedPage, keys: list[str]) -> None:
     """Persona fields on a page that is not an NPC are not read: say so, rather than teach them as facts."""
-    names = " and ".join(f"`{k}`" for k in keys)
+    quoted = [f"`{k}`" for k in keys]
+    names = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
     why = "it says `npc: false`" if page.meta.get("npc") is False else "it has no `npc: true`"
     if entity.type == "character":
         fix = f"add `npc: true` to make {entity.name} an NPC, or remove {names}"
@@ -430,7 +431,7 @@ def _misplaced_npc_fields(vault: Vault, page: ParsedPage) -> None:
         if len(parts) > 1 and parts[0] != "npc" and "[" not in parts[-1] and parts[-1] in NPC_FIELDS:
             vault.problems.append(error(page.path, line, f"`{path}` is not read: NPC fields go under `npc:`, "
                                         "or at the top level beside `npc: true`",
-                                        f"move `{parts[-1]}:` under `npc:` (or to the top level)"))
+                                        f"move `{parts[-1]}:` under `npc:`, or to the top level"))
 
 
 def _npc_refs(vault: Vault, entity: Entity, key: str) -> list[tuple[str, int]]:
