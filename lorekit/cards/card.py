@@ -131,7 +131,7 @@ def card_from_json(text: str, source: str) -> Card:
     card = Card(spec=spec, name="")
     for key in _TEXT:
         setattr(card, key, _text(data, key, source))
-    card.name = card.name.strip()
+    card.name = " ".join(card.name.replace("[", "(").replace("]", ")").replace("|", "/").replace("#", "").split())
     if not card.name:
         raise LorekitError(f"{source}: the card has no `data.name` (fix: give the character a name)")
     card.alternate_greetings = _texts(data, "alternate_greetings", source)

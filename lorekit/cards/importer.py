@@ -51,13 +51,14 @@ class _NewPage:
 def import_card(card_path: Path | str, lore_dir: Path | str, force: bool = False) -> ImportResult:
     """Read the card, plan every page, then write them (each atomically)."""
     card = read_card(card_path)
-    result = plan(card, Path(lore_dir), Path(card_path).name, force)
+    result = plan(card, Path(lore_dir), str(card_path), force)
     for w in result.writes:
         atomic.write_text(Path(lore_dir) / w.rel, w.text)
     return result
 
 
 def plan(card: Card, lore_dir: Path, source: str, force: bool = False) -> ImportResult:
+    """Every page to write for `card` (read from `source`, named in messages), checked, not yet written."""
     if not lore_dir.is_dir():
         raise LorekitError(f"{lore_dir}: lore folder not found (fix: create it, or pass the folder holding your pages)")
     vault = load_vault(lore_dir)
@@ -223,7 +224,7 @@ def _kept(card: Card, source: str) -> str:
     if not parts:
         return ""
     kept = "\n\n".join(parts).replace("%%", "% %")
-    return f"\n%% Kept from the card {source} ({card.spec}); LoreKit does not teach these.\n\n{kept}\n%%\n"
+    return f"\n%% Kept from the card {Path(source).name} ({card.spec}); LoreKit does not teach these.\n\n{kept}\n%%\n"
 
 
 def _notes(card: Card, knows: list[str], rel: str, result: ImportResult) -> None:
@@ -248,4 +249,4 @@ def _front(data: dict) -> str:
 def file_name(name: str) -> str:
     """A file name for a page name: no characters that file systems or wiki links forbid."""
     text = re.sub(r'[\\/:*?"<>|#^\[\]]+', " ", name)
-    return " ".join(text.split()).strip(" .")[:120] or "card"
+    return " ".join(text.split()).strip(" ._")[:120] or "card"  # a leading `.` or `_` would hide the page

@@ -30,7 +30,8 @@ def chunks(data: bytes) -> list[tuple[bytes, bytes]]:
         length, kind = struct.unpack(">I4s", data[at:at + 8])
         end = at + 8 + length
         if end + 4 > len(data):
-            raise PngError(f"chunk `{kind.decode('latin-1')}` runs past the end of the file (the file is cut short)")
+            shown = kind.decode("ascii") if kind.isalpha() else "0x" + kind.hex()
+            raise PngError(f"chunk `{shown}` runs past the end of the file (the file is cut short)")
         out.append((kind, data[at + 8:end]))
         at = end + 4
         if kind == b"IEND":
