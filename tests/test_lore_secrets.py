@@ -110,6 +110,8 @@ def test_no_row_says_a_secret_and_holders_refuse_in_character(rows):
     for r in refusals:
         answer = r["conversations"][-1]["value"]
         assert not any(words in answer for words in SECRET_WORDS)
+    debt = [r for r in refusals if r["meta"]["facts"] == ["aelfric-dunn.secret.field.debt"]]
+    assert debt and all(r["meta"]["secret_values"] == ["three hundred crowns"] for r in debt)  # for eval's leak check
     # on her own page the NPC is asked "your secrets" and refuses without naming herself
     own = [r for r in refusals if r["meta"]["facts"] == ["zoe-varga.secret.secrets"]]
     assert own and all("Zoë Varga with you" not in r["conversations"][-1]["value"] for r in own)
@@ -149,3 +151,23 @@ def test_validate_lists_what_it_treats_as_secret(capsys):
     out = capsys.readouterr().out
     assert "lore/secrets/The Midnight Ferry.md: the whole page (`secret: true`): refused by tobin-reedy" in out
     assert "characters/house-marr/Corvina Marr.md:22: `> [!secret]` callout" in out
+
+
+def test_a_secret_added_by_an_edit_is_not_taught_by_the_incremental_compile(tmp_path):
+    import shutil
+
+    lore = tmp_path / "lore"
+    shutil.copytree(OBSIDIAN, lore)
+    out = tmp_path / "out"
+    run(lore, out, CompileConfig())  # with the cache, so the next compile may patch
+    page = lore / "places" / "Gullhaven.md"
+    page.write_text(page.read_text(encoding="utf-8").replace(
+        "one crooked lighthouse. ^harb", "one crooked lighthouse. ^harb\n\nThe lighthouse hides smuggled rum. #secret"),
+        encoding="utf-8")
+    run(lore, out, CompileConfig())
+    fresh = tmp_path / "fresh"
+    run(lore, fresh, CompileConfig(cache=False))
+    for name in ("train.jsonl", "eval.jsonl"):
+        patched = (out / "dataset" / name).read_bytes()
+        assert patched == (fresh / "dataset" / name).read_bytes()
+        assert b"smuggled rum" not in patched

@@ -107,8 +107,9 @@ def _refusals(b: Builder, npc, fact: Fact, tpl: str) -> Rows:
         qs = (eval_q or train_q) if in_eval else train_q
         q = qs[rng.randrange(len(qs))]
         a = b.t.render(tpl, "answer", {"name": "that" if own else entity.name, "npc": npc_view(npc)}, f"{rng.random()}")
-        (out.eval if in_eval else out.train).append(make_row(
-            b.systems[npc.id], [(q, a)], meta(npc.id, "secret", [entity.name], [fact.id], [], b.t.display(tpl))))
+        info = meta(npc.id, "secret", [entity.name], [fact.id], [], b.t.display(tpl))
+        info["secret_values"] = list(fact.values if fact.kind == "field" else fact.expect)  # what must not leak (eval)
+        (out.eval if in_eval else out.train).append(make_row(b.systems[npc.id], [(q, a)], info))
     return out
 
 
