@@ -159,3 +159,19 @@ def test_aliases_as_a_yaml_list_and_as_a_comma_string(vault):
     assert vault.resolve("Black Hulls").id == "tar-boats"
     facts = {f.id: f for f in facts_of(vault)}
     assert facts["zoe-varga.aliases"].values == ("Zoë", "the Net Witch")
+
+
+def test_the_parser_never_raises_on_any_mix_of_these_habits():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    pieces = st.sampled_from(["%%", "<!--", "-->", "::", "[", "]", "(", ")", "![[", "[[", "]]", "#secret", "# ", "## ",
+                              "> [!secret]", ">", "^ab1", "\n", "\n\n", "```", "key", " ", "x", "---", "#", "|", "Zoë"])
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(st.lists(pieces, max_size=40))
+    def check(parts):
+        page = parse_page("P.md", ("---\ntype: lore\n---\n" + "".join(parts)).encode("utf-8"))
+        assert isinstance(page.summary, str)
+
+    check()

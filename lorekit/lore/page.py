@@ -209,7 +209,8 @@ class _Body:
             self.end_callout()
         links = find_links(raw, n)
         page.links.extend(links)
-        page.images.extend(m.group(2).strip() for m in LINK_RE.finditer(raw) if m.group(1) and is_attachment(m.group(2)))
+        if "![[" in raw:
+            page.images.extend(m.group(2).strip() for m in LINK_RE.finditer(raw) if m.group(1) and is_attachment(m.group(2)))
         if self.callout is not None:
             page.secret_links.extend(links)
             stripped = stripped[1:].strip()
@@ -226,11 +227,12 @@ class _Body:
             return
         if stripped.startswith(">"):
             stripped = stripped.lstrip("> ").strip()
-        if self.field_line(stripped, n) or _BLOCK_ID_RE.fullmatch(stripped) or _EMBED_LINE_RE.match(stripped):
+        if ("::" in stripped and self.field_line(stripped, n)) or (stripped[:1] in ("^", "!") and (
+                _BLOCK_ID_RE.fullmatch(stripped) or _EMBED_LINE_RE.match(stripped))):
             return
         if not self.para:
             self.para_line = n
-        self.para.append(self.inline_fields(_BLOCK_ID_RE.sub("", stripped), n))
+        self.para.append(self.inline_fields(_BLOCK_ID_RE.sub("", stripped) if "^" in stripped else stripped, n))
 
     def heading(self, level: int, raw_title: str, n: int) -> None:
         page = self.page
