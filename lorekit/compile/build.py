@@ -14,11 +14,11 @@ from lorekit.compile.dataset import Builder, Row, Rows, phrasing_warnings
 from lorekit.compile.extras import greeting_rows, multi_turn_rows, secret_rows, unknown_rows
 from lorekit.compile.focus import focus
 from lorekit.compile.templates import TemplateFailure
+from lorekit.dataset import SHAREGPT_ROLES
 from lorekit.lore import Fact, Vault, facts_of, load_vault
 from lorekit.lore.problems import Problem, error, warning
-from lorekit.persona import keeper_prompt, system_prompt, templates_for
+from lorekit.prompt import keeper, persona, templates_for
 
-ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
 
 
 class Rec(NamedTuple):
@@ -85,7 +85,7 @@ def serialize(row: Row, fmt: str) -> Rec:
     role_key, text_key = ("role", "content") if openai else ("from", "value")
     system = conv[0]["value"] if conv and conv[0]["from"] == "system" else None
     turns = conv[1:] if system is not None else conv
-    body = ", ".join(f'{{"{role_key}": {_dumps(ROLES[t["from"]] if openai else t["from"])}, '
+    body = ", ".join(f'{{"{role_key}": {_dumps(SHAREGPT_ROLES[t["from"]] if openai else t["from"])}, '
                      f'"{text_key}": {_dumps(t["value"])}}}' for t in turns)
     m = row["meta"]
     tail = f'{body}], "meta": {_dumps(m)}}}\n'.encode()
@@ -100,9 +100,9 @@ def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
         return built
     try:
         templates = templates_for(vault, cfg.template_dir or None, store.folder / "jinja" if store is not None else None)
-        systems: dict[str | None, str] = {None: keeper_prompt(vault, cfg.template_dir or None)}
+        systems: dict[str | None, str] = {None: keeper(vault, cfg.template_dir or None)}
         for npc_id in vault.npcs:
-            systems[npc_id] = system_prompt(vault, npc_id, template_dir=cfg.template_dir or None)
+            systems[npc_id] = persona(vault, npc_id, cfg.template_dir or None)
     except TemplateFailure as e:
         built.problems.append(error(e.template, e.line, e.message, "fix the persona or keeper template"))
         return built

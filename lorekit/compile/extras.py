@@ -9,7 +9,7 @@ from lorekit.compile.names import invent
 from lorekit.compile.templates import TemplateFailure
 from lorekit.lore import Fact
 from lorekit.lore.article import name_in
-from lorekit.persona import npc_view
+from lorekit.prompt import npc_view
 
 
 def unknown_rows(b: Builder) -> Rows:
