@@ -14,6 +14,7 @@ from lorekit.compile.dataset import Builder, Row, Rows, phrasing_warnings
 from lorekit.compile.extras import greeting_rows, multi_turn_rows, secret_rows, unknown_rows
 from lorekit.compile.focus import focus
 from lorekit.compile.templates import TemplateFailure
+from lorekit import dataset
 from lorekit.dataset import SHAREGPT_ROLES
 from lorekit.lore import Fact, Vault, facts_of, load_vault
 from lorekit.lore.problems import Problem, error, warning
@@ -49,6 +50,7 @@ class Built:
     eval_kept: list[int | None] = field(default_factory=list)  # eval row before the drop -> index after
     multi: list[tuple] = field(default_factory=list)  # (train index, npc, conversation, names, turns)
     rendered: int = 0  # facts rendered this time (the rest came from the cache)
+    notes: Any = None  # the lore notes (lorekit.grounding.NoteBook) when [compile] notes is on
 
     @property
     def train_lines(self) -> list[bytes]:
@@ -125,12 +127,38 @@ def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
     built.multi = [(first_multi + i, *m) for i, m in enumerate(extras.multi)]
     _add(built, extras, cfg.format)
     _drop_seen_eval(built)
+    if cfg.notes:
+        _ground(built, builder, kept)
     built.problems += phrasing_warnings(vault, Rows(phrasings=built.phrasings), built.facts, cfg.min_phrasings)
     if len(built.train) < cfg.min_rows and not cfg.max_facts:  # a fact budget makes a small set on purpose
         built.problems.append(warning(".", None, f"only {len(built.train)} train rows (< {cfg.min_rows}): "
                                       "too few to teach a model", "write more pages or fields, or raise phrasings_per_fact"))
     built.problems = _dedupe(built.problems)
     return built
+
+
+def _ground(built: Built, builder: Builder, facts: list[Fact]) -> None:
+    """Put the NPC rows into the served layout (lore notes in the last user turn): lorekit.grounding."""
+    from lorekit.grounding import Budget, Retriever, build_notes
+    from lorekit.grounding.notes import keeper_statement
+    from lorekit.grounding.rows import absent_rows, attack_rows, ground, world_eval_rows
+
+    cfg = builder.cfg
+    budget = Budget(cfg.notes_budget, cfg.notes_max)
+    budget.check("[compile] notes_budget / notes_max")
+    book = build_notes(builder.vault, keeper_statement(builder), facts=facts)
+    retriever = Retriever(builder.vault, book, budget)
+    extras = Rows()
+    for rows in (absent_rows(builder, book, cfg.absent_per_npc), attack_rows(builder, book, cfg.attack_rows),
+                 world_eval_rows(builder, book, {f.id for f in built.facts}, facts, cfg.eval_world_facts)):
+        extras.extend(rows)
+    _add(built, extras, cfg.format)
+    train = [json.loads(r.head + r.tail) for r in built.train]
+    evals = [json.loads(r.head + r.tail) for r in built.eval]
+    train, evals = ground(train, evals, retriever, cfg.seed, cfg.notes_share)
+    built.train = [serialize(dataset.to_row(dataset.messages(r), r["meta"]), cfg.format) for r in train]
+    built.eval = [serialize(dataset.to_row(dataset.messages(r), r["meta"]), cfg.format) for r in evals]
+    built.notes = book
 
 
 def keep_fact(fact: Fact, cfg: CompileConfig) -> bool:
