@@ -24,6 +24,7 @@ class Note:
     heading: str  # field label, section heading or "summary"
     secret: bool = False
     about: frozenset[str] = frozenset()  # every entity id the note speaks of (the subject, linked pages)
+    keys: str = ""  # what retrieval matches besides the text: the training phrasings of the fact's question
 
     @property
     def source(self) -> dict[str, str]:
@@ -75,20 +76,21 @@ def holds(vault: Vault, npc_id: str, fact: Fact) -> bool:
 
 
 def build_notes(vault: Vault, statement, cache: dict | None = None, facts: list[Fact] | None = None) -> NoteBook:
-    """All notes of the vault. `statement(fact) -> str` renders a fact as the lore keeper states it;
-    `cache` (fact signature -> text) keeps renders between reloads, so an edit re-renders only the
-    facts it changed."""
+    """All notes of the vault. `statement(fact) -> (text, keys)` renders a fact as the lore keeper
+    states it, and the words it is asked in; `cache` (fact signature -> both) keeps renders between
+    reloads, so an edit re-renders only the facts it changed."""
     book = NoteBook()
     cache = {} if cache is None else cache
     used: dict[str, str] = {}
     for fact in facts if facts is not None else facts_of(vault):
         key = repr((fact.id, fact.kind, fact.field, fact.values, fact.expect, fact.others, fact.types))
-        text = cache.get(key)
-        if text is None:
-            text = statement(fact)
-        used[key] = text
+        rendered = cache.get(key)
+        if rendered is None:
+            rendered = statement(fact)
+        used[key] = rendered
+        text, keys = rendered
         about = frozenset(fact.pages) | {e.id for name in fact.others if (e := vault.resolve(name)) is not None}
-        book.notes[fact.id] = Note(fact.id, fact.entity, text, fact.file, _heading(fact), is_secret(fact), about)
+        book.notes[fact.id] = Note(fact.id, fact.entity, text, fact.file, _heading(fact), is_secret(fact), about, keys)
         for npc_id in vault.npcs:
             if is_secret(fact) and fact.pages <= vault.npcs[npc_id].knows | {fact.entity} and holds(vault, npc_id, fact):
                 book.by_npc.setdefault(npc_id, []).append(_kept(book, vault, npc_id, fact))
@@ -125,8 +127,12 @@ def _heading(fact: Fact) -> str:
 
 
 def keeper_statement(builder: Any):
-    """`statement(fact)` for `build_notes`: the fact's answer as the neutral lore keeper says it."""
-    def statement(fact: Fact) -> str:
+    """`statement(fact)` for `build_notes`: the fact's answer as the neutral lore keeper says it, and
+    the training phrasings of its question (never the held-out ones: the eval asks in those)."""
+    def statement(fact: Fact) -> tuple[str, str]:
         template = builder.template_for(fact)
-        return builder.answer(template, builder.context(fact), None, f"{builder.cfg.seed}:{fact.id}:note")
+        ctx = builder.context(fact)
+        text = builder.answer(template, ctx, None, f"{builder.cfg.seed}:{fact.id}:note")
+        train_q, _ = builder.questions(template, ctx, None, f"{builder.cfg.seed}:{fact.id}:q")
+        return text, " ".join(train_q)
     return statement

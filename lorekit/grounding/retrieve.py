@@ -24,6 +24,11 @@ MAX_NAME_WORDS = 6
 COMMON = {"the", "a", "an", "of", "and", "in", "on", "at", "to", "old", "new", "great", "little", "house", "inn",
           "lady", "lord", "sir", "master", "mistress", "who", "what", "where", "when", "why", "how", "is", "are"}
 
+# Words every question has: they say nothing about which fact is asked.
+ASKING = {"who", "whom", "whose", "what", "which", "where", "when", "why", "how", "tell", "know", "knows", "me",
+          "about", "do", "does", "did", "can", "could", "would", "anything", "something", "say", "said", "is", "are",
+          "was", "were", "heard", "hear", "explain", "describe", "speak", "talk", "please", "any", "s"}
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -97,20 +102,35 @@ class Retriever:
             import bm25s
 
             notes = self.book.of(npc)
-            corpus = [f"{n.heading} {n.text}" for n in notes] or [""]
+            corpus = [self._strip(f"{n.heading} {n.keys} {n.text}") for n in notes] or [""]
             model = bm25s.BM25()
             model.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
             self._index[npc] = (notes, model)
         return self._index[npc]
 
-    def _scores(self, npc: str, text: str) -> list[float]:
+    def _strip(self, text: str) -> str:
+        """The text without entity names: they tell which page, not which fact of it (step 1 did that)."""
+        ws, out, i = words(text), [], 0
+        while i < len(ws):
+            for n in range(min(MAX_NAME_WORDS, len(ws) - i), 0, -1):
+                if n > 1 and tuple(ws[i:i + n]) in self.names.table:
+                    i += n
+                    break
+            else:
+                out.append(ws[i])
+                i += 1
+        return " ".join(out)
+
+    def _scores(self, npc: str, text: str, fallback: bool = False) -> list[float]:
         import bm25s
 
         notes, model = self._bm25(npc)
         if not notes:
             return []
-        query = bm25s.tokenize([text], stopwords="en", show_progress=False, return_ids=False)[0]
-        query = [w for w in query if w in model.vocab_dict]
+        query = bm25s.tokenize([self._strip(text)], stopwords="en", show_progress=False, return_ids=False)[0]
+        # among a named page's notes "who", "where", "when" tell the facts apart; across the whole
+        # world they match any question, so the fallback drops them
+        query = [w for w in query if w in model.vocab_dict and not (fallback and w in ASKING)]
         return [float(s) for s in model.get_scores(query)] if query else [0.0] * len(notes)
 
     def entities(self, npc: str, text: str, history: list[dict[str, str]] | None = None) -> list[str]:
@@ -119,7 +139,7 @@ class Retriever:
         if SELF_WORDS & set(words(text)) and npc not in named:
             named.append(npc)
         if not [e for e in named if e != npc]:
-            for msg in reversed((history or [])[-2:]):
+            for msg in (history or [])[-2:]:  # the player's last question first, then the reply
                 named += [e for e in self.names.find(msg.get("content", "")) if e not in named and e != npc]
         return named
 
@@ -127,8 +147,8 @@ class Retriever:
         notes = self.book.of(npc)
         if not notes:
             return []
-        scores = self._scores(npc, text)
         named = self.entities(npc, text, history)
+        scores = self._scores(npc, text, fallback=not named)
         rank = {e: i for i, e in enumerate(named)}
         keyed = []
         for i, note in enumerate(notes):
