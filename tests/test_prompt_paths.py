@@ -10,8 +10,8 @@ import pytest
 
 from lorekit import dataset
 from lorekit.build import keys
-from lorekit.compile import run
 from lorekit.compile import load_config as compile_config
+from lorekit.compile import run
 from lorekit.compile.templates import DEFAULT_DIR
 from lorekit.lore import load_vault
 from lorekit.lore.files import lore_kind

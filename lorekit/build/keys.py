@@ -16,7 +16,6 @@ from lorekit.hashing import file_sha256
 from lorekit.lore.files import is_template, lore_kind
 
 
-
 def _h(*parts: object) -> str:
     digest = hashlib.sha256()
     for part in parts:

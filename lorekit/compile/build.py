@@ -9,17 +9,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from lorekit import dataset
 from lorekit.compile.config import CompileConfig
 from lorekit.compile.dataset import Builder, Row, Rows, phrasing_warnings
 from lorekit.compile.extras import greeting_rows, multi_turn_rows, secret_rows, unknown_rows
 from lorekit.compile.focus import focus
 from lorekit.compile.templates import TemplateFailure
-from lorekit import dataset
 from lorekit.dataset import SHAREGPT_ROLES
 from lorekit.lore import Fact, Vault, facts_of, load_vault
 from lorekit.lore.problems import Problem, error, warning
 from lorekit.prompt import keeper, persona, templates_for
-
 
 
 class Rec(NamedTuple):
