@@ -77,6 +77,9 @@ def read(path: Path | str, need_answer: bool = True) -> list[tuple[int, dict[str
             continue
         try:
             row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LorekitError(f"{path}:{n}: not a JSON object ({e.msg}); rebuild it with `lorekit compile`") from None
+        try:
             if not isinstance(row, dict):
                 raise ValueError("not a JSON object")
             msgs = messages(row)

@@ -188,6 +188,7 @@ def _same_as_full(tmp_path, vault, out):
 def test_incremental_fast_path_patches_and_equals_full_build(tmp_path):
     vault = tmp_path / "vault"
     shutil.copytree(VAULT, vault)
+    (vault / "lorekit.toml").write_text((vault / "lorekit.toml").read_text() + "notes = false  # the fast path serves builds without notes\n")
     out = tmp_path / "out"
     run(vault, out, load_config(vault))
     unchanged = run(vault, out, load_config(vault))
@@ -295,6 +296,7 @@ def test_fast_path_rewrites_the_spare_and_a_failed_patch_changes_nothing(tmp_pat
 
     vault, out = tmp_path / "vault", tmp_path / "out"
     shutil.copytree(VAULT, vault)
+    (vault / "lorekit.toml").write_text((vault / "lorekit.toml").read_text() + "notes = false  # the fast path serves builds without notes\n")
     run(vault, out, load_config(vault))
     inodes = [(out / ".cache" / fast.SPARE / "train.jsonl").stat().st_ino]  # the first compile makes a spare
     page = vault / "Ash Guild.md"

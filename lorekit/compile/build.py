@@ -126,7 +126,7 @@ def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
     built.multi = [(first_multi + i, *m) for i, m in enumerate(extras.multi)]
     _add(built, extras, cfg.format)
     _drop_seen_eval(built)
-    if cfg.notes:
+    if cfg.notes and not any(p.severity == "error" for p in built.problems):  # broken rows are reported as they are
         _ground(built, builder, kept)
     built.problems += phrasing_warnings(vault, Rows(phrasings=built.phrasings), built.facts, cfg.min_phrasings)
     if len(built.train) < cfg.min_rows and not cfg.max_facts:  # a fact budget makes a small set on purpose

@@ -38,7 +38,7 @@ class Question:
 
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, row) of a dataset file, either format (`lorekit.dataset`)."""
-    return dataset.read(path)
+    return dataset.read(path, need_answer=False)  # a question row without its answer is named by to_question
 
 
 def to_question(n: int, row: dict, path: Path) -> Question:

@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from lorekit.compile.templates import TemplateFailure
 from lorekit.lore import Fact, Vault, facts_of
 
 
@@ -86,7 +87,10 @@ def build_notes(vault: Vault, statement, cache: dict | None = None, facts: list[
         key = repr((fact.id, fact.kind, fact.field, fact.values, fact.expect, fact.others, fact.types))
         rendered = cache.get(key)
         if rendered is None:
-            rendered = statement(fact)
+            try:
+                rendered = statement(fact)
+            except TemplateFailure:  # the fact's own rows report the broken template; no note for it
+                continue
         used[key] = rendered
         text, keys = rendered
         about = frozenset(fact.pages) | {e.id for name in fact.others if (e := vault.resolve(name)) is not None}
