@@ -14,8 +14,6 @@ from typing import Literal
 Role = Literal["system", "user", "assistant"]
 Message = dict[str, str]
 
-SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
-
 
 @dataclass(frozen=True)
 class ChatFormat:
@@ -96,7 +94,3 @@ def get(name: str) -> ChatFormat:
 
         raise LorekitError(f"unknown chat format {name!r} (known: {', '.join(FORMATS)})") from None
 
-
-def from_sharegpt(conversations: list[dict[str, str]]) -> list[Message]:
-    """ShareGPT `{"from", "value"}` turns to chat messages."""
-    return [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in conversations]

@@ -169,14 +169,5 @@ def coerce(value: Any, hint: Any, what: str) -> Any:
     return value
 
 
-def describe(cls: type) -> list[tuple[str, Any, str]]:
-    """(name, default, help) for each field: the source of `docs/configuration.md` and `--help`."""
-    rows = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        rows.append((f.name, default, f.metadata.get("help", "")))
-    return rows
-
-
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)

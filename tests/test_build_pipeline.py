@@ -57,7 +57,7 @@ def test_build_end_to_end_then_incremental(project, capsys):
     assert set(_statuses(again).values()) == {"up to date"}
     assert time.perf_counter() - started < 10
 
-    # A persona-only edit (speech rules, which only the system turn uses) recompiles but does not retrain.
+    # Persona-only edits (speech rules, voice: only the system turn uses them) recompile but do not retrain.
     mara = vault / "people" / "Mara Vell.md"
     text = mara.read_text(encoding="utf-8")
     assert "  voice: " in text
@@ -65,6 +65,13 @@ def test_build_end_to_end_then_incremental(project, capsys):
     persona = build.run(vault, cfg)
     assert _statuses(persona)["compile"] == "built"
     assert _statuses(persona)["train"] == "up to date"
+    text = mara.read_text(encoding="utf-8")
+    mara.write_text(text.replace("  voice: ", "  voice: Hoarse from the kiln smoke. ", 1), encoding="utf-8")
+    voice = build.run(vault, cfg)
+    assert _statuses(voice)["compile"] == "built" and _statuses(voice)["train"] == "up to date"
+    rows = [json.loads(line) for line in (out / "dataset" / "train.jsonl").read_text().splitlines()]
+    assert all("Hoarse from the kiln smoke" in r["conversations"][0]["value"]
+               for r in rows if r["meta"]["npc"] == "mara-vell")
 
     # A changed fact redoes every stage after compile.
     adapter_before = (out / "adapter" / "adapter_model.safetensors").read_bytes()

@@ -13,7 +13,7 @@ import pytest
 from lorekit.compile import CompileConfig, ValidationFailed, load_config, run
 from lorekit.lore import facts_of, load_vault
 from lorekit.lore.article import name_in
-from lorekit.persona import system_prompt
+from lorekit.prompt import conversation, persona
 
 VAULT = Path(__file__).parent / "fixtures" / "vault_ok"
 
@@ -99,7 +99,7 @@ def test_npcs_speak_only_of_what_they_know_in_their_persona(built):
         m = r["meta"]
         system = r["conversations"][0]["value"]
         if m["npc"] is not None:
-            assert system == system_prompt(vault, m["npc"])
+            assert system == persona(vault, m["npc"])
             if m["kind"] in ("field", "reverse", "summary", "section", "multi_turn"):
                 assert all(facts[f].pages <= vault.npcs[m["npc"]].knows for f in m["facts"])
 
@@ -144,12 +144,15 @@ def test_report_contents(built):
     assert report["rows_per_fact"]["min"] >= 5
 
 
-def test_persona_state_block():
+def test_game_state_goes_before_the_players_line_never_into_the_persona():
     vault = load_vault(VAULT)
-    base = system_prompt(vault, "mara-vell")
+    base = persona(vault, "mara-vell")
     assert "Mara Vell" in base and "Dry and clipped" in base and "The Ember Ledger" in base
-    now = system_prompt(vault, "mara-vell", {"location": "the kiln hall", "nearby": ["Oren Vell"]})
-    assert now.startswith(base) and now.endswith("Right now: location: the kiln hall; nearby: Oren Vell.")
+    history = [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Well met."}]
+    msgs = conversation(base, history, "Who runs the guild?", {"location": "the kiln hall", "nearby": ["Oren Vell"]})
+    assert msgs[0] == {"role": "system", "content": base} and msgs[1:3] == history
+    assert msgs[3]["content"] == "Right now: location: the kiln hall; nearby: Oren Vell.\n\nWho runs the guild?"
+    assert conversation(base, [], "Hi.", {})[-1]["content"] == "Hi."
 
 
 def test_openai_format(tmp_path):
@@ -185,6 +188,7 @@ def _same_as_full(tmp_path, vault, out):
 def test_incremental_fast_path_patches_and_equals_full_build(tmp_path):
     vault = tmp_path / "vault"
     shutil.copytree(VAULT, vault)
+    (vault / "lorekit.toml").write_text((vault / "lorekit.toml").read_text() + "notes = false  # the fast path serves builds without notes\n")
     out = tmp_path / "out"
     run(vault, out, load_config(vault))
     unchanged = run(vault, out, load_config(vault))
@@ -292,6 +296,7 @@ def test_fast_path_rewrites_the_spare_and_a_failed_patch_changes_nothing(tmp_pat
 
     vault, out = tmp_path / "vault", tmp_path / "out"
     shutil.copytree(VAULT, vault)
+    (vault / "lorekit.toml").write_text((vault / "lorekit.toml").read_text() + "notes = false  # the fast path serves builds without notes\n")
     run(vault, out, load_config(vault))
     inodes = [(out / ".cache" / fast.SPARE / "train.jsonl").stat().st_ino]  # the first compile makes a spare
     page = vault / "Ash Guild.md"

@@ -38,7 +38,9 @@ def _rows(out: Path) -> list[dict]:
 
 
 def qa(out: Path) -> list[tuple[str, str, dict]]:
-    return [(r["conversations"][-2]["value"], r["conversations"][-1]["value"], r["meta"]) for r in _rows(out)]
+    # the plain player line (grounded rows also carry lore notes in that turn)
+    return [(r["meta"].get("question") or r["conversations"][-2]["value"], r["conversations"][-1]["value"], r["meta"])
+            for r in _rows(out)]
 
 
 @pytest.mark.parametrize("text, want", [

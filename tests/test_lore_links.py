@@ -74,6 +74,7 @@ def test_missing_path_link_suggests_the_page_name(tmp_path):
 def test_compile_and_fast_path_resolve_path_links(tmp_path):
     vault = tmp_path / "vault"
     shutil.copytree(VAULT, vault)
+    (vault / "lorekit.toml").write_text("[compile]\nnotes = false  # the fast path serves builds without notes\n")
     out = tmp_path / "out"
     first = run(vault, out, load_config(vault))
     texts = [t["value"] for line in first.train_path.read_text().splitlines()

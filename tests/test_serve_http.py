@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("llama_cpp")
-pytest.importorskip("lorekit.persona")
+pytest.importorskip("llama_cpp")
 
 from lorekit.serve.app import App  # noqa: E402
 from lorekit.serve.config import ServeConfig  # noqa: E402

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("llama_cpp")
-pytest.importorskip("lorekit.persona")
+pytest.importorskip("llama_cpp")
 
 from lorekit.serve.app import App  # noqa: E402
 from lorekit.serve.cli_chat import load_client  # noqa: E402

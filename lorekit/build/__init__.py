@@ -22,6 +22,7 @@ from lorekit.compile.templates import DEFAULT_DIR
 from lorekit.config import load as load_config
 from lorekit.config import section_class, to_dict
 from lorekit.errors import LorekitError
+from lorekit.prompt import resolve_template_dir
 
 log = logging.getLogger(__name__)
 STAMP = "build.json"
@@ -142,7 +143,8 @@ def _stages(lore_dir: Path, out: Path, overrides: dict[str, dict[str, Any]]) -> 
 
     return [
         Stage("compile", ("dataset/train.jsonl", "dataset/eval.jsonl"),
-              lambda: keys.compile_key(lore_dir, DEFAULT_DIR, to_dict(cfg("compile"))), do_compile),
+              lambda: keys.compile_key(lore_dir, DEFAULT_DIR, to_dict(cfg("compile")),
+                                       resolve_template_dir(lore_dir, cfg("compile").template_dir)), do_compile),
         Stage("train", ("adapter/adapter_model.safetensors",),
               lambda: keys.train_key(out / "dataset", to_dict(cfg("train"))), do_train),
         Stage("export", ("export/model.gguf",),

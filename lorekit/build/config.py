@@ -1,11 +1,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from lorekit.config import opt
 
-Stage = Literal["compile", "train", "export", "eval"]
 STAGES: tuple[str, ...] = ("compile", "train", "export", "eval")
 
 

@@ -1,8 +1,8 @@
 """Input keys: what each stage's output depends on, as a hash. Equal key and present outputs = skip.
 
 The train key hashes the dataset *without* its system turns, so that editing an NPC's persona
-(greeting, style) with unchanged facts and answers does not retrain: the runtime renders the new
-persona at serve time anyway.
+(voice, style) with unchanged facts and answers does not retrain: the runtime renders the new
+persona at serve time anyway. A greeting or an opener is part of the answers, so it retrains.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from lorekit import __version__
+from lorekit import __version__, dataset
 from lorekit.hashing import file_sha256
-
-LORE_SUFFIXES = {".md", ".j2", ".jinja", ".toml", ".yaml", ".yml"}
+from lorekit.lore.files import is_template, lore_kind
 
 
 def _h(*parts: object) -> str:
@@ -25,19 +24,21 @@ def _h(*parts: object) -> str:
     return digest.hexdigest()
 
 
-def tree_key(root: Path, suffixes: set[str] = LORE_SUFFIXES) -> str:
-    """Hash of every lore-relevant file under root: names and contents."""
+def tree_key(root: Path, keep=lore_kind) -> str:
+    """Hash of the names and contents of every file under root that `keep(relative path)` accepts
+    (default: the lore files of `lorekit.lore.files`)."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in suffixes):
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in Path(rel).parts):
-            continue
-        digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+        if keep(rel):
+            digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
-def compile_key(lore_dir: Path, templates_dir: Path, cfg: object) -> str:
-    return _h("compile", __version__, tree_key(lore_dir), tree_key(templates_dir), cfg)
+def compile_key(lore_dir: Path, templates_dir: Path, cfg: object, template_dir: Path | None = None) -> str:
+    """The lore files, the default templates and `[compile] template_dir` (wherever it lives), and the config."""
+    extra = tree_key(template_dir, is_template) if template_dir and template_dir.is_dir() else ""
+    return _h("compile", __version__, tree_key(lore_dir), tree_key(templates_dir, is_template), extra, cfg)
 
 
 def dataset_facts_key(dataset_dir: Path) -> str:
@@ -46,8 +47,7 @@ def dataset_facts_key(dataset_dir: Path) -> str:
     for name in ("train.jsonl", "eval.jsonl"):
         for line in (dataset_dir / name).read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
-            turns = row.get("conversations") or row.get("messages") or []
-            kept = [t for t in turns if (t.get("from") or t.get("role")) != "system"]
+            kept = [m for m in dataset.messages(row) if m["role"] != "system"]
             digest.update(json.dumps(kept, sort_keys=True).encode() + b"\n")
     return digest.hexdigest()
 

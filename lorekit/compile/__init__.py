@@ -73,7 +73,9 @@ def run(lore_dir: Path | str, out: Path | str, cfg: CompileConfig | None = None)
     lore_dir, out = Path(lore_dir), Path(out)
     cfg = cfg or load_config(lore_dir)
     dataset = out / "dataset"
-    if cfg.cache and not cfg.max_facts:  # the fast patch path assumes every fact is taught
+    # the fast patch path assumes every fact is taught, and that an edit changes only its page's rows
+    # (retrieved notes are drawn from the whole world, so with notes it does not hold)
+    if cfg.cache and not cfg.max_facts and not cfg.notes:
         from lorekit.compile.fast import try_fast
 
         try:

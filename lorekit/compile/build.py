@@ -9,16 +9,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from lorekit import dataset
 from lorekit.compile.config import CompileConfig
 from lorekit.compile.dataset import Builder, Row, Rows, phrasing_warnings
 from lorekit.compile.extras import greeting_rows, multi_turn_rows, secret_rows, unknown_rows
 from lorekit.compile.focus import focus
 from lorekit.compile.templates import TemplateFailure
+from lorekit.dataset import SHAREGPT_ROLES
 from lorekit.lore import Fact, Vault, facts_of, load_vault
 from lorekit.lore.problems import Problem, error, warning
-from lorekit.persona import keeper_prompt, system_prompt, templates_for
-
-ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+from lorekit.prompt import keeper, persona, templates_for
 
 
 class Rec(NamedTuple):
@@ -49,6 +49,7 @@ class Built:
     eval_kept: list[int | None] = field(default_factory=list)  # eval row before the drop -> index after
     multi: list[tuple] = field(default_factory=list)  # (train index, npc, conversation, names, turns)
     rendered: int = 0  # facts rendered this time (the rest came from the cache)
+    notes: Any = None  # the lore notes (lorekit.grounding.NoteBook) when [compile] notes is on
 
     @property
     def train_lines(self) -> list[bytes]:
@@ -85,7 +86,7 @@ def serialize(row: Row, fmt: str) -> Rec:
     role_key, text_key = ("role", "content") if openai else ("from", "value")
     system = conv[0]["value"] if conv and conv[0]["from"] == "system" else None
     turns = conv[1:] if system is not None else conv
-    body = ", ".join(f'{{"{role_key}": {_dumps(ROLES[t["from"]] if openai else t["from"])}, '
+    body = ", ".join(f'{{"{role_key}": {_dumps(SHAREGPT_ROLES[t["from"]] if openai else t["from"])}, '
                      f'"{text_key}": {_dumps(t["value"])}}}' for t in turns)
     m = row["meta"]
     tail = f'{body}], "meta": {_dumps(m)}}}\n'.encode()
@@ -100,9 +101,9 @@ def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
         return built
     try:
         templates = templates_for(vault, cfg.template_dir or None, store.folder / "jinja" if store is not None else None)
-        systems: dict[str | None, str] = {None: keeper_prompt(vault, cfg.template_dir or None)}
+        systems: dict[str | None, str] = {None: keeper(vault, cfg.template_dir or None)}
         for npc_id in vault.npcs:
-            systems[npc_id] = system_prompt(vault, npc_id, template_dir=cfg.template_dir or None)
+            systems[npc_id] = persona(vault, npc_id, cfg.template_dir or None)
     except TemplateFailure as e:
         built.problems.append(error(e.template, e.line, e.message, "fix the persona or keeper template"))
         return built
@@ -125,12 +126,38 @@ def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
     built.multi = [(first_multi + i, *m) for i, m in enumerate(extras.multi)]
     _add(built, extras, cfg.format)
     _drop_seen_eval(built)
+    if cfg.notes and not any(p.severity == "error" for p in built.problems):  # broken rows are reported as they are
+        _ground(built, builder, kept)
     built.problems += phrasing_warnings(vault, Rows(phrasings=built.phrasings), built.facts, cfg.min_phrasings)
     if len(built.train) < cfg.min_rows and not cfg.max_facts:  # a fact budget makes a small set on purpose
         built.problems.append(warning(".", None, f"only {len(built.train)} train rows (< {cfg.min_rows}): "
                                       "too few to teach a model", "write more pages or fields, or raise phrasings_per_fact"))
     built.problems = _dedupe(built.problems)
     return built
+
+
+def _ground(built: Built, builder: Builder, facts: list[Fact]) -> None:
+    """Put the NPC rows into the served layout (lore notes in the last user turn): lorekit.grounding."""
+    from lorekit.grounding import Budget, Retriever, build_notes
+    from lorekit.grounding.notes import keeper_statement
+    from lorekit.grounding.rows import absent_rows, attack_rows, ground, world_eval_rows
+
+    cfg = builder.cfg
+    budget = Budget(cfg.notes_budget, cfg.notes_max)
+    budget.check("[compile] notes_budget / notes_max")
+    book = build_notes(builder.vault, keeper_statement(builder), facts=facts)
+    retriever = Retriever(builder.vault, book, budget)
+    extras = Rows()
+    for rows in (absent_rows(builder, book, cfg.absent_per_npc), attack_rows(builder, book, cfg.attack_rows),
+                 world_eval_rows(builder, book, {f.id for f in built.facts}, facts, cfg.eval_world_facts)):
+        extras.extend(rows)
+    _add(built, extras, cfg.format)
+    train = [json.loads(r.head + r.tail) for r in built.train]
+    evals = [json.loads(r.head + r.tail) for r in built.eval]
+    train, evals = ground(train, evals, retriever, cfg.seed, cfg.notes_share)
+    built.train = [serialize(dataset.to_row(dataset.messages(r), r["meta"]), cfg.format) for r in train]
+    built.eval = [serialize(dataset.to_row(dataset.messages(r), r["meta"]), cfg.format) for r in evals]
+    built.notes = book
 
 
 def keep_fact(fact: Fact, cfg: CompileConfig) -> bool:

@@ -30,4 +30,13 @@ class CompileConfig:
     template_dir: str = opt("", "extra template folder that overrides the vault's _templates/ and the defaults")
     min_rows: int = opt(150, "warn when the train set has fewer rows than this")
     min_phrasings: int = opt(5, "warn when a fact is asked in fewer distinct train phrasings than this")
+    notes: bool = opt(True, "grounding: NPC rows carry the lore notes retrieval picks for their question, the "
+                      "layout `lorekit serve` uses (false: knowledge only in the weights)")
+    notes_budget: int = opt(200, "approximate tokens (4 characters each) the lore notes of one turn may take; "
+                            "the server uses the same budget")
+    notes_max: int = opt(6, "at most this many lore notes in one turn (compile and serve)")
+    notes_share: float = opt(0.8, "share of NPC fact rows trained with notes; the rest without, so facts stay in the weights")
+    absent_per_npc: int = opt(4, "questions per NPC about known pages on what the lore does not say, answered 'I don't know'")
+    attack_rows: int = opt(1, "train rows per attack kind (templates/attacks/) and kept secret, refused in character")
+    eval_world_facts: int = opt(40, "eval questions about facts training did not teach (a seeded sample of the whole world)")
     cache: bool = opt(True, "reuse parse and render results from OUT/.cache for unchanged pages")

@@ -16,7 +16,7 @@ from lorekit.compile.templates import TemplateFailure, Templates
 from lorekit.lore import Fact, Vault
 from lorekit.lore.article import name_in
 from lorekit.lore.problems import Problem, error, warning
-from lorekit.persona import entity_view, npc_view
+from lorekit.prompt import entity_view, npc_view
 
 Row = dict[str, Any]
 

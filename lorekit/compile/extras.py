@@ -10,7 +10,7 @@ from lorekit.compile.templates import TemplateFailure
 from lorekit.lore import Fact
 from lorekit.lore.article import name_in
 from lorekit.lore.facts import SECRET, holds_secret
-from lorekit.persona import npc_view
+from lorekit.prompt import npc_view
 
 
 def unknown_rows(b: Builder) -> Rows:

@@ -41,10 +41,12 @@ from lorekit.compile.extras import multi_row, multi_seed
 from lorekit.compile.templates import Templates
 from lorekit.lore.article import article_names, name_in
 from lorekit.lore.facts import Fact, entity_facts
+from lorekit.lore.files import hidden, is_page
 from lorekit.lore.links import parse_value, path_keys, resolve_target
 from lorekit.lore.model import RESERVED, Entity
 from lorekit.lore.page import ParsedPage, content_hash, parse_page
 from lorekit.lore.vault import entity_corpus, entity_from_page
+from lorekit.prompt import resolve_template_dir
 
 log = logging.getLogger(__name__)
 STATE = "state.pickle"
@@ -247,7 +249,7 @@ def _try_fast(lore_dir: Path, out: Path, cfg: CompileConfig) -> tuple[dict, int]
             return None
     except Exception:
         return None
-    templates = Templates(lore_dir, Path(cfg.template_dir) if cfg.template_dir else None, out / ".cache" / "jinja")
+    templates = Templates(lore_dir, resolve_template_dir(lore_dir, cfg.template_dir), out / ".cache" / "jinja")
     templates.use_article_names(state["article_names"])
     if signature(lore_dir, cfg, templates.digest()) != state["sig"]:
         return None
@@ -280,12 +282,12 @@ def _scan_stat(root: str) -> list[tuple[str, str, os.stat_result]]:
         folder, prefix = stack.pop()
         with os.scandir(folder) as entries:
             for e in entries:
-                if e.name.startswith((".", "_")):
+                if hidden(e.name):
                     continue
                 if e.is_dir():  # like os.walk: a linked folder is no page, and is not entered
                     if not e.is_symlink():
                         stack.append((e.path, prefix + e.name + "/"))
-                elif e.name.endswith(".md"):
+                elif is_page(prefix + e.name):
                     out.append((e.path, prefix + e.name, e.stat()))
     return out
 

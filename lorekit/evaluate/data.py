@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorekit import chat_formats, models
+from lorekit import chat_formats, dataset, models
 from lorekit.errors import LorekitError
 from lorekit.lore.links import page_name
 
@@ -37,27 +37,12 @@ class Question:
 
 
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    if not path.is_file():
-        raise LorekitError(f"{path}: missing; run `lorekit compile LORE_DIR --out {path.parent.parent}` first")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LorekitError(f"{path}:{n}: not a JSON object ({e.msg}); recompile the dataset") from None
-        if not isinstance(row, dict) or not isinstance(row.get("conversations"), list):
-            raise LorekitError(f"{path}:{n}: a row needs a `conversations` list; recompile the dataset")
-        rows.append((n, row))
-    return rows
+    """(line number, row) of a dataset file, either format (`lorekit.dataset`)."""
+    return dataset.read(path, need_answer=False)  # a question row without its answer is named by to_question
 
 
 def to_question(n: int, row: dict, path: Path) -> Question:
-    try:
-        messages = chat_formats.from_sharegpt(row["conversations"])
-    except (KeyError, TypeError):
-        raise LorekitError(f"{path}:{n}: turns need `from` (system/human/gpt) and `value`") from None
+    messages = dataset.messages(row)
     if len(messages) < 2 or messages[-1]["role"] != "assistant":
         raise LorekitError(f"{path}:{n}: the last turn must be the expected `gpt` answer")
     return Question(n, messages[:-1], messages[-1]["content"], dict(row.get("meta") or {}))
@@ -89,7 +74,7 @@ def sample(questions: list[Question], limit: int, seed: int) -> list[Question]:
 
 def train_answers(path: Path) -> list[str]:
     """Every `gpt` turn of train.jsonl: what the model may repeat word for word."""
-    return [t.get("value", "") for _, row in read_jsonl(path) for t in row["conversations"] if t.get("from") == "gpt"]
+    return [m["content"] for _, row in read_jsonl(path) for m in dataset.messages(row) if m["role"] == "assistant"]
 
 
 def lore_names(rows: list[dict], report: dict) -> set[str]:

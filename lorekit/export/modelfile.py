@@ -70,7 +70,8 @@ def persona(out_dir, npc_id: str) -> str:
     from pathlib import Path
 
     from lorekit.lore import load_vault
-    from lorekit.persona import system_prompt
+    from lorekit.prompt import persona as render_persona
+    from lorekit.prompt import template_dir_of
 
     report = Path(out_dir) / "dataset" / "report.json"
     if not report.is_file():
@@ -79,4 +80,4 @@ def persona(out_dir, npc_id: str) -> str:
     lore_dir = json.loads(report.read_text(encoding="utf-8")).get("lore_dir")
     if not lore_dir:
         raise LorekitError(f"{report}: has no lore_dir; re-run `lorekit compile`")
-    return system_prompt(load_vault(Path(lore_dir)), npc_id)
+    return render_persona(load_vault(Path(lore_dir)), npc_id, template_dir_of(lore_dir))

@@ -15,6 +15,7 @@ from typing import Any
 
 from anyascii import anyascii
 
+from lorekit.lore.files import hidden, is_page
 from lorekit.lore.links import Link, find_links, page_name, parse_value, path_keys, resolve_target
 from lorekit.lore.model import NPC_FIELDS, PERSONA_ONLY, RESERVED, TYPES, Entity, Npc
 from lorekit.lore.page import ParsedPage, content_hash, parse_page
@@ -104,11 +105,12 @@ def scan_paths(root: Path | str) -> list[tuple[str, str]]:
     out = []
     base = len(str(root).rstrip(os.sep)) + 1
     for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+        dirs[:] = [d for d in dirs if not hidden(d)]
         for f in files:
-            if f.endswith(".md") and not f.startswith((".", "_")):
-                path = os.path.join(folder, f)
-                out.append((path, path[base:].replace(os.sep, "/")))
+            path = os.path.join(folder, f)
+            rel = path[base:].replace(os.sep, "/")
+            if is_page(rel):
+                out.append((path, rel))
     out.sort(key=lambda p: p[1])
     return out
 

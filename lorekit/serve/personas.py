@@ -35,14 +35,10 @@ class LoreSnapshot:
     loaded_at: float = field(default_factory=time.time)
 
     def state_block(self, npc: str, state: dict | None) -> str:
-        """The game-state text ("Right now: ...") the persona template adds for `state`."""
-        if not state:
-            return ""
-        from lorekit.persona import system_prompt
+        """The game-state text ("Right now: ..."): see `lorekit.prompt.user_turn` for where it goes."""
+        from lorekit.prompt import state_block
 
-        full = system_prompt(self.vault, npc, state)
-        base = self.prompts[npc]
-        return full[len(base):].strip() if full.startswith(base) else full
+        return state_block(state)
 
 
 @dataclass
@@ -81,7 +77,7 @@ class Lore:
 
     def _build(self, generation: int) -> tuple[LoreSnapshot, list[str]]:
         from lorekit.lore import load_vault
-        from lorekit.persona import system_prompt
+        from lorekit.prompt import persona, template_dir_of
 
         if not self.root.is_dir():
             raise LorekitError(f"{self.root}: lore folder not found")
@@ -91,9 +87,10 @@ class Lore:
         if vault.errors:
             raise LorekitError("\n".join(str(p) for p in vault.errors))
         npcs, prompts = {}, {}
+        template_dir = template_dir_of(self.root)  # the folder compile used, so serving sends the trained persona
         for npc_id, npc in sorted(vault.npcs.items()):
             try:
-                prompts[npc_id] = system_prompt(vault, npc_id, None)
+                prompts[npc_id] = persona(vault, npc_id, template_dir)
             except LorekitError as e:
                 raise LorekitError(f"{npc.page}: persona of {npc_id}: {e}") from None
             npcs[npc_id] = NpcInfo(npc_id, npc.name, npc.greeting or "")

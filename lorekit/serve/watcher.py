@@ -83,14 +83,15 @@ class Eager(Debounced):
 
 
 def lore_relevant(path: str, root: Path) -> bool:
-    """Pages, config and templates count; hidden folders (.obsidian), `_drafts` and editor swap files do not."""
+    """Pages, `_templates/` and `lorekit.toml` count (`lorekit.lore.files`); hidden folders (.obsidian),
+    `_drafts` and editor swap files do not."""
+    from lorekit.lore.files import lore_kind
+
     try:
         rel = Path(path).resolve().relative_to(root)
     except ValueError:
         return False
-    if any(part.startswith((".", "_")) for part in rel.parts):
-        return False
-    return rel.suffix.lower() in (".md", ".toml", ".j2", ".yaml", ".yml")
+    return lore_kind(rel.as_posix()) is not None
 
 
 class Watcher:

@@ -7,14 +7,12 @@ end-of-turn token) decide which tokens keep their label. Every other label is -1
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorekit import chat_formats
-from lorekit.errors import LorekitError
+from lorekit import chat_formats, dataset
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -36,26 +34,14 @@ class Example:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """The ShareGPT rows of a jsonl file; a broken line is a one-line error naming file and line."""
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            turns = row["conversations"]
-            if not any(t["from"] == "gpt" for t in turns):
-                raise ValueError("no `gpt` turn to learn from")
-            chat_formats.from_sharegpt(turns)
-        except (ValueError, KeyError, TypeError) as e:
-            raise LorekitError(f"{path}:{n}: not a dataset row ({e}); rebuild it with `lorekit compile`") from None
-        rows.append(row)
-    return rows
+    """The rows of a jsonl file (either format of `lorekit.dataset`), each with an answer to learn."""
+    return [row for _, row in dataset.read(path)]
 
 
-def encode(tokenizer, fmt: chat_formats.ChatFormat, conversations: list[dict], max_length: int) -> Example:
-    """Token ids of the rendered row, labels -100 except on the model's turns (end-of-turn included)."""
-    segments = fmt.segments(chat_formats.from_sharegpt(conversations))
+def encode(tokenizer, fmt: chat_formats.ChatFormat, turns: list[dict], max_length: int) -> Example:
+    """Token ids of the rendered row (turns of either format), labels -100 except on the model's turns
+    (end-of-turn included)."""
+    segments = fmt.segments(dataset.as_messages(turns))
     text, spans, pos = "", [], 0
     for piece, trainable in segments:
         if trainable:
@@ -77,9 +63,8 @@ def _inside(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
 def encode_rows(tokenizer, fmt, rows: list[dict], max_length: int, where: str = "") -> list[Example]:
     examples, cut = [], 0
     for row in rows:
-        ex = encode(tokenizer, fmt, row["conversations"], max_length)
-        first = row["conversations"][0]
-        ex.group = first["value"] if first["from"] == "system" else ""
+        ex = encode(tokenizer, fmt, dataset.messages(row), max_length)
+        ex.group = dataset.system_text(row)
         cut += len(ex.input_ids) == max_length
         if ex.n_trainable:
             examples.append(ex)

@@ -1,0 +1,142 @@
+"""Lore notes: for every NPC, one neutral sentence for every fact it may tell.
+
+A note's text is the lore keeper's statement of the fact (the `answer` block of the fact's
+template, no NPC voice), so a modder changes the wording where they change the answers. Secrets
+never enter the notes of an NPC that does not hold them; a holder gets a note that names only the
+topic it keeps (never the secret itself), so no prompt ever carries a secret's text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from lorekit.compile.templates import TemplateFailure
+from lorekit.lore import Fact, Vault, facts_of
+
+
+@dataclass(frozen=True)
+class Note:
+    id: str  # the fact id ("secret:<npc>:<entity>" for a kept topic)
+    entity: str  # the entity the fact is about
+    text: str  # one neutral sentence (for a secret: the topic only)
+    page: str  # source page, relative to the lore folder
+    heading: str  # field label, section heading or "summary"
+    secret: bool = False
+    about: frozenset[str] = frozenset()  # every entity id the note speaks of (the subject, linked pages)
+    keys: str = ""  # what retrieval matches besides the text: the training phrasings of the fact's question
+
+    @property
+    def source(self) -> dict[str, str]:
+        return {"page": self.page, "heading": self.heading}
+
+
+@dataclass
+class NoteBook:
+    """Every note of a vault, and which NPC may be told which."""
+
+    notes: dict[str, Note] = field(default_factory=dict)  # note id -> note
+    by_npc: dict[str, list[str]] = field(default_factory=dict)  # NPC id -> note ids, in fact order
+    digest: str = ""  # changes whenever any note or any NPC's scope changes
+
+    def of(self, npc: str) -> list[Note]:
+        return [self.notes[i] for i in self.by_npc.get(npc, [])]
+
+    def by_npc_set(self, npc: str) -> frozenset[str]:
+        """The note ids the NPC may be given (cached: asked once per row at compile time)."""
+        cache = self.__dict__.setdefault("_sets", {})
+        if npc not in cache:
+            cache[npc] = frozenset(self.by_npc.get(npc, []))
+        return cache[npc]
+
+    def npc_digest(self, npc: str) -> str:
+        h = hashlib.blake2b(digest_size=12)
+        for note in self.of(npc):
+            h.update(f"{note.id}\0{note.text}\0{note.secret}\0".encode())
+        return h.hexdigest()
+
+
+def may_tell(vault: Vault, npc_id: str, fact: Fact) -> bool:
+    """Whether the NPC may state this fact: every page it depends on is in the NPC's `knows`, and a
+    secret fact is the NPC's own (its page, or it is named in the page's `known_by`)."""
+    npc = vault.npcs[npc_id]
+    if not fact.pages <= npc.knows:
+        return False
+    return not is_secret(fact) or holds(vault, npc_id, fact)
+
+
+def is_secret(fact: Fact) -> bool:
+    return bool(getattr(fact, "secret", False))
+
+
+def holds(vault: Vault, npc_id: str, fact: Fact) -> bool:
+    """Whether a secret fact belongs to this NPC: it sits on the NPC's own page or names it in `known_by`."""
+    entity = vault.entities[fact.entity]
+    return fact.entity == npc_id or npc_id in (entity.known_by or [])
+
+
+def build_notes(vault: Vault, statement, cache: dict | None = None, facts: list[Fact] | None = None) -> NoteBook:
+    """All notes of the vault. `statement(fact) -> (text, keys)` renders a fact as the lore keeper
+    states it, and the words it is asked in; `cache` (fact signature -> both) keeps renders between
+    reloads, so an edit re-renders only the facts it changed."""
+    book = NoteBook()
+    cache = {} if cache is None else cache
+    used: dict[str, str] = {}
+    for fact in facts if facts is not None else facts_of(vault):
+        key = repr((fact.id, fact.kind, fact.field, fact.values, fact.expect, fact.others, fact.types))
+        rendered = cache.get(key)
+        if rendered is None:
+            try:
+                rendered = statement(fact)
+            except TemplateFailure:  # the fact's own rows report the broken template; no note for it
+                continue
+        used[key] = rendered
+        text, keys = rendered
+        about = frozenset(fact.pages) | {e.id for name in fact.others if (e := vault.resolve(name)) is not None}
+        book.notes[fact.id] = Note(fact.id, fact.entity, text, fact.file, _heading(fact), is_secret(fact), about, keys)
+        for npc_id in vault.npcs:
+            if is_secret(fact) and fact.pages <= vault.npcs[npc_id].knows | {fact.entity} and holds(vault, npc_id, fact):
+                book.by_npc.setdefault(npc_id, []).append(_kept(book, vault, npc_id, fact))
+            elif may_tell(vault, npc_id, fact):
+                book.by_npc.setdefault(npc_id, []).append(fact.id)
+    for npc_id, npc in vault.npcs.items():
+        for eid in sorted(npc.secrets):  # whole pages the NPC keeps: the topic, never the text
+            entity = vault.entities[eid]
+            note = Note(f"secret:{npc_id}:{eid}", eid, entity.name, entity.page, "secret", True, frozenset({eid}))
+            book.notes[note.id] = note
+            book.by_npc.setdefault(npc_id, []).append(note.id)
+    if cache is not None:
+        cache.clear()
+        cache.update(used)
+    h = hashlib.blake2b(digest_size=16)
+    for npc_id in sorted(book.by_npc):
+        h.update(f"{npc_id}\0{book.npc_digest(npc_id)}\0".encode())
+    book.digest = h.hexdigest()
+    return book
+
+
+def _kept(book: NoteBook, vault: Vault, npc_id: str, fact: Fact) -> str:
+    """The holder's note of a secret fact: its topic (page and heading), not its text."""
+    entity = vault.entities[fact.entity]
+    topic = f"{entity.name}: {_heading(fact)}" if fact.kind == "section" else f"{entity.name} ({_heading(fact)})"
+    note = Note(f"secret:{npc_id}:{fact.id}", fact.entity, topic, fact.file, _heading(fact), True,
+                frozenset({fact.entity}))
+    book.notes[note.id] = note
+    return note.id
+
+
+def _heading(fact: Fact) -> str:
+    return fact.field if fact.kind == "section" else fact.label
+
+
+def keeper_statement(builder: Any):
+    """`statement(fact)` for `build_notes`: the fact's answer as the neutral lore keeper says it, and
+    the training phrasings of its question (never the held-out ones: the eval asks in those)."""
+    def statement(fact: Fact) -> tuple[str, str]:
+        template = builder.template_for(fact)
+        ctx = builder.context(fact)
+        text = builder.answer(template, ctx, None, f"{builder.cfg.seed}:{fact.id}:note")
+        train_q, _ = builder.questions(template, ctx, None, f"{builder.cfg.seed}:{fact.id}:q")
+        return text, " ".join(train_q)
+    return statement

@@ -1,0 +1,179 @@
+"""Which notes a player's line asks about, within a budget.
+
+1. Names and aliases in the line resolve to entities ("you", "your" is the NPC itself); a line that
+   names nobody else borrows the entities of the last exchange ("Who owns it?").
+2. The notes about those entities are ranked by the line's words (BM25, `bm25s`), the subject's
+   own notes before notes that only mention it; kept secrets of a named entity come first, so the
+   NPC knows to refuse.
+3. A line that names no entity falls back to BM25 over all of the NPC's notes.
+4. Notes are taken in rank order while they fit `Budget` (approximate tokens and a count).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from lorekit.errors import LorekitError
+from lorekit.grounding.notes import Note, NoteBook
+
+WORD = re.compile(r"[\w']+", re.UNICODE)
+SELF_WORDS = {"you", "your", "yours", "yourself", "ye", "thee", "thou", "thy"}
+MAX_NAME_WORDS = 6
+# Words that never stand alone for an entity, however unique they are in the vault.
+COMMON = {"the", "a", "an", "of", "and", "in", "on", "at", "to", "old", "new", "great", "little", "house", "inn",
+          "lady", "lord", "sir", "master", "mistress", "who", "what", "where", "when", "why", "how", "is", "are"}
+
+# Words every question has: they say nothing about which fact is asked.
+ASKING = {"who", "whom", "whose", "what", "which", "where", "when", "why", "how", "tell", "know", "knows", "me",
+          "about", "do", "does", "did", "can", "could", "would", "anything", "something", "say", "said", "is", "are",
+          "was", "were", "heard", "hear", "explain", "describe", "speak", "talk", "please", "any", "s"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    tokens: int = 200  # approximate tokens (4 characters each) all notes together may take
+    notes: int = 6  # at most this many notes
+
+    def check(self, where: str = "[serve] notes_budget") -> None:
+        if self.notes < 1 or self.tokens < 16:
+            raise LorekitError(f"{where}: a notes budget of {self.tokens} tokens / {self.notes} notes cannot hold one "
+                               "note; set notes_budget to at least 16 and notes_max to at least 1 (or notes = false)")
+
+
+def approx_tokens(text: str) -> int:
+    """The budget's measure: one token per 4 characters, the same at compile and at serve time."""
+    return len(text) // 4 + 1
+
+
+def words(text: str) -> list[str]:
+    return [w.lower().removesuffix("'s").strip("'") for w in WORD.findall(text)]
+
+
+class Names:
+    """Lower-case word sequences -> entity ids: names, aliases, names without "The", and single
+    words of a name that no other entity uses (a player says "Bettany", not "Bettany Crumb")."""
+
+    def __init__(self, vault):
+        table: dict[tuple[str, ...], set[str]] = {}
+        for entity in vault.entities.values():
+            for name in {entity.name, *entity.aliases}:
+                key = tuple(words(name))
+                if key:
+                    table.setdefault(key, set()).add(entity.id)
+                    if key[0] == "the" and len(key) > 1:
+                        table.setdefault(key[1:], set()).add(entity.id)
+        full = {k for k in table}
+        parts: dict[str, set[str]] = {}
+        for key, ids in list(table.items()):
+            for w in key:
+                if len(w) >= 3 and w not in COMMON:
+                    parts.setdefault(w, set()).update(ids)
+        for w, ids in parts.items():
+            if len(ids) == 1 and (w,) not in full:
+                table[(w,)] = set(ids)
+        self.table = {k: frozenset(v) for k, v in table.items()}
+
+    def find(self, text: str) -> list[str]:
+        """Entity ids named in `text`, in order of appearance, longest names first."""
+        ws, found, i = words(text), [], 0
+        while i < len(ws):
+            for n in range(min(MAX_NAME_WORDS, len(ws) - i), 0, -1):
+                ids = self.table.get(tuple(ws[i:i + n]))
+                if ids:
+                    found += sorted(ids)
+                    i += n
+                    break
+            else:
+                i += 1
+        return list(dict.fromkeys(found))
+
+
+class Retriever:
+    """Retrieval over one NoteBook; built once per lore snapshot (cheap: one BM25 index per NPC)."""
+
+    def __init__(self, vault, book: NoteBook, budget: Budget | None = None):
+        self.book, self.budget = book, budget or Budget()
+        self.names = Names(vault)
+        self._index: dict[str, tuple[list[Note], object]] = {}
+
+    def _bm25(self, npc: str):
+        if npc not in self._index:
+            import bm25s
+
+            notes = self.book.of(npc)
+            corpus = [self._strip(f"{n.heading} {n.keys} {n.text}") for n in notes] or [""]
+            model = bm25s.BM25()
+            model.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+            self._index[npc] = (notes, model)
+        return self._index[npc]
+
+    def _strip(self, text: str) -> str:
+        """The text without entity names: they tell which page, not which fact of it (step 1 did that)."""
+        ws, out, i = words(text), [], 0
+        while i < len(ws):
+            for n in range(min(MAX_NAME_WORDS, len(ws) - i), 0, -1):
+                if n > 1 and tuple(ws[i:i + n]) in self.names.table:
+                    i += n
+                    break
+            else:
+                out.append(ws[i])
+                i += 1
+        return " ".join(out)
+
+    def _scores(self, npc: str, text: str, fallback: bool = False) -> list[float]:
+        import bm25s
+
+        notes, model = self._bm25(npc)
+        if not notes:
+            return []
+        query = bm25s.tokenize([self._strip(text)], stopwords="en", show_progress=False, return_ids=False)[0]
+        # among a named page's notes "who", "where", "when" tell the facts apart; across the whole
+        # world they match any question, so the fallback drops them
+        query = [w for w in query if w in model.vocab_dict and not (fallback and w in ASKING)]
+        return [float(s) for s in model.get_scores(query)] if query else [0.0] * len(notes)
+
+    def entities(self, npc: str, text: str, history: list[dict[str, str]] | None = None) -> list[str]:
+        """The entities a line asks about: named ones, the NPC for "you", else those of the last exchange."""
+        named = self.names.find(text)
+        if SELF_WORDS & set(words(text)) and npc not in named:
+            named.append(npc)
+        if not [e for e in named if e != npc]:
+            for msg in (history or [])[-2:]:  # the player's last question first, then the reply
+                named += [e for e in self.names.find(msg.get("content", "")) if e not in named and e != npc]
+        return named
+
+    def retrieve(self, npc: str, text: str, history: list[dict[str, str]] | None = None) -> list[Note]:
+        notes = self.book.of(npc)
+        if not notes:
+            return []
+        named = self.entities(npc, text, history)
+        scores = self._scores(npc, text, fallback=not named)
+        rank = {e: i for i, e in enumerate(named)}
+        keyed = []
+        for i, note in enumerate(notes):
+            if note.entity in rank:
+                tier = 0 if note.secret else 1
+                keyed.append(((tier, -scores[i], rank[note.entity], note.heading != "summary", i), note))
+            elif rank and note.about & rank.keys():
+                keyed.append(((2, -scores[i], min(rank[e] for e in note.about if e in rank), 1, i), note))
+            elif not rank and scores[i] > 0:
+                keyed.append(((3, -scores[i], 0, 0, i), note))
+        keyed.sort(key=lambda k: k[0])
+        return self.fit([note for _, note in keyed])
+
+    def fits(self, notes: list[Note]) -> bool:
+        return len(notes) <= self.budget.notes and sum(approx_tokens(n.text) + 2 for n in notes) <= self.budget.tokens
+
+    def fit(self, ranked: list[Note]) -> list[Note]:
+        """Notes in rank order while they fit the budget."""
+        out, used = [], 0
+        for note in ranked:
+            cost = approx_tokens(note.text) + 2
+            if len(out) >= self.budget.notes:
+                break
+            if used + cost > self.budget.tokens:
+                continue
+            out.append(note)
+            used += cost
+        return out
