@@ -19,8 +19,9 @@ from lorekit import atomic
 from lorekit.cards import png
 from lorekit.cards.card import BookEntry, Card, card_json
 from lorekit.errors import LorekitError
-from lorekit.lore import Vault, facts_of, load_vault, may_tell
+from lorekit.lore import Fact, Vault, facts_of, load_vault, may_tell
 from lorekit.lore.model import Entity, Npc
+from lorekit.lore.page import ParsedPage
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ def export_cards(lore_dir: Path | str, out: Path | str) -> ExportResult:
     if not vault.npcs:
         raise LorekitError(f"{lore_dir}: no NPCs to export (fix: give a character page `npc: true` and a `voice`)")
     result = ExportResult()
+    facts = [f for f in facts_of(vault) if f.kind == "field" and f.field != "aliases"]
     for npc in vault.npcs.values():
-        card = npc_card(vault, npc)
+        card = npc_card(vault, npc, facts)
         data = json.dumps(card_json(card), indent=2, ensure_ascii=False) + "\n"
         image, portrait = _image(vault, npc)
         encoded = base64.b64encode(json.dumps(card_json(card), ensure_ascii=False).encode("utf-8")).decode("ascii")
@@ -61,7 +63,8 @@ def export_cards(lore_dir: Path | str, out: Path | str) -> ExportResult:
     return result
 
 
-def npc_card(vault: Vault, npc: Npc) -> Card:
+def npc_card(vault: Vault, npc: Npc, facts: list[Fact] | None = None) -> Card:
+    """The NPC's card; `facts` are the vault's field facts (computed once for all NPCs)."""
     entity = vault.entities[npc.id]
     card = Card(spec="chara_card_v2", name=npc.name, description=prose(vault, entity), personality=npc.voice,
                 first_mes=npc.greeting, tags=list(entity.tags),
@@ -71,12 +74,16 @@ def npc_card(vault: Vault, npc: Npc) -> Card:
                                                      ("refuse", npc.refuse), ("dont_know", npc.dont_know),
                                                      ("openers", npc.openers)) if v}}
     card.book_name = f"What {npc.name} knows"
-    facts = [f for f in facts_of(vault) if f.kind == "field" and f.field != "aliases"]
+    if facts is None:
+        facts = [f for f in facts_of(vault) if f.kind == "field" and f.field != "aliases"]
+    by_entity: dict[str, list[Fact]] = {}
+    for f in facts:
+        by_entity.setdefault(f.entity, []).append(f)
     for other in vault.entities.values():
         if other.id == npc.id or other.id not in npc.knows:
             continue
-        lines = [f"{f.label.capitalize()}: {', '.join(f.values)}." for f in facts
-                 if f.entity == other.id and may_tell(vault, npc.id, f)]
+        lines = [f"{f.label.capitalize()}: {', '.join(f.values)}." for f in by_entity.get(other.id, [])
+                 if may_tell(vault, npc.id, f)]
         content = "\n\n".join(filter(None, [prose(vault, other), "\n".join(lines)]))
         if content:
             card.book.append(BookEntry(keys=list(dict.fromkeys([other.name, *other.aliases])), content=content,
@@ -86,7 +93,7 @@ def npc_card(vault: Vault, npc: Npc) -> Card:
 
 def prose(vault: Vault, entity: Entity) -> str:
     """A page's text without its secret parts: paragraphs, and `## Heading` sections with theirs."""
-    page = next(p for p in vault.pages if p.path == entity.page)
+    page = _pages(vault)[entity.page]
     parts = [p for p in [page.summary, *page.summary_more] if p]
     for section in entity.sections:
         if section.secret:
@@ -99,7 +106,7 @@ def prose(vault: Vault, entity: Entity) -> str:
 
 def _image(vault: Vault, npc: Npc) -> tuple[bytes, str | None]:
     """The PNG the NPC page embeds, if the vault has it and it reads as a PNG; else a plain card."""
-    page = next(p for p in vault.pages if p.path == vault.entities[npc.id].page)
+    page = _pages(vault)[vault.entities[npc.id].page]
     for name in page.images:
         found = _find_attachment(vault.root, name)
         if found is None or found.suffix.lower() != ".png":
@@ -112,6 +119,13 @@ def _image(vault: Vault, npc: Npc) -> tuple[bytes, str | None]:
             continue
         return data, found.relative_to(vault.root).as_posix()
     return png.plain_card(npc.id), None
+
+
+def _pages(vault: Vault) -> dict[str, ParsedPage]:
+    cache = vault.__dict__.setdefault("_cards_pages", {})
+    if not cache:
+        cache.update((p.path, p) for p in vault.pages)
+    return cache
 
 
 def _find_attachment(root: Path, name: str) -> Path | None:
