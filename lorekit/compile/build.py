@@ -148,7 +148,7 @@ def _ground(built: Built, builder: Builder, facts: list[Fact]) -> None:
     book = build_notes(builder.vault, keeper_statement(builder), facts=facts)
     retriever = Retriever(builder.vault, book, budget)
     extras = Rows()
-    for rows in (absent_rows(builder, book, cfg.absent_per_npc), attack_rows(builder, book, cfg.attack_rows),
+    for rows in (absent_rows(builder, book, cfg.absent_per_npc), attack_rows(builder, book, cfg.attack_rows, {f.id: f for f in facts_of(builder.vault)}),
                  world_eval_rows(builder, book, {f.id for f in built.facts}, facts, cfg.eval_world_facts)):
         extras.extend(rows)
     _add(built, extras, cfg.format)

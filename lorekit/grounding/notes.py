@@ -14,6 +14,7 @@ from typing import Any
 
 from lorekit.compile.templates import TemplateFailure
 from lorekit.lore import Fact, Vault, facts_of
+from lorekit.lore.facts import SECRET, holds_secret, may_tell
 
 
 @dataclass(frozen=True)
@@ -57,25 +58,6 @@ class NoteBook:
         return h.hexdigest()
 
 
-def may_tell(vault: Vault, npc_id: str, fact: Fact) -> bool:
-    """Whether the NPC may state this fact: every page it depends on is in the NPC's `knows`, and a
-    secret fact is the NPC's own (its page, or it is named in the page's `known_by`)."""
-    npc = vault.npcs[npc_id]
-    if not fact.pages <= npc.knows:
-        return False
-    return not is_secret(fact) or holds(vault, npc_id, fact)
-
-
-def is_secret(fact: Fact) -> bool:
-    return bool(getattr(fact, "secret", False))
-
-
-def holds(vault: Vault, npc_id: str, fact: Fact) -> bool:
-    """Whether a secret fact belongs to this NPC: it sits on the NPC's own page or names it in `known_by`."""
-    entity = vault.entities[fact.entity]
-    return fact.entity == npc_id or npc_id in (entity.known_by or [])
-
-
 def build_notes(vault: Vault, statement, cache: dict | None = None, facts: list[Fact] | None = None) -> NoteBook:
     """All notes of the vault. `statement(fact) -> (text, keys)` renders a fact as the lore keeper
     states it, and the words it is asked in; `cache` (fact signature -> both) keeps renders between
@@ -94,10 +76,12 @@ def build_notes(vault: Vault, statement, cache: dict | None = None, facts: list[
         used[key] = rendered
         text, keys = rendered
         about = frozenset(fact.pages) | {e.id for name in fact.others if (e := vault.resolve(name)) is not None}
-        book.notes[fact.id] = Note(fact.id, fact.entity, text, fact.file, _heading(fact), is_secret(fact), about, keys)
-        for npc_id in vault.npcs:
-            if is_secret(fact) and fact.pages <= vault.npcs[npc_id].knows | {fact.entity} and holds(vault, npc_id, fact):
-                book.by_npc.setdefault(npc_id, []).append(_kept(book, vault, npc_id, fact))
+        about -= {SECRET}
+        book.notes[fact.id] = Note(fact.id, fact.entity, text, fact.file, _heading(fact), False, about, keys)
+        for npc_id in vault.npcs:  # who may hear what: lorekit.lore.facts, the one home of that rule
+            if SECRET in fact.pages:  # a secret part of a page: its holders keep it, nobody tells it
+                if holds_secret(vault, npc_id, fact):
+                    book.by_npc.setdefault(npc_id, []).append(_kept(book, vault, npc_id, fact))
             elif may_tell(vault, npc_id, fact):
                 book.by_npc.setdefault(npc_id, []).append(fact.id)
     for npc_id, npc in vault.npcs.items():
@@ -119,7 +103,8 @@ def build_notes(vault: Vault, statement, cache: dict | None = None, facts: list[
 def _kept(book: NoteBook, vault: Vault, npc_id: str, fact: Fact) -> str:
     """The holder's note of a secret fact: its topic (page and heading), not its text."""
     entity = vault.entities[fact.entity]
-    topic = f"{entity.name}: {_heading(fact)}" if fact.kind == "section" else f"{entity.name} ({_heading(fact)})"
+    heading = _heading(fact)
+    topic = entity.name if heading.lower() in ("secret", "secrets", "summary") else f"{entity.name}: {heading}"
     note = Note(f"secret:{npc_id}:{fact.id}", fact.entity, topic, fact.file, _heading(fact), True,
                 frozenset({fact.entity}))
     book.notes[note.id] = note

@@ -108,7 +108,7 @@ def absent_rows(b: Builder, book: NoteBook, per_npc: int) -> Rows:
     return out
 
 
-def attack_rows(b: Builder, book: NoteBook, per_kind: int) -> Rows:
+def attack_rows(b: Builder, book: NoteBook, per_kind: int, facts: dict[str, Fact]) -> Rows:
     """Each attack kind on each kept secret: refused in character (train), the last phrasing held out."""
     out = Rows()
     kinds = sorted(n[len(ATTACK_DIR) + 1:-3] for n in b.t.names if n.startswith(ATTACK_DIR + "/") and n.endswith(".j2"))
@@ -120,20 +120,23 @@ def attack_rows(b: Builder, book: NoteBook, per_kind: int) -> Rows:
             for kind in kinds:
                 tpl = f"{ATTACK_DIR}/{kind}.j2"
                 try:
-                    ctx = {"topic": note.text, "npc": npc_view(npc), "entity": entity.name}
+                    own = note.entity == npc.id  # the NPC's own secrets: "your secrets", refused as "that"
+                    ctx = {"topic": "your secrets" if own else note.text, "npc": npc_view(npc), "entity": entity.name}
                     train_q, eval_q = split(b.t.lines(tpl, "questions", ctx), 1)
-                    a = b.t.render("replies/secret.j2", "answer", {"name": entity.name, "npc": npc_view(npc)},
-                                   f"{rng.random()}")
+                    a = b.t.render("replies/secret.j2", "answer", {"name": "that" if own else entity.name,
+                                                                   "npc": npc_view(npc)}, f"{rng.random()}")
                 except TemplateFailure as e:
                     out.problems.append(b.template_problem(e, npc.page, 0, f"an attack ({kind}) on a secret of `{npc.id}`"))
                     continue
                 secret_of = _secret_fact(note)
+                info = {**meta(npc.id, "secret", [entity.name], secret_of, [], tpl), "attack": kind}
+                if secret_of and secret_of[0] in facts:  # what must not leak (eval)
+                    fact = facts[secret_of[0]]
+                    info["secret_values"] = list(fact.values if fact.kind == "field" else fact.expect)
                 for q in rng.sample(train_q, min(per_kind, len(train_q))):
-                    out.train.append(make_row(b.systems[npc.id], [(q, a)],
-                                              {**meta(npc.id, "secret", [entity.name], secret_of, [], tpl), "attack": kind}))
+                    out.train.append(make_row(b.systems[npc.id], [(q, a)], dict(info)))
                 for q in eval_q:
-                    out.eval.append(make_row(b.systems[npc.id], [(q, a)],
-                                             {**meta(npc.id, "secret", [entity.name], secret_of, [], tpl), "attack": kind}))
+                    out.eval.append(make_row(b.systems[npc.id], [(q, a)], dict(info)))
     return out
 
 
