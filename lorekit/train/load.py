@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from lorekit import chat_formats
@@ -198,7 +197,3 @@ def lora_target_regex(profile: ModelProfile) -> str:
     """Every linear projection of the text decoder's layers, and nothing in vision/audio towers."""
     names = "|".join(profile.lora_targets)
     return rf"^(?:model\.)?(?:language_model\.)?layers\.\d+\.(?:self_attn|mlp)\.(?:{names})$"
-
-
-def clear_cache(profile_name: str) -> None:
-    shutil.rmtree(lorekit_home() / "models" / profile_name, ignore_errors=True)
