@@ -86,6 +86,7 @@ CASES = {
     "g3-1b-unsloth-compiled-b192": ("gemma3-1b", "unsloth",
                                     dict(batch_size=192, grad_accum=1, load_in_4bit=False,
                                          gradient_checkpointing=False, max_steps=30, compile=True), (5760, 150), 400),
+    "tiny4-transformers": ("tiny-gemma4", "transformers", dict(batch_size=4, grad_accum=1, max_steps=8), (64, 80), 300),
     "tiny-trl": ("tiny", "trl", dict(batch_size=4, grad_accum=1, gradient_checkpointing=True, max_steps=8),
                  (64, 80), 300),
 }
@@ -151,8 +152,8 @@ def prepare_model(shape: str, folder: Path) -> Path:
     from lorekit.train.template import chat_template
     from tests.tiny_models import make_tiny_model, make_tokenizer
 
-    if shape == "tiny":
-        return make_tiny_model(folder.parent, "gemma3", name=folder.name)
+    if shape in ("tiny", "tiny-gemma4"):  # CPU smoke runs of the harness
+        return make_tiny_model(folder.parent, "gemma4" if shape == "tiny-gemma4" else "gemma3", name=folder.name)
     config = model_config(shape)
     tok = make_tokenizer()
     tok.chat_template = chat_template(chat_formats.get("gemma4" if "4" in shape else "gemma3"))
@@ -386,8 +387,11 @@ def gpu_sampler(samples: list, stop: threading.Event) -> None:
     proc.terminate()
 
 
-def run_case(case: str, work: Path, warm: int) -> dict:
+def run_case(case: str, work: Path, warm: int, limit: float | None = None) -> dict:
+    """Prepare the model and rows of `case`, then train it in a fresh process (cut after the case's timeout,
+    or `limit` seconds if that is shorter)."""
     shape, backend, _, (count, target), timeout = CASES[case]
+    timeout = min(timeout, limit) if limit else timeout
     overrides = case_config(case)
     model_dir = work / f"model-{shape}"
     out = work / f"out-{case}"
@@ -409,7 +413,7 @@ def run_case(case: str, work: Path, warm: int) -> dict:
         tail = (proc.stdout + proc.stderr)[-3000:]
         ok = proc.returncode == 0 and result_file.exists()
     except subprocess.TimeoutExpired as e:
-        tail = ((e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace"))[-3000:]
+        tail = (_text(e.stdout) + _text(e.stderr))[-3000:]
         ok = False
     stop.set()
     record = {"case": case, "shape": shape, "backend_asked": backend, "config": overrides, "rows": count,
@@ -434,6 +438,10 @@ def run_case(case: str, work: Path, warm: int) -> dict:
     record["log_tail"] = tail[-800:]
     print(json.dumps({k: v for k, v in record.items() if k != "log_tail"}), flush=True)
     return record
+
+
+def _text(output: bytes | str | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
 
 
 def main() -> int:
