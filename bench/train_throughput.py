@@ -192,17 +192,23 @@ def write_rows(out: Path, tok_dir: Path, count: int, target: int) -> float:
     return sum(lengths) / len(lengths)
 
 
-def worker(case: str, work: Path, result_file: Path) -> None:
-    """One `lorekit train` run (or, for backend "trl", the naive SFTTrainer run); called in a fresh process."""
-    shape, backend, _, _, _ = CASES[case]
-    overrides = case_config(case)
-    if backend == "trl":
-        return worker_trl(case, work, result_file)
-    from lorekit.train import run
+def train_config(case: str, work: Path):
+    """The TrainConfig a case's worker trains with (trl's worker reads its LoRA and schedule from it too)."""
     from lorekit.train.config import TrainConfig
 
+    shape, backend = CASES[case][:2]
+    return TrainConfig(model=str(work / f"model-{shape}"), backend="auto" if backend == "trl" else backend,
+                       epochs=1, log_every=1, **case_config(case))
+
+
+def worker(case: str, work: Path, result_file: Path) -> None:
+    """One `lorekit train` run (or, for backend "trl", the naive SFTTrainer run); called in a fresh process."""
+    if CASES[case][1] == "trl":
+        return worker_trl(case, work, result_file)
+    from lorekit.train import run
+
     steps: list[tuple[int, float, int]] = []
-    cfg = TrainConfig(model=str(work / f"model-{shape}"), backend=backend, epochs=1, log_every=1, **overrides)
+    cfg = train_config(case, work)
     out = work / f"out-{case}"
     progress = result_file.with_suffix(".steps")
 
@@ -240,8 +246,6 @@ def worker_trl(case: str, work: Path, result_file: Path) -> None:
     no packing, no padding-free batches, no length grouping (trl's defaults). Loss on the model's turn
     only, through trl's prompt-completion format (`assistant_only_loss` would need `{% generation %}`
     markers that LoreKit's chat template does not have: trl refuses templates it cannot patch)."""
-    shape = CASES[case][0]
-    overrides = case_config(case)
     import torch
     import trl
     from datasets import Dataset
@@ -250,9 +254,8 @@ def worker_trl(case: str, work: Path, result_file: Path) -> None:
     from trl import SFTConfig, SFTTrainer
 
     from lorekit.models import resolve
-    from lorekit.train.config import TrainConfig
 
-    cfg = TrainConfig(model=str(work / f"model-{shape}"), **overrides)
+    cfg = train_config(case, work)
     cuda = torch.cuda.is_available()
     out = work / f"out-{case}"
     progress = result_file.with_suffix(".steps")
