@@ -1,19 +1,22 @@
 """Gemma 4 E2B on one CUDA GPU, in one command: where the memory goes, plain loop vs Unsloth, step profiles.
 
-    python bench/train_e2b_gpu.py --out $OUT      # on the GPU machine; stops starting parts after --budget s
+    python bench/train_e2b_gpu.py --out $OUT      # on the GPU machine; starts no part after --budget s
     python bench/train_e2b_gpu.py --out /tmp/e2b --smoke   # CPU run of the same code on a tiny Gemma 4
 
 Parts, in this order, each skipped when the time left (`--budget`, default 450 s) is below what it needs:
   (a) memory: the E2B shape (random weights, 4-bit nf4, LoRA r 16, gradient checkpointing, 8-bit AdamW) at
-      batch 2 x ~1,024-token rows, loaded with LoreKit's own loaders in a fresh process per variant: resident
-      bytes by kind (4-bit linear weights, per-layer embedding tables, other embeddings, LoRA, optimizer
-      state) from the tensors themselves, the peak of each training step above what was resident before it
-      (activations and step temporaries), `torch.cuda.max_memory_allocated` for load and training, and
-      tokens/s; with the per-layer embeddings on the GPU ("plain") and in CPU memory ("plain-offload").
+      batch 2 x 4 micro-batches of ~1,024-token rows, loaded with LoreKit's own loaders, one fresh process
+      per backend (--memory-first: the plain loop; --memory-last: Unsloth). Each process trains in two
+      phases: "resident" (per-layer embeddings on the GPU, as before) then "offload" (the same model after
+      `ple_offload.offload`, as `lorekit train` now runs on CUDA). Recorded: resident bytes by kind (4-bit
+      linear weights, per-layer tables, other embeddings, LoRA, optimizer state) summed from the tensors
+      themselves, the load peak, each step's peak over what was resident before it (activations and step
+      temporaries), the training peak and tokens/s of each phase, and the loss of one fixed batch just
+      before and just after the offload (the same model, so it must not change).
   (b) throughput: `bench/train_throughput.py` cases plain, Unsloth, Unsloth, plain in one process tree, so
       each backend runs once first and once second; then the shipped speed table updated with the figures.
-  (c) profile: a torch.profiler top-20 (device time, CPU time) of one optimizer step of the variants named
-      in --profile (default: plain, and Unsloth as it ran before: per-layer embeddings on the GPU).
+  (c) profile: a torch.profiler top-20 (self device time, self CPU time) of one optimizer step of each
+      phase of the backends named in --profile.
 
 Files written under --out (6): memory.json, throughput.json, speed_table.json, profile.txt, summary.md
 (also printed), and run.json (arguments, machine, what was skipped and why).
@@ -36,17 +39,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import train_throughput as tt  # noqa: E402  (bench/, next to this file)
 
-# variant -> (backend, per-layer embeddings in CPU memory, gradient checkpointing mode)
+# variant -> (backend, gradient checkpointing mode: Unsloth's own offloads activations to CPU memory)
 VARIANTS = {
-    "plain": ("transformers", False, "torch"),
-    "plain-offload": ("transformers", True, "torch"),
-    "unsloth": ("unsloth", False, "unsloth"),
-    "unsloth-offload": ("unsloth", True, "unsloth"),
-    "unsloth-torch-checkpointing": ("unsloth", False, "torch"),
+    "plain": ("transformers", "torch"),
+    "unsloth": ("unsloth", "unsloth"),
+    "unsloth-torch-checkpointing": ("unsloth", "torch"),
 }
-# seconds a part needs on the H200 (from earlier runs: load ~20 s plain / ~55 s Unsloth, ~2.5 s a step)
-NEEDS = {"prepare": 60, "plain": 55, "plain-offload": 55, "unsloth": 95, "unsloth-offload": 95,
-         "unsloth-torch-checkpointing": 95, "e2b-4bit-transformers": 60, "e2b-4bit-unsloth": 100}
+PHASES = ("resident", "offload")
+# seconds a part needs on the H200 (earlier runs: load ~20 s plain / ~55 s Unsloth, ~2.5 s an optimizer step)
+NEEDS = {"plain": 60, "unsloth": 90, "unsloth-torch-checkpointing": 90, "e2b-4bit-transformers": 55,
+         "e2b-4bit-unsloth": 90}
 KINDS = ("linear_4bit", "ple", "embeddings", "lora", "linear_other", "other")
 
 
@@ -55,12 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, required=True, help="folder for the result files")
     ap.add_argument("--work", type=Path, default=Path("/tmp/lorekit-e2b"), help="models, rows and runs")
     ap.add_argument("--budget", type=float, default=450, help="start no part that would end after this many s")
-    ap.add_argument("--memory-first", default="plain-offload,plain", help="(a) variants before (b)")
+    ap.add_argument("--memory-first", default="plain", help="(a) variants before (b)")
     ap.add_argument("--cases", default="e2b-4bit-transformers,e2b-4bit-unsloth,e2b-4bit-unsloth,e2b-4bit-transformers",
                     help="(b) bench/train_throughput.py cases, in order")
     ap.add_argument("--memory-last", default="unsloth", help="(a) variants after (b)")
     ap.add_argument("--profile", default="plain,unsloth", help="(c) variants whose step is profiled")
-    ap.add_argument("--steps", type=int, default=4, help="optimizer steps per variant (the first is warm-up)")
+    ap.add_argument("--steps", type=int, default=4, help="optimizer steps per phase (the first is warm-up)")
     ap.add_argument("--shape", default="gemma4-e2b")
     ap.add_argument("--rows", default="100,1000", help="COUNT,TOKENS: rows of about TOKENS tokens")
     ap.add_argument("--smoke", action="store_true",
@@ -159,8 +161,11 @@ def optimizer_bytes(optimizer) -> int:
 
 
 def variant_worker(variant: str, work: Path, shape: str, steps: int, profile: bool, result: Path) -> None:
-    """Load, attach LoRA, train `steps` optimizer steps at batch 2 x 4 and measure; writes `result`."""
-    backend, offload, checkpointing = VARIANTS[variant]
+    """Load, attach LoRA, then train `steps` optimizer steps at batch 2 x 4 in each phase and measure;
+    `result` is rewritten after each phase, so a later failure keeps the earlier figures."""
+    import itertools
+
+    backend, checkpointing = VARIANTS[variant]
     if backend == "unsloth":  # before transformers, as in lorekit's loader
         os.environ.setdefault("UNSLOTH_COMPILE_DISABLE", "1")
         import unsloth  # noqa: F401
@@ -168,13 +173,13 @@ def variant_worker(variant: str, work: Path, shape: str, steps: int, profile: bo
 
     from lorekit import chat_formats
     from lorekit.train import load, loop, ple_offload, recipe
-    from lorekit.train.data import encode_rows, read_rows
+    from lorekit.train.data import collate, encode_rows, read_rows
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    mem = (lambda: torch.cuda.memory_allocated()) if cuda else (lambda: 0)
-    record: dict = {"variant": variant, "backend": backend, "offload_ple": offload, "checkpointing": checkpointing,
-                    "device": torch.cuda.get_device_name(0) if cuda else "cpu"}
+    mem = torch.cuda.memory_allocated if cuda else (lambda: 0)
+    record: dict = {"variant": variant, "backend": backend, "checkpointing": checkpointing,
+                    "device": torch.cuda.get_device_name(0) if cuda else "cpu", "phases": {}}
     lora = {"r": 16, "alpha": 32, "dropout": 0.0, "turn_tokens": True}
     folder = str(work / f"model-{shape}")
     torch.manual_seed(3407)  # the same LoRA initialisation in every variant, as `lorekit train` seeds it
@@ -183,17 +188,11 @@ def variant_worker(variant: str, work: Path, shape: str, steps: int, profile: bo
         model, tok, profile_ = load.load_unsloth(folder, 1024, True, lora, 3407, True, False, checkpointing)
     else:
         model, tok, profile_ = load.load_model(folder, device, load_in_4bit=cuda)
-    record["bytes_after_load"] = mem()
-    record["ple_moved_bytes"] = ple_offload.offload(model, device) if offload else 0
-    if backend == "transformers":
         model = recipe.attach_lora(model, profile_, lora, True, tok)
     if cuda:
         torch.cuda.synchronize()
     record["load_s"] = round(time.time() - t, 1)
-    record["bytes_resident"] = mem()
     record["load_peak_bytes"] = torch.cuda.max_memory_allocated() if cuda else 0
-    record["parts"] = breakdown(model, device)
-    record["parts"]["unattributed"] = record["bytes_resident"] - sum(record["parts"][k] for k in KINDS) if cuda else 0
     rows = encode_rows(tok, chat_formats.get(profile_.family),
                        read_rows(work / "mem-data" / "dataset" / "train.jsonl"), 1024)
     plan = loop.Plan(epochs=1, batch_size=2, grad_accum=4, lr=2e-4, warmup_ratio=0.0, schedule="constant",
@@ -202,19 +201,43 @@ def variant_worker(variant: str, work: Path, shape: str, steps: int, profile: bo
                      pad_multiple=8 if cuda else 1)
     optimizer = loop.make_optimizer(model, plan)
     scheduler = loop.make_scheduler(optimizer, plan, 1000)
-    groups = plan.step_groups(rows, 0)
+    groups = itertools.cycle(plan.step_groups(rows, 0))
+    check = collate([rows[i] for i in plan.step_groups(rows, 0)[0][0]], plan.pad_id, plan.pad_multiple)
     model.train()
     stop = loop.StopFlag()  # never entered: no signal handler, never set
-    record["steps"] = [_timed_step(model, optimizer, scheduler, rows, g, plan, stop, cuda) for g in groups[:steps]]
-    record["optimizer_state_bytes"] = optimizer_bytes(optimizer)
-    timed = record["steps"][1:] or record["steps"]
-    record["tokens_per_s"] = round(sum(s["tokens"] for s in timed) / sum(s["s"] for s in timed), 1)
-    record["train_peak_bytes"] = max(s["peak"] for s in record["steps"])
-    record["step_over_resident_bytes"] = max(s["peak"] - s["before"] for s in timed)
-    record["peak_bytes"] = max(record["load_peak_bytes"], record["train_peak_bytes"])
-    if profile and len(groups) > steps:
-        record["profile"] = _profile_step(model, optimizer, scheduler, rows, groups[steps], plan, stop, cuda)
-    result.write_text(json.dumps(record, indent=1))
+    for phase in PHASES:
+        if phase == "offload":
+            before = _fixed_loss(model, check, plan)
+            record["ple_moved_bytes"] = ple_offload.offload(model, device)
+            after = _fixed_loss(model, check, plan)
+            record["offload_check"] = {"loss_before": before, "loss_after": after, "same": before == after}
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        parts = breakdown(model, device)
+        parts["unattributed"] = mem() - sum(parts[k] for k in KINDS) if cuda else 0
+        ran = [_timed_step(model, optimizer, scheduler, rows, next(groups), plan, stop, cuda) for _ in range(steps)]
+        timed = ran[1:] or ran
+        record["phases"][phase] = {
+            "parts": parts, "bytes_resident": parts["unattributed"] + sum(parts[k] for k in KINDS), "steps": ran,
+            "optimizer_state_bytes": optimizer_bytes(optimizer),
+            "tokens_per_s": round(sum(s["tokens"] for s in timed) / sum(s["s"] for s in timed), 1),
+            "train_peak_bytes": max(s["peak"] for s in ran),
+            "step_over_resident_bytes": max(s["peak"] - s["before"] for s in timed)}
+        if profile:
+            record["phases"][phase]["profile"] = _profile_step(model, optimizer, scheduler, rows, next(groups),
+                                                               plan, stop, cuda)
+        result.write_text(json.dumps(record, indent=1))
+
+
+def _fixed_loss(model, batch: dict, plan) -> float:
+    import torch
+
+    from lorekit.train import loop
+
+    with torch.no_grad():
+        loss, n = loop.masked_loss(model, batch, plan.bf16)
+    return float(loss) / n
 
 
 def _timed_step(model, optimizer, scheduler, rows, group, plan, stop, cuda: bool) -> dict:
@@ -254,9 +277,13 @@ def _profile_step(model, optimizer, scheduler, rows, group, plan, stop, cuda: bo
         events = prof.key_averages()
         out = {"step_s": round(wall, 3), "by_cpu_time": events.table(sort_by="self_cpu_time_total", row_limit=20)}
         if cuda:
-            key = next(k for k in ("self_device_time_total", "self_cuda_time_total") if hasattr(events[0], k))
-            out["by_device_time"] = events.table(sort_by=key, row_limit=20)
-            out["device_busy_s"] = round(sum(getattr(e, key) for e in events) / 1e6, 3)
+            for key in ("self_device_time_total", "self_cuda_time_total"):  # torch renamed cuda -> device
+                try:
+                    out["by_device_time"] = events.table(sort_by=key, row_limit=20)
+                    out["device_busy_s"] = round(sum(getattr(e, key) for e in events) / 1e6, 3)
+                    break
+                except (AttributeError, KeyError, ValueError):
+                    continue
             out["kernel_launches"] = sum(e.count for e in events if "LaunchKernel" in e.key)
         return out
     except Exception as e:  # noqa: BLE001 - a profiler failure must not lose the memory figures
@@ -276,12 +303,16 @@ def run_variant(variant: str, args, limit: float) -> dict:
         tail, ok = (proc.stdout + proc.stderr)[-3000:], proc.returncode == 0 and result.exists()
     except subprocess.TimeoutExpired as e:
         tail, ok = (tt._text(e.stdout) + tt._text(e.stderr))[-3000:], False
-    record = json.loads(result.read_text()) if ok else {"variant": variant, "error": f"failed after "
-                                                        f"{time.time() - t:.0f} s (limit {limit:.0f} s)"}
+    record = json.loads(result.read_text()) if result.exists() else {"variant": variant, "phases": {}}
+    if not ok:  # the phases it finished are kept
+        record["error"] = f"failed after {time.time() - t:.0f} s (limit {limit:.0f} s)"
     record["wall_s"] = round(time.time() - t, 1)
     record["log_tail"] = tail[-1500:]
-    print(f"(a) {variant}: " + (f"peak {gib(record['peak_bytes'])} GiB, {record['tokens_per_s']} tokens/s"
-                                if ok else f"FAILED\n{tail}"), flush=True)
+    for phase, r in record["phases"].items():
+        print(f"(a) {variant} {phase}: training peak {gib(r['train_peak_bytes'])} GiB, {r['tokens_per_s']} tokens/s",
+              flush=True)
+    if not ok:
+        print(f"(a) {variant}: FAILED\n{tail}", flush=True)
     return record
 
 
@@ -292,22 +323,31 @@ def gib(n: float | None) -> str:
 
 
 def memory_table(memory: list[dict]) -> str:
-    lines = ["| variant | load peak | training peak | 4-bit linear | per-layer emb. on GPU | per-layer emb. in CPU RAM "
-             "| other embeddings | LoRA | optimizer | step peak over resident | other | tokens/s |",
-             "| --- " * 12 + "|"]
+    lines = ["| variant | phase | load peak | training peak | 4-bit linear | per-layer emb. on GPU "
+             "| per-layer emb. in CPU RAM | other embeddings | LoRA | optimizer | step peak over resident | other "
+             "| tokens/s |", "| --- " * 13 + "|"]
+    notes = []
     for r in memory:
-        if "parts" not in r:
-            lines.append(f"| {r['variant']} | {r.get('error', 'skipped')} |" + " |" * 10)
-            continue
-        p = r["parts"]
-        lines.append(
-            f"| {r['variant']} | {gib(r['load_peak_bytes'])} | {gib(r['train_peak_bytes'])} | {gib(p['linear_4bit'])} "
-            f"| {gib(p['ple'])} | {gib(p['ple_in_cpu_memory'])} | {gib(p['embeddings'])} | {gib(p['lora'])} "
-            f"| {gib(r['optimizer_state_bytes'])} | {gib(r['step_over_resident_bytes'])} "
-            f"| {gib(p['linear_other'] + p['other'] + p.get('unattributed', 0))} | {r['tokens_per_s']:,.0f} |")
-    losses = [f"{r['variant']} {[s['loss'] for s in r['steps']]}" for r in memory if "steps" in r]
-    if losses:
-        lines += ["", "Loss of each step, same rows, same seed: " + "; ".join(losses)]
+        for phase, x in r.get("phases", {}).items():
+            p = x["parts"]
+            lines.append(
+                f"| {r['variant']} | {phase} | {gib(r['load_peak_bytes'])} | {gib(x['train_peak_bytes'])} "
+                f"| {gib(p['linear_4bit'])} | {gib(p['ple'])} | {gib(p['ple_in_cpu_memory'])} | {gib(p['embeddings'])} "
+                f"| {gib(p['lora'])} | {gib(x['optimizer_state_bytes'])} | {gib(x['step_over_resident_bytes'])} "
+                f"| {gib(p['linear_other'] + p['other'] + p.get('unattributed', 0))} | {x['tokens_per_s']:,.0f} |")
+            notes.append(f"{r['variant']} {phase} {[s['loss'] for s in x['steps']]}")
+        if "error" in r:
+            lines.append(f"| {r['variant']} | {r['error']} |" + " |" * 11)
+        check = r.get("offload_check")
+        if check:
+            notes.append(f"{r['variant']}: loss of one fixed batch before / after the offload "
+                         f"{check['loss_before']:.6f} / {check['loss_after']:.6f} ({'same' if check['same'] else 'DIFFERENT'})")
+        phases = r.get("phases", {})
+        if {"resident", "offload"} <= set(phases):
+            ratio = phases["offload"]["tokens_per_s"] / phases["resident"]["tokens_per_s"]
+            notes.append(f"{r['variant']}: tokens/s with the offload / without = {ratio:.2f}x (same process)")
+    if notes:
+        lines += ["", "Loss of each step, then checks: " + "; ".join(notes)]
     return "\n".join(lines)
 
 
@@ -350,17 +390,18 @@ def auto_preview(table_path: Path, shape_model: str) -> list[str]:
 def profile_text(memory: list[dict]) -> str:
     parts = []
     for r in memory:
-        prof = r.get("profile")
-        if not prof:
-            continue
-        head = f"==== {r['variant']}: one optimizer step (batch 2 x 4 micro-batches)"
-        if "error" in prof:
-            parts.append(f"{head}\nprofiler failed: {prof['error']}\n")
-            continue
-        busy = f", GPU busy {prof['device_busy_s']} s, {prof['kernel_launches']} kernel launches" \
-            if "device_busy_s" in prof else ""
-        parts.append(f"{head}: {prof['step_s']} s wall{busy}\n\n-- by self device time\n"
-                     f"{prof.get('by_device_time', '(no GPU)')}\n\n-- by self CPU time\n{prof['by_cpu_time']}\n")
+        for phase, x in r.get("phases", {}).items():
+            prof = x.get("profile")
+            if not prof:
+                continue
+            head = f"==== {r['variant']} ({phase}): one optimizer step (batch 2 x 4 micro-batches)"
+            if "error" in prof:
+                parts.append(f"{head}\nprofiler failed: {prof['error']}\n")
+                continue
+            busy = f", GPU busy {prof['device_busy_s']} s, {prof['kernel_launches']} kernel launches" \
+                if "device_busy_s" in prof else ""
+            parts.append(f"{head}: {prof['step_s']} s wall{busy}\n\n-- by self device time\n"
+                         f"{prof.get('by_device_time', '(no GPU)')}\n\n-- by self CPU time\n{prof['by_cpu_time']}\n")
     return "\n".join(parts) or "no step was profiled\n"
 
 
@@ -370,11 +411,13 @@ def summary(args, memory: list[dict], throughput: list[dict], added: list[dict],
              "", f"- date: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(START))}, wall {time.time() - START:.0f} s",
              f"- machine: {json.dumps(machine)}",
              f"- command: python {' '.join(sys.argv)}", "",
-             "## (a) Memory at batch 2 x ~1,024-token rows (GiB) and tokens/s, one fresh process per variant", "",
+             "## (a) Memory at batch 2 x 4 of ~1,024-token rows (GiB) and tokens/s, one process per backend", "",
              memory_table(memory), "",
-             "Resident kinds are summed from the tensors themselves; 'step peak over resident' is the highest "
-             "max_memory_allocated during a step less what was allocated before it (activations, gradients and "
-             "step temporaries); 'other' holds norms, small projections, buffers and what the tensors do not "
+             "Resident kinds are summed from the tensors themselves; 'load peak' is max_memory_allocated from "
+             "the process start to the end of loading (the per-layer tables are on the GPU then in both phases); "
+             "'training peak' is the highest max_memory_allocated during the phase's steps; 'step peak over "
+             "resident' is the highest during a step less what was allocated before it (activations, gradients "
+             "and step temporaries); 'other' holds norms, small projections, buffers and what the tensors do not "
              "account for.", "",
              "## (b) Plain loop vs Unsloth, bench/train_throughput.py cases in one process tree", "",
              throughput_table(throughput), "", *[f"- {x}" for x in order_ratios(throughput)], "",

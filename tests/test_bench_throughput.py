@@ -127,7 +127,7 @@ def e2b():
 
 def test_e2b_script_arguments(e2b, tmp_path):
     args = e2b.parse_args(["--out", str(tmp_path)])
-    assert args.memory_first == ["plain-offload", "plain"] and args.memory_last == ["unsloth"]
+    assert args.memory_first == ["plain"] and args.memory_last == ["unsloth"]
     assert args.rows == (100, 1000) and args.profile == ["plain", "unsloth"]
     smoke = e2b.parse_args(["--out", str(tmp_path), "--smoke"])
     assert (smoke.shape, smoke.cases, smoke.memory_last, smoke.rows) == ("tiny-gemma4", ["tiny4-transformers"], [],
@@ -154,7 +154,7 @@ def test_e2b_budget_starts_only_parts_that_fit(e2b):
     import time
 
     budget = e2b.Budget(time.time() - e2b.START + 70)  # ~70 s left
-    assert budget.allows("plain-offload") and budget.allows("e2b-4bit-transformers")
+    assert budget.allows("plain") and budget.allows("e2b-4bit-transformers")
     assert not budget.allows("unsloth") and not budget.allows("e2b-4bit-unsloth")
 
 
@@ -193,22 +193,33 @@ def test_e2b_memory_breakdown_finds_each_kind(e2b, tmp_path):
 
 def test_e2b_summary_reads_the_records(e2b, tmp_path):
     gib = 2**30
-    record = {"variant": "plain-offload", "load_peak_bytes": 6 * gib, "train_peak_bytes": 3.5 * gib,
-              "parts": {"linear_4bit": 1.5 * gib, "ple": 0, "ple_in_cpu_memory": 3.75 * gib, "embeddings": 1.125 * gib,
-                        "lora": 0.05 * gib, "linear_other": 0, "other": 0.01 * gib, "unattributed": 0.02 * gib},
-              "optimizer_state_bytes": 0.02 * gib, "step_over_resident_bytes": 0.8 * gib, "tokens_per_s": 3100.4,
-              "steps": [{"loss": 12.5}, {"loss": 12.4}],
-              "profile": {"step_s": 2.5, "by_cpu_time": "CPU TABLE", "by_device_time": "GPU TABLE",
-                          "device_busy_s": 1.2, "kernel_launches": 4000}}
-    failed = {"variant": "unsloth", "error": "failed after 95 s (limit 90 s)", "profile": {"error": "boom"}}
+
+    def phase(ple_gpu, ple_cpu, peak, tps, profile):
+        return {"parts": {"linear_4bit": 1.5 * gib, "ple": ple_gpu, "ple_in_cpu_memory": ple_cpu,
+                          "embeddings": 1.125 * gib, "lora": 0.05 * gib, "linear_other": 0, "other": 0.01 * gib,
+                          "unattributed": 0.02 * gib},
+                "optimizer_state_bytes": 0.02 * gib, "step_over_resident_bytes": 0.8 * gib, "tokens_per_s": tps,
+                "train_peak_bytes": peak, "steps": [{"loss": 12.5}, {"loss": 12.4}], "profile": profile}
+
+    record = {"variant": "plain", "load_peak_bytes": 6 * gib,
+              "offload_check": {"loss_before": 12.25, "loss_after": 12.25, "same": True},
+              "phases": {"resident": phase(3.75 * gib, 0, 7.1 * gib, 3200.0, None),
+                         "offload": phase(0, 3.75 * gib, 3.5 * gib, 3100.4,
+                                          {"step_s": 2.5, "by_cpu_time": "CPU TABLE", "by_device_time": "GPU TABLE",
+                                           "device_busy_s": 1.2, "kernel_launches": 4000})}}
+    failed = {"variant": "unsloth", "error": "failed after 95 s (limit 90 s)",
+              "phases": {"resident": {**phase(3.75 * gib, 0, 7.2 * gib, 2500.0, {"error": "boom"})}},
+              "load_peak_bytes": 6.1 * gib}
     table = e2b.memory_table([record, failed])
-    assert "| plain-offload | 6.00 | 3.50 | 1.50 | 0.00 | 3.75 | 1.12 | 0.05 | 0.02 | 0.80 | 0.03 | 3,100 |" in table
-    assert "| unsloth | failed after 95 s (limit 90 s) |" in table
-    assert "plain-offload [12.5, 12.4]" in table
+    assert "| plain | offload | 6.00 | 3.50 | 1.50 | 0.00 | 3.75 | 1.12 | 0.05 | 0.02 | 0.80 | 0.03 | 3,100 |" in table
+    assert "| plain | resident | 6.00 | 7.10 | 1.50 | 3.75 | 0.00 |" in table
+    assert "| unsloth | resident | 6.10 | 7.20 |" in table and "| unsloth | failed after 95 s (limit 90 s) |" in table
+    assert "plain: loss of one fixed batch before / after the offload 12.250000 / 12.250000 (same)" in table
+    assert "plain: tokens/s with the offload / without = 0.97x (same process)" in table
     text = e2b.profile_text([record, failed])
-    assert "plain-offload: one optimizer step (batch 2 x 4 micro-batches): 2.5 s wall, GPU busy 1.2 s, 4000 kernel" \
-        in text and "GPU TABLE" in text and "CPU TABLE" in text
-    assert "unsloth: one optimizer step (batch 2 x 4 micro-batches)\nprofiler failed: boom" in text
+    assert "plain (offload): one optimizer step (batch 2 x 4 micro-batches): 2.5 s wall, GPU busy 1.2 s, 4000 " \
+        "kernel launches" in text and "GPU TABLE" in text and "CPU TABLE" in text
+    assert "unsloth (resident): one optimizer step (batch 2 x 4 micro-batches)\nprofiler failed: boom" in text
 
 
 def test_sharegpt_rows_become_prompt_completion(bench):
