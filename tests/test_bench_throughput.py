@@ -153,7 +153,7 @@ def test_e2b_default_cases_run_each_backend_first_once(e2b, bench, tmp_path):
 def test_e2b_budget_starts_only_parts_that_fit(e2b):
     import time
 
-    budget = e2b.Budget(time.time() - e2b.START + 70)  # ~70 s left
+    budget = e2b.Budget(time.time() - e2b.START + 65)  # ~65 s left
     assert budget.allows("plain") and budget.allows("e2b-4bit-transformers")
     assert not budget.allows("unsloth") and not budget.allows("e2b-4bit-unsloth")
 
