@@ -2,6 +2,9 @@
 
     python bench/train_throughput.py                 # on the GPU machine; writes bench/results/train_throughput.{json,md}
     python bench/train_throughput.py --cases tiny-transformers --out /tmp/t.json   # CPU smoke run of the harness
+    python bench/train_throughput.py --cases e2b-4bit-transformers,e2b-4bit-unsloth --table /tmp/speed_table.json
+        # also fold the run's figures into a speed table (start-up s, steady tokens/s per device, shape,
+        # precision, candidate and batch): copy it to lorekit/train/speed_table.json to ship it
 
 Each case is `lorekit.train.run` in a fresh process (so that Unsloth's patches never leak into the
 plain path): wall time counts from that process's start to the saved adapter. Models have random
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -82,6 +86,7 @@ CASES = {
     "g3-1b-unsloth-compiled-b192": ("gemma3-1b", "unsloth",
                                     dict(batch_size=192, grad_accum=1, load_in_4bit=False,
                                          gradient_checkpointing=False, max_steps=30, compile=True), (5760, 150), 400),
+    "tiny4-transformers": ("tiny-gemma4", "transformers", dict(batch_size=4, grad_accum=1, max_steps=8), (64, 80), 300),
     "tiny-trl": ("tiny", "trl", dict(batch_size=4, grad_accum=1, gradient_checkpointing=True, max_steps=8),
                  (64, 80), 300),
 }
@@ -94,6 +99,34 @@ RATIOS = (("g3-1b-unsloth", "g3-1b-transformers"), ("e2b-4bit-unsloth", "e2b-4bi
           ("g3-1b-unsloth-compiled-b128", "g3-1b-transformers-b128"),
           ("g3-1b-unsloth-compiled-b192", "g3-1b-transformers"), ("g3-1b-unsloth-compiled-b192", "g3-1b-trl"),
           ("g3-1b-unsloth-compiled-b192", "g3-1b-transformers-b128"), ("g3-1b-transformers-b128", "g3-1b-trl"), ("g3-1b-unsloth-compiled-b128", "g3-1b-transformers"), ("tiny-transformers", "tiny-trl"))
+# What a case ran with, recorded with its figures (and, for the speed table, which row they belong to).
+RAN_FIELDS = ("batch_size", "grad_accum", "load_in_4bit", "gradient_checkpointing", "compile", "offload_ple",
+              "max_length", "max_steps")
+SET_ENV = "LOREKIT_BENCH_SET"  # `--set KEY=VALUE` overrides, handed to the worker processes
+
+
+def case_config(case: str) -> dict:
+    """The case's train-config overrides, with any `--set KEY=VALUE` of this run on top."""
+    return {**CASES[case][2], **json.loads(os.environ.get(SET_ENV) or "{}")}
+
+
+def parse_set(items: list[str]) -> dict:
+    """`["offload_ple=false", "batch_size=4"]` -> {"offload_ple": False, "batch_size": 4} (JSON values,
+    else text); a key that is not a TrainConfig field is an error naming it."""
+    from lorekit.train.config import TrainConfig
+
+    fields = set(TrainConfig.__dataclass_fields__)
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of the [train] settings "
+                             f"({', '.join(sorted(fields))})")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def model_config(shape: str):
@@ -119,8 +152,8 @@ def prepare_model(shape: str, folder: Path) -> Path:
     from lorekit.train.template import chat_template
     from tests.tiny_models import make_tiny_model, make_tokenizer
 
-    if shape == "tiny":
-        return make_tiny_model(folder.parent, "gemma3", name=folder.name)
+    if shape in ("tiny", "tiny-gemma4"):  # CPU smoke runs of the harness
+        return make_tiny_model(folder.parent, "gemma4" if shape == "tiny-gemma4" else "gemma3", name=folder.name)
     config = model_config(shape)
     tok = make_tokenizer()
     tok.chat_template = chat_template(chat_formats.get("gemma4" if "4" in shape else "gemma3"))
@@ -159,16 +192,23 @@ def write_rows(out: Path, tok_dir: Path, count: int, target: int) -> float:
     return sum(lengths) / len(lengths)
 
 
-def worker(case: str, work: Path, result_file: Path) -> None:
-    """One `lorekit train` run (or, for backend "trl", the naive SFTTrainer run); called in a fresh process."""
-    shape, backend, overrides, _, _ = CASES[case]
-    if backend == "trl":
-        return worker_trl(case, work, result_file)
-    from lorekit.train import run
+def train_config(case: str, work: Path):
+    """The TrainConfig a case's worker trains with (trl's worker reads its LoRA and schedule from it too)."""
     from lorekit.train.config import TrainConfig
 
+    shape, backend = CASES[case][:2]
+    return TrainConfig(model=str(work / f"model-{shape}"), backend="auto" if backend == "trl" else backend,
+                       epochs=1, log_every=1, **case_config(case))
+
+
+def worker(case: str, work: Path, result_file: Path) -> None:
+    """One `lorekit train` run (or, for backend "trl", the naive SFTTrainer run); called in a fresh process."""
+    if CASES[case][1] == "trl":
+        return worker_trl(case, work, result_file)
+    from lorekit.train import run
+
     steps: list[tuple[int, float, int]] = []
-    cfg = TrainConfig(model=str(work / f"model-{shape}"), backend=backend, epochs=1, log_every=1, **overrides)
+    cfg = train_config(case, work)
     out = work / f"out-{case}"
     progress = result_file.with_suffix(".steps")
 
@@ -183,7 +223,9 @@ def worker(case: str, work: Path, result_file: Path) -> None:
     mem = max((m.get("memory_mb", 0) for m in metrics), default=0)
     record = {"case": case, "backend": result.backend, "steps": result.steps, "wall_s": round(wall, 1),
               "first_step_at_s": round(steps[0][1] - START, 1) if steps else None,
-              "steps_t": steps, "peak_memory_gib": round(mem / 1024, 2), "final_loss": result.train_loss}
+              "first_step_tokens": steps[0][2] if steps else None,
+              "steps_t": steps, "peak_memory_gib": round(mem / 1024, 2), "final_loss": result.train_loss,
+              "ran": {k: v for k, v in asdict(cfg).items() if k in RAN_FIELDS}}
     result_file.write_text(json.dumps(record))
 
 
@@ -204,7 +246,6 @@ def worker_trl(case: str, work: Path, result_file: Path) -> None:
     no packing, no padding-free batches, no length grouping (trl's defaults). Loss on the model's turn
     only, through trl's prompt-completion format (`assistant_only_loss` would need `{% generation %}`
     markers that LoreKit's chat template does not have: trl refuses templates it cannot patch)."""
-    shape, _, overrides, _, _ = CASES[case]
     import torch
     import trl
     from datasets import Dataset
@@ -213,9 +254,8 @@ def worker_trl(case: str, work: Path, result_file: Path) -> None:
     from trl import SFTConfig, SFTTrainer
 
     from lorekit.models import resolve
-    from lorekit.train.config import TrainConfig
 
-    cfg = TrainConfig(model=str(work / f"model-{shape}"), **overrides)
+    cfg = train_config(case, work)
     cuda = torch.cuda.is_available()
     out = work / f"out-{case}"
     progress = result_file.with_suffix(".steps")
@@ -350,8 +390,12 @@ def gpu_sampler(samples: list, stop: threading.Event) -> None:
     proc.terminate()
 
 
-def run_case(case: str, work: Path, warm: int) -> dict:
-    shape, backend, overrides, (count, target), timeout = CASES[case]
+def run_case(case: str, work: Path, warm: int, limit: float | None = None) -> dict:
+    """Prepare the model and rows of `case`, then train it in a fresh process (cut after the case's timeout,
+    or `limit` seconds if that is shorter)."""
+    shape, backend, _, (count, target), timeout = CASES[case]
+    timeout = min(timeout, limit) if limit else timeout
+    overrides = case_config(case)
     model_dir = work / f"model-{shape}"
     out = work / f"out-{case}"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -372,7 +416,7 @@ def run_case(case: str, work: Path, warm: int) -> dict:
         tail = (proc.stdout + proc.stderr)[-3000:]
         ok = proc.returncode == 0 and result_file.exists()
     except subprocess.TimeoutExpired as e:
-        tail = ((e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace"))[-3000:]
+        tail = (_text(e.stdout) + _text(e.stderr))[-3000:]
         ok = False
     stop.set()
     record = {"case": case, "shape": shape, "backend_asked": backend, "config": overrides, "rows": count,
@@ -390,6 +434,8 @@ def run_case(case: str, work: Path, warm: int) -> dict:
     if len(steps) > warm + 1:
         (_, t0, k0), (_, t1, k1) = steps[warm - 1], steps[-1]
         record["steady_tokens_per_s"] = round((k1 - k0) / (t1 - t0), 1)
+        # start-up: process start to step 1, less step 1's own tokens at the steady rate
+        record["startup_s"] = round(record["first_step_at_s"] - steps[0][2] / record["steady_tokens_per_s"], 1)
         window = [u for ts, u, _ in samples if t0 <= ts <= t1]
         record["gpu_util_pct"] = round(sum(window) / len(window), 1) if window else None
     record["log_tail"] = tail[-800:]
@@ -397,12 +443,21 @@ def run_case(case: str, work: Path, warm: int) -> dict:
     return record
 
 
+def _text(output: bytes | str | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", default="g3-1b-transformers,g3-1b-unsloth,e2b-4bit-transformers,e2b-4bit-unsloth")
+    ap.add_argument("--cases", default="g3-1b-transformers,g3-1b-unsloth,e2b-4bit-transformers,e2b-4bit-unsloth",
+                    help="comma-separated case names, run in this order (a name may repeat: both orders)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/lorekit-bench"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_throughput.json")
     ap.add_argument("--warm", type=int, default=5)
+    ap.add_argument("--table", type=Path, help="also fold the figures into this speed table (made from the "
+                    "shipped lorekit/train/speed_table.json if missing)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a [train] setting for every case, e.g. --set offload_ple=false")
     ap.add_argument("--prepare")
     ap.add_argument("--worker")
     ap.add_argument("--result", type=Path)
@@ -414,25 +469,108 @@ def main() -> int:
     if args.worker:
         worker(args.worker, args.work, args.result)
         return 0
+    unknown = [c for c in args.cases.split(",") if c not in CASES]
+    if unknown:
+        raise SystemExit(f"--cases: unknown {', '.join(unknown)}; known: {', '.join(CASES)}")
+    if args.set:
+        os.environ[SET_ENV] = json.dumps(parse_set(args.set))
     results = []
     for case in args.cases.split(","):
         results.append(run_case(case, args.work, args.warm))
         report = write_report(args.out, results)
     print(json.dumps({k: v for k, v in report.items() if k != "results"}, indent=1))
+    if args.table:
+        added, skipped = update_table(args.table, [report])
+        print(f"speed table {args.table}: {len(added)} rows written" + "".join(f"\n  skipped {s}" for s in skipped))
     return 0
 
 
 def write_report(path: Path, results: list[dict]) -> dict:
-    """Written after every case, so that a run cut short still leaves its figures."""
+    """Written after every case, so that a run cut short still leaves its figures. A pair of cases that
+    ran more than once (both orders) gets one ratio per occurrence, each within its own pair."""
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
               "command": " ".join(["python"] + sys.argv), "results": results}
-    by = {r["case"]: r for r in results}
+    if os.environ.get(SET_ENV):
+        report["set"] = json.loads(os.environ[SET_ENV])
     for a, b in RATIOS:
-        if by.get(a, {}).get("steady_tokens_per_s") and by.get(b, {}).get("steady_tokens_per_s"):
-            report[f"ratio_{a}_vs_{b}"] = round(by[a]["steady_tokens_per_s"] / by[b]["steady_tokens_per_s"], 2)
+        ra = [r["steady_tokens_per_s"] for r in results if r["case"] == a and r.get("steady_tokens_per_s")]
+        rb = [r["steady_tokens_per_s"] for r in results if r["case"] == b and r.get("steady_tokens_per_s")]
+        ratios = [round(x / y, 2) for x, y in zip(ra, rb, strict=False)]
+        if ratios:
+            report[f"ratio_{a}_vs_{b}"] = ratios[0] if len(ratios) == 1 else ratios
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
     return report
+
+
+TABLE_KEY = ("device", "shape", "precision", "candidate", "batch_size", "grad_accum", "gradient_checkpointing")
+
+
+def table_rows(report: dict, shapes: dict) -> tuple[list[dict], list[str]]:
+    """Speed-table rows from a report: one per (device, shape, precision, candidate, batch), the mean of
+    the report's cases that ran it; and what was left out, with why."""
+    from lorekit.train import speed
+    from lorekit.train.config import TrainConfig
+
+    defaults = asdict(TrainConfig())
+    device = "cuda" if report.get("machine", {}).get("gpu") else "cpu"
+    groups: dict[tuple, list[dict]] = {}
+    skipped = []
+    for position, r in enumerate(report["results"], 1):
+        if r.get("backend_asked") == "trl" or not r.get("ok") or not r.get("steady_tokens_per_s"):
+            skipped.append(f"{r['case']}: " + ("not a LoreKit backend" if r.get("backend_asked") == "trl"
+                                               else "no steady tokens/s"))
+            continue
+        if r["shape"] not in shapes:
+            skipped.append(f"{r['case']}: shape {r['shape']!r} is not in the table's shapes")
+            continue
+        cfg = {**defaults, **r.get("config", {}), **r.get("ran", {})}
+        bf16 = device == "cuda" or cfg["precision"] == "bf16"
+        candidate = r["backend"] if r["backend"] == "transformers" else \
+            ("unsloth-compiled" if cfg["compile"] else "unsloth")
+        startup = r.get("startup_s")
+        if startup is None:  # older reports: step 1's tokens from the batch and the mean row
+            step1 = cfg["batch_size"] * cfg["grad_accum"] * r["mean_row_tokens"]
+            startup = r["first_step_at_s"] - step1 / r["steady_tokens_per_s"]
+        row = {"device": device, "shape": r["shape"], "precision": speed.precision_key(device, cfg["load_in_4bit"], bf16),
+               "candidate": candidate, "batch_size": cfg["batch_size"], "grad_accum": cfg["grad_accum"],
+               "gradient_checkpointing": cfg["gradient_checkpointing"], "startup_s": startup,
+               "tokens_per_s": r["steady_tokens_per_s"], "mean_row_tokens": r["mean_row_tokens"],
+               "position": position, "case": r["case"]}
+        groups.setdefault(tuple(row[k] for k in TABLE_KEY), []).append(row)
+    where = f"{report.get('command', '?')} ({report.get('date', '?')}, {report.get('machine', {}).get('gpu', 'CPU')})"
+    rows = []
+    for runs in groups.values():
+        row = {k: runs[0][k] for k in TABLE_KEY}
+        row["startup_s"] = round(sum(r["startup_s"] for r in runs) / len(runs), 1)
+        row["tokens_per_s"] = round(sum(r["tokens_per_s"] for r in runs) / len(runs), 1)
+        row["mean_row_tokens"] = runs[0]["mean_row_tokens"]
+        row["runs"] = [{k: r[k] if k != "startup_s" else round(r[k], 1)
+                        for k in ("case", "position", "tokens_per_s", "startup_s")} for r in runs]
+        row["source"] = where + (f", mean of {len(runs)} cases" if len(runs) > 1 else "")
+        rows.append(row)
+    return rows, skipped
+
+
+def update_table(path: Path, reports: list[dict]) -> tuple[list[dict], list[str]]:
+    """Fold the reports' figures into the speed table at `path` (started from the shipped table if the file
+    is missing): a new row replaces the row of the same device, shape, precision, candidate and batch."""
+    from lorekit.atomic import write_text
+    from lorekit.train import speed
+
+    table = speed.load_table(path if path.exists() else None)
+    added, skipped = [], []
+    for report in reports:  # in order: a later report's row replaces an earlier one's
+        rows, left = table_rows(report, table.get("shapes", {}))
+        keys = {tuple(r[k] for k in TABLE_KEY) for r in rows}
+        table["measurements"] = [r for r in table["measurements"] if tuple(r.get(k) for k in TABLE_KEY) not in keys]
+        table["measurements"] += rows
+        added = [r for r in added if tuple(r[k] for k in TABLE_KEY) not in keys] + rows
+        skipped += left
+    table["measurements"].sort(key=lambda r: (r["device"], r["shape"], r["precision"], r["batch_size"],
+                                              r["candidate"]))
+    write_text(path, json.dumps(table, indent=1) + "\n")
+    return added, skipped
 
 
 def machine() -> dict:

@@ -51,8 +51,9 @@ def command(args: argparse.Namespace) -> int:
 
     from lorekit.train import loop, recipe
 
+    on_choice = print_choice if args.verbose else None
     try:
-        result = recipe.run(args.out, cfg, resume=args.resume, on_log=on_log, on_step=on_step)
+        result = recipe.run(args.out, cfg, resume=args.resume, on_log=on_log, on_step=on_step, on_choice=on_choice)
     except loop.Interrupted as stopped:
         if bar:
             bar.close()
@@ -64,3 +65,18 @@ def command(args: argparse.Namespace) -> int:
     print(f"trained {result.steps} steps in {result.wall_s:.0f} s ({result.backend}){eval_txt}; "
           f"adapter in {result.adapter}, curves in {args.out / 'train' / 'loss.png'}")
     return 0
+
+
+def print_choice(choice) -> None:
+    """The backend choice and each candidate's estimate (`lorekit train -v`)."""
+    print(f"backend: {choice.candidate} ({choice.reason})")
+    print(f"  {choice.tokens:,} tokens to train; figures for {choice.key}")
+    for e in choice.estimates:
+        if e.wall_s is None:
+            figures = "no measurement"
+        else:
+            figures = f"~{e.wall_s:.0f} s = {e.startup_s:.0f} s start-up + {e.tokens_per_s:,.0f} tokens/s"
+        note = f" [cannot run: {e.why_not}]" if not e.available else ""
+        print(f"  {e.candidate:<17} {figures}{note}")
+        if e.measured:
+            print(f"  {'':<17} measured: {e.measured}")

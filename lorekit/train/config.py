@@ -16,7 +16,9 @@ from lorekit.config import opt
 class TrainConfig:
     model: str = opt("gemma3-270m", "model profile name, local model folder, or hub id")
     backend: Literal["auto", "unsloth", "transformers"] = opt(
-        "auto", "auto: Unsloth on a CUDA GPU, transformers + peft otherwise")
+        "auto", "auto: the path the speed table says finishes first (Unsloth needs a CUDA GPU)")
+    speed_table: str = opt("", "speed table for backend auto (bench/train_throughput.py --table writes one); "
+                           "empty: the one shipped with lorekit")
     epochs: float | None = opt(None, "passes over the training rows (default 3)")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: no limit)")
     lr: float = opt(2e-4, "peak learning rate")
@@ -37,7 +39,10 @@ class TrainConfig:
     gradient_checkpointing: bool = opt(True, "on CUDA, trade compute for memory")
     share_prompt: bool | None = opt(None, "run a system prompt shared by a batch once, without gradient "
                                     "(much faster on CPU; default on for CPU, off for GPU)")
-    compile: bool = opt(False, "let Unsloth use torch.compile (slow first step; off keeps start-up short)")
+    compile: bool | None = opt(None, "let Unsloth use torch.compile (faster steps, minutes of start-up); "
+                               "unset: backend auto decides by the speed table, off otherwise")
+    offload_ple: bool = opt(True, "on CUDA, keep Gemma 4's per-layer embedding tables in CPU memory and copy "
+                            "only each batch's rows to the GPU (about 4 GB less GPU memory for E2B)")
     eval_every: int = opt(0, "also evaluate every N optimizer steps (0: once per epoch only)")
     log_every: int = opt(5, "write a metrics line every N optimizer steps")
     seed: int = opt(3407, "random seed for LoRA init, data order and dropout")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from lorekit import chat_formats
@@ -118,8 +117,10 @@ def load_model(profile_or_path: str, device: str = "cpu", dtype=None, load_in_4b
 
 
 def load_unsloth(profile_or_path: str, max_length: int, load_in_4bit: bool, lora: dict, seed: int,
-                 gradient_checkpointing: bool, compile: bool):
-    """(peft model, tokenizer, profile) through Unsloth; FastModel for Gemma 4, FastLanguageModel else."""
+                 gradient_checkpointing: bool, compile: bool, checkpointing_mode: str = "unsloth"):
+    """(peft model, tokenizer, profile) through Unsloth; FastModel for Gemma 4, FastLanguageModel else.
+    `checkpointing_mode` "unsloth" is Unsloth's own (activations offloaded to CPU memory), "torch" the
+    plain one (bench/train_e2b_gpu.py compares them)."""
     if not compile:  # Unsloth's torch.compile of each decoder layer can take many minutes (Gemma 4)
         os.environ.setdefault("UNSLOTH_COMPILE_DISABLE", "1")
     os.environ.setdefault("UNSLOTH_DISABLE_AUTO_UPDATES", "1")
@@ -127,7 +128,8 @@ def load_unsloth(profile_or_path: str, max_length: int, load_in_4bit: bool, lora
     import unsloth  # noqa: F401  (must come before transformers/peft are used)
     from unsloth import FastLanguageModel, FastModel
 
-    checkpointing = "unsloth" if gradient_checkpointing else False
+    checkpointing = (checkpointing_mode if checkpointing_mode == "unsloth" else True) if gradient_checkpointing \
+        else False
     with _offline_errors(profile):
         if profile.family == "gemma4":
             model, tok = FastModel.from_pretrained(str(source), max_seq_length=max_length, load_in_4bit=load_in_4bit,
@@ -198,7 +200,3 @@ def lora_target_regex(profile: ModelProfile) -> str:
     """Every linear projection of the text decoder's layers, and nothing in vision/audio towers."""
     names = "|".join(profile.lora_targets)
     return rf"^(?:model\.)?(?:language_model\.)?layers\.\d+\.(?:self_attn|mlp)\.(?:{names})$"
-
-
-def clear_cache(profile_name: str) -> None:
-    shutil.rmtree(lorekit_home() / "models" / profile_name, ignore_errors=True)

@@ -278,7 +278,7 @@ def train(model, train_rows: list[Example], eval_rows: list[Example], plan: Plan
             groups = plan.step_groups(train_rows, state.epoch)
             while state.group < len(groups) and state.step < total:
                 rng = _rng_state()
-                loss, n_tok, n_all = _step(model, optimizer, scheduler, train_rows, groups[state.group], plan, stop)
+                loss, n_all = _step(model, optimizer, scheduler, train_rows, groups[state.group], plan, stop)
                 if loss is None:  # stop requested mid-step: drop its gradients, keep the last good state
                     state.wall_s = time.perf_counter() - started
                     save_checkpoint(checkpoint, model, optimizer, scheduler, state, rng, best)
@@ -303,7 +303,8 @@ def train(model, train_rows: list[Example], eval_rows: list[Example], plan: Plan
 
 
 def _step(model, optimizer, scheduler, rows, group, plan: Plan, stop: StopFlag):
-    """One optimizer step over a group of micro-batches; (None, 0, 0) if a stop came in between."""
+    """One optimizer step over a group of micro-batches: (mean loss per trained token, row tokens), or
+    (None, 0) if a stop came in between."""
     micro = [[rows[i] for i in idx] for idx in group]
     n_tok = sum(e.n_trainable for m in micro for e in m)
     n_all = sum(len(e.input_ids) for m in micro for e in m)
@@ -311,7 +312,7 @@ def _step(model, optimizer, scheduler, rows, group, plan: Plan, stop: StopFlag):
     for examples in micro:
         if stop.requested:
             optimizer.zero_grad(set_to_none=True)
-            return None, 0, 0
+            return None, 0
         loss, _ = masked_loss(model, collate(examples, plan.pad_id, plan.pad_multiple, plan.share_prefix), plan.bf16)
         (loss / n_tok).backward()
         total_loss += loss.item()
@@ -320,7 +321,7 @@ def _step(model, optimizer, scheduler, rows, group, plan: Plan, stop: StopFlag):
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return total_loss / n_tok, n_tok, n_all
+    return total_loss / n_tok, n_all
 
 
 def _record(state: State, total: int, loss: float, lr: float, started: float) -> dict:

@@ -19,7 +19,7 @@ from lorekit import chat_formats
 from lorekit import config as config_mod
 from lorekit.atomic import replace_dir, write_text
 from lorekit.errors import LorekitError
-from lorekit.train import loop, token_rows
+from lorekit.train import loop, speed, token_rows
 from lorekit.train.config import TrainConfig
 from lorekit.train.data import encode_rows, read_rows
 
@@ -38,10 +38,11 @@ class TrainResult:
     eval_loss: float | None
     wall_s: float
     backend: str
+    choice: speed.Choice | None = None
 
 
 def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
-        on_log=None, on_step=None) -> TrainResult:
+        on_log=None, on_step=None, on_choice=None) -> TrainResult:
     started = time.perf_counter()
     out = Path(out)
     train_file, eval_file = _dataset_files(out)
@@ -49,11 +50,16 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
     import torch
 
     cuda = torch.cuda.is_available()
-    backend = _backend(cfg, cuda)
+    _check_backend(cfg, cuda)
     cfg = resolve_defaults(cfg, cuda)
     torch.manual_seed(cfg.seed)
+    choice = choose_backend(cfg, "cuda" if cuda else "cpu", read_rows(train_file))
+    log.info("backend %s", choice.summary())
+    if on_choice:
+        on_choice(choice)
+    cfg = replace(cfg, compile=choice.compile)
     try:
-        model, tok, profile, backend = _load(cfg, backend, cuda)
+        model, tok, profile, backend = _load(cfg, choice.backend, cuda)
         fmt = chat_formats.get(profile.family)
         train_rows = encode_rows(tok, fmt, read_rows(train_file), cfg.max_length, str(train_file))
         eval_rows = encode_rows(tok, fmt, read_rows(eval_file), cfg.max_length, str(eval_file)) \
@@ -66,7 +72,7 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         plan.share_prefix = cfg.share_prompt if cfg.share_prompt is not None else not cuda
         # run.json records what ran, not "auto"
         cfg = replace(cfg, optimizer=plan.optimizer, precision="bf16" if plan.bf16 else "fp32",
-                      share_prompt=plan.share_prefix)
+                      share_prompt=plan.share_prefix, compile=backend == "unsloth" and cfg.compile)
         log.info("training %s (%s, %s backend) on %d rows, %d eval rows, %d steps",
                  profile.name, profile.family, backend, len(train_rows), len(eval_rows),
                  plan.total_steps(train_rows))
@@ -78,10 +84,11 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         raise LorekitError(OOM_HELP) from None
     adapter = _save_adapter(out / "adapter", model, tok, keep, profile)
     wall = time.perf_counter() - started
-    run_json = _write_train_folder(out, cfg, profile, backend, state, partial, train_file, eval_file, wall)
+    run_json = _write_train_folder(out, cfg, profile, backend, state, partial, train_file, eval_file, wall,
+                                   {**choice.to_dict(), "ran": backend})
     last = [r for r in map(json.loads, (out / "train" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     return TrainResult(adapter, run_json, state.step, last[-1]["loss"] if last else None, state.best_eval,
-                       wall, backend)
+                       wall, backend, choice)
 
 
 def _dataset_files(out: Path) -> tuple[Path, Path]:
@@ -91,23 +98,33 @@ def _dataset_files(out: Path) -> tuple[Path, Path]:
     return train_file, eval_file
 
 
-def _backend(cfg: TrainConfig, cuda: bool) -> str:
+def _check_backend(cfg: TrainConfig, cuda: bool) -> None:
     if cfg.backend == "unsloth" and not cuda:
         raise LorekitError("--backend unsloth needs a CUDA GPU and none was found; use --backend transformers "
                            "(or auto) to train on the CPU")
-    if cfg.backend != "auto":
-        return cfg.backend
-    if not cuda:
-        return "transformers"
+
+
+def choose_backend(cfg: TrainConfig, device: str, rows: list[dict], table: dict | None = None,
+                   unsloth_installed: bool | None = None) -> speed.Choice:
+    """The path to train on (see lorekit/train/speed.py), with every candidate's estimated wall time.
+    `table` and `unsloth_installed` default to the shipped (or configured) table and what is installed."""
     import importlib.util
 
-    from lorekit.models import resolve
+    from lorekit.train.load import model_dir
 
-    # Measured on an H200 (bench/results/train_throughput.md): without its slow compilation, Unsloth
-    # beat our plain loop on Gemma 4 in 4-bit (1.14x) but not on Gemma 3 (0.34x).
-    if resolve(cfg.model).family != "gemma4":
-        return "transformers"
-    return "unsloth" if importlib.util.find_spec("unsloth") else "transformers"
+    source, profile = model_dir(cfg.model)
+    lengths, counted = speed.dataset_lengths(str(source), profile.family, rows, cfg.max_length)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and (device == "cuda" or CPU_BF16))
+    if unsloth_installed is None:
+        unsloth_installed = importlib.util.find_spec("unsloth") is not None
+    choice = speed.choose(
+        backend=cfg.backend, compile=cfg.compile, model=cfg.model, family=profile.family, device=device,
+        precision=speed.precision_key(device, cfg.load_in_4bit, bf16), batch_size=cfg.batch_size,
+        tokens=speed.run_tokens(lengths, cfg.epochs, cfg.max_steps, cfg.batch_size * cfg.grad_accum),
+        unsloth_installed=unsloth_installed,
+        table=table if table is not None else speed.load_table(cfg.speed_table or None))
+    choice.reason += f"; dataset tokens {counted}"
+    return choice
 
 
 # CPU: batch 8 x 1 (fewer, fuller steps; bench/results/train_cpu.md). Epochs stay at 3 on the CPU too:
@@ -115,15 +132,12 @@ def _backend(cfg: TrainConfig, cuda: bool) -> str:
 # so 8 epochs (what field-notes used on 50 short rows) would not fit the README's 15-minute build.
 # A GPU follows the guide (batch 2 x 4, 3 epochs).
 CPU_DEFAULTS = {"batch_size": 8, "grad_accum": 1, "epochs": 3.0}
-CPU_PROFILE_EPOCHS: dict[str, float] = {}
 GPU_DEFAULTS = {"batch_size": 2, "grad_accum": 4, "epochs": 3.0}
 
 
 def resolve_defaults(cfg: TrainConfig, cuda: bool) -> TrainConfig:
-    """Fill the fields left at None with the device's (and profile's) defaults."""
-    base = dict(GPU_DEFAULTS if cuda else CPU_DEFAULTS)
-    if not cuda and cfg.model in CPU_PROFILE_EPOCHS:
-        base["epochs"] = CPU_PROFILE_EPOCHS[cfg.model]
+    """Fill the fields left at None with the device's defaults."""
+    base = GPU_DEFAULTS if cuda else CPU_DEFAULTS
     return replace(cfg, **{k: v for k, v in base.items() if getattr(cfg, k) is None})
 
 
@@ -137,6 +151,7 @@ def _load(cfg: TrainConfig, backend: str, cuda: bool):
         try:
             model, tok, profile = load.load_unsloth(cfg.model, cfg.max_length, cfg.load_in_4bit, lora, cfg.seed,
                                                     cfg.gradient_checkpointing, cfg.compile)
+            _offload_ple(model, cfg, cuda)
             return model, tok, profile, "unsloth"
         except LorekitError:
             raise
@@ -146,7 +161,17 @@ def _load(cfg: TrainConfig, backend: str, cuda: bool):
             log.warning("Unsloth failed (%s); falling back to transformers + peft", str(e).splitlines()[0][:200])
     model, tok, profile = load.load_model(cfg.model, "cuda" if cuda else "cpu",
                                           load_in_4bit=cuda and cfg.load_in_4bit)
+    _offload_ple(model, cfg, cuda)
     return attach_lora(model, profile, lora, cuda and cfg.gradient_checkpointing, tok), tok, profile, "transformers"
+
+
+def _offload_ple(model, cfg: TrainConfig, cuda: bool) -> None:
+    """Gemma 4's per-layer embedding tables to CPU memory (lorekit/train/ple_offload.py): on CUDA only,
+    where they would otherwise take ~4 GB of the card for E2B; on the CPU they are in memory already."""
+    if cuda and cfg.offload_ple:
+        from lorekit.train import ple_offload
+
+        ple_offload.offload(model, "cuda")
 
 
 def attach_lora(model, profile, lora: dict, checkpointing: bool, tok=None):
@@ -221,7 +246,8 @@ def _save_adapter(target: Path, model, tok, keep: dict, profile) -> Path:
     return target
 
 
-def _write_train_folder(out, cfg, profile, backend, state, partial, train_file, eval_file, wall) -> Path:
+def _write_train_folder(out, cfg, profile, backend, state, partial, train_file, eval_file, wall,
+                        choice: dict) -> Path:
     from lorekit.train.metrics import plot_losses
 
     folder = out / "train"
@@ -230,6 +256,7 @@ def _write_train_folder(out, cfg, profile, backend, state, partial, train_file, 
     plot_losses([json.loads(x) for x in metrics.splitlines()], folder / "loss.png")
     run_info = {
         "model": profile.name, "family": profile.family, "base": profile.source, "backend": backend,
+        "backend_choice": choice,
         "config": config_mod.to_dict(cfg), "dataset_sha256": _dataset_sha(out, train_file, eval_file),
         "steps": state.step, "best_step": state.best_step, "best_eval_loss": state.best_eval,
         "overfitting_warning": state.overfit_warned, "versions": _versions(), "wall_s": round(wall, 2),
