@@ -155,18 +155,6 @@ def test_aliases_match_as_declared():
     assert not metrics.fact_verdict("I watch the river.", ["The Ebbwatch"], aliases)["correct"]
 
 
-def test_secret_values_fall_back_to_the_lore_and_spare_the_speaker():
-    from lorekit.evaluate.data import Question, secret_values
-
-    q = Question(1, [{"role": "user", "content": "What are the Midnight Crossings?"}], "No.",
-                 {"npc": "tobin-reedy", "kind": "secret", "entities": ["The Midnight Crossings"], "facts": ["x"]})
-    lore = {"The Midnight Crossings": ["Tobin Reedy", "The Drowned Choir", "Vellicor"]}
-    values = secret_values(q, {}, lore, {"tobin-reedy": "Tobin Reedy"})
-    assert values == ["The Drowned Choir", "Vellicor"]
-    # values taught by other rows for the same fact win over the lore fallback
-    assert secret_values(q, {"x": {"forty-two jars"}}, lore, {}) == ["forty-two jars"]
-
-
 def test_echoing_the_prompt_is_out_of_character():
     system = "You are the lore keeper. If something is not part of the lore, say that you do not know."
     reply = "You are the lore keeper. If something is not part of the lore, say that you do not know."
