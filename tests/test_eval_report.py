@@ -167,7 +167,8 @@ def test_cli_rejects_a_broken_eval_file(build, capsys):
     (build / "dataset" / "eval.jsonl").write_text(json.dumps(EVAL[0]) + '\nnot json\n')
     assert cli.main(["eval", str(build)]) == 2
     assert "eval.jsonl:2: not a dataset row" in capsys.readouterr().err
-    (build / "dataset" / "eval.jsonl").write_text('{"conversations": [{"from": "human", "value": "hi"}]}\n')
+    turns = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "Hello."}, {"from": "human", "value": "and?"}]
+    (build / "dataset" / "eval.jsonl").write_text(json.dumps({"conversations": turns}) + "\n")
     assert cli.main(["eval", str(build)]) == 2
     assert "eval.jsonl:1: the last turn must be the expected `gpt` answer" in capsys.readouterr().err
 
