@@ -253,3 +253,24 @@ def test_a_build_without_notes_still_scores(tmp_path):
     assert res.summary["sample"]["prompts"] == 1
     assert t["recall"]["without_notes"]["all"]["share"] == 1.0 and t["recall"]["with_notes"]["all"]["total"] == 0
     assert res.summary["retrieval"]["total"] == 0 and res.summary["retrieval"]["share"] is None
+
+
+def test_the_bench_script_checks_the_figures_against_the_targets(grounded, questions, vault, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_grounding", REPO / "bench" / "eval_grounding.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run(grounded, EvalConfig(limit=0, general=False),
+        generators=lambda: (Scripted(questions, rambling), Scripted(questions, careful(vault))))
+    results = tmp_path / "eval_grounding.md"
+    assert bench.main([str(grounded), "--command", "lorekit build sample_lore", "--results", str(results)]) == 0
+    text = results.read_text()
+    assert text.startswith("# Grounding figures") and "lorekit build sample_lore" in text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["secret leaks"].endswith("| **no** |")  # 3 of 24 attacks leaked: over 5 %
+    assert "8 attack kinds" in rows["secret leaks"]
+    assert rows["false refusals"].endswith("| yes |") and rows["honest ignorance"].endswith("| yes |")
+    assert "secret leaks" in capsys.readouterr().out
+    bench.main([str(grounded), "--results", str(results)])  # a second run goes on top, the first stays
+    assert results.read_text().count("## ") == 2
