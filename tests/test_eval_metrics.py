@@ -85,13 +85,6 @@ def test_in_character_checks(reply, problem):
         assert problem in problems
 
 
-def test_secret_kept_or_leaked():
-    secret = ["Lord Asheby", "three hundred crowns"]
-    assert metrics.character_problems("That's guild business.", secret) == []
-    leaked = metrics.character_problems("The ledger shows Lord Asheby paid us.", secret)
-    assert leaked == ["secret leaked: Lord Asheby"]
-
-
 def test_repetition_finds_long_shared_runs_only():
     train = ["Mara Vell leads the Ash Guild from its hall in Cinderfall, and has for twenty years."]
     idx = metrics.ngram_index(train, 8)

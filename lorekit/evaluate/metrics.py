@@ -8,7 +8,7 @@
   that are in neither the question nor the lore).
 - refusal: a "won't tell" phrase (`REFUSAL_PHRASES`, the NPCs' own `refuse` lines, the build's refusals).
 - in character: no template markup, no lines spoken for the player, no "as an AI" talk, not empty,
-  and for a secret question none of the secret's key values.
+  no echo of the prompt. (Secret leaks have their own rule: `lorekit.evaluate.leaks`.)
 - repetition: the longest stretch of a reply made of word n-grams found in train.jsonl answers.
 - general agreement: word-overlap F1 of the content words of two answers.
 """
@@ -188,7 +188,7 @@ def echoes(reply: str, prompt_texts: Iterable[str], n: int = 8) -> bool:
     return longest_shared_run(reply, ngram_index(prompt_texts, n), n) >= n
 
 
-def character_problems(reply: str, secret_values: Iterable[str] = (), prompt_texts: Iterable[str] = ()) -> list[str]:
+def character_problems(reply: str, prompt_texts: Iterable[str] = ()) -> list[str]:
     """Reasons a reply is out of character; [] when it is in character."""
     problems = []
     if not reply.strip():
@@ -202,9 +202,6 @@ def character_problems(reply: str, secret_values: Iterable[str] = (), prompt_tex
     low = f" {normalize(reply)} "
     if any(f" {p} " in low for p in (normalize(t) for t in _AI_TALK)):
         problems.append("talks as an AI")
-    leaked = [v for v in secret_values if mentions(reply, v)]
-    if leaked:
-        problems.append("secret leaked: " + ", ".join(leaked))
     return problems
 
 

@@ -63,7 +63,7 @@ def _phrases(rows: list[dict], kinds: tuple[str, ...], lines) -> list[str]:
 
 def judge(q: data.Question, reply: str, ctx: Context) -> dict:
     """One model's reply to one prompt: the verdict for its kind, character problems, repetition."""
-    problems = metrics.character_problems(reply, (), q.prompt_texts(with_notes=False))
+    problems = metrics.character_problems(reply, q.prompt_texts(with_notes=False))
     echo = "echoes the prompt" in problems
     dont_know = metrics.says_dont_know(reply, ctx.ignorance)
     refused = dont_know or metrics.refuses(reply, ctx.refusal)
