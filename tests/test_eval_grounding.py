@@ -274,3 +274,22 @@ def test_the_bench_script_checks_the_figures_against_the_targets(grounded, quest
     assert "secret leaks" in capsys.readouterr().out
     bench.main([str(grounded), "--results", str(results)])  # a second run goes on top, the first stays
     assert results.read_text().count("## ") == 2
+
+
+def test_an_echoed_persona_is_no_dont_know_and_no_refusal(questions, ctx):
+    fact = next(q for q in questions if q.is_fact and q.right_note)
+    unknown = next(q for q in questions if q.kind == "unknown" and q.meta.get("npc"))
+    for q in (fact, unknown):
+        system = q.messages[0]["content"]  # a base model continues its prompt: "... if you do not know ..."
+        echo = system[: system.index("do not know") + 40]
+        verdict = score.judge(q, echo, ctx)
+        assert not verdict["dont_know"] and not verdict["refused"] and not verdict["ok"]
+
+
+
+def test_an_npcs_own_dont_know_is_honest_even_after_an_echo(questions, ctx, vault):
+    unknown = next(q for q in questions if q.kind == "unknown" and q.meta.get("npc"))
+    line = vault.npcs[unknown.meta["npc"]].dont_know
+    assert score.judge(unknown, line, ctx)["ok"]
+    echo_then_line = unknown.messages[0]["content"].split("\n")[0] + " " + line
+    assert score.judge(unknown, echo_then_line, ctx)["dont_know"]

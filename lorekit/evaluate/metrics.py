@@ -182,6 +182,15 @@ def ignorance_verdict(reply: str, question: str, known_names: Iterable[str] = ()
     return {"honest": honest, "dont_know": dont_know, "invented": invented, "label": label}
 
 
+def unechoed(reply: str, prompt_texts: Iterable[str], min_words: int = 5) -> str:
+    """The reply without its sentences copied from the prompt (5+ words found verbatim there): an
+    echoed "if you do not know something, say so" from the persona is no "I don't know"."""
+    prompt = " " + " ".join(normalize(t) for t in prompt_texts) + " "
+    kept = [part for part in re.split(r"(?<=[.!?;:\n])", reply)
+            if len(n := normalize(part).split()) < min_words or f" {' '.join(n)} " not in prompt]
+    return "".join(kept)
+
+
 def echoes(reply: str, prompt_texts: Iterable[str], n: int = 8) -> bool:
     """True when the reply repeats `n` words in a row of its own prompt (system text or question):
     a model that did not learn to answer continues the prompt instead."""
