@@ -277,11 +277,12 @@ def test_the_bench_script_checks_the_figures_against_the_targets(grounded, quest
 
 
 def test_an_echoed_persona_is_no_dont_know_and_no_refusal(questions, ctx):
-    fact = next(q for q in questions if q.is_fact and q.right_note)
+    keeper = next(q for q in questions if q.is_fact and not q.meta.get("npc"))
     unknown = next(q for q in questions if q.kind == "unknown" and q.meta.get("npc"))
-    for q in (fact, unknown):
-        system = q.messages[0]["content"]  # a base model continues its prompt: "... if you do not know ..."
-        echo = system[: system.index("do not know") + 40]
+    for q in (keeper, unknown):
+        # a base model continues its prompt: "... If something is not part of the lore, say that you do not know."
+        echo = q.messages[0]["content"]
+        assert metrics.says_dont_know(echo, ctx.ignorance) or q is unknown
         verdict = score.judge(q, echo, ctx)
         assert not verdict["dont_know"] and not verdict["refused"] and not verdict["ok"]
 
