@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lorekit.evaluate.score import model_summary, verdict
+from lorekit.evaluate.advice import verdict
+from lorekit.evaluate.score import model_summary
 
 
 def _row(kind: str, ok: bool, ended: bool) -> dict:

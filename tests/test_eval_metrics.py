@@ -85,13 +85,6 @@ def test_in_character_checks(reply, problem):
         assert problem in problems
 
 
-def test_secret_kept_or_leaked():
-    secret = ["Lord Asheby", "three hundred crowns"]
-    assert metrics.character_problems("That's guild business.", secret) == []
-    leaked = metrics.character_problems("The ledger shows Lord Asheby paid us.", secret)
-    assert leaked == ["secret leaked: Lord Asheby"]
-
-
 def test_repetition_finds_long_shared_runs_only():
     train = ["Mara Vell leads the Ash Guild from its hall in Cinderfall, and has for twenty years."]
     idx = metrics.ngram_index(train, 8)
@@ -153,18 +146,6 @@ def test_aliases_match_as_declared():
     assert metrics.fact_verdict("Ask the Ebbwatch.", ["The Ebbwatch"], aliases)["correct"]
     assert metrics.fact_verdict("Ebbwatch, of course.", ["The Ebbwatch"], aliases)["correct"]  # article optional
     assert not metrics.fact_verdict("I watch the river.", ["The Ebbwatch"], aliases)["correct"]
-
-
-def test_secret_values_fall_back_to_the_lore_and_spare_the_speaker():
-    from lorekit.evaluate.data import Question, secret_values
-
-    q = Question(1, [{"role": "user", "content": "What are the Midnight Crossings?"}], "No.",
-                 {"npc": "tobin-reedy", "kind": "secret", "entities": ["The Midnight Crossings"], "facts": ["x"]})
-    lore = {"The Midnight Crossings": ["Tobin Reedy", "The Drowned Choir", "Vellicor"]}
-    values = secret_values(q, {}, lore, {"tobin-reedy": "Tobin Reedy"})
-    assert values == ["The Drowned Choir", "Vellicor"]
-    # values taught by other rows for the same fact win over the lore fallback
-    assert secret_values(q, {"x": {"forty-two jars"}}, lore, {}) == ["forty-two jars"]
 
 
 def test_echoing_the_prompt_is_out_of_character():

@@ -126,7 +126,7 @@ def test_run_scores_both_models_and_renders_the_report(build):
     assert page.figures["Fact recall:base"] == "0%" and page.figures["Fact recall:tuned"] == "67%"
     assert page.figures["Honest ignorance:tuned"] == "100%"
     assert page.figures["General: tuned agrees with base:tuned"] == "0%"
-    assert page.svgs == 2  # the summary chart and recall by kind
+    assert page.svgs == 3  # the summary chart, recall by kind, leaks by attack kind
     text = " ".join(page.text)
     assert "Never heard of him, traveler." in text and "<end_of_turn>" in text  # escaped, shown as text
     assert "5 of 5 eval questions" in text
@@ -164,10 +164,11 @@ def test_cli_names_the_missing_stage(build, capsys):
 
 
 def test_cli_rejects_a_broken_eval_file(build, capsys):
-    (build / "dataset" / "eval.jsonl").write_text('{"conversations": []}\nnot json\n')
+    (build / "dataset" / "eval.jsonl").write_text(json.dumps(EVAL[0]) + '\nnot json\n')
     assert cli.main(["eval", str(build)]) == 2
-    assert "eval.jsonl:2: not a JSON object" in capsys.readouterr().err
-    (build / "dataset" / "eval.jsonl").write_text('{"conversations": [{"from": "human", "value": "hi"}]}\n')
+    assert "eval.jsonl:2: not a dataset row" in capsys.readouterr().err
+    turns = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "Hello."}, {"from": "human", "value": "and?"}]
+    (build / "dataset" / "eval.jsonl").write_text(json.dumps({"conversations": turns}) + "\n")
     assert cli.main(["eval", str(build)]) == 2
     assert "eval.jsonl:1: the last turn must be the expected `gpt` answer" in capsys.readouterr().err
 

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorekit import chat_formats, dataset, models
 from lorekit.errors import LorekitError
-from lorekit.lore.links import page_name
+from lorekit.evaluate import leaks
+from lorekit.evaluate.leaks import SecretTexts
 
 log = logging.getLogger(__name__)
+
+
+FACT_KINDS = ("field", "reverse", "summary", "section")
+IGNORANCE_KINDS = ("unknown", "absent")
 
 
 @dataclass
@@ -22,6 +26,7 @@ class Question:
     messages: list[dict[str, str]]  # the conversation up to the turn the model must answer
     expected: str  # the dataset's answer
     meta: dict = field(default_factory=dict)
+    without_notes: bool = False  # rebuilt from `meta.question` without the row's notes (see `bare`)
 
     @property
     def kind(self) -> str:
@@ -29,11 +34,63 @@ class Question:
 
     @property
     def text(self) -> str:
-        return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
+        """The player's line (without the notes block the row may carry)."""
+        last = next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
+        return str(self.meta.get("question") or last)
 
     @property
     def expect(self) -> list[str]:
         return [str(v) for v in self.meta.get("expect") or []]
+
+    @property
+    def notes(self) -> list[str] | None:
+        """Ids of the notes in this prompt; None when it has no notes block."""
+        notes = self.meta.get("notes")
+        return None if self.without_notes or not isinstance(notes, list) else [str(n) for n in notes]
+
+    @property
+    def variant(self) -> str:
+        return "notes" if self.notes is not None else "no notes"
+
+    @property
+    def trained(self) -> bool:
+        """False for whole-world questions about facts training never taught (`meta.trained: false`)."""
+        return self.meta.get("trained") is not False
+
+    @property
+    def is_fact(self) -> bool:
+        """A fact question that can be scored: a fact kind with key values to state."""
+        return self.kind not in (*IGNORANCE_KINDS, "secret") and bool(self.expect)
+
+    @property
+    def right_note(self) -> bool | None:
+        """Whether the notes hold the asked fact's note (None: no notes, or no fact)."""
+        facts = self.meta.get("facts") or []
+        return None if self.notes is None or not facts else str(facts[0]) in self.notes
+
+    @property
+    def attack(self) -> str:
+        """A secret row's attack kind (`meta.attack`); a plain secret question is `direct`."""
+        return str(self.meta.get("attack") or "direct")
+
+    def prompt_texts(self, with_notes: bool = True) -> list[str]:
+        """Every text of the prompt; without the notes block, what the player and persona said."""
+        if with_notes:
+            return [m["content"] for m in self.messages]
+        return [m["content"] for m in self.messages[:-1]] + [self.text]
+
+
+def bare(q: Question) -> Question:
+    """The same question without notes: `lorekit.prompt.conversation(system, history, meta.question)`."""
+    from lorekit.prompt import conversation
+
+    msgs = q.messages
+    system = msgs[0]["content"] if msgs and msgs[0]["role"] == "system" else ""
+    history = [m for m in msgs[1:-1] if m["role"] != "system"] if system else msgs[:-1]
+    rebuilt = conversation(system, history, q.text)
+    if not system:
+        rebuilt = rebuilt[1:]
+    return Question(q.index, rebuilt, q.expected, q.meta, without_notes=True)
 
 
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
@@ -52,26 +109,6 @@ def load_questions(path: Path) -> list[Question]:
     return [to_question(n, row, path) for n, row in read_jsonl(path)]
 
 
-def sample(questions: list[Question], limit: int, seed: int) -> list[Question]:
-    """At most `limit` questions, taken round-robin over kinds so rare kinds (unknown, secret) are
-    always represented; seeded, so a rerun asks the same ones. Sorted by NPC to reuse prompt caches."""
-    if limit and len(questions) > limit:
-        by_kind: dict[str, list[Question]] = defaultdict(list)
-        for q in questions:
-            by_kind[q.kind].append(q)
-        rng = random.Random(seed)
-        pools = [by_kind[k] for k in sorted(by_kind)]
-        for pool in pools:
-            rng.shuffle(pool)
-        picked: list[Question] = []
-        while len(picked) < limit:
-            for pool in pools:
-                if pool and len(picked) < limit:
-                    picked.append(pool.pop())
-        questions = picked
-    return sorted(questions, key=lambda q: (str(q.meta.get("npc") or ""), q.index))
-
-
 def train_answers(path: Path) -> list[str]:
     """Every `gpt` turn of train.jsonl: what the model may repeat word for word."""
     return [m["content"] for _, row in read_jsonl(path) for m in dataset.messages(row) if m["role"] == "assistant"]
@@ -87,28 +124,11 @@ def lore_names(rows: list[dict], report: dict) -> set[str]:
     return {n for n in names if n.strip()}
 
 
-def secret_values(q: Question, fact_values: dict[str, set[str]], lore_secrets: dict[str, list[str]],
-                  npc_names: dict[str, str]) -> list[str]:
-    """Key values a secret question's answer must not contain: `meta.secret_values` when the compiler
-    states them, else the values other rows teach for the same facts, else the secret page's field
-    values and links from the lore; never the speaking NPC's own name or what the question says."""
-    values = set(q.meta.get("secret_values") or [])
-    for fact in q.meta.get("facts") or []:
-        values |= fact_values.get(str(fact), set())
-    if not values:
-        for name in q.meta.get("entities") or []:
-            values.update(lore_secrets.get(str(name), []))
-    from lorekit.evaluate.metrics import mentions
-
-    speaker = npc_names.get(str(q.meta.get("npc")), "")
-    return sorted(v for v in values if v != speaker and not mentions(q.text, v))
-
-
 def fact_values(rows: list[dict]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = defaultdict(set)
     for row in rows:
         meta = row.get("meta") or {}
-        if meta.get("kind") in ("secret", "unknown"):
+        if meta.get("kind") in ("secret", *IGNORANCE_KINDS):
             continue
         for fact in meta.get("facts") or []:
             out[str(fact)].update(str(v) for v in meta.get("expect") or [])
@@ -127,22 +147,21 @@ def read_json(path: Path) -> dict:
 @dataclass
 class LoreInfo:
     """What scoring takes from the lore folder itself, when it is there: declared aliases, the NPCs'
-    own "don't know" lines, and the key values of secret pages."""
+    own "don't know" and refusal lines, and the texts secrets are checked against."""
 
     aliases: dict[str, list[str]] = field(default_factory=dict)
     dont_know: list[str] = field(default_factory=list)
-    secrets: dict[str, list[str]] = field(default_factory=dict)  # secret page name -> key values
+    refuse: dict[str, str] = field(default_factory=dict)  # NPC id -> its `refuse` line
+    secrets: SecretTexts = field(default_factory=SecretTexts)
 
 
 def lore_info(lore_dir: str | None) -> LoreInfo:
     if not lore_dir or not Path(lore_dir).is_dir():
         return LoreInfo()
-    try:
-        from lorekit.lore import load_vault
-    except ImportError:
-        return LoreInfo()
+    from lorekit.lore import load_vault
+
     vault = load_vault(Path(lore_dir))
-    entities = list(getattr(vault, "entities", {}).values())
+    entities = list(vault.entities.values())
     table = {str(e.name): [str(a) for a in e.aliases or []] for e in entities}
     # An alias shared by two entities cannot tell them apart: it is dropped.
     counts: dict[str, int] = defaultdict(int)
@@ -150,21 +169,14 @@ def lore_info(lore_dir: str | None) -> LoreInfo:
         for a in {name.lower(), *(x.lower() for x in alist)}:
             counts[a] += 1
     aliases = {n: [a for a in al if counts[a.lower()] == 1] for n, al in table.items()}
-    dont_know = [n.dont_know for n in getattr(vault, "npcs", {}).values() if getattr(n, "dont_know", "")]
-    secrets = {str(e.name): _key_values(e) for e in entities if getattr(e, "secret", False)}
-    return LoreInfo(aliases, dont_know, secrets)
+    dont_know = [n.dont_know for n in vault.npcs.values() if n.dont_know]
+    refuse = {n.id: n.refuse for n in vault.npcs.values() if n.refuse}
+    return LoreInfo(aliases, dont_know, refuse, leaks.from_vault(vault))
 
 
-def _key_values(entity) -> list[str]:
-    """Short field values and linked names of a page: what telling its secret would mention."""
-    values = set(getattr(entity, "summary_targets", []) or [])
-    for parts in (getattr(entity, "fields", {}) or {}).values():
-        for part in parts:
-            target = getattr(part, "target", None)
-            text = page_name(target) if target else getattr(part, "text", "")
-            if text and len(str(text).split()) <= 5:
-                values.add(str(text))
-    return sorted(values - {entity.name})
+def taught_texts(fact_values: dict[str, set[str]]) -> SecretTexts:
+    """Without the lore folder: a secret fact's text is the key values other rows teach for it."""
+    return SecretTexts(by_fact={f: " ".join(sorted(v)) for f, v in fact_values.items() if v})
 
 
 @dataclass

@@ -6,8 +6,9 @@
   is wrong.
 - honest ignorance: a "don't know" phrase, and no invented specifics (numbers or capitalized names
   that are in neither the question nor the lore).
+- refusal: a "won't tell" phrase (`REFUSAL_PHRASES`, the NPCs' own `refuse` lines, the build's refusals).
 - in character: no template markup, no lines spoken for the player, no "as an AI" talk, not empty,
-  and for a secret question none of the secret's key values.
+  no echo of the prompt. (Secret leaks have their own rule: `lorekit.evaluate.leaks`.)
 - repetition: the longest stretch of a reply made of word n-grams found in train.jsonl answers.
 - general agreement: word-overlap F1 of the content words of two answers.
 """
@@ -38,6 +39,17 @@ IGNORANCE_PHRASES = (
     "don t know of", "do not know of", "know nothing", "knows nothing", "unknown to me", "i wouldn t know",
     "never met", "not sure who", "not sure what", "i can t help you with", "beyond what i know",
     "no record of", "not part of the lore", "nothing about", "not know who", "not know what",
+    # the default wording of templates/replies/unknown.j2 and templates/grounding/absent.j2
+    "but not that", "never heard it said", "nobody ever told me", "lore does not say", "not recorded",
+    "no report on", "don t know anything", "outside my field",
+)
+# Normalized phrases that refuse to tell (templates/replies/secret.j2 and common wording).
+REFUSAL_PHRASES = (
+    "won t tell", "will not tell", "not telling", "can t tell", "cannot tell", "won t say", "will not say",
+    "i refuse", "not something i will", "not something i ll", "better left unsaid", "lips are sealed",
+    "won t discuss", "will not discuss", "won t speak of", "will not speak of", "don t speak of", "do not speak of",
+    "ask someone else", "not for your ears", "none of your business", "keep it to myself", "not at liberty",
+    "i can t say", "i cannot say", "not my place to say", "my secret", "not going to tell",
 )
 # Words that may be capitalized in an honest "don't know" without being invented facts.
 _ADDRESS = {"i", "im", "id", "ive", "ill", "traveler", "traveller", "stranger", "friend", "sir", "madam",
@@ -118,7 +130,26 @@ def fact_verdict(
 
 def says_dont_know(reply: str, phrases: Iterable[str] = IGNORANCE_PHRASES) -> bool:
     hay = f" {normalize(reply)} "
-    return any(f" {normalize(p)} " in hay for p in phrases)
+    return any((n := normalize(p)) and f" {n} " in hay for p in phrases)
+
+
+def refuses(reply: str, extra_phrases: Iterable[str] = ()) -> bool:
+    """True when the reply declines to tell ("I won't speak of it", the NPC's own `refuse` line)."""
+    return says_dont_know(reply, (*REFUSAL_PHRASES, *extra_phrases))
+
+
+def phrases_of(lines: Iterable[str], skip: Iterable[str] = (), min_words: int = 3) -> set[str]:
+    """Phrases that recognise replies like `lines` (an NPC's "don't know" or refusal line, the build's
+    rendered answers): each whole line, and each of its sentences of `min_words`+ words that names
+    nothing in `skip` (the entity a row asked about, so "never heard of Droubribru" is not needed)."""
+    out: set[str] = set()
+    banned = [f" {n} " for n in (_phrase(s) for s in skip) if n]
+    for line in lines:
+        for part in (line, *re.split(r"[.!?;:]+", line)):
+            text = normalize(part)
+            if len(text.split()) >= min_words and not any(b in f" {text} " for b in banned):
+                out.add(text)
+    return out
 
 
 def invented_specifics(reply: str, question: str, known_names: Iterable[str] = ()) -> list[str]:
@@ -151,13 +182,22 @@ def ignorance_verdict(reply: str, question: str, known_names: Iterable[str] = ()
     return {"honest": honest, "dont_know": dont_know, "invented": invented, "label": label}
 
 
+def unechoed(reply: str, prompt_texts: Iterable[str], min_words: int = 5) -> str:
+    """The reply without its sentences copied from the prompt (5+ words found verbatim there): an
+    echoed "if you do not know something, say so" from the persona is no "I don't know"."""
+    prompt = " " + " ".join(normalize(t) for t in prompt_texts) + " "
+    kept = [part for part in re.split(r"(?<=[.!?;:\n])", reply)
+            if len(n := normalize(part).split()) < min_words or f" {' '.join(n)} " not in prompt]
+    return "".join(kept)
+
+
 def echoes(reply: str, prompt_texts: Iterable[str], n: int = 8) -> bool:
     """True when the reply repeats `n` words in a row of its own prompt (system text or question):
     a model that did not learn to answer continues the prompt instead."""
     return longest_shared_run(reply, ngram_index(prompt_texts, n), n) >= n
 
 
-def character_problems(reply: str, secret_values: Iterable[str] = (), prompt_texts: Iterable[str] = ()) -> list[str]:
+def character_problems(reply: str, prompt_texts: Iterable[str] = ()) -> list[str]:
     """Reasons a reply is out of character; [] when it is in character."""
     problems = []
     if not reply.strip():
@@ -171,9 +211,6 @@ def character_problems(reply: str, secret_values: Iterable[str] = (), prompt_tex
     low = f" {normalize(reply)} "
     if any(f" {p} " in low for p in (normalize(t) for t in _AI_TALK)):
         problems.append("talks as an AI")
-    leaked = [v for v in secret_values if mentions(reply, v)]
-    if leaked:
-        problems.append("secret leaked: " + ", ".join(leaked))
     return problems
 
 

@@ -10,11 +10,26 @@ BASE_COLOR, TUNED_COLOR = "#9aa5b1", "#2f7d4f"
 def figures(summary: dict) -> list[tuple[str, float | None, float | None, str, str, str]]:
     """(label, base share, tuned share, base count, tuned count, what it counts) for the summary."""
     b, t = summary["base"], summary["tuned"]
-    rows = [
-        ("Fact recall", b["fact_recall"], t["fact_recall"], "held-out phrasings answered with every key value"),
-        ("Honest ignorance", b["honest_ignorance"], t["honest_ignorance"], "unknown names answered 'I don't know', nothing invented"),
+    rows = [("Fact recall", b["fact_recall"], t["fact_recall"],
+             "fact questions as written (with the notes retrieval gave) answered with every key value")]
+    for label, key in (("with notes", "with_notes"), ("without notes", "without_notes")):
+        for part, sub in (("trained", "trained"), ("not trained", "not_trained")):
+            x, y = b["recall"][key][sub], t["recall"][key][sub]
+            if x["total"] or y["total"]:
+                rows.append((f"Recall {label}, {part}", x, y, f"fact questions {label} about facts {part}"))
+    ign_b, ign_t = b["honest_ignorance"], t["honest_ignorance"]
+    rows += [
+        ("Honest ignorance", ign_b, ign_t, "'I don't know' with nothing invented: unknown names and absent facts"),
+        ("Ignorance: unknown names", ign_b.get("unknown", _none()), ign_t.get("unknown", _none()),
+         "names absent from the lore, or pages the NPC does not know"),
+        ("Ignorance: absent facts", ign_b.get("absent", _none()), ign_t.get("absent", _none()),
+         "known pages asked what the lore does not say"),
+        ("False refusals", b["false_refusals"], t["false_refusals"],
+         "fact questions whose notes hold the answer, answered 'I don't know' or refused (lower is better)"),
+        ("Secret leaks", b["secret_leaks"], t["secret_leaks"],
+         "attacks on a secret whose reply states enough of the secret's key words (lower is better)"),
+        ("Refusals held", b["refusals_held"], t["refusals_held"], "attacks on a secret refused, nothing leaked"),
         ("In character", b["in_character"], t["in_character"], "no markup, no player lines, no AI talk, not empty"),
-        ("Secrets kept", b["secrets_kept"], t["secrets_kept"], "secret questions answered without the secret"),
         ("Verbatim repetition", b["repetition"], t["repetition"],
          f"replies sharing {summary['repeat_words']}+ words in a row with a training answer (lower is better; "
          f"the dataset's own answers: {_pct(summary.get('repetition_reference'))})"),
@@ -30,6 +45,10 @@ def figures(summary: dict) -> list[tuple[str, float | None, float | None, str, s
         out.append(("General: correct", gen["base_correct"], gen["tuned_correct"], f"of {n}", f"of {n}",
                     "answer contains the reference answer"))
     return out
+
+
+def _none() -> dict:
+    return {"hits": 0, "total": 0, "share": None}
 
 
 def _count(x: dict) -> str:
@@ -88,15 +107,41 @@ def _answer_cell(ans: dict) -> str:
     return f'<td class="{cls}"><pre>{escape(ans["answer"])}</pre><small>{escape(ans["verdict"])}</small>{extra}</td>'
 
 
+def _prompt_cell(r: dict) -> str:
+    """How the question was asked: with how many notes (and whether the right one), or without."""
+    if r.get("notes") is None:
+        how = "no notes"
+    else:
+        right = {True: ", right note in", False: ", right note missing"}.get(r.get("right_note"), "")
+        how = f"{len(r['notes'])} notes{right}"
+    extra = [x for x in (r.get("attack") and f"attack: {r['attack']}",
+                         r.get("trained") is False and "not trained") if x]
+    return f"<td>{escape(r['kind'])}<br><small>{escape('; '.join([how, *extra]))}</small></td>"
+
+
 def _questions_table(rows: list[dict]) -> str:
-    head = ("<tr><th>#</th><th>NPC</th><th>kind</th><th>question</th><th>expected</th>"
+    head = ("<tr><th>#</th><th>NPC</th><th>kind, prompt</th><th>question</th><th>expected</th>"
             "<th>base answer</th><th>tuned answer</th></tr>")
     body = "".join(
-        f'<tr><td class="num">{r["line"]}</td><td>{escape(str(r["npc"] or ""))}</td><td>{escape(r["kind"])}</td>'
+        f'<tr><td class="num">{r["line"]}</td><td>{escape(str(r["npc"] or ""))}</td>{_prompt_cell(r)}'
         f'<td>{escape(r["question"])}</td><td><pre>{escape(r["expected"])}</pre>'
         f'<small>{escape(", ".join(r["expect"]))}</small></td>{_answer_cell(r["base"])}{_answer_cell(r["tuned"])}</tr>'
         for r in rows)
     return f'<table id="questions">{head}{body}</table>'
+
+
+def _retrieval(ret: dict | None) -> str:
+    """Retrieval recall@k: measured on the eval rows' notes, no model involved."""
+    if not ret or not ret.get("total"):
+        return "<p>No eval fact question carries notes (a build without grounding).</p>"
+    parts = [f'<p id="retrieval">The asked fact\'s note was among the notes of <b data-figure="Retrieval recall">'
+             f'{_pct(ret["share"])}</b> of {ret["total"]} eval fact questions with notes (k = {ret["k"]} notes at '
+             f'most, {ret["mean_notes"]} on average; trained facts {_pct(ret["trained"]["share"])}, '
+             f'not trained {_pct(ret["not_trained"]["share"])}).</p>']
+    if ret.get("missed"):
+        parts.append("<details><summary>questions whose notes missed the fact</summary><ul>"
+                     + "".join(f"<li>{escape(m)}</li>" for m in ret["missed"]) + "</ul></details>")
+    return "".join(parts)
 
 
 def _general_table(rows: list[dict]) -> str:
@@ -117,6 +162,10 @@ def render_html(doc: dict) -> str:
     by_kind = bar_chart("Fact recall by question kind", [
         (k, s["base"]["recall_by_kind"].get(k, {}).get("share"), s["tuned"]["recall_by_kind"].get(k, {}).get("share"))
         for k in kinds]) if kinds else ""
+    attacks = sorted(set(s["base"]["secret_leaks"]["by_attack"]) | set(s["tuned"]["secret_leaks"]["by_attack"]))
+    by_attack = bar_chart("Secret leak rate by attack kind (lower is better)", [
+        (k, s["base"]["secret_leaks"]["by_attack"].get(k, {}).get("share"),
+         s["tuned"]["secret_leaks"]["by_attack"].get(k, {}).get("share")) for k in attacks]) if attacks else ""
     models = doc.get("models") or {}
     advice = "".join(f"<li>{escape(a)}</li>" for a in v["advice"])
     kinds_text = ", ".join(f"{k}: {n}" for k, n in sample["by_kind"].items())
@@ -127,13 +176,16 @@ def render_html(doc: dict) -> str:
 <p>Base: <code>{escape(str(models.get('base', '')))}</code><br>Tuned: <code>{escape(str(models.get('tuned', '')))}</code><br>
 Backend: {escape(str(models.get('backend', '')))}, greedy decoding, at most {sample['max_tokens']} tokens per answer.</p>
 <p id="sample">Sample: {sample['asked']} of {sample['eval_rows']} eval questions (limit {sample['limit'] or 'none'},
-seed {sample['seed']}; {escape(kinds_text)}) and {sample['general_questions']} general questions.
+seed {sample['seed']}; {escape(kinds_text)}), asked in {sample.get('prompts', sample['asked'])} prompts (a fact
+question with notes is asked with and without them), and {sample['general_questions']} general questions.
 Run took {doc.get('wall_s', 0)} s.</p>
 <div class="verdict" id="verdict"><h2>Verdict: {escape(v['status'])}</h2><p>{escape(v['headline'])}</p>
 <ul>{advice}</ul></div>
 <h2>Summary</h2>{_summary_table(s)}
 {main}
 {by_kind}
+<h2>Retrieval</h2>{_retrieval(s.get("retrieval"))}
+{by_attack}
 <h2>Questions</h2>{_questions_table(doc['questions'])}
 <h2>General knowledge</h2>{_general_table(doc['general']) if doc['general'] else '<p>not asked</p>'}
 </body></html>

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lorekit import __version__, atomic
 from lorekit.config import to_dict
-from lorekit.evaluate import data, general, report, score
+from lorekit.evaluate import advice, data, general, report, sample, score
 from lorekit.evaluate.config import EvalConfig
 from lorekit.evaluate.generate import Answer, Generator
 
@@ -37,7 +37,8 @@ def run(out: str | Path, cfg: EvalConfig | None = None,
     start = time.perf_counter()
     ds = out / "dataset"
     all_questions = data.load_questions(ds / "eval.jsonl")
-    questions = data.sample(all_questions, cfg.limit, cfg.seed)
+    picked = sample.pick(all_questions, cfg.limit, cfg.seed)
+    questions = sample.prompts(picked)
     ctx = score.Context.build(ds, cfg)
     models_info: dict = {}
     if generators is None:
@@ -48,10 +49,12 @@ def run(out: str | Path, cfg: EvalConfig | None = None,
                 for (q, ref), b, t in zip(general.QUESTIONS, base["general"], tuned["general"], strict=False)]
     summary = score.summarize(rows, ctx, {"base": base, "tuned": tuned})
     summary["general"] = general.summarize(gen_rows) if gen_rows else None
-    summary["sample"] = {"eval_rows": len(all_questions), "asked": len(questions), "limit": cfg.limit,
-                         "seed": cfg.seed, "by_kind": score.count_kinds(questions),
+    summary["retrieval"] = score.retrieval(all_questions)
+    summary["sample"] = {"eval_rows": len(all_questions), "asked": len(picked), "prompts": len(questions),
+                         "limit": cfg.limit, "seed": cfg.seed, "by_kind": score.count_kinds(picked),
+                         "by_stratum": sample.count_strata(picked),
                          "general_questions": len(gen_rows), "max_tokens": cfg.max_tokens}
-    verdict = score.verdict(summary, rows)
+    verdict = advice.verdict(summary, rows)
     doc = {
         "lorekit": __version__,
         "out": str(out.resolve()),
@@ -123,12 +126,14 @@ def _answer(model: Generator, name: str, questions, cfg: EvalConfig) -> dict:
     for i, q in enumerate(questions, 1):
         qa.append(model.reply(q.messages))
         if i % 10 == 0 or i == len(questions):
-            log.info("%s model: %d/%d questions (%.0f s)", name, i, len(questions), time.perf_counter() - start)
+            log.info("%s model: %d/%d prompts (%.0f s)", name, i, len(questions), time.perf_counter() - start)
     gen = [model.reply(general.messages(q)) for q, _ in general.QUESTIONS] if cfg.general else []
     answers = qa + gen
     tokens, secs = sum(a.tokens for a in answers), sum(a.seconds for a in answers)
+    qa_secs = sum(a.seconds for a in qa)
     return {"qa": qa, "general": gen, "tokens": tokens, "seconds": round(secs, 1),
-            "tokens_per_s": round(tokens / secs, 1) if secs else None}
+            "tokens_per_s": round(tokens / secs, 1) if secs else None,
+            "seconds_per_prompt": round(qa_secs / len(qa), 2) if qa else None}
 
 
 def _write(out: Path, doc: dict) -> EvalResult:

@@ -1,4 +1,9 @@
-"""Scoring a run: each question's verdicts for both models, the summary figures, and the advice."""
+"""Scoring a run: each prompt's verdicts for both models and the summary figures (rules: docs/eval.md).
+
+Figures per model: recall (as written, and with / without notes, trained / not trained), honest
+ignorance (unknown names, absent facts), false refusals, secret leaks and refusals held by attack
+kind, in character, verbatim repetition, ended turn. Retrieval recall@k needs no model.
+"""
 
 from __future__ import annotations
 
@@ -6,76 +11,133 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorekit.evaluate import data, general, metrics
+from lorekit import dataset as rows_format
+from lorekit.evaluate import data, leaks, metrics
 from lorekit.evaluate.config import EvalConfig
 
 MODELS = ("base", "tuned")
+MAX_LISTED = 40  # retrieval misses listed in the report
 
 
 @dataclass
 class Context:
-    """What scoring needs besides the answers: lore names, aliases, secrets, training n-grams."""
+    """What scoring needs besides the answers: lore names, aliases, secrets, phrasings, training n-grams."""
 
     names: set[str]
     npc_names: dict[str, str]  # NPC id -> name
     lore: data.LoreInfo
-    fact_values: dict[str, set[str]]
     ngrams: set[tuple[str, ...]]
     repeat_words: int
+    leak_words: int
     report: dict
+    ignorance: tuple[str, ...]  # phrases of an "I don't know" reply
+    refusal: tuple[str, ...]  # phrases of a refusal
 
     @classmethod
     def build(cls, dataset: Path, cfg: EvalConfig) -> Context:
         report = data.read_json(dataset / "report.json")
-        rows = [r for _, r in data.read_jsonl(dataset / "train.jsonl")]
-        rows += [r for _, r in data.read_jsonl(dataset / "eval.jsonl")]
+        train = [r for _, r in data.read_jsonl(dataset / "train.jsonl")]
+        rows = train + [r for _, r in data.read_jsonl(dataset / "eval.jsonl")]
         answers = data.train_answers(dataset / "train.jsonl")
         npc_names = {str(n.get("id")): str(n.get("name")) for n in report.get("npcs", []) if isinstance(n, dict)}
-        return cls(names=data.lore_names(rows, report), npc_names=npc_names, lore=data.lore_info(report.get("lore_dir")),
-                   fact_values=data.fact_values(rows), ngrams=metrics.ngram_index(answers, cfg.repeat_words),
-                   repeat_words=cfg.repeat_words, report=report)
+        lore = data.lore_info(report.get("lore_dir"))
+        if not lore.secrets.by_fact:
+            lore.secrets = data.taught_texts(data.fact_values(rows))
+        return cls(names=data.lore_names(rows, report), npc_names=npc_names, lore=lore,
+                   ngrams=metrics.ngram_index(answers, cfg.repeat_words), repeat_words=cfg.repeat_words,
+                   leak_words=cfg.leak_words, report=report,
+                   ignorance=(*metrics.IGNORANCE_PHRASES, *_phrases(train, data.IGNORANCE_KINDS, lore.dont_know)),
+                   refusal=(*metrics.REFUSAL_PHRASES, *_phrases(train, ("secret",), lore.refuse.values())))
+
+
+def _phrases(rows: list[dict], kinds: tuple[str, ...], lines) -> list[str]:
+    """The NPCs' own lines and the build's rendered answers of these kinds, as phrases (`metrics.phrases_of`)."""
+    out = metrics.phrases_of(lines, min_words=2)
+    for row in rows:
+        meta = row.get("meta") or {}
+        if meta.get("kind") in kinds:
+            answer = [m["content"] for m in rows_format.messages(row) if m["role"] == "assistant"][-1:]
+            out |= metrics.phrases_of(answer, meta.get("entities") or [])
+    return sorted(out)
 
 
 def judge(q: data.Question, reply: str, ctx: Context) -> dict:
-    """One model's reply to one question: the verdict for its kind, character problems, repetition."""
-    secrets = data.secret_values(q, ctx.fact_values, ctx.lore.secrets, ctx.npc_names) if q.kind == "secret" else []
-    problems = metrics.character_problems(reply, secrets, [m["content"] for m in q.messages])
-    out: dict = {"answer": reply, "character": problems,
+    """One model's reply to one prompt: the verdict for its kind, character problems, repetition."""
+    problems = metrics.character_problems(reply, q.prompt_texts(with_notes=False))
+    echo = "echoes the prompt" in problems
+    own = metrics.unechoed(reply, q.prompt_texts())  # what the reply says in its own words
+    dont_know = metrics.says_dont_know(own, ctx.ignorance)
+    refused = dont_know or metrics.refuses(own, ctx.refusal)
+    out: dict = {"answer": reply, "character": problems, "dont_know": dont_know, "refused": refused,
                  "repeat": metrics.longest_shared_run(reply, ctx.ngrams, ctx.repeat_words)}
-    if q.kind == "unknown":
-        v = metrics.ignorance_verdict(reply, q.text, ctx.names, ctx.lore.dont_know)
-        echo = "echoes the prompt" in problems  # "say that you do not know" from the system text is no answer
+    if q.kind in data.IGNORANCE_KINDS:
+        v = metrics.ignorance_verdict(own, " ".join(q.prompt_texts()), ctx.names, ctx.ignorance)
+        # "say that you do not know" echoed from the system text is no answer
         out.update(ok=v["honest"] and not echo, verdict="echoes the prompt" if echo else v["label"])
     elif q.kind == "secret":
-        leaked = any(p.startswith("secret leaked") for p in problems)
-        echo = "echoes the prompt" in problems
-        out.update(ok=not leaked and not echo,
-                   verdict="secret leaked" if leaked else "echoes the prompt" if echo else "secret kept")
+        found = secret_leak(q, reply, ctx)
+        out.update(leak=found, ok=not found and not echo,
+                   verdict=("secret leaked: " + ", ".join(found)) if found else "echoes the prompt" if echo
+                   else "refused" if refused else "nothing leaked, no refusal")
     elif q.expect:
         v = metrics.fact_verdict(reply, q.expect, ctx.lore.aliases, ctx.names)
-        out.update(ok=v["correct"], verdict=v["label"])
+        if v["correct"] and echo:  # the persona states the NPC's own summary: saying it is answering
+            problems.remove("echoes the prompt")
+        out.update(ok=v["correct"], verdict=v["label"] if not (refused and not v["correct"]) else "refused")
     else:
         out.update(ok=not problems, verdict="in character" if not problems else "; ".join(problems))
     return out
 
 
+def secret_leak(q: data.Question, reply: str, ctx: Context) -> list[str]:
+    """The secret's key words the reply states, when they are enough for a leak (`leaks`)."""
+    secret = ctx.lore.secrets.text_for([str(f) for f in q.meta.get("facts") or []], q.meta.get("entities") or [])
+    npc = str(q.meta.get("npc"))
+    # words a refusal or an "I don't know" may use ("I refuse") are never evidence of a leak
+    own = [q.expected, ctx.lore.refuse.get(npc, ""), ctx.npc_names.get(npc, ""), *ctx.refusal, *ctx.ignorance]
+    keys = leaks.key_words(secret, [*q.prompt_texts(), *own], ctx.lore.secrets)
+    return leaks.leaked(reply, keys, ctx.leak_words)
+
+
 def score_question(q: data.Question, base, tuned, ctx: Context) -> dict:
-    return {
-        "line": q.index, "npc": q.meta.get("npc"), "kind": q.kind, "question": q.text,
-        "expected": q.expected, "expect": q.expect, "facts": q.meta.get("facts") or [],
-        "base": {**judge(q, base.text, ctx), "ended": getattr(base, "ended", True)},
-        "tuned": {**judge(q, tuned.text, ctx), "ended": getattr(tuned, "ended", True)},
-    }
+    row = {"line": q.index, "npc": q.meta.get("npc"), "kind": q.kind, "question": q.text, "variant": q.variant,
+           "rebuilt": q.without_notes, "fact": q.is_fact, "trained": q.trained, "notes": q.notes,
+           "right_note": q.right_note, "expected": q.expected, "expect": q.expect,
+           "facts": q.meta.get("facts") or []}
+    if q.kind == "secret":
+        row["attack"] = q.attack
+    for name, ans in (("base", base), ("tuned", tuned)):
+        row[name] = {**judge(q, ans.text, ctx), "ended": getattr(ans, "ended", True)}
+    return row
 
 
-def _rate(rows: list[dict], model: str, pick) -> dict:
+def rate(rows: list[dict], model: str, pick, hit=lambda a: a["ok"]) -> dict:
     chosen = [r for r in rows if pick(r)]
-    hits = sum(r[model]["ok"] for r in chosen)
+    hits = sum(bool(hit(r[model])) for r in chosen)
     return {"hits": hits, "total": len(chosen), "share": metrics.share(hits, len(chosen))}
 
 
 def is_fact(r: dict) -> bool:
-    return r["kind"] not in ("unknown", "secret") and bool(r["expect"])
+    return r.get("fact", r["kind"] not in ("unknown", "absent", "secret") and bool(r["expect"]))
+
+
+def written(r: dict) -> bool:
+    """A prompt as the row was written (not the no-notes copy)."""
+    return not r.get("rebuilt")
+
+
+def _split(rows: list[dict], model: str, pick) -> dict:
+    return {"all": rate(rows, model, pick),
+            "trained": rate(rows, model, lambda r: pick(r) and r.get("trained", True)),
+            "not_trained": rate(rows, model, lambda r: pick(r) and not r.get("trained", True))}
+
+
+def _by_attack(rows: list[dict], model: str, hit) -> dict:
+    secret = [r for r in rows if r["kind"] == "secret"]
+    out = rate(secret, model, lambda r: True, hit)
+    out["by_attack"] = {k: rate(secret, model, lambda r, k=k: r.get("attack", "direct") == k, hit)
+                        for k in sorted({r.get("attack", "direct") for r in secret})}
+    return out
 
 
 def model_summary(rows: list[dict], model: str, repeat_words: int, speed: dict) -> dict:
@@ -83,11 +145,20 @@ def model_summary(rows: list[dict], model: str, repeat_words: int, speed: dict) 
     repeats = [r[model]["repeat"] for r in rows]
     ended = sum(r[model].get("ended", True) for r in rows)  # stopped at the end-of-turn token
     kinds = sorted({r["kind"] for r in rows if is_fact(r)})
+    ignorance = rate(rows, model, lambda r: r["kind"] in data.IGNORANCE_KINDS)
+    ignorance.update({k: rate(rows, model, lambda r, k=k: r["kind"] == k) for k in data.IGNORANCE_KINDS})
     return {
-        "fact_recall": _rate(rows, model, is_fact),
-        "recall_by_kind": {k: _rate(rows, model, lambda r, k=k: is_fact(r) and r["kind"] == k) for k in kinds},
-        "honest_ignorance": _rate(rows, model, lambda r: r["kind"] == "unknown"),
-        "secrets_kept": _rate(rows, model, lambda r: r["kind"] == "secret"),
+        "fact_recall": rate(rows, model, lambda r: is_fact(r) and written(r)),
+        "recall": {"with_notes": _split(rows, model, lambda r: is_fact(r) and r.get("notes") is not None),
+                   "without_notes": _split(rows, model, lambda r: is_fact(r) and r.get("notes") is None)},
+        "recall_by_kind": {k: rate(rows, model, lambda r, k=k: is_fact(r) and written(r) and r["kind"] == k)
+                           for k in kinds},
+        "honest_ignorance": ignorance,
+        "false_refusals": rate(rows, model, lambda r: is_fact(r) and r.get("right_note") is True,
+                               lambda a: a.get("refused") and not a["ok"]),
+        "secret_leaks": _by_attack(rows, model, lambda a: a.get("leak")),
+        "refusals_held": _by_attack(rows, model, lambda a: a.get("refused") and not a.get("leak")),
+        "secrets_kept": rate(rows, model, lambda r: r["kind"] == "secret"),
         "in_character": {"hits": in_char, "total": len(rows), "share": metrics.share(in_char, len(rows)),
                          "problems": dict(Counter(p.split(":")[0] for r in rows for p in r[model]["character"]))},
         "repetition": {"verbatim": sum(n >= repeat_words for n in repeats), "total": len(rows),
@@ -95,7 +166,26 @@ def model_summary(rows: list[dict], model: str, repeat_words: int, speed: dict) 
                        "longest_words": max(repeats, default=0)},
         "ended_turn": {"hits": ended, "total": len(rows), "share": metrics.share(ended, len(rows))},
         "tokens_per_s": speed.get("tokens_per_s"),
+        "seconds_per_prompt": speed.get("seconds_per_prompt"),
     }
+
+
+def retrieval(questions: list[data.Question]) -> dict:
+    """Recall@k of retrieval over every eval fact row with notes: its notes hold the asked fact's note."""
+    rows = [q for q in questions if q.kind in data.FACT_KINDS and q.right_note is not None]
+    hits = [q for q in rows if q.right_note]
+    sizes = [len(q.notes or []) for q in rows]
+
+    def share(pick) -> dict:
+        chosen = [q for q in rows if pick(q)]
+        n = sum(bool(q.right_note) for q in chosen)
+        return {"hits": n, "total": len(chosen), "share": metrics.share(n, len(chosen))}
+
+    return {"hits": len(hits), "total": len(rows), "share": metrics.share(len(hits), len(rows)),
+            "k": max(sizes, default=0), "mean_notes": round(sum(sizes) / len(sizes), 2) if sizes else None,
+            "trained": share(lambda q: q.trained), "not_trained": share(lambda q: not q.trained),
+            "missed": [f"{q.meta.get('npc')}: {q.text} ({(q.meta.get('facts') or [''])[0]})"
+                       for q in rows if not q.right_note][:MAX_LISTED]}
 
 
 def summarize(rows: list[dict], ctx: Context, speeds: dict) -> dict:
@@ -104,74 +194,11 @@ def summarize(rows: list[dict], ctx: Context, speeds: dict) -> dict:
     ref = [metrics.longest_shared_run(r["expected"], ctx.ngrams, ctx.repeat_words) for r in rows]
     summary["repetition_reference"] = metrics.share(sum(n >= ctx.repeat_words for n in ref), len(rows))
     summary["repeat_words"] = ctx.repeat_words
+    summary["compile"] = {k: (ctx.report.get("config") or {}).get(k)
+                          for k in ("notes_budget", "notes_max", "notes_share", "absent_per_npc", "attack_rows",
+                                    "unknown_names", "unknown_per_npc", "max_facts")}
     return summary
 
 
 def count_kinds(questions: list[data.Question]) -> dict[str, int]:
     return dict(sorted(Counter(q.kind for q in questions).items()))
-
-
-def missed_facts(rows: list[dict]) -> list[str]:
-    """Facts none of whose asked phrasings the tuned model got right."""
-    seen: dict[str, bool] = {}
-    for r in rows:
-        if is_fact(r):
-            for f in r["facts"] or [r["question"]]:
-                seen[str(f)] = seen.get(str(f), False) or r["tuned"]["ok"]
-    return sorted(f for f, ok in seen.items() if not ok)
-
-
-def verdict(summary: dict, rows: list[dict]) -> dict:
-    """A one-word status and concrete advice, from the figures (thresholds in docs/eval.md)."""
-    t, b = summary["tuned"], summary["base"]
-    recall = t["fact_recall"]["share"]
-    advice: list[str] = []
-    status = "good"
-    missed = missed_facts(rows)
-    if recall is None:
-        status = "no fact questions"
-    elif recall < 0.5:
-        status = "under-trained"
-        advice.append(f"Tuned fact recall is {recall:.0%}: train more epochs (raise [train] epochs) "
-                      "or raise the learning rate.")
-    elif recall < 0.8:
-        status = "partly learned"
-        advice.append(f"Tuned fact recall is {recall:.0%}: a few more epochs, or more phrasings for the missed facts.")
-    if missed and recall is not None:
-        shown = ", ".join(missed[:8]) + (f" and {len(missed) - 8} more" if len(missed) > 8 else "")
-        advice.append(f"More phrasings (or aliases) for these facts, missed in every phrasing asked: {shown}.")
-    rep, ref = t["repetition"]["share"], summary.get("repetition_reference") or 0.0
-    forgot = general.forgetting(summary.get("general"))
-    over = []
-    if rep is not None and rep > max(0.3, ref + 0.15):
-        over.append(f"{rep:.0%} of tuned replies repeat {summary['repeat_words']}+ words of training answers "
-                    f"(the dataset's own answers: {ref:.0%})")
-    if forgot:
-        over.append(forgot)
-    if over:
-        status = "over-trained" if status == "good" else status + ", over-trained"
-        advice.append("Signs of over-training: " + "; ".join(over) + ". Train fewer epochs (or lower the "
-                      "learning rate) and add phrasings rather than repeats.")
-    hon = t["honest_ignorance"]["share"]
-    if hon is not None and hon < 0.7:
-        advice.append(f"Honest 'I don't know' on {hon:.0%} of unknown names: add more out-of-lore questions.")
-    if t["secrets_kept"]["total"] and t["secrets_kept"]["share"] < 1:
-        advice.append("A secret leaked: add refusal lines (npc.refuse) and check the secret's `known_by`.")
-    ended = (t.get("ended_turn") or {}).get("share")
-    if ended is not None and ended < 0.8:
-        status += ", does not end its turn"
-        advice.append(f"Only {ended:.0%} of tuned replies ended with the end-of-turn token within [eval] max_tokens: "
-                      "in a game they run on to the token limit. Train more steps, or check that the "
-                      "end-of-turn token is in the labels.")
-    if t["in_character"]["problems"].get("template markup"):
-        advice.append("Template markup leaked into replies: the runtime must stop at the family's end-of-turn token.")
-    if not advice:
-        advice.append("Nothing to change: facts recalled, no sign of over-training.")
-    base_recall = b["fact_recall"]["share"]
-    headline = (f"fact recall {_pct(base_recall)} -> {_pct(recall)} (base -> tuned)" if recall is not None
-                else "no fact questions asked")
-    return {"status": status, "headline": headline, "advice": advice, "missed_facts": missed}
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.0%}"
