@@ -63,7 +63,7 @@ def variant(name, rows, lr_mult=1.0, epochs=3, lr=5e-4):
 def probe(out):
     from peft import PeftModel
 
-    from lorekit import chat_formats
+    from lorekit import chat_formats, dataset
     from lorekit.train.data import IGNORE, collate, encode_rows, read_rows
     model, tok, prof = load.load_model("gemma3-270m", "cuda", dtype=torch.float32)
     model = PeftModel.from_pretrained(model, out / "adapter").eval()
@@ -86,7 +86,7 @@ def probe(out):
     rows = read_rows(out / "dataset" / "eval.jsonl")[:24]
     stops, lens, samples = 0, [], []
     for r in rows:
-        msgs = chat_formats.from_sharegpt(r["conversations"])
+        msgs = dataset.messages(r)
         while msgs and msgs[-1]["role"] == "assistant":
             msgs = msgs[:-1]
         text = fmt.render(msgs, add_generation_prompt=True) if hasattr(fmt, "render") else None

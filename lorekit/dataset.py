@@ -78,7 +78,7 @@ def read(path: Path | str, need_answer: bool = True) -> list[tuple[int, dict[str
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise LorekitError(f"{path}:{n}: not a JSON object ({e.msg}); rebuild it with `lorekit compile`") from None
+            raise LorekitError(f"{path}:{n}: not a dataset row (not JSON: {e.msg}); rebuild it with `lorekit compile`") from None
         try:
             if not isinstance(row, dict):
                 raise ValueError("not a JSON object")

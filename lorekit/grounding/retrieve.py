@@ -11,12 +11,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
 from lorekit.errors import LorekitError
 from lorekit.grounding.notes import Note, NoteBook
 
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index it builds at debug level
 WORD = re.compile(r"[\w']+", re.UNICODE)
 SELF_WORDS = {"you", "your", "yours", "yourself", "ye", "thee", "thou", "thy"}
 MAX_NAME_WORDS = 6
