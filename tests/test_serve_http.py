@@ -15,7 +15,8 @@ import pytest
 pytest.importorskip("llama_cpp")
 pytest.importorskip("llama_cpp")
 
-from lorekit.serve.app import App  # noqa: E402
+from lorekit.serve.core import Runtime  # noqa: E402
+from lorekit.serve.server import Server  # noqa: E402
 from lorekit.serve.config import ServeConfig  # noqa: E402
 
 pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
@@ -32,9 +33,9 @@ def server(tmp_path_factory):
     shutil.copytree(SAMPLE_LORE, root / "lore")
     cfg = ServeConfig(port=0, model=str(gemma.assemble()), n_ctx=2048, max_tokens=8, temperature=0.0,
                       n_threads=THREADS, watch=False, prewarm=False)
-    app = App(root / "lore", root / "out", cfg)
-    app.load()
-    app.start_background()
+    runtime = Runtime(root / "lore", root / "out", cfg)
+    runtime.load()
+    app = Server(runtime).start_background()
     yield app
     app.stop_background()
 
@@ -49,19 +50,19 @@ def request(app, method, path, body=None, headers=None, conn=None):
 
 def test_health_models_and_keep_alive(server):
     deadline = time.monotonic() + 30
-    while server.engine.sha256 is None and time.monotonic() < deadline:  # hashed in the background
+    while server.runtime.engine.sha256 is None and time.monotonic() < deadline:  # hashed in the background
         time.sleep(0.05)
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     status, ctype, body = request(server, "GET", "/health", conn=conn)
     from lorekit.hashing import file_sha256
 
-    model = {"name": server.engine.path.name, "sha256": file_sha256(server.engine.path), "generation": 1}
+    model = {"name": server.runtime.engine.path.name, "sha256": file_sha256(server.runtime.engine.path), "generation": 1}
     assert status == 200 and json.loads(body) == {"status": "ok", "model_loaded": True, "model": model,
                                                   "lore_errors": 0}
     status, _, body = request(server, "GET", "/v1/models", conn=conn)  # same connection: keep-alive
     models = json.loads(body)
     assert status == 200 and models["object"] == "list"
-    assert {m["id"] for m in models["data"]} == set(server.lore.current.npcs)
+    assert {m["id"] for m in models["data"]} == set(server.runtime.lore.current.npcs)
     assert request(server, "GET", "/nowhere")[0] == 404
 
 
@@ -134,7 +135,7 @@ def test_client_leaving_an_sse_stream_frees_the_model(server):
     import socket
     import time
 
-    cancelled, finished = server.metrics.turns["cancelled"], server.metrics.turns["length"]
+    cancelled, finished = server.runtime.metrics.turns["cancelled"], server.runtime.metrics.turns["length"]
     body = json.dumps({"model": NPC, "stream": True, "max_tokens": 400, "temperature": 0.8,
                        "messages": [{"role": "user", "content": "Tell me everything."}]}).encode()
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
@@ -145,7 +146,7 @@ def test_client_leaving_an_sse_stream_frees_the_model(server):
         seen += sock.recv(4096)
     sock.close()
     deadline = time.monotonic() + 120
-    while server.metrics.turns["cancelled"] == cancelled and time.monotonic() < deadline:
+    while server.runtime.metrics.turns["cancelled"] == cancelled and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert server.metrics.turns["cancelled"] == cancelled + 1, "the abandoned stream was not cancelled"
-    assert server.metrics.turns["length"] == finished
+    assert server.runtime.metrics.turns["cancelled"] == cancelled + 1, "the abandoned stream was not cancelled"
+    assert server.runtime.metrics.turns["length"] == finished

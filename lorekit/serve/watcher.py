@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from lorekit.serve.app import App
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +20,7 @@ MODEL_DEBOUNCE = 1.0
 # One save is a burst of events (truncate, write, close; or write a temporary file and rename it) a
 # few milliseconds long; a reload tried this long after the last of them reads the finished file.
 SETTLE_S = 0.03
+OBSERVER_TIMEOUT = 0.1
 
 
 class Debounced:
@@ -95,19 +93,22 @@ def lore_relevant(path: str, root: Path) -> bool:
 
 
 class Watcher:
-    def __init__(self, app: App):
+    """Calls `on_lore(final)` (see `Eager`) after lore edits under `lore_dir`, and `on_model()` after a
+    new model file in `export_dir` (or at `model`, a --model path)."""
+
+    def __init__(self, lore_dir: Path, export_dir: Path, model: str, debounce: float,
+                 on_lore: Callable[..., bool], on_model: Callable[[], bool]):
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
 
-        self.app = app
-        self.lore_root = app.lore_dir.resolve()
-        self.lore = Eager(app.cfg.debounce, app.reload_lore)
-        self.model = Debounced(MODEL_DEBOUNCE, app.reload_model)
-        self.export_dir = (app.out / "export").resolve()
+        self.lore_root = Path(lore_dir).resolve()
+        self.lore = Eager(debounce, on_lore)
+        self.model = Debounced(MODEL_DEBOUNCE, on_model)
+        self.export_dir = Path(export_dir).resolve()
         self.model_dirs = {self.export_dir}
-        if app.cfg.model:
-            self.model_dirs.add(Path(app.cfg.model).resolve().parent)
-        self.model_names = MODEL_FILES | {Path(app.cfg.model).name} if app.cfg.model else MODEL_FILES
+        if model:
+            self.model_dirs.add(Path(model).resolve().parent)
+        self.model_names = MODEL_FILES | {Path(model).name} if model else MODEL_FILES
         watcher = self
 
         class Handler(FileSystemEventHandler):
@@ -118,7 +119,9 @@ class Watcher:
                     if path:
                         watcher.changed(str(path))
 
-        self.observer = Observer()
+        # The observer thread wakes every OBSERVER_TIMEOUT to see whether it should stop: with
+        # watchdog's default (1 s) a stopping server waited up to a second for it.
+        self.observer = Observer(timeout=OBSERVER_TIMEOUT)
         self.observer.schedule(Handler(), str(self.lore_root), recursive=True)
         # The build folder, recursively: `lorekit export` replaces the whole export folder at once
         # (a rename), which a watch on the old folder would never see.
