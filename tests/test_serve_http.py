@@ -32,7 +32,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-http")
     shutil.copytree(SAMPLE_LORE, root / "lore")
     cfg = ServeConfig(port=0, model=str(gemma.assemble()), n_ctx=2048, max_tokens=8, temperature=0.0,
-                      n_threads=THREADS, watch=False, prewarm=False)
+                      n_threads=THREADS, watch=False, prewarm=False, read_timeout=0.5)
     runtime = Runtime(root / "lore", root / "out", cfg)
     runtime.load()
     app = Server(runtime).start_background()
@@ -102,6 +102,9 @@ def test_chat_completion_streams_sse(server):
     ({"model": NPC, "messages": []}, 400, "bad_request"),
     ({"model": NPC, "messages": [{"role": "assistant", "content": "hi"}]}, 400, "bad_request"),
     (b"{oops", 400, "bad_json"),
+    (b'{"model": "tobin-reedy", "temperature": NaN, "messages": [{"role": "user", "content": "hi"}]}', 400, "bad_json"),
+    (b'{"model": "tobin-reedy", "messages": [{"role": "user", "content": "hi \\ud800"}]}', 400, "bad_request"),
+    (b'{"model": "tobin-reedy", "messages": [' * 4000 + b"]}" * 4000, 400, "bad_json"),
 ])
 def test_chat_completion_errors(server, body, status, code):
     got, _, raw = request(server, "POST", "/v1/chat/completions", body)
@@ -150,3 +153,89 @@ def test_client_leaving_an_sse_stream_frees_the_model(server):
         time.sleep(0.05)
     assert server.runtime.metrics.turns["cancelled"] == cancelled + 1, "the abandoned stream was not cancelled"
     assert server.runtime.metrics.turns["length"] == finished
+
+
+def game_error(app, line: bytes) -> dict:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", app.port), timeout=30) as sock:
+        sock.sendall(line)
+        buf = b""
+        while b"\n" not in buf:
+            buf += sock.recv(65536)
+    return json.loads(buf.split(b"\n")[0])
+
+
+@pytest.mark.parametrize("field, value", [("max_tokens", 0), ("max_tokens", True), ("max_tokens", 1025),
+                                          ("max_completion_tokens", 0), ("temperature", True), ("temperature", 3)])
+def test_sampling_is_checked_as_the_game_protocol_checks_it(server, field, value):
+    body = {"model": NPC, field: value, "messages": [{"role": "user", "content": "Hi."}]}
+    status, _, raw = request(server, "POST", "/v1/chat/completions", body)
+    error = json.loads(raw)["error"]
+    name = "max_tokens" if field == "max_completion_tokens" else field
+    game = game_error(server, json.dumps({"type": "turn", "id": 1, "npc": NPC, "text": "Hi.", name: value}).encode()
+                      + b"\n")
+    assert status == 400 and error["code"] == game["code"] == "bad_request", (error, game)
+    assert error["message"] == game["message"], "one request model: the same words on both transports"
+
+
+def raw_http(app, data: bytes, wait: float = 10.0) -> tuple[bytes, float]:
+    """Send `data` and keep the connection open; (everything received until the server closed, seconds)."""
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", app.port), timeout=wait)
+    t0 = time.perf_counter()
+    try:
+        sock.sendall(data)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+        return got, time.perf_counter() - t0
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("data", [
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b'{"model": "tobin',
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n",
+], ids=["body-shorter-than-content-length", "headers-never-end"])
+def test_an_unfinished_request_gets_408_after_the_read_deadline_and_is_closed(server, data):
+    got, took = raw_http(server, data)
+    assert got.startswith(b"HTTP/1.1 408 "), got[:200]
+    assert json.loads(got.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "idle_timeout"
+    assert server.cfg.read_timeout <= took < server.cfg.read_timeout + 3.0, took
+
+
+def test_http_turns_of_one_user_take_one_place_in_the_rotation(server):
+    """Three HTTP requests of one `user` (three connections) before a game client's turn: one runs, two
+    wait; the game turn is served before the last of them, not after all three (as it would be if each
+    request counted as a client of its own)."""
+    import threading
+
+    from lorekit.serve.cli_chat import load_client
+
+    lk = load_client()
+    order, lock = [], threading.Lock()
+
+    def http_turn(i: int) -> None:
+        body = {"model": NPC, "user": "greedy-tool", "max_tokens": 6, "temperature": 0.8,
+                "messages": [{"role": "user", "content": f"Tell me about the river, part {i}."}]}
+        request(server, "POST", "/v1/chat/completions", body)
+        with lock:
+            order.append(f"http-{i}")
+
+    threads = [threading.Thread(target=http_turn, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    deadline = time.monotonic() + 30
+    while server.runtime.scheduler.depth() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.runtime.scheduler.depth() >= 2, "the HTTP turns were not queued behind each other"
+    with lk.LoreKitClient(port=server.port, timeout=60) as c:
+        c.turn(NPC, "Hello.", session="polite", max_tokens=2)
+        with lock:
+            order.append("game")
+    for t in threads:
+        t.join(60)
+    assert order.index("game") < order.index("http-2"), f"the game client waited behind every HTTP request: {order}"

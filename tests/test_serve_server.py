@@ -179,6 +179,17 @@ def test_switching_npcs_reuses_saved_state(server):
     (b'{"type": "turn", "id": 5, "npc": "tobin-reedy", "text": "hi", "max_tokens": 0}\n', "bad_request"),
     (b'{"type": "turn", "id": 6, "npc": "tobin-reedy", "text": "hi", "state": [1]}\n', "bad_request"),
     (b'{"type": "hello", "id": 7, "version": 99}\n', "unsupported_version"),
+    # deeply nested, yet under the line limit: 8,000 nested objects (48 KB), a 60 KB nested list
+    (b'{"a":' * 8000 + b"1" + b"}" * 8000 + b"\n", "bad_json"),
+    (b"[" * 30000 + b"]" * 30000 + b"\n", "bad_json"),
+    (b'{"type": "ping", "id": NaN}\n', "bad_json"),
+    (b'{"type": "turn", "id": 8, "npc": "tobin-reedy", "text": "hi", "temperature": Infinity}\n', "bad_json"),
+    (b'{"type": "turn", "id": 9, "npc": "tobin-reedy", "text": "hi", "max_tokens": -Infinity}\n', "bad_json"),
+    # a lone surrogate escape is valid JSON but not Unicode: in an id, in the player's line, in the state
+    (b'{"type": "ping", "id": "\\ud800"}\n', "bad_request"),
+    (b'{"type": "turn", "id": 10, "npc": "tobin-reedy", "text": "hi \\udfff there"}\n', "bad_request"),
+    (b'{"type": "turn", "id": 11, "npc": "tobin-reedy", "text": "hi", "state": {"where": "\\ud834"}}\n', "bad_request"),
+    (b'{"type": "turn", "id": 12, "npc": "tobin-reedy", "text": "hi", "max_tokens": true}\n', "bad_request"),
 ])
 def test_bad_requests_get_error_events_and_the_connection_lives(server, line, code):
     raw = Raw(server.port)
@@ -218,6 +229,29 @@ def test_duplicate_id_and_busy(server):
             elif e["type"] == "done":
                 done += 1
         assert sorted(errors) == ["busy", "duplicate_id"]
+    finally:
+        raw.close()
+
+
+def test_a_ping_reusing_the_id_of_a_turn_in_flight_is_a_duplicate(server):
+    raw = Raw(server.port)
+    try:
+        raw.send(json.dumps({"type": "turn", "id": "t", "npc": NPC, "text": "Tell me a long tale.", "max_tokens": 400,
+                             "temperature": 0.8, "session": "dup-ping"}).encode() + b"\n")
+        first = raw.event()
+        assert first["id"] == "t" and first["type"] == "token", first
+        raw.send(b'{"type": "ping", "id": "t"}\n')
+        events = []
+        while not events or events[-1].get("code") != "duplicate_id":
+            events.append(raw.event())
+        assert events[-1]["id"] == "t" and events[-1]["type"] == "error"
+        assert not any(e["type"] == "pong" for e in events)
+        raw.send(b'{"type": "cancel", "id": "t"}\n')  # the turn itself goes on until cancelled
+        while (event := raw.event())["type"] == "token":
+            pass
+        assert event["type"] == "done" and event["id"] == "t" and event["finish_reason"] == "cancelled", event
+        raw.send(b'{"type": "ping", "id": "t"}\n')  # the turn has ended: its id is free again
+        assert raw.event()["type"] == "pong"
     finally:
         raw.close()
 
