@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("llama_cpp")
-pytest.importorskip("llama_cpp")
 
-from lorekit.serve.core import Runtime  # noqa: E402
-from lorekit.serve.server import Server  # noqa: E402
 from lorekit.serve.cli_chat import load_client  # noqa: E402
 from lorekit.serve.config import ServeConfig  # noqa: E402
+from lorekit.serve.core import Runtime  # noqa: E402
+from lorekit.serve.server import Server  # noqa: E402
 
 pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
 

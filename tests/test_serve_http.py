@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("llama_cpp")
-pytest.importorskip("llama_cpp")
 
+from lorekit.serve.config import ServeConfig  # noqa: E402
 from lorekit.serve.core import Runtime  # noqa: E402
 from lorekit.serve.server import Server  # noqa: E402
-from lorekit.serve.config import ServeConfig  # noqa: E402
 
 pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
 
