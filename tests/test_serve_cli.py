@@ -73,6 +73,20 @@ def test_serve_and_chat_from_the_command_line(tmp_path, capsys):
             proc.wait()
 
 
+@pytest.mark.parametrize("flags, words", [
+    (["--max-tokens", "0"], "`max_tokens` must be an integer from 1 to 1024"),
+    (["--temperature", "3"], "`temperature` must be a number from 0 to 2"),
+    (["--state", "[1, 2]"], "`--state` must be a JSON object"),
+    (["--state", '{"a": NaN}'], "--state is not valid JSON"),
+    (["--say", "x" * 4001], "`text` must be 1-4000 characters"),
+])
+def test_chat_checks_its_flags_with_the_servers_request_model_before_connecting(capsys, flags, words):
+    args = ["chat", "tobin-reedy", "--port", "9", *flags]
+    assert main(args if "--say" in flags else [*args, "--say", "Hi."]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "no server" not in err and "Traceback" not in err
+
+
 def test_chat_without_a_server_says_how_to_start_one(capsys):
     assert main(["chat", "tobin-reedy", "--port", "9", "--say", "Hi."]) == 2
     assert "lorekit serve" in capsys.readouterr().err

@@ -7,7 +7,8 @@ talks to it only through:
 
 - `submit(turn)` / `cancel(turn)`: queue a `scheduler.Turn`; its `sink` gets the pieces and the
   end (`done` or `error`), called from the model thread;
-- `npcs()`, `status()`, `reset(npc, session)`, `health()`, `metrics_text()`, `count_error(code)`;
+- `check_npc(npc)`, `npcs()`, `status()`, `reset(npc, session)`, `health()`, `metrics_text()`,
+  `count_error(code)`, and the settings `cfg`;
 - `subscribe(fn)`: `fn(event)` for every reload and reload error (from a background thread).
 
 It is thread-based and loop-free: transports hop to their own event loop in their sinks.
