@@ -245,8 +245,8 @@ def sampling_fields(data: dict) -> dict:
 
 
 def client_key(data: dict, peer: str) -> tuple:
-    """Who the turn counts against in the fair queue: the OpenAI `user` field when given, else the
-    client's address, so a tool that opens many connections takes one place in the rotation."""
+    """Who the turn counts against in the fair queue: the client's address (with OpenAI's `user` field
+    when given), so a tool that opens many connections at once takes one place in the rotation."""
     user = data.get("user")
     return ("http", peer, user if isinstance(user, str) else "")
 

@@ -29,7 +29,7 @@ class TurnSink:
 
 @dataclass
 class Turn:
-    client: object  # fairness key: a game connection; for HTTP, the `user` field or the peer address
+    client: object  # fairness key: a game connection; for HTTP, the peer address (and `user` field)
     rid: Any  # the request id
     npc: str
     text: str

@@ -20,7 +20,6 @@ MODEL_DEBOUNCE = 1.0
 # One save is a burst of events (truncate, write, close; or write a temporary file and rename it) a
 # few milliseconds long; a reload tried this long after the last of them reads the finished file.
 SETTLE_S = 0.03
-OBSERVER_TIMEOUT = 0.1
 
 
 class Debounced:
@@ -119,9 +118,7 @@ class Watcher:
                     if path:
                         watcher.changed(str(path))
 
-        # The observer thread wakes every OBSERVER_TIMEOUT to see whether it should stop: with
-        # watchdog's default (1 s) a stopping server waited up to a second for it.
-        self.observer = Observer(timeout=OBSERVER_TIMEOUT)
+        self.observer = Observer()
         self.observer.schedule(Handler(), str(self.lore_root), recursive=True)
         # The build folder, recursively: `lorekit export` replaces the whole export folder at once
         # (a rename), which a watch on the old folder would never see.
