@@ -182,6 +182,14 @@ async def handle(runtime: Runtime, req: Request, writer: asyncio.StreamWriter) -
         writer.write(json_response(e.status, error_body(e.code, str(e)), keep))
         await writer.drain()
         return keep
+    except (ConnectionError, asyncio.TimeoutError):
+        raise
+    except Exception as e:  # a bug costs this one request a 500, the server goes on
+        log.exception("%s %s failed", req.method, req.path)
+        runtime.count_error("internal")
+        writer.write(json_response(500, error_body("internal", f"{type(e).__name__}: {e}"), False))
+        await writer.drain()
+        return False
 
 
 async def health(runtime: Runtime, req: Request, writer: asyncio.StreamWriter) -> bool:
