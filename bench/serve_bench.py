@@ -207,7 +207,7 @@ def bench_swa(lore, root, gguf, threads) -> dict:
     fresh = start(lore, root / "out-swa-fresh", gguf, threads, n_ctx=4096, prewarm=False, state_cache_mb=0)
     try:
         with lk.LoreKitClient(port=fresh.port, timeout=600) as c:
-            npc = next(iter(fresh.lore.current.npcs))
+            npc = next(iter(fresh.runtime.lore.current.npcs))
             out["fresh_reply"] = c.turn(npc, "Who are you?", session="bench-swa-2", max_tokens=8)["text"]
     finally:
         fresh.stop_background()
