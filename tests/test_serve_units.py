@@ -81,7 +81,7 @@ def test_scheduler_remove_queued_turn():
 
 
 def test_control_token_text_is_neutralized():
-    from lorekit.serve.worker import neutralize
+    from lorekit.serve.turnprompt import neutralize
 
     assert "<end_of_turn>" not in neutralize("a<end_of_turn><start_of_turn>model")
     assert neutralize("<|turn>system") != "<|turn>system"
@@ -102,12 +102,60 @@ def test_wake_interrupts_a_waiting_worker_at_once():
     assert sched.next(0).rid == 1  # a queued turn still comes first
 
 
-def test_edited_personas_are_warmed_before_the_rest(tmp_path):
-    from lorekit.serve.app import App
-    from lorekit.serve.config import ServeConfig
+def test_edited_personas_are_warmed_before_the_rest():
+    from lorekit.serve.scheduler import WarmQueue
 
-    app = App(tmp_path, tmp_path / "out", ServeConfig())
-    app._warm(["a", "b", "c"])
-    app._warm(["c", "d"], first=True)  # a lore reload changed c and d
-    assert [app.next_to_warm() for _ in range(4)] == ["c", "d", "a", "b"]
-    assert app.warming == "b" and app.next_to_warm() is None and app.warming is None
+    woken = []
+    warm = WarmQueue(True, lambda: woken.append(1))
+    warm.add(["a", "b", "c"])
+    warm.add(["c", "d"], first=True)  # a lore reload changed c and d
+    assert woken == [1, 1], "each addition wakes the idle worker"
+    assert [warm.take() for _ in range(4)] == ["c", "d", "a", "b"]
+    assert warm.warming == "b" and warm.pending() == 1
+    assert warm.take() is None and warm.warming is None and warm.pending() == 0
+    off = WarmQueue(False, lambda: woken.append(1))
+    off.add(["a"])
+    assert off.take() is None and len(woken) == 2, "prewarm = false queues nothing"
+
+
+def test_cancelling_a_queued_turn_ends_it_with_done_and_a_running_one_with_its_flag(tmp_path):
+    from lorekit.serve.config import ServeConfig
+    from lorekit.serve.core import Runtime
+
+    class Sink(TurnSink):
+        def __init__(self):
+            self.ended = []
+
+        def done(self, result):
+            self.ended.append(result)
+
+    runtime = Runtime(tmp_path, tmp_path / "out", ServeConfig())
+    queued, running = Sink(), Sink()
+    a = Turn(client="A", rid=1, npc="n", text="t", sink=running, session="s")
+    b = Turn(client="B", rid=2, npc="n", text="t", sink=queued, session="s")
+    runtime.scheduler.submit(a)
+    runtime.scheduler.submit(b)
+    assert runtime.scheduler.next(0) is a
+    runtime.cancel(b)
+    runtime.cancel(a)
+    assert [r["finish_reason"] for r in queued.ended] == ["cancelled"] and queued.ended[0]["tokens"]["completion"] == 0
+    assert running.ended == [] and a.cancel.is_set(), "the worker ends a running turn at its next token"
+    assert runtime.scheduler.depth() == 0
+
+
+def test_subscribers_hear_reload_events_until_they_unsubscribe(tmp_path):
+    from lorekit.serve.config import ServeConfig
+    from lorekit.serve.core import Runtime
+
+    runtime, heard = Runtime(tmp_path, tmp_path / "out", ServeConfig()), []
+    unsubscribe = runtime.subscribe(heard.append)
+
+    def broken(event):
+        raise RuntimeError("a client that went away")
+
+    runtime.subscribe(broken)
+    assert runtime.clients() == 2
+    runtime.publish({"type": "reloaded", "what": "lore"})
+    unsubscribe()
+    runtime.publish({"type": "reloaded", "what": "model"})
+    assert heard == [{"type": "reloaded", "what": "lore"}] and runtime.clients() == 1

@@ -1,7 +1,11 @@
 """The NPC runtime: `lorekit serve`, a local dialogue server a game talks to over one TCP port.
 
-`run(lore_dir, out, cfg)` loads the lore and the model and serves until interrupted. The game
-protocol is in `runtime/PROTOCOL.md`; the state lives on `lorekit.serve.app.App`.
+`run(lore_dir, out, cfg)` loads the lore and the model and serves until interrupted. The layout:
+
+- `core.Runtime`: lore, model slot, conversations, fair queue, warming, metrics; no transport;
+- `protocol` (the game protocol, `runtime/PROTOCOL.md`) and `http` (OpenAI-compatible): thin
+  transports over the core, both checking requests through `request`;
+- `server.Server`: the one port; hands each connection to the transport its first bytes ask for.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ class ServeResult:
 
 
 def run(lore_dir: Path, out: Path, cfg: ServeConfig, on_ready=None) -> ServeResult:
-    """Serve until interrupted (Ctrl+C). `on_ready(app)` is called once the port is listening."""
-    from lorekit.serve.app import App
+    """Serve until interrupted (Ctrl+C, SIGTERM). `on_ready(server)` is called once the port listens."""
+    from lorekit.serve.core import Runtime
+    from lorekit.serve.server import Server
 
-    app = App(Path(lore_dir), Path(out), cfg)
-    app.load()
+    runtime = Runtime(Path(lore_dir), Path(out), cfg)
+    server = Server(runtime)
+    runtime.load()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -40,17 +46,10 @@ def run(lore_dir: Path, out: Path, cfg: ServeConfig, on_ready=None) -> ServeResu
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError):  # Windows: Ctrl+C still raises KeyboardInterrupt
                 pass
-        await app.start()
-        if on_ready:
-            on_ready(app)
-        try:
-            await stop.wait()
-            log.info("stopping: cancelling turns in flight, telling clients")
-        finally:
-            await app.close()
+        await server.serve_until(stop, on_ready)
 
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
-    return ServeResult(cfg.host, app.port)
+    return ServeResult(cfg.host, server.port)

@@ -30,12 +30,12 @@ def command(args: argparse.Namespace) -> int:
                  "watch": False if args.no_watch else None, "retrain": True if args.retrain else None}
     cfg = config.load(ServeConfig, "serve", args.lore_dir, overrides)
 
-    def ready(app) -> None:
-        npcs = ", ".join(app.lore.current.npcs)
-        print(f"LoreKit serving {len(app.lore.current.npcs)} NPCs ({npcs})", flush=True)
-        print(f"  model: {app.engine.path}", flush=True)
-        print(f"  game protocol and HTTP on {cfg.host}:{app.port}  (Ctrl+C to stop)", flush=True)
-        print(f"  try: lorekit chat {next(iter(app.lore.current.npcs))} --port {app.port}", flush=True)
+    def ready(server) -> None:
+        npcs = [n.id for n in server.runtime.npcs()]
+        print(f"LoreKit serving {len(npcs)} NPCs ({', '.join(npcs)})", flush=True)
+        print(f"  model: {server.runtime.status()['model']['path']}", flush=True)
+        print(f"  game protocol and HTTP on {cfg.host}:{server.port}  (Ctrl+C to stop)", flush=True)
+        print(f"  try: lorekit chat {npcs[0]} --port {server.port}", flush=True)
 
     run(args.lore_dir, args.out, cfg, on_ready=ready)
     return 0

@@ -44,13 +44,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session", default="terminal", help="conversation to continue (default: terminal)")
     parser.add_argument("--state", help='game state as JSON, e.g. \'{"location": "Cinderfall"}\'')
     parser.add_argument("--say", action="append", help="say this and exit (repeatable; no prompt)")
+    parser.add_argument("--max-tokens", type=int, help="reply length cap, 1-1024 (default: the server's)")
+    parser.add_argument("--temperature", type=float, help="sampling temperature, 0-2 (default: the server's)")
+
+
+def turn_options(args: argparse.Namespace) -> tuple[dict | None, dict]:
+    """(state, sampling options) from the flags, checked by the server's own request model, so a bad
+    value is a one-line error here instead of an error event from the server."""
+    from lorekit.serve.request import RequestError, check_sampling, game_state, parse_json
+
+    fields = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature)) if v is not None}
+    try:
+        state = game_state(parse_json(args.state, "--state"), "--state") if args.state else None
+        return state, check_sampling(fields)
+    except RequestError as e:
+        raise LorekitError(f"lorekit chat: {e} (fix --max-tokens, --temperature or --state)") from None
+
+
+def check_line(line: str) -> str | None:
+    """The error to show for a line the server would refuse, else None."""
+    from lorekit.serve.request import RequestError, player_text
+
+    try:
+        player_text(line)
+    except RequestError as e:
+        return str(e)
+    return None
 
 
 def command(args: argparse.Namespace) -> int:
     import json
 
     lk = load_client()
-    state = json.loads(args.state) if args.state else None
+    state, options = turn_options(args)
+    for line in args.say or []:
+        if (problem := check_line(line)) is not None:
+            raise LorekitError(f"lorekit chat --say: {problem}")
     try:
         client = lk.LoreKitClient(args.host, args.port, token=args.token, client="lorekit chat").connect()
     except OSError as e:
@@ -62,7 +91,7 @@ def command(args: argparse.Namespace) -> int:
         npc = npcs[args.npc]
         if args.say:
             for line in args.say:
-                _turn(client, lk, args, line, state, npc["name"])
+                _turn(client, lk, args, line, state, options, npc["name"])
             return 0
         print(f"Talking to {npc['name']} (session {args.session}). /reset, /status, /quit.")
         if npc["greeting"]:
@@ -79,15 +108,17 @@ def command(args: argparse.Namespace) -> int:
                 print(f"(forgot {client.reset(args.npc, args.session)} turns)")
             elif line == "/status":
                 print(json.dumps(client.status(), indent=1))
+            elif line and (problem := check_line(line)) is not None:
+                print(f"({problem})")
             elif line:
-                _turn(client, lk, args, line, state, npc["name"])
+                _turn(client, lk, args, line, state, options, npc["name"])
 
 
-def _turn(client, lk, args, line: str, state, name: str) -> None:
+def _turn(client, lk, args, line: str, state, options: dict, name: str) -> None:
     print(f"{name}: ", end="", flush=True)
     try:
         done = client.turn(args.npc, line, session=args.session, state=state,
-                           on_token=lambda t: print(t, end="", flush=True))
+                           on_token=lambda t: print(t, end="", flush=True), **options)
     except lk.LoreKitError as e:
         print(f"\n(error {e.code}: {e.message})")
         return

@@ -34,6 +34,7 @@ class ServeConfig:
     history_max_turns: int = opt(200, "turns kept per (NPC, session) on disk; the prompt keeps what fits n_ctx")
     handshake_timeout: float = opt(10.0, "seconds a new connection has to send its first line")
     idle_timeout: float = opt(300.0, "seconds of silence (nothing in flight) before a connection is closed")
+    read_timeout: float = opt(5.0, "seconds an HTTP request has to arrive in full once it started (else 408)")
     max_line: int = opt(65536, "longest request line in bytes")
     max_turns_per_client: int = opt(8, "turns one connection may have queued or streaming")
     watch: bool = opt(True, "reload lore and model files when they change")

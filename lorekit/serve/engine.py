@@ -25,6 +25,7 @@ import numpy as np
 
 from lorekit.chat_formats import ChatFormat
 from lorekit.errors import LorekitError
+from lorekit.serve.request import Sampling
 from lorekit.serve.textstream import StopScanner
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,6 @@ def default_threads() -> int:
     import os
 
     return max(1, (os.cpu_count() or 2) // 2)
-
-
-@dataclass
-class Sampling:
-    max_tokens: int = 200
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 40
-    repeat_penalty: float = 1.1
 
 
 @dataclass
@@ -278,10 +270,6 @@ class Engine:
         done = self.process(tokens, stop)
         self._save_live()
         return done
-
-    def forget_states(self) -> None:
-        """Drop every saved state (after a model swap or a reload that changes prompts)."""
-        self.states.clear()
 
     # -- generation ---------------------------------------------------------------------------
 

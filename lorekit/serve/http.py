@@ -1,19 +1,31 @@
-"""HTTP on the game port: OpenAI-compatible chat completions (with SSE), models, health, metrics."""
+"""HTTP on the game port: OpenAI-compatible chat completions (with SSE), models, health, metrics.
+
+A thin transport over `core.Runtime`, like the game protocol: the same request model (`request`)
+checks the body, the same fair queue runs the turn. A request must arrive in full within
+`[serve] read_timeout` seconds of its first byte, else the answer is 408 and the connection closes.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from lorekit.serve.engine import Sampling
+from lorekit.serve.request import (
+    RequestError,
+    dumps,
+    game_state,
+    is_unicode,
+    parse_json,
+    player_text,
+    sampling,
+)
 from lorekit.serve.scheduler import Turn, TurnSink
 
 if TYPE_CHECKING:
-    from lorekit.serve.app import App
+    from lorekit.serve.core import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +40,10 @@ class HttpError(Exception):
         super().__init__(message)
         self.status, self.code = status, code
 
+    @classmethod
+    def of(cls, e: RequestError) -> HttpError:
+        return cls(CODE_STATUS.get(e.code, 400), e.code, str(e))
+
 
 class Request:
     def __init__(self, method: str, path: str, version: str, headers: dict[str, str], body: bytes):
@@ -39,21 +55,12 @@ class Request:
         return conn != "close" and (self.version == "HTTP/1.1" or conn == "keep-alive")
 
 
-async def read_request(reader: asyncio.StreamReader, buf: bytearray, timeout: float) -> Request | None:
-    while b"\r\n\r\n" not in buf and b"\n\n" not in buf:
-        if len(buf) > MAX_HEAD:
-            raise HttpError(413, "line_too_long", "request head too large")
-        chunk = await asyncio.wait_for(reader.read(65536), timeout)
-        if not chunk:
-            return None
-        buf += chunk
-    sep = b"\r\n\r\n" if b"\r\n\r\n" in buf else b"\n\n"
-    head, _, rest = bytes(buf).partition(sep)
-    buf[:] = rest
+def parse_head(head: bytes) -> tuple[str, str, str, dict[str, str], int]:
+    """(method, path, version, headers, content length) of a request head (without its blank line)."""
     lines = head.decode("latin-1").splitlines()
-    parts = lines[0].split()
+    parts = lines[0].split() if lines else []
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-        raise HttpError(400, "bad_request", f"not an HTTP request line: {lines[0][:80]!r}")
+        raise HttpError(400, "bad_request", f"not an HTTP request line: {(lines or [''])[0][:80]!r}")
     headers = {}
     for line in lines[1:]:
         key, _, value = line.partition(":")
@@ -62,16 +69,47 @@ async def read_request(reader: asyncio.StreamReader, buf: bytearray, timeout: fl
         length = int(headers.get("content-length", "0"))
     except ValueError:
         raise HttpError(400, "bad_request", "bad Content-Length") from None
+    if length < 0:
+        raise HttpError(400, "bad_request", "bad Content-Length")
     if length > MAX_BODY:
         raise HttpError(413, "bad_request", f"request body over {MAX_BODY} bytes")
-    while len(buf) < length:
-        chunk = await asyncio.wait_for(reader.read(65536), timeout)
+    return parts[0].upper(), parts[1].split("?")[0], parts[2], headers, length
+
+
+async def read_request(reader: asyncio.StreamReader, buf: bytearray, idle: float, deadline_s: float) -> Request | None:
+    """The next request, or None when the client closed (or stayed silent `idle` seconds between
+    requests). Once its first byte is in, the whole request must arrive within `deadline_s` (408)."""
+    if not buf:
+        chunk = await asyncio.wait_for(reader.read(65536), idle)
         if not chunk:
             return None
         buf += chunk
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+
+    async def more(what: str) -> bool:
+        try:
+            chunk = await asyncio.wait_for(reader.read(65536), max(deadline - loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            raise HttpError(408, "idle_timeout", f"{what} did not arrive within {deadline_s:g} s; closing") from None
+        buf.extend(chunk)
+        return bool(chunk)
+
+    while b"\r\n\r\n" not in buf and b"\n\n" not in buf:
+        if len(buf) > MAX_HEAD:
+            raise HttpError(413, "line_too_long", "request head too large")
+        if not await more("the request head"):
+            return None
+    sep = b"\r\n\r\n" if b"\r\n\r\n" in buf else b"\n\n"
+    head, _, rest = bytes(buf).partition(sep)
+    buf[:] = rest
+    method, path, version, headers, length = parse_head(head)
+    while len(buf) < length:
+        if not await more(f"the body ({length} bytes by Content-Length, {len(buf)} received)"):
+            return None
     body = bytes(buf[:length])
     del buf[:length]
-    return Request(parts[0].upper(), parts[1].split("?")[0], parts[2], headers, body)
+    return Request(method, path, version, headers, body)
 
 
 def response(status: int, body: bytes, content_type: str, keep_alive: bool) -> bytes:
@@ -81,7 +119,7 @@ def response(status: int, body: bytes, content_type: str, keep_alive: bool) -> b
 
 
 def json_response(status: int, data: Any, keep_alive: bool) -> bytes:
-    return response(status, json.dumps(data, ensure_ascii=False).encode("utf-8"), "application/json", keep_alive)
+    return response(status, dumps(data), "application/json", keep_alive)
 
 
 def error_body(code: str, message: str) -> dict:
@@ -89,63 +127,85 @@ def error_body(code: str, message: str) -> dict:
                       "code": code}}
 
 
-async def serve_http(app: App, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
-    buf = bytearray(first)
-    try:
-        while True:
-            try:
-                req = await read_request(reader, buf, app.cfg.idle_timeout)
-            except HttpError as e:
-                writer.write(json_response(e.status, error_body(e.code, str(e)), False))
-                break
-            if req is None:
-                break
-            keep = await handle(app, req, writer)
-            if not keep:
-                break
-        await writer.drain()
-    except (asyncio.TimeoutError, ConnectionError):
-        pass
-    finally:
-        writer.close()
+class HttpConnection:
+    """One HTTP/1.1 connection (keep-alive): requests answered one after the other until it closes."""
+
+    def __init__(self, runtime: Runtime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, initial: bytes):
+        self.runtime, self.reader, self.writer = runtime, reader, writer
+        self.buf = bytearray(initial)
+        self.busy = False  # answering a request (its turn ends through the runtime when it stops)
+        self.closing = False
+
+    async def serve(self) -> None:
+        cfg = self.runtime.cfg
+        try:
+            while not self.closing:
+                try:
+                    req = await read_request(self.reader, self.buf, cfg.idle_timeout, cfg.read_timeout)
+                except HttpError as e:
+                    self.runtime.count_error(e.code)
+                    self.writer.write(json_response(e.status, error_body(e.code, str(e)), False))
+                    break
+                if req is None:
+                    break
+                self.busy = True
+                keep = await handle(self.runtime, req, self.writer)
+                self.busy = False
+                if not keep:
+                    break
+            await self.writer.drain()
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            self.writer.close()
+
+    def shutdown(self) -> None:
+        """The server is stopping: close now if waiting for a request, else after this answer."""
+        self.closing = True
+        if not self.busy:
+            self.writer.close()
 
 
-async def handle(app: App, req: Request, writer: asyncio.StreamWriter) -> bool:
+async def handle(runtime: Runtime, req: Request, writer: asyncio.StreamWriter) -> bool:
     """Answer one request; returns whether the connection stays open."""
-    keep = req.keep_alive
+    keep, token = req.keep_alive, runtime.cfg.token
     try:
-        if app.cfg.token and req.path != "/health" and req.headers.get("authorization") != f"Bearer {app.cfg.token}":
+        if token and req.path != "/health" and req.headers.get("authorization") != f"Bearer {token}":
             raise HttpError(401, "unauthorized", "send `Authorization: Bearer <token>`")
         route = ROUTES.get((req.method, req.path))
         if route is None:
             known = any(path == req.path for _, path in ROUTES)
             raise HttpError(405 if known else 404, "bad_request", f"no route {req.method} {req.path}")
-        return await route(app, req, writer)
+        return await route(runtime, req, writer)
     except HttpError as e:
-        app.metrics.error(e.code)
+        runtime.count_error(e.code)
         writer.write(json_response(e.status, error_body(e.code, str(e)), keep))
         await writer.drain()
         return keep
+    except (ConnectionError, asyncio.TimeoutError):
+        raise
+    except Exception as e:  # a bug costs this one request a 500, the server goes on
+        log.exception("%s %s failed", req.method, req.path)
+        runtime.count_error("internal")
+        writer.write(json_response(500, error_body("internal", f"{type(e).__name__}: {e}"), False))
+        await writer.drain()
+        return False
 
 
-async def health(app: App, req: Request, writer: asyncio.StreamWriter) -> bool:
-    engine = app.engine
-    model = {"name": engine.path.name, "sha256": engine.sha256, "generation": app.model_generation} if engine else None
-    data = {"status": "ok", "model_loaded": engine is not None, "model": model, "lore_errors": len(app.lore.errors)}
-    writer.write(json_response(200, data, req.keep_alive))
+async def health(runtime: Runtime, req: Request, writer: asyncio.StreamWriter) -> bool:
+    writer.write(json_response(200, runtime.health(), req.keep_alive))
     return req.keep_alive
 
 
-async def metrics(app: App, req: Request, writer: asyncio.StreamWriter) -> bool:
-    text = app.metrics.render(app.scheduler.depth(), len(app.clients))
-    writer.write(response(200, text.encode(), "text/plain; version=0.0.4", req.keep_alive))
+async def metrics(runtime: Runtime, req: Request, writer: asyncio.StreamWriter) -> bool:
+    writer.write(response(200, runtime.metrics_text().encode(), "text/plain; version=0.0.4", req.keep_alive))
     return req.keep_alive
 
 
-async def models(app: App, req: Request, writer: asyncio.StreamWriter) -> bool:
-    created = int(app.lore.current.loaded_at)
+async def models(runtime: Runtime, req: Request, writer: asyncio.StreamWriter) -> bool:
+    created = int(runtime.status()["lore"]["loaded_at"])
     data = [{"id": n.id, "object": "model", "created": created, "owned_by": "lorekit", "name": n.name,
-             "greeting": n.greeting} for n in app.lore.current.npcs.values()]
+             "greeting": n.greeting} for n in runtime.npcs()]
     writer.write(json_response(200, {"object": "list", "data": data}, req.keep_alive))
     return req.keep_alive
 
@@ -154,62 +214,85 @@ class HttpSink(TurnSink):
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop, self.queue = loop, asyncio.Queue()
 
+    def _put(self, item: tuple) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is waiting for this answer any more
+            pass
+
     def piece(self, text: str) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, ("piece", text))
+        self._put(("piece", text))
 
     def done(self, result: dict) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, ("done", result))
+        self._put(("done", result))
 
     def error(self, code: str, message: str) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, ("error", (code, message)))
+        self._put(("error", (code, message)))
 
 
 def _content(msg: Any) -> str:
     content = msg.get("content") if isinstance(msg, dict) else None
     if isinstance(content, list):  # OpenAI content parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+                          and isinstance(p.get("text", ""), str))
     if not isinstance(content, str):
         raise HttpError(400, "bad_request", "each message needs a string `content`")
+    if not is_unicode(content):
+        raise HttpError(400, "bad_request", "a message `content` holds a lone surrogate escape (\\ud800-\\udfff); "
+                                            "send valid Unicode")
     return content
 
 
-def parse_chat(app: App, body: bytes) -> tuple[Turn, bool, HttpSink]:
+def sampling_fields(data: dict) -> dict:
+    """The body's sampling fields under the request model's names: `max_completion_tokens` (OpenAI's
+    newer name) wins over `max_tokens`; a null field means the server's default."""
+    fields = {key: data[key] for key in ("max_tokens", "temperature") if data.get(key) is not None}
+    if data.get("max_completion_tokens") is not None:
+        fields["max_tokens"] = data["max_completion_tokens"]
+    return fields
+
+
+def client_key(data: dict, peer: str) -> tuple:
+    """Who the turn counts against in the fair queue: the client's address (with OpenAI's `user` field
+    when given), so a tool that opens many connections at once takes one place in the rotation."""
+    user = data.get("user")
+    return ("http", peer, user if isinstance(user, str) else "")
+
+
+def parse_chat(runtime: Runtime, body: bytes, peer: str = "") -> tuple[Turn, bool, HttpSink]:
     try:
-        data = json.loads(body)
-    except ValueError as e:
-        raise HttpError(400, "bad_json", f"body is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise HttpError(400, "bad_json", "body must be a JSON object")
-    npc = data.get("model")
-    if not isinstance(npc, str) or npc not in app.lore.current.npcs:
-        raise HttpError(404, "unknown_npc", f"model must be an NPC id (known: {', '.join(app.lore.current.npcs)})")
-    messages = data.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise HttpError(400, "bad_request", "`messages` must be a non-empty list")
-    convo = [{"role": m.get("role"), "content": _content(m)} for m in messages if isinstance(m, dict)]
-    convo = [m for m in convo if m["role"] in ("user", "assistant")]  # the server writes the system turn
-    if not convo or convo[-1]["role"] != "user":
-        raise HttpError(400, "bad_request", "the last message must be the player's (role user)")
-    max_tokens = data.get("max_completion_tokens") or data.get("max_tokens") or app.cfg.max_tokens
-    temperature = data.get("temperature", app.cfg.temperature)
-    if not isinstance(max_tokens, int) or not 1 <= max_tokens <= 1024:
-        raise HttpError(400, "bad_request", "`max_tokens` must be an integer from 1 to 1024")
-    if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-        raise HttpError(400, "bad_request", "`temperature` must be a number from 0 to 2")
-    state = data.get("lorekit_state")
-    if state is not None and not isinstance(state, dict):
-        raise HttpError(400, "bad_request", "`lorekit_state` must be an object")
-    c = app.cfg
-    sink = HttpSink(app.loop)
-    turn = Turn(client=object(), rid=f"chatcmpl-{uuid.uuid4().hex[:16]}", npc=npc, text=convo[-1]["content"],
-                sink=sink, session=None, state=state, messages=convo[:-1],
-                sampling=Sampling(max_tokens, float(temperature), c.top_p, c.top_k, c.repeat_penalty))
+        data = parse_json(body, "the body")
+        if not isinstance(data, dict):
+            raise HttpError(400, "bad_json", "body must be a JSON object")
+        npc = data.get("model")
+        if not isinstance(npc, str) or npc not in {n.id for n in runtime.npcs()}:
+            known = ", ".join(n.id for n in runtime.npcs())
+            raise HttpError(404, "unknown_npc", f"model must be an NPC id (known: {known})")
+        messages = data.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise HttpError(400, "bad_request", "`messages` must be a non-empty list")
+        convo = [{"role": m.get("role"), "content": _content(m)} for m in messages if isinstance(m, dict)]
+        convo = [m for m in convo if m["role"] in ("user", "assistant")]  # the server writes the system turn
+        if not convo or convo[-1]["role"] != "user":
+            raise HttpError(400, "bad_request", "the last message must be the player's (role user)")
+        text = player_text(convo[-1]["content"], "content")
+        state = game_state(data.get("lorekit_state"), "lorekit_state")
+        params = sampling(sampling_fields(data), runtime.cfg)
+    except RequestError as e:
+        raise HttpError.of(e) from None
+    sink = HttpSink(asyncio.get_running_loop())
+    turn = Turn(client=client_key(data, peer), rid=f"chatcmpl-{uuid.uuid4().hex[:16]}", npc=npc, text=text,
+                sink=sink, session=None, state=state, messages=convo[:-1], sampling=params)
     return turn, bool(data.get("stream")), sink
 
 
-async def chat_completions(app: App, req: Request, writer: asyncio.StreamWriter) -> bool:
-    turn, stream, sink = parse_chat(app, req.body)
-    app.scheduler.submit(turn)
+async def chat_completions(runtime: Runtime, req: Request, writer: asyncio.StreamWriter) -> bool:
+    peer = writer.get_extra_info("peername")
+    turn, stream, sink = parse_chat(runtime, req.body, str(peer[0]) if peer else "")
+    try:
+        runtime.submit(turn)
+    except RequestError as e:
+        raise HttpError.of(e) from None
     created = int(time.time())
     try:
         if stream:
@@ -232,8 +315,7 @@ async def chat_completions(app: App, req: Request, writer: asyncio.StreamWriter)
         await writer.drain()
         return req.keep_alive
     finally:
-        if not app.scheduler.remove(turn):
-            turn.cancel.set()  # no-op once done; stops generation if the client went away
+        runtime.cancel(turn)  # no-op once done; drops it or stops generation if the client went away
 
 
 def _finish(reason: str) -> str:
@@ -254,7 +336,7 @@ async def _stream(turn: Turn, sink: HttpSink, created: int, writer: asyncio.Stre
     def chunk(delta: dict, finish: str | None = None, **extra: Any) -> bytes:
         data = {"id": turn.rid, "object": "chat.completion.chunk", "created": created, "model": turn.npc,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-        return b"data: " + json.dumps(data, ensure_ascii=False).encode("utf-8") + b"\n\n"
+        return b"data: " + dumps(data) + b"\n\n"
 
     writer.write(chunk({"role": "assistant", "content": ""}))
     while True:
@@ -262,8 +344,7 @@ async def _stream(turn: Turn, sink: HttpSink, created: int, writer: asyncio.Stre
         if kind == "piece":
             writer.write(chunk({"content": value}))
         elif kind == "error":
-            err = error_body(*value)
-            writer.write(b"data: " + json.dumps(err).encode() + b"\n\n")
+            writer.write(b"data: " + dumps(error_body(*value)) + b"\n\n")
             break
         else:
             writer.write(chunk({}, _finish(value["finish_reason"]), usage=_usage(value)))

@@ -1,33 +1,41 @@
-"""The game protocol (runtime/PROTOCOL.md): newline-delimited JSON requests in, events out."""
+"""The game protocol (runtime/PROTOCOL.md): newline-delimited JSON requests in, events out.
+
+A thin transport over `core.Runtime`: it parses and checks requests (through `request`), keeps the
+turns of one connection, and turns the runtime's output into events on its own event loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from lorekit.serve.engine import Sampling
+from lorekit import __version__
+from lorekit.serve.request import (
+    RequestError,
+    dumps,
+    game_state,
+    is_unicode,
+    parse_json,
+    player_text,
+    sampling,
+)
 from lorekit.serve.scheduler import Turn, TurnSink
 from lorekit.serve.textstream import SentenceSplitter
 
 if TYPE_CHECKING:
-    from lorekit.serve.app import App
+    from lorekit.serve.core import Runtime
 
 log = logging.getLogger(__name__)
 
+PROTOCOL_VERSION = 1
+SERVER = f"lorekit {__version__}"
 REQUESTS = ("hello", "list_npcs", "turn", "cancel", "reset", "ping", "status")
 SESSION_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
-MAX_TEXT, MAX_STATE, MAX_ID = 4000, 8000, 64
+MAX_ID = 64
 TOO_LONG = object()
-
-
-class BadRequest(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 class LineReader:
@@ -63,8 +71,19 @@ class LineReader:
 def _require(msg: dict, key: str, kind: type | tuple, what: str) -> Any:
     value = msg.get(key)
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise BadRequest("bad_request", f"`{key}` must be {what}")
+        raise RequestError("bad_request", f"`{key}` must be {what}")
     return value
+
+
+def valid_id(rid: Any) -> bool:
+    if isinstance(rid, str):
+        return len(rid) <= MAX_ID and is_unicode(rid)
+    return isinstance(rid, int) and not isinstance(rid, bool) and len(str(rid)) <= MAX_ID
+
+
+def notification(event: dict) -> dict:
+    """A runtime event as a notification: `"id": null` right after the type."""
+    return {"type": event["type"], "id": None, **{k: v for k, v in event.items() if k != "type"}}
 
 
 class GameTurn(TurnSink):
@@ -72,7 +91,7 @@ class GameTurn(TurnSink):
 
     def __init__(self, conn: GameConnection, rid: Any, stream: str):
         self.conn, self.rid, self.stream, self.splitter = conn, rid, stream, SentenceSplitter()
-        self.call = conn.app.loop.call_soon_threadsafe
+        self.call = conn.call
 
     def piece(self, text: str) -> None:
         self.call(self._piece, text)
@@ -101,42 +120,49 @@ class GameTurn(TurnSink):
         self.conn.turn_ended(self.rid)
 
     def _error(self, code: str, message: str) -> None:
-        self.conn.app.metrics.error(code)
-        self.conn.send({"type": "error", "id": self.rid, "code": code, "message": message})
+        self.conn.error(self.rid, code, message)
         self.conn.turn_ended(self.rid)
 
 
 class GameConnection:
-    def __init__(self, app: App, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, initial: bytes):
-        self.app, self.writer, self.cfg = app, writer, app.cfg
-        self.lines = LineReader(reader, initial, app.cfg.max_line)
+    def __init__(self, runtime: Runtime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, initial: bytes):
+        self.runtime, self.writer, self.cfg = runtime, writer, runtime.cfg
+        self.lines = LineReader(reader, initial, self.cfg.max_line)
+        self.loop = asyncio.get_running_loop()
         self.out: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.turns: dict[Any, Turn] = {}
-        self.authorized = not app.cfg.token
+        self.authorized = not self.cfg.token
         self.closed = False
         self.last_activity = time.monotonic()
 
     @staticmethod
     async def refuse(writer: asyncio.StreamWriter, code: str, message: str) -> None:
         try:
-            writer.write(json.dumps({"type": "error", "id": None, "code": code, "message": message}).encode() + b"\n")
+            writer.write(dumps({"type": "error", "id": None, "code": code, "message": message}) + b"\n")
             await writer.drain()
             writer.close()
         except (ConnectionError, RuntimeError):
+            pass
+
+    def call(self, fn, *args) -> None:
+        """Run `fn(*args)` on this connection's loop (from the model or a watcher thread)."""
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: the server is gone, and so is this client
             pass
 
     # -- output -------------------------------------------------------------------------------
 
     def send(self, event: dict) -> None:
         if not self.closed:
-            self.out.put_nowait(json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n")
+            self.out.put_nowait(dumps(event) + b"\n")
 
     def notify(self, event: dict) -> None:
         if self.authorized:
-            self.send(event)
+            self.send(notification(event))
 
     def error(self, rid: Any, code: str, message: str) -> None:
-        self.app.metrics.error(code)
+        self.runtime.count_error(code)
         self.send({"type": "error", "id": rid, "code": code, "message": message})
 
     async def _write_loop(self) -> None:
@@ -153,10 +179,11 @@ class GameConnection:
     def shutdown(self, code: str = "shutting_down", message: str = "the server is stopping") -> None:
         """Close after telling the client: each turn in flight ends with this error (its last event,
         whatever the worker still emits is dropped), then a notice without id, then end of stream."""
+        if self.closed:
+            return
         if code == "shutting_down":
             for rid, turn in list(self.turns.items()):
-                turn.cancel.set()
-                self.app.scheduler.remove(turn)
+                self.runtime.cancel(turn)
                 self.send({"type": "error", "id": rid, "code": code, "message": message})
             self.turns.clear()
         self.send({"type": "error", "id": None, "code": code, "message": message})
@@ -166,12 +193,12 @@ class GameConnection:
     # -- input --------------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        self.app.clients.add(self)
+        unsubscribe = self.runtime.subscribe(lambda event: self.call(self.notify, event))
         writer_task = asyncio.create_task(self._write_loop())
         try:
             await self._read_loop()
         finally:
-            self.app.clients.discard(self)
+            unsubscribe()
             self._cancel_all()
             if not self.closed:
                 self.out.put_nowait(None)
@@ -203,13 +230,14 @@ class GameConnection:
                 self.error(None, "line_too_long", f"request line longer than {self.cfg.max_line} bytes; skipped")
                 continue
             if line.strip():
-                self._handle_line(line)
+                self.handle_line(line)
 
-    def _handle_line(self, line: bytes) -> None:
+    def handle_line(self, line: bytes) -> None:
+        """Answer one request line; whatever it holds, the connection stays usable (but `unauthorized`)."""
         try:
-            msg = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as e:
-            self.error(None, "bad_json", f"not valid JSON: {e}")
+            msg = parse_json(line)
+        except RequestError as e:
+            self.error(None, e.code, str(e))
             return
         if not isinstance(msg, dict):
             self.error(None, "bad_json", "a request must be a JSON object")
@@ -217,115 +245,87 @@ class GameConnection:
         rid = msg.get("id")
         try:
             self._dispatch(msg, rid)
-        except BadRequest as e:
+        except RequestError as e:
             if e.code == "unauthorized":
-                self.error(rid, e.code, str(e))
+                self.error(rid if valid_id(rid) else None, e.code, str(e))
                 self.shutdown("unauthorized", "closing the connection")
                 return
-            self.error(rid if self._valid_id(rid) else None, e.code, str(e))
-
-    @staticmethod
-    def _valid_id(rid: Any) -> bool:
-        return isinstance(rid, (str, int)) and not isinstance(rid, bool) and len(str(rid)) <= MAX_ID
+            self.error(rid if valid_id(rid) else None, e.code, str(e))
+        except Exception as e:  # a bug must cost one request, not the connection
+            log.exception("request %r failed", msg.get("type"))
+            self.error(rid if valid_id(rid) else None, "internal", f"{type(e).__name__}: {e}")
 
     def _dispatch(self, msg: dict, rid: Any) -> None:
         kind = msg.get("type")
         if not self.authorized and kind != "hello":
-            raise BadRequest("unauthorized", "this server needs a token: send hello with \"token\" first")
-        if not self._valid_id(rid):
-            raise BadRequest("bad_request", f"`id` must be a string or an integer of at most {MAX_ID} characters")
+            raise RequestError("unauthorized", "this server needs a token: send hello with \"token\" first")
+        if not valid_id(rid):
+            raise RequestError("bad_request", f"`id` must be a string or an integer of at most {MAX_ID} characters")
         if kind not in REQUESTS:
-            raise BadRequest("unknown_type", f"unknown request type {kind!r} (known: {', '.join(REQUESTS)})")
+            raise RequestError("unknown_type", f"unknown request type {kind!r} (known: {', '.join(REQUESTS)})")
+        if kind != "cancel" and rid in self.turns:  # a cancel names its turn by that turn's id
+            raise RequestError("duplicate_id", f"request {rid!r} is still being answered; use a new id")
         getattr(self, f"_on_{kind}")(msg, rid)
 
     # -- requests -----------------------------------------------------------------------------
 
     def _on_hello(self, msg: dict, rid: Any) -> None:
-        from lorekit.serve.app import PROTOCOL_VERSION, SERVER
-
         if self.cfg.token and msg.get("token") != self.cfg.token:
-            raise BadRequest("unauthorized", "wrong or missing token")
+            raise RequestError("unauthorized", "wrong or missing token")
         self.authorized = True
         version = msg.get("version", PROTOCOL_VERSION)
         if version != PROTOCOL_VERSION:
-            raise BadRequest("unsupported_version", f"protocol version {version!r} is not spoken here "
-                                                    f"(this server speaks: {PROTOCOL_VERSION})")
+            raise RequestError("unsupported_version", f"protocol version {version!r} is not spoken here "
+                                                      f"(this server speaks: {PROTOCOL_VERSION})")
+        model = self.runtime.health()["model"]
         self.send({"type": "hello", "id": rid, "protocol": PROTOCOL_VERSION, "server": SERVER,
-                   "model": self.app.engine.path.name, "npcs": len(self.app.lore.current.npcs)})
+                   "model": model["name"] if model else None, "npcs": len(self.runtime.npcs())})
 
     def _on_list_npcs(self, msg: dict, rid: Any) -> None:
-        npcs = [{"id": n.id, "name": n.name, "greeting": n.greeting} for n in self.app.lore.current.npcs.values()]
+        npcs = [{"id": n.id, "name": n.name, "greeting": n.greeting} for n in self.runtime.npcs()]
         self.send({"type": "npcs", "id": rid, "npcs": npcs})
 
     def _on_ping(self, msg: dict, rid: Any) -> None:
         self.send({"type": "pong", "id": rid, "time": round(time.time(), 3)})
 
     def _on_status(self, msg: dict, rid: Any) -> None:
-        self.send({"type": "status", "id": rid, **self.app.status()})
+        self.send({"type": "status", "id": rid, "protocol": PROTOCOL_VERSION, "server": SERVER,
+                   **self.runtime.status()})
 
     def _on_reset(self, msg: dict, rid: Any) -> None:
         npc = _require(msg, "npc", str, "an NPC id or \"*\"")
         session = self._session(msg)
-        if npc != "*":
-            self._check_npc(npc)
-        turns = self.app.sessions.reset(npc, session)
+        turns = self.runtime.reset(npc, session)
         self.send({"type": "reset", "id": rid, "npc": npc, "session": session, "turns": turns})
 
     def _on_cancel(self, msg: dict, rid: Any) -> None:
         turn = self.turns.get(rid)
-        if turn is None:
-            return
-        turn.cancel.set()
-        if self.app.scheduler.remove(turn):
-            queue_ms = round((time.perf_counter() - turn.received) * 1000, 1)
-            turn.sink._done({"npc": turn.npc, "session": turn.session, "text": "", "finish_reason": "cancelled",
-                             "tokens": {"prompt": 0, "cached": 0, "completion": 0},
-                             "timings": {"queue_ms": queue_ms, "prompt_ms": 0.0, "first_token_ms": None,
-                                         "total_ms": queue_ms, "tokens_per_s": 0.0}})
+        if turn is not None:
+            self.runtime.cancel(turn)  # its `done` (cancelled) comes through the turn's sink
 
     def _on_turn(self, msg: dict, rid: Any) -> None:
-        if rid in self.turns:
-            raise BadRequest("duplicate_id", f"request {rid!r} is still being answered; use a new id")
         if len(self.turns) >= self.cfg.max_turns_per_client:
-            raise BadRequest("busy", f"{len(self.turns)} turns already in flight on this connection")
+            raise RequestError("busy", f"{len(self.turns)} turns already in flight on this connection")
         npc = _require(msg, "npc", str, "an NPC id (see list_npcs)")
-        text = _require(msg, "text", str, "the player's line (text)")
-        if not 1 <= len(text) <= MAX_TEXT:
-            raise BadRequest("bad_request", f"`text` must be 1-{MAX_TEXT} characters, got {len(text)}")
-        state = msg.get("state")
-        if state is not None and (not isinstance(state, dict) or len(json.dumps(state)) > MAX_STATE):
-            raise BadRequest("bad_request", f"`state` must be a JSON object of at most {MAX_STATE} characters")
+        text = player_text(msg.get("text"))
+        state = game_state(msg.get("state"))
         stream = msg.get("stream", "tokens")
         if stream not in ("tokens", "sentences", "none"):
-            raise BadRequest("bad_request", "`stream` must be \"tokens\", \"sentences\" or \"none\"")
-        self._check_npc(npc)
+            raise RequestError("bad_request", "`stream` must be \"tokens\", \"sentences\" or \"none\"")
+        self.runtime.check_npc(npc)
         turn = Turn(client=self, rid=rid, npc=npc, text=text, sink=GameTurn(self, rid, stream),
-                    session=self._session(msg), state=state or None, sampling=self._sampling(msg))
+                    session=self._session(msg), state=state, sampling=sampling(msg, self.cfg))
+        self.runtime.submit(turn)
         self.turns[rid] = turn
-        self.app.scheduler.submit(turn)
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _session(self, msg: dict) -> str:
+    @staticmethod
+    def _session(msg: dict) -> str:
         session = msg.get("session", "default")
         if not isinstance(session, str) or not SESSION_RE.match(session):
-            raise BadRequest("bad_request", "`session` must be 1-128 characters of A-Z a-z 0-9 _ . - :")
+            raise RequestError("bad_request", "`session` must be 1-128 characters of A-Z a-z 0-9 _ . - :")
         return session
-
-    def _check_npc(self, npc: str) -> None:
-        npcs = self.app.lore.current.npcs
-        if npc not in npcs:
-            raise BadRequest("unknown_npc", f"no NPC {npc!r} (known: {', '.join(npcs)})")
-
-    def _sampling(self, msg: dict) -> Sampling:
-        c = self.cfg
-        max_tokens = msg.get("max_tokens", c.max_tokens)
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= 1024:
-            raise BadRequest("bad_request", "`max_tokens` must be an integer from 1 to 1024")
-        temperature = msg.get("temperature", c.temperature)
-        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
-            raise BadRequest("bad_request", "`temperature` must be a number from 0 to 2")
-        return Sampling(max_tokens, float(temperature), c.top_p, c.top_k, c.repeat_penalty)
 
     def turn_ended(self, rid: Any) -> None:
         self.turns.pop(rid, None)
@@ -333,6 +333,5 @@ class GameConnection:
 
     def _cancel_all(self) -> None:
         for turn in list(self.turns.values()):
-            turn.cancel.set()
-            self.app.scheduler.remove(turn)
+            self.runtime.cancel(turn)
         self.turns.clear()

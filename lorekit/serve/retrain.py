@@ -13,20 +13,22 @@ import subprocess
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from pathlib import Path
 
 from lorekit.atomic import write_text
 from lorekit.serve.watcher import Debounced
-
-if TYPE_CHECKING:
-    from lorekit.serve.app import App
 
 log = logging.getLogger(__name__)
 
 
 class Retrainer:
-    def __init__(self, app: App):
-        self.app = app
+    """Runs the build `debounce` seconds after the last `lore_changed()`; then `on_built()` (load the
+    new model) or `on_failed(message)`. Both are called on the build's thread."""
+
+    def __init__(self, lore_dir: Path, out: Path, debounce: float, on_built: Callable[[], object],
+                 on_failed: Callable[[str], None]):
+        self.lore_dir, self.out, self.on_built, self.on_failed = Path(lore_dir), Path(out), on_built, on_failed
         self.state = "idle"  # idle | waiting | running | failed
         self.last_error: str | None = None
         self.last_build_s: float | None = None
@@ -34,11 +36,11 @@ class Retrainer:
         self._again = False
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
-        self._debounce = Debounced(app.cfg.retrain_debounce, self._start)
+        self._debounce = Debounced(debounce, self._start)
         self._stopped = False
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "lorekit", "build", str(self.app.lore_dir), "--out", str(self.app.out),
+        return [sys.executable, "-m", "lorekit", "build", str(self.lore_dir), "--out", str(self.out),
                 "--no-eval"]
 
     def lore_changed(self) -> None:
@@ -62,7 +64,7 @@ class Retrainer:
         self._proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         output, _ = self._proc.communicate()
         code = self._proc.returncode
-        write_text(self.app.out / "serve" / "retrain.log", f"$ {' '.join(self.command())}\n{output}\nexit {code}\n")
+        write_text(self.out / "serve" / "retrain.log", f"$ {' '.join(self.command())}\n{output}\nexit {code}\n")
         self.last_build_s = round(time.perf_counter() - t0, 1)
         with self._lock:
             if code == 0:
@@ -74,11 +76,10 @@ class Retrainer:
             again = self._again and not self._stopped
         if code == 0:
             log.info("retrain finished in %.0f s; loading the new model", self.last_build_s)
-            self.app.reload_model()
+            self.on_built()
         else:
             log.error("retrain failed, the old model keeps serving: %s", self.last_error)
-            self.app.notify_threadsafe({"type": "reload_error", "id": None, "what": "model",
-                                        "errors": [self.last_error]})
+            self.on_failed(self.last_error)
         if again:
             self.lore_changed()
 

@@ -1,6 +1,8 @@
-"""Fair turn queue: one deque per client, served in rotation, so a chatty client cannot starve others.
+"""Fair turn queue: one deque per client, served in rotation, so a chatty client cannot starve others;
+and the queue of personas to pre-process while the model is idle.
 
-The asyncio side submits and cancels; the single model worker thread takes the next turn.
+Transports submit and cancel (through the runtime core); the single model worker thread takes the
+next turn, and when there is none, the next persona to warm.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorekit.serve.engine import Sampling
+from lorekit.serve.request import Sampling
 
 
 class TurnSink:
@@ -27,7 +29,7 @@ class TurnSink:
 
 @dataclass
 class Turn:
-    client: object  # fairness key: one per connection
+    client: object  # fairness key: a game connection; for HTTP, the peer address (and `user` field)
     rid: Any  # the request id
     npc: str
     text: str
@@ -105,3 +107,44 @@ class Scheduler:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+
+class WarmQueue:
+    """NPCs whose persona the worker pre-processes when idle, in order (an ordered set)."""
+
+    def __init__(self, enabled: bool, wake: Callable[[], None]):
+        self.enabled, self._wake = enabled, wake
+        self._npcs: dict[str, None] = {}
+        self._lock = threading.Lock()
+        self.warming: str | None = None  # the NPC whose persona the worker is processing now
+
+    def add(self, npcs, first: bool = False) -> None:
+        """Queue NPCs; `first`: ahead of the others (the personas a reload just changed)."""
+        if not self.enabled:
+            return
+        npcs = list(npcs)
+        with self._lock:
+            if first:  # dicts keep insertion order: rebuild with these in front
+                rest = [n for n in self._npcs if n not in npcs]
+                self._npcs = dict.fromkeys(npcs + rest)
+            else:
+                self._npcs.update(dict.fromkeys(npcs))
+        self._wake()
+
+    def take(self) -> str | None:
+        """The next NPC to pre-process; it counts as pending (`warming`) until `done()`."""
+        with self._lock:
+            npc = next(iter(self._npcs), None)
+            self._npcs.pop(npc, None)
+            self.warming = npc
+            return npc
+
+    def done(self) -> None:
+        self.warming = None
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._npcs) + (self.warming is not None)
+
+    def __bool__(self) -> bool:
+        return bool(self._npcs)

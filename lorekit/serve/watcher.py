@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from lorekit.serve.app import App
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +92,22 @@ def lore_relevant(path: str, root: Path) -> bool:
 
 
 class Watcher:
-    def __init__(self, app: App):
+    """Calls `on_lore(final)` (see `Eager`) after lore edits under `lore_dir`, and `on_model()` after a
+    new model file in `export_dir` (or at `model`, a --model path)."""
+
+    def __init__(self, lore_dir: Path, export_dir: Path, model: str, debounce: float,
+                 on_lore: Callable[..., bool], on_model: Callable[[], bool]):
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
 
-        self.app = app
-        self.lore_root = app.lore_dir.resolve()
-        self.lore = Eager(app.cfg.debounce, app.reload_lore)
-        self.model = Debounced(MODEL_DEBOUNCE, app.reload_model)
-        self.export_dir = (app.out / "export").resolve()
+        self.lore_root = Path(lore_dir).resolve()
+        self.lore = Eager(debounce, on_lore)
+        self.model = Debounced(MODEL_DEBOUNCE, on_model)
+        self.export_dir = Path(export_dir).resolve()
         self.model_dirs = {self.export_dir}
-        if app.cfg.model:
-            self.model_dirs.add(Path(app.cfg.model).resolve().parent)
-        self.model_names = MODEL_FILES | {Path(app.cfg.model).name} if app.cfg.model else MODEL_FILES
+        if model:
+            self.model_dirs.add(Path(model).resolve().parent)
+        self.model_names = MODEL_FILES | {Path(model).name} if model else MODEL_FILES
         watcher = self
 
         class Handler(FileSystemEventHandler):
