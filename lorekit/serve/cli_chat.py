@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--say", action="append", help="say this and exit (repeatable; no prompt)")
     parser.add_argument("--max-tokens", type=int, help="reply length cap, 1-1024 (default: the server's)")
     parser.add_argument("--temperature", type=float, help="sampling temperature, 0-2 (default: the server's)")
+    parser.add_argument("--why", action="store_true", help="after each reply, print the lore notes it was given "
+                        "(page and heading)")
 
 
 def turn_options(args: argparse.Namespace) -> tuple[dict | None, dict]:
@@ -125,3 +127,12 @@ def _turn(client, lk, args, line: str, state, options: dict, name: str) -> None:
     t = done["timings"]
     print(f"\n  [{done['tokens']['completion']} tokens, first token {t['first_token_ms']} ms, "
           f"{t['tokens_per_s']} tokens/s]", file=sys.stderr)
+    if getattr(args, "why", False):
+        print(why(done.get("sources") or []))
+
+
+def why(sources: list[dict]) -> str:
+    """The notes a reply was given, one `page > heading` a line (`--why`)."""
+    if not sources:
+        return "  why: no lore notes (nothing in the lore matched, or grounding is off)"
+    return "\n".join(["  why: the lore notes given", *(f"    {s['page']} > {s['heading']}" for s in sources)])

@@ -310,7 +310,7 @@ async def chat_completions(runtime: Runtime, req: Request, writer: asyncio.Strea
         body = {"id": turn.rid, "object": "chat.completion", "created": created, "model": turn.npc,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": value["text"]},
                              "finish_reason": _finish(value["finish_reason"])}],
-                "usage": _usage(value)}
+                "usage": _usage(value), "sources": value.get("sources", [])}  # LoreKit's: the notes used
         writer.write(json_response(200, body, req.keep_alive))
         await writer.drain()
         return req.keep_alive
@@ -347,7 +347,8 @@ async def _stream(turn: Turn, sink: HttpSink, created: int, writer: asyncio.Stre
             writer.write(b"data: " + dumps(error_body(*value)) + b"\n\n")
             break
         else:
-            writer.write(chunk({}, _finish(value["finish_reason"]), usage=_usage(value)))
+            writer.write(chunk({}, _finish(value["finish_reason"]), usage=_usage(value),
+                               sources=value.get("sources", [])))
             break
         await writer.drain()
     writer.write(b"data: [DONE]\n\n")

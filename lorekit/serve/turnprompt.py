@@ -1,15 +1,15 @@
-"""The text the model sees for a turn: persona, history, game state and the player's line, as tokens.
-
-These two functions are the server's whole prompt assembly; `lorekit/prompt.py` (shared with
-compile, export and eval) is meant to take their bodies over, so their signatures are the seam.
-The game state goes in the LAST user turn, in front of the player's line (never in the system
-turn, never in the stored history).
+"""A turn's prompt as tokens: the layout comes from `lorekit/prompt.py` (shared with compile, train,
+export and eval); this module adds what only a server has: the session's history, the retrieved lore
+notes, control-token neutralizing and the context budget. Notes and game state go in the LAST user
+turn, in front of the player's line (never in the system turn, never in the stored history).
 """
 
 from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING
+
+from lorekit.prompt import conversation
 
 if TYPE_CHECKING:
     from lorekit.chat_formats import ChatFormat
@@ -34,15 +34,14 @@ class PromptError(Exception):
 
 
 def prompt_tokens(lore: LoreSnapshot, sessions: SessionStore, turn: Turn, engine: Engine,
-                  fmt: ChatFormat) -> tuple[list[int], list[dict]]:
-    """(prompt tokens, the history messages that fit): system turn, history (the turn's own `messages`
-    over HTTP, else the stored session), then the state block and the player's line in one user turn.
-    The oldest exchanges are left out until the prompt and `max_tokens` fit the context."""
+                  fmt: ChatFormat) -> tuple[list[int], list[dict], list]:
+    """(prompt tokens, the history messages that fit, the lore notes given): the system turn, the
+    history (the turn's own `messages` over HTTP, else the stored session), then the notes, the state
+    block and the player's line in one user turn, laid out by `lorekit.prompt`. The oldest exchanges
+    are left out until the prompt and `max_tokens` fit the context."""
     if turn.npc not in lore.npcs:
         known = ", ".join(lore.npcs)
         raise PromptError("unknown_npc", f"no NPC {turn.npc!r} (known: {known})")
-    block = lore.state_block(turn.npc, turn.state)
-    user = neutralize(f"{block}\n\n{turn.text}" if block else turn.text)
     if turn.messages is not None:
         history = [{"role": m["role"], "content": neutralize(m["content"])} for m in turn.messages
                    if m["role"] in ("user", "assistant")]
@@ -51,16 +50,19 @@ def prompt_tokens(lore: LoreSnapshot, sessions: SessionStore, turn: Turn, engine
         for t in sessions.history(turn.npc, turn.session):
             history += [{"role": "user", "content": neutralize(t["user"])},
                         {"role": "assistant", "content": neutralize(t["npc"])}]
-    system = {"role": "system", "content": lore.prompts[turn.npc]}
+    notes = lore.notes_for(turn.npc, turn.text, history)
+    pairs = [(n.text, n.secret) for n in notes] if notes is not None else None
     budget = engine.n_ctx - turn.sampling.max_tokens
     while True:
-        messages = [system, *history, {"role": "user", "content": user}]
+        messages = conversation(lore.prompts[turn.npc], history, turn.text, turn.state, pairs)
+        messages[-1]["content"] = neutralize(messages[-1]["content"])  # player text, state and notes alike
         tokens = engine.tokenize(fmt.render(messages, add_generation_prompt=True))
         if len(tokens) <= budget:
-            return tokens, history
+            return tokens, history, notes or []
         if not history:
-            raise PromptError("context_full", f"the system prompt and the player's line need {len(tokens)} "
-                              f"tokens; the context holds {engine.n_ctx} minus max_tokens {turn.sampling.max_tokens}")
+            raise PromptError("context_full", f"the system prompt, the lore notes and the player's line need "
+                              f"{len(tokens)} tokens; the context holds {engine.n_ctx} minus max_tokens "
+                              f"{turn.sampling.max_tokens}")
         history = history[2:]  # drop the oldest exchange
 
 

@@ -87,11 +87,13 @@ class Worker(threading.Thread):
             turn.sink.done(self._result(turn, None, "", queue_ms, started))
             return
         engine, fmt = self.slot.engine, self.slot.format()
-        tokens, _ = prompt_tokens(self.lore.current, self.sessions, turn, engine, fmt)
+        tokens, _, notes = prompt_tokens(self.lore.current, self.sessions, turn, engine, fmt)
         gen = engine.generate((turn.npc, turn.session), tokens, fmt, turn.sampling, turn.cancel, turn.sink.piece)
         if turn.session is not None and gen.finish_reason in ("stop", "length"):
             self.sessions.append(turn.npc, turn.session, turn.text, gen.text)
-        turn.sink.done(self._result(turn, gen, gen.text, queue_ms, started))
+        result = self._result(turn, gen, gen.text, queue_ms, started)
+        result["sources"] = [n.source for n in notes]  # the notes this reply was given (page, heading)
+        turn.sink.done(result)
 
     def _result(self, turn: Turn, gen, text: str, queue_ms: float, started: float) -> dict:
         result = turn_result(turn, gen, text, queue_ms, started)
