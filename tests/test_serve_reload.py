@@ -140,6 +140,31 @@ def test_new_model_is_swapped_in_and_a_broken_one_is_refused(world, server):
         (export / "model.gguf").symlink_to(target)
 
 
+def test_a_new_fact_is_in_the_next_turns_notes_without_a_retrain(world, server):
+    """Grounding, live: a field added to a page while the server runs is retrieved into the next turn
+    of the NPC that knows it, and listed in `sources`; the reload names that NPC."""
+    with lk.LoreKitClient(port=server.port) as c:
+        first = c.turn(NPC, "What is your favourite boat called?", session="notes", max_tokens=2)
+        assert {"page": PAGE, "heading": "boat"} not in first["sources"]
+        assert any(s["page"] == PAGE for s in first["sources"])  # "your" is Tobin: his own notes
+        before = server.runtime.lore.current.generation
+        old = edit(world, "age: 71\n", "age: 71\nboat: the Grey Widow\n")
+        try:
+            event = wait_for(c, "reloaded", "lore")
+            assert event["generation"] > before and NPC in event["npcs"]
+            assert server.runtime.lore.notes_ms < 1000
+            done = c.turn(NPC, "What is your favourite boat called?", session="notes", max_tokens=2)
+            assert {"page": PAGE, "heading": "boat"} in done["sources"]
+            notes = server.runtime.lore.current.notes_for(NPC, "What is your boat called?", [])
+            assert any("the Grey Widow" in n.text for n in notes)
+            # nobody who does not know Tobin's page is told
+            assert not any("Grey Widow" in n.text for n in server.runtime.lore.current.notes_for(
+                "idris-fenn", "What is Tobin Reedy's boat called?", []))
+        finally:
+            (world / "lore" / PAGE).write_text(old, encoding="utf-8")
+            wait_for(c, "reloaded", "lore")
+
+
 def test_history_survives_a_restart(world, server):
     watcher = lk.LoreKitClient(port=server.port).connect()
     with lk.LoreKitClient(port=server.port) as c:
