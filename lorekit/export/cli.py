@@ -71,8 +71,11 @@ def _hf_summary(hf: dict | None) -> None:
     c = hf.get("check") or {}
     if c.get("changed_files"):
         print(f"  hf/ files changed since the export: {', '.join(c['changed_files'])}  FAILED")
-    elif c.get("logits"):
-        g = c["logits"]
-        mark = "ok" if c["passed"] else "FAILED"
-        print(f"  hf/ vs torch (greedy, {g['positions']} tokens)     top-1 {g['top1']:.2f}  max |diff| "
-              f"{g['max_abs']:.4f}  rel {g['rel']:.4f}  LoRA effect {g['effect']:.3f}  {mark}")
+    for name, g in (c.get("logits") or {}).get("comparisons", {}).items():
+        mark = "ok" if g["passed"] else "FAILED"
+        effect = "-" if g.get("effect") is None else f"{g['effect']:.3f}"
+        print(f"  {name:<39} top-1 {g['top1']:.2f}  max |diff| {g['max_abs']:.4f}  rel {g['rel']:.4f}  "
+              f"LoRA effect {effect}  {mark}")
+    for part in ("chat_template", "end_of_turn"):
+        if c.get(part, {}).get("passed") is False:
+            print(f"  hf/ {part.replace('_', ' ')} check FAILED: {c[part]}")

@@ -155,6 +155,11 @@ def write_tokenizer(folder: Path, tokenizer_dir: Path | None, source: Path, fami
     tok = getattr(tok, "tokenizer", tok)
     tok.chat_template = chat_template(fmt)
     tok.save_pretrained(str(folder))
+    # transformers 5 saves the template as chat_template.jinja; older readers look in tokenizer_config.json
+    path = folder / "tokenizer_config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["chat_template"] = tok.chat_template
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     ids = tok(fmt.end_of_turn, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         raise LorekitError(f"{tokenizer_dir if has_own else source}: the tokenizer splits {fmt.end_of_turn} into "

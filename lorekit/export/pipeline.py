@@ -187,10 +187,10 @@ def _hf_failure(check: dict) -> str:
     if not check.get("end_of_turn", {}).get("passed", True):
         eot = check["end_of_turn"]
         return f"{eot['token']} (id {eot['id']}) is not among generation_config.json's eos_token_id {eot['eos_token_id']}"
-    c = check.get("logits", {})
-    return (f"against the PyTorch model with the adapter: rel diff {c.get('rel')} (limit {c.get('limit_rel')}), "
-            f"same greedy token {c.get('top1')} (within tolerance {c.get('top1_close')}), "
-            f"LoRA effect {c.get('effect')} (limit {c.get('limit_effect')})")
+    bad = {k: v for k, v in check.get("logits", {}).get("comparisons", {}).items() if not v["passed"]}
+    return "; ".join(f"{k}: rel diff {v['rel']:.4f} (limit {v['limit_rel']}), same greedy token {v['top1']:.2f} "
+                     f"(within tolerance {v['top1_close']:.2f}), LoRA effect {v['effect']}"
+                     for k, v in bad.items()) or "see export.json"
 
 
 def train_info(out: Path, adapter_base: str) -> dict:
