@@ -77,7 +77,12 @@ def check(folder: Path, family: str, reference: Callable | None, n_prompts: int 
     report = {"chat_template": template_check(folder, tok, family), "end_of_turn": stop_check(folder, tok, family)}
     ok = report["chat_template"]["passed"] and report["end_of_turn"]["passed"]
     if reference is not None:
-        report["logits"] = logits_check(folder, tok, family, reference, n_prompts)
+        texts = prompts_for(family, max(1, n_prompts))
+        prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        eot = tok.convert_tokens_to_ids(chat_formats.get(family).end_of_turn)
+        del tok  # a 262k-word tokenizer holds ~300 MB: not beside the models
+        gc.collect()
+        report["logits"] = logits_check(folder, prompts, eot, reference)
         ok = ok and report["logits"]["passed"]
     else:
         report["skipped"] = "no logit comparison: install torch and peft, then `lorekit export OUT --check`"
@@ -111,9 +116,9 @@ def stop_check(folder: Path, tok, family: str) -> dict:
             "passed": len(ids) == 1 and ids[0] in eos}
 
 
-def logits_check(folder: Path, tok, family: str, reference: Callable, n_prompts: int) -> dict:
-    texts = prompts_for(family, max(1, n_prompts))
-    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+def logits_check(folder: Path, prompts: list[list[int]], eot: int, reference: Callable) -> dict:
+    """Greedy replies of the folder against the PEFT model; `prompts` from `verify.prompts_for`, whose
+    second to last ends right after an answer (the next token should end the turn)."""
     stops = set(json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))["eos_token_id"])
     seqs, exported = _exported_run(folder, prompts, stops)
     adapted, base, merged = _reference_run(reference, seqs, [len(p) for p in prompts])
@@ -121,8 +126,7 @@ def logits_check(folder: Path, tok, family: str, reference: Callable, n_prompts:
     limit = (max(LIMIT[0], ROUNDING_FACTOR * rounding), *LIMIT[1:])
     torch_c = compare(flat(adapted), flat(exported), limit[0], flat(base), flat(base))
     merge_c = compare(flat(merged), flat(exported))
-    eot = tok.convert_tokens_to_ids(chat_formats.get(family).end_of_turn)
-    answered = len(texts) - 2  # the prompt that ends right after an answer: the next token should end the turn
+    answered = len(prompts) - 2
     comparisons = {
         "hf vs torch": {**torch_c.as_dict(), "limit_rel": round(limit[0], 6), "limit_top1_close": limit[1],
                         "limit_effect": limit[2], "passed": torch_c.passed(limit)},
@@ -151,7 +155,7 @@ def _exported_run(folder: Path, prompts: list[list[int]], stops: set[int]):
         for prompt in prompts:
             seq = list(prompt)
             for _ in range(NEW_TOKENS):
-                seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+                seq.append(int(model(torch.tensor([seq]), logits_to_keep=1).logits[0, -1].argmax()))
                 if seq[-1] in stops:
                     break
             seqs.append(seq)
@@ -168,17 +172,17 @@ def _reference_run(reference: Callable, seqs: list[list[int]], starts: list[int]
 
     model = reference()
 
-    def run() -> list[list[np.ndarray]]:
-        return [_positions(model, s, n) for s, n in zip(seqs, starts, strict=True)]
+    def run(m) -> list[list[np.ndarray]]:
+        return [_positions(m, s, n) for s, n in zip(seqs, starts, strict=True)]
 
     with torch.no_grad():
-        adapted = run()
+        adapted = run(model)
         with model.disable_adapter():
-            base = run()
+            base = run(model)
         model = model.merge_and_unload()
         for p in model.parameters():
             p.data = p.data.to(torch.bfloat16).to(p.dtype)
-        merged = run()
+        merged = run(model)
     del model
     gc.collect()
     return adapted, base, merged
@@ -188,5 +192,6 @@ def _positions(model, seq: list[int], start: int) -> list[np.ndarray]:
     """Next-token logits at each position from the end of the prompt to the token before the last."""
     import torch
 
-    logits = model(torch.tensor([seq])).logits[0]
-    return [logits[i].float().numpy().copy() for i in range(start - 1, len(seq) - 1)]
+    keep = len(seq) - start + 1  # the output layer only where it is read (262k words: most of the cost)
+    logits = model(torch.tensor([seq]), logits_to_keep=keep).logits[0]
+    return [row.float().numpy().copy() for row in logits[:-1]]

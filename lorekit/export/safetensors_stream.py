@@ -21,7 +21,7 @@ from lorekit.errors import LorekitError
 SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
          "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 FLOATS = ("F64", "F32", "F16", "BF16")  # what the export writes as BF16; 8-bit floats stay as they are
-BLOCK_BYTES = 64 << 20  # rows read and converted at a time
+BLOCK_BYTES = 16 << 20  # rows read and converted at a time
 
 
 @dataclass(frozen=True)
