@@ -313,6 +313,16 @@ def test_adapter_that_does_not_fit_and_quantized_base_are_refused(tiny, tmp_path
         export(g4_out, quantized, "gemma4")
 
 
+def test_hf_is_off_by_default_and_read_from_lorekit_toml(tmp_path):
+    from lorekit import config
+    from lorekit.export import ExportConfig
+
+    assert config.load(ExportConfig, "export", tmp_path).hf is False
+    (tmp_path / "lorekit.toml").write_text("[export]\nhf = true\n")
+    assert config.load(ExportConfig, "export", tmp_path).hf is True
+    assert config.load(ExportConfig, "export", tmp_path, {"hf": None}).hf is True  # no --hf given: the file's
+
+
 def test_generation_config_adds_the_end_of_turn_once(tmp_path):
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 1, "top_k": 64}))
     gen = hf.generation_config(tmp_path, {"bos_token_id": 2, "pad_token_id": 0}, 106)

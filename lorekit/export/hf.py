@@ -169,10 +169,13 @@ def write_tokenizer(folder: Path, tokenizer_dir: Path | None, source: Path, fami
 
 def write_configs(folder: Path, source: Path, config: dict, end_of_turn: int) -> None:
     """config.json (bf16), generation_config.json (stops at the end of turn), the processor's files."""
-    config = dict(config)
-    for key in ("dtype", "torch_dtype"):
-        if key in config or (key == "dtype" and "torch_dtype" not in config):
-            config[key] = "bfloat16"
+    config = json.loads(json.dumps(config))
+    for part in [config, *(v for k, v in config.items() if k.endswith("_config") and isinstance(v, dict))]:
+        for key in ("dtype", "torch_dtype"):  # whichever the base's transformers wrote
+            if key in part:
+                part[key] = "bfloat16"
+    if "torch_dtype" not in config:
+        config["dtype"] = "bfloat16"
     write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
     write_text(folder / "generation_config.json", json.dumps(generation_config(source, config, end_of_turn),
                                                               indent=2) + "\n")

@@ -1,7 +1,8 @@
 """The export stage: OUT/adapter (+ base GGUF) -> OUT/export/{adapter.gguf, model.gguf, Modelfile, export.json}.
 
 Reads top to bottom: read the adapter -> find the base GGUF (profile, --base-gguf, or --from-hf) ->
-check they fit -> write adapter.gguf -> merge into model.gguf -> Modelfile -> verify -> export.json.
+check they fit -> write adapter.gguf -> merge into model.gguf -> Modelfile -> verify -> with --hf,
+the merged bf16 Hugging Face folder hf/ and its check -> export.json.
 Everything is built in a staging folder that replaces OUT/export only when all of it succeeded.
 """
 
@@ -159,6 +160,7 @@ def _reference(model: str, source: Path, adapter_dir: Path, cfg: ExportConfig):
         import torch  # noqa: F401
     except ImportError:
         return None
+
     def load():
         from lorekit.train import token_rows
 
