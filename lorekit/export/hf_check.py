@@ -153,11 +153,11 @@ def _exported_run(folder: Path, prompts: list[list[int]], stops: set[int]):
     seqs, rows = [], []
     with torch.no_grad():
         for prompt in prompts:
-            seq = list(prompt)
-            for _ in range(NEW_TOKENS):
-                seq.append(int(model(torch.tensor([seq]), logits_to_keep=1).logits[0, -1].argmax()))
-                if seq[-1] in stops:
-                    break
+            ids = torch.tensor([prompt])
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
+                                 do_sample=False, top_k=None, top_p=None, eos_token_id=sorted(stops),
+                                 pad_token_id=sorted(stops)[0])
+            seq = [int(t) for t in out[0]]
             seqs.append(seq)
             rows.append(_positions(model, seq, len(prompt)))
     del model
