@@ -1,4 +1,4 @@
-"""`lorekit export`: adapter.gguf, merged model.gguf, Ollama Modelfile and export.json, checked.
+"""`lorekit export`: adapter.gguf, merged model.gguf, Ollama Modelfile, export.json (and hf/), checked.
 
 `run(out, cfg)` is what the CLI, `lorekit build` and the tests call; heavy imports happen inside it.
 """

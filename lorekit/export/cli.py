@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-FLAGS = ("type", "base_gguf", "from_hf", "npc", "verify", "verify_prompts", "adapter_gguf")
+FLAGS = ("type", "base_gguf", "from_hf", "npc", "verify", "verify_prompts", "adapter_gguf", "hf")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip reading back, llama.cpp loading and the logit comparison")
     parser.add_argument("--no-adapter", dest="adapter_gguf", action="store_const", const=False,
                         help="do not write adapter.gguf")
+    parser.add_argument("--hf", action="store_const", const=True,
+                        help="also write OUT/export/hf/: the merged model as a bf16 Hugging Face folder (vLLM, ...)")
     parser.add_argument("--prompts", dest="verify_prompts", type=int, help="prompts in the logit check (1-8)")
-    parser.add_argument("--check", action="store_true", help="only re-run the verification of OUT/export")
+    parser.add_argument("--check", action="store_true",
+                        help="only re-run the verification of OUT/export (export/hf/ too when it was written)")
     parser.add_argument("--lore", type=Path, help="lore folder whose lorekit.toml to read "
                         "(default: the one recorded in OUT/dataset/report.json)")
 
@@ -56,4 +59,23 @@ def _summary(result) -> None:
             effect = "-" if c.get("effect") is None else f"{c['effect']:.3f}"
             print(f"  {name:<39} top-1 {c['top1']:.2f}  max |diff| {c['max_abs']:.4f}  rel {c['rel']:.4f}  "
                   f"LoRA effect {effect}  {mark}")
+    _hf_summary(report.get("hf"))
     print(f"written to {result.export_dir}")
+
+
+def _hf_summary(hf: dict | None) -> None:
+    if not hf:
+        return
+    print(f"  {'hf/':<14} {hf['bytes'] / 1e6:9.1f} MB  bf16, {hf['shards']} shard(s), "
+          f"{hf['merged_tensors']} merged tensors, stops at id {hf['end_of_turn_id']}")
+    c = hf.get("check") or {}
+    if c.get("changed_files"):
+        print(f"  hf/ files changed since the export: {', '.join(c['changed_files'])}  FAILED")
+    for name, g in (c.get("logits") or {}).get("comparisons", {}).items():
+        mark = "ok" if g["passed"] else "FAILED"
+        effect = "-" if g.get("effect") is None else f"{g['effect']:.3f}"
+        print(f"  {name:<39} top-1 {g['top1']:.2f}  max |diff| {g['max_abs']:.4f}  rel {g['rel']:.4f}  "
+              f"LoRA effect {effect}  {mark}")
+    for part in ("chat_template", "end_of_turn"):
+        if c.get(part, {}).get("passed") is False:
+            print(f"  hf/ {part.replace('_', ' ')} check FAILED: {c[part]}")

@@ -23,6 +23,8 @@ class ExportConfig:
     )
     npc: str = opt("", "NPC id whose persona goes into the Modelfile as SYSTEM; empty: no SYSTEM line")
     adapter_gguf: bool = opt(True, "also write adapter.gguf (the LoRA alone, for llama.cpp's --lora)")
+    hf: bool = opt(False, "also write export/hf/: the merged model as a bf16 Hugging Face folder (vLLM, SGLang, "
+                   "transformers)")
     verify: bool = opt(True, "check the written files: read back, load with llama.cpp, compare logits")
     verify_prompts: int = opt(4, "how many prompts the logit check runs (1-8)")
     check_torch: bool = opt(True, "compare llama.cpp logits with the merged PyTorch model (needs torch)")

@@ -1,7 +1,8 @@
 """The export stage: OUT/adapter (+ base GGUF) -> OUT/export/{adapter.gguf, model.gguf, Modelfile, export.json}.
 
 Reads top to bottom: read the adapter -> find the base GGUF (profile, --base-gguf, or --from-hf) ->
-check they fit -> write adapter.gguf -> merge into model.gguf -> Modelfile -> verify -> export.json.
+check they fit -> write adapter.gguf -> merge into model.gguf -> Modelfile -> verify -> with --hf,
+the merged bf16 Hugging Face folder hf/ and its check -> export.json.
 Everything is built in a staging folder that replaces OUT/export only when all of it succeeded.
 """
 
@@ -74,6 +75,8 @@ def run(out: Path, cfg: ExportConfig | None = None) -> ExportResult:
         if cfg.verify:
             report["verification"] = _verify(tmp, base.path, family, train["model"], hf_dir, out / "adapter", cfg,
                                              report["adapter"]["token_rows"])
+        if cfg.hf:
+            report["hf"] = _hf_export(tmp / "hf", out, adapter, family, train["model"], cfg)
         report["files"] = describe_files(tmp)
         report["wall_s"] = round(time.time() - start, 2)
         write_text(tmp / "export.json", json.dumps(report, indent=2) + "\n")
@@ -95,6 +98,8 @@ def check(out: Path, cfg: ExportConfig | None = None) -> ExportResult:
     report["verification"] = _verify(final, Path(report["base_gguf"]), report["family"], model, hf_dir,
                                      out / "adapter", cfg, report.get("adapter", {}).get("token_rows"))
     report["verification"]["checked_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if report.get("hf"):
+        report["hf"]["check"] = _hf_check(final / "hf", report, out / "adapter", cfg)
     write_text(path, json.dumps(report, indent=2) + "\n")
     _raise_if_failed(report, f"figures in {path}")
     return ExportResult(final, report)
@@ -112,7 +117,64 @@ def adapter_info(adapter) -> dict:
     return info
 
 
+def _hf_export(dest: Path, out: Path, adapter, family: str, model: str, cfg: ExportConfig) -> dict:
+    """export/hf/: the merged bf16 folder, described and (with verify) checked."""
+    from lorekit.export import hf, hf_check
+
+    source = hf.source_dir(model, cfg.from_hf)
+    written = hf.write(dest, source, adapter, family, tokenizer_dir=out / "adapter")
+    files = hf_check.describe(dest)
+    info = {"folder": str(out / "export" / "hf"), "sha256": hf_check.folder_hash(files), "source": str(source),
+            "dtype": "bfloat16", "shards": written.shards, "tensors": written.tensors,
+            "merged_tensors": len(written.merged), "end_of_turn_id": written.end_of_turn_id,
+            "bytes": sum(f["bytes"] for f in files.values()), "files": files}
+    if cfg.verify:
+        info["check"] = hf_check.check(dest, family, _reference(model, source, out / "adapter", cfg),
+                                       cfg.verify_prompts)
+    return info
+
+
+def _hf_check(folder: Path, report: dict, adapter_dir: Path, cfg: ExportConfig) -> dict:
+    """`--check` of export/hf/: the files as recorded, then the checks of a fresh export."""
+    from lorekit.export import hf_check
+
+    info = report["hf"]
+    if not folder.is_dir():
+        return {"passed": False, "changed_files": ["(the folder is missing)"]}
+    changed = hf_check.changed_files(folder, info.get("files", {}))
+    if changed:
+        return {"passed": False, "changed_files": changed}
+    source = Path(info["source"])
+    result = hf_check.check(folder, report["family"], _reference(report.get("model", ""), source, adapter_dir, cfg),
+                            cfg.verify_prompts)
+    result["checked_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return result
+
+
+def _reference(model: str, source: Path, adapter_dir: Path, cfg: ExportConfig):
+    """A loader of the PyTorch model with the adapter, or None (check_torch off, or no torch/peft)."""
+    if not cfg.check_torch:
+        return None
+    try:
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        return None
+
+    def load():
+        from lorekit.train import token_rows
+
+        peft = peft_model(model, source, adapter_dir)
+        token_rows.speed_up(peft)  # same numbers, without PEFT copying the whole embedding on every forward
+        return peft
+
+    return load
+
+
 def _raise_if_failed(report: dict, what: str) -> None:
+    hf = (report.get("hf") or {}).get("check") or {}
+    if hf.get("passed") is False:
+        raise LorekitError(f"export/hf check failed: {_hf_failure(hf)}; {what}")
     ver = report.get("verification")
     if ver and ver.get("passed") is False:
         bad = {k: v for k, v in ver["comparisons"].items() if not v["passed"]}
@@ -124,6 +186,20 @@ def _raise_if_failed(report: dict, what: str) -> None:
             hint = (" (re-quantizing to the base's type rounds most of a trained LoRA's change away: export with "
                     "--type auto, q8_0 or f16)")
         raise LorekitError(f"export verification failed: {detail}{hint}; {what}")
+
+
+def _hf_failure(check: dict) -> str:
+    if check.get("changed_files"):
+        return f"files changed since the export: {', '.join(check['changed_files'][:5])} (export again)"
+    if not check.get("chat_template", {}).get("passed", True):
+        return f"the chat template renders differently ({'; '.join(check['chat_template']['wrong'][:3])})"
+    if not check.get("end_of_turn", {}).get("passed", True):
+        eot = check["end_of_turn"]
+        return f"{eot['token']} (id {eot['id']}) is not among generation_config.json's eos_token_id {eot['eos_token_id']}"
+    bad = {k: v for k, v in check.get("logits", {}).get("comparisons", {}).items() if not v["passed"]}
+    return "; ".join(f"{k}: rel diff {v['rel']:.4f} (limit {v['limit_rel']}), same greedy token {v['top1']:.2f} "
+                     f"(within tolerance {v['top1_close']:.2f}), LoRA effect {v['effect']}"
+                     for k, v in bad.items()) or "see export.json"
 
 
 def train_info(out: Path, adapter_base: str) -> dict:
@@ -188,21 +264,12 @@ def _verify(export_dir: Path, base_gguf: Path, family: str, model: str, hf_dir: 
 
 def torch_reference(model: str, hf_dir: Path | None, adapter_dir: Path):
     """A function ids -> last-position logits of the merged PyTorch model, or None without torch."""
-    try:
-        import torch
-        from peft import PeftModel
-    except ImportError:
+    model = peft_model(model, hf_dir, adapter_dir)
+    if model is None:
         log.warning("torch/peft not installed: comparing llama.cpp's merged model with base+adapter only")
         return None
-    if hf_dir is not None:
-        from transformers import AutoModelForCausalLM
+    import torch
 
-        base = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
-    else:
-        from lorekit.train.load import load_model
-
-        base = load_model(model)[0]
-    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     rows = _token_row_layers(model)
 
     def last(seqs: list[list[int]]):
@@ -223,6 +290,24 @@ def torch_reference(model: str, hf_dir: Path | None, adapter_dir: Path):
         return out
 
     return logits
+
+
+def peft_model(model: str, hf_dir: Path | None, adapter_dir: Path):
+    """The base in float32 with the adapter attached (PEFT, unmerged), or None without torch and peft."""
+    try:
+        import torch
+        from peft import PeftModel
+    except ImportError:
+        return None
+    if hf_dir is not None:
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    else:
+        from lorekit.train.load import load_model
+
+        base = load_model(model)[0]
+    return PeftModel.from_pretrained(base, str(adapter_dir)).eval()
 
 
 def _token_row_layers(model) -> list:
