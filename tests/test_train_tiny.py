@@ -57,14 +57,14 @@ def cfg(model, **kw):
 def test_labels_cover_only_model_turns(tiny, family):
     from transformers import AutoTokenizer
 
-    from lorekit import chat_formats
+    from lorekit import chat_formats, dataset
     from lorekit.train.data import IGNORE, encode
 
     tok = AutoTokenizer.from_pretrained(tiny[family])
     fmt = chat_formats.get(family)
     row = rows(1)[0]["conversations"]
     ex = encode(tok, fmt, row, max_length=512)
-    assert tok.decode(ex.input_ids) == fmt.render(chat_formats.from_sharegpt(row))
+    assert tok.decode(ex.input_ids) == fmt.render(dataset.as_messages(row))
     trainable = [t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE]
     assert tok.decode(trainable) == f"Mara Vell leads the Ash Guild.{fmt.end_of_turn}Safe roads.{fmt.end_of_turn}"
     assert all(lab in (IGNORE, t) for t, lab in zip(ex.input_ids, ex.labels, strict=True))
@@ -72,8 +72,8 @@ def test_labels_cover_only_model_turns(tiny, family):
     eot = tok.convert_tokens_to_ids(fmt.end_of_turn)
     assert sum(1 for lab in ex.labels if lab == eot) == 2
     # the chat template saved with the tokenizer renders the same text
-    assert tok.apply_chat_template(chat_formats.from_sharegpt(row), tokenize=False) == \
-        fmt.render(chat_formats.from_sharegpt(row))
+    assert tok.apply_chat_template(dataset.as_messages(row), tokenize=False) == \
+        fmt.render(dataset.as_messages(row))
 
 
 @pytest.mark.parametrize("family", ["gemma3", "gemma4"])

@@ -190,10 +190,10 @@ def dataset_lengths(source: str, family: str, rows: list[dict], max_length: int)
     Uses the `tokenizers` library on the model's tokenizer.json, not transformers: Unsloth must be
     imported before transformers, and the choice is made before either is. Without a tokenizer.json,
     the count is estimated at 4 characters a token."""
-    from lorekit import chat_formats
+    from lorekit import chat_formats, dataset
 
     fmt = chat_formats.get(family)
-    texts = [fmt.render(chat_formats.from_sharegpt(r["conversations"])) for r in rows]
+    texts = [fmt.render(dataset.messages(r)) for r in rows]
     path = _tokenizer_file(source)
     if path is None:
         return [min(max_length, len(t) // 4 + 1) for t in texts], "estimated at 4 characters a token"
