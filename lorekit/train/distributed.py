@@ -13,6 +13,7 @@ of processes. On the CPU the processes talk through gloo (that is how the tests 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from dataclasses import dataclass
@@ -56,29 +57,33 @@ def from_env(parallel: str = "ddp") -> World:
 _CONTROL: Any = None  # gloo group for small host-side messages (the stop flag, sums); None: the default
 
 
-@contextlib.contextmanager
-def session(world: World, cuda: bool):
-    """Join the process group for the length of a run (nothing to do in one process): NCCL between GPUs,
-    gloo on the CPU, plus a gloo group for the flags that are read on the host every micro-batch."""
+def join(world: World, cuda: bool) -> None:
+    """Join the process group (once per process; nothing to do in one process): NCCL between GPUs, gloo
+    on the CPU, plus a gloo group for the flags that are read on the host every micro-batch. The group
+    stays for later runs in the same process (joining again after leaving is not reliable in torch) and
+    is left when the process exits."""
     global _CONTROL
     if world.size == 1:
-        yield
         return
     import torch
     import torch.distributed as dist
 
-    created = not dist.is_initialized()
     if cuda:
         torch.cuda.set_device(world.local_rank)
-    if created:
+    if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
-    _CONTROL = dist.new_group(backend="gloo") if cuda else None
-    try:
-        yield
-    finally:
+        _CONTROL = dist.new_group(backend="gloo") if cuda else None
+        atexit.register(leave)
+
+
+def leave() -> None:
+    global _CONTROL
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
         _CONTROL = None
-        if created:
-            dist.destroy_process_group()
+        dist.destroy_process_group()
 
 
 # ---- who takes which rows --------------------------------------------------------------------------------
@@ -173,6 +178,8 @@ def wrap(module, world: World, cuda: bool, bf16: bool):
         return module
     if world.parallel == "fsdp":
         return _fully_shard(module, world, cuda, bf16)
+    import inspect
+
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -181,8 +188,11 @@ def wrap(module, world: World, cuda: bool, bf16: bool):
     for p in module.parameters():
         if p.requires_grad:
             dist.broadcast(p.data, src=0)
-    return DistributedDataParallel(module, device_ids=[world.local_rank] if cuda else None,
-                                   broadcast_buffers=False, init_sync=False)
+    # buffers (rotary tables, scales) are alike everywhere: no sync before each forward
+    quiet = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
+        else "broadcast_buffers"  # renamed in torch 2.13
+    return DistributedDataParallel(module, device_ids=[world.local_rank] if cuda else None, init_sync=False,
+                                   **{quiet: False})
 
 
 def _fully_shard(module, world: World, cuda: bool, bf16: bool):

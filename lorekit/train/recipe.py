@@ -56,13 +56,7 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
     cfg = _check_world(resolve_defaults(cfg, cuda), world, cuda)
     if not world.main:  # progress, metrics and choices are rank 0's to report
         on_log = on_step = on_choice = None
-    with distributed.session(world, cuda):
-        return _run(out, cfg, resume, world, cuda, train_file, eval_file, started, on_log, on_step, on_choice)
-
-
-def _run(out, cfg, resume, world, cuda, train_file, eval_file, started, on_log, on_step, on_choice) -> TrainResult:
-    import torch
-
+    distributed.join(world, cuda)
     torch.manual_seed(cfg.seed)
     choice = choose_backend(cfg, "cuda" if cuda else "cpu", read_rows(train_file))
     if world.size > 1:
