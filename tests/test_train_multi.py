@@ -98,10 +98,20 @@ def losses(out: Path) -> list[tuple]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Everything trained once: the 1-process reference, the 2-process runs, the resumed chain."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as torchrun sets its workers; on a busy machine idle threads spin for seconds
+    try:
+        yield train_all(tmp_path_factory.mktemp("multi"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_all(root: Path) -> tuple[Path, str]:
     from lorekit.train import loop, run
     from tests.tiny_models import make_tiny_model
 
-    root = tmp_path_factory.mktemp("multi")
     model = make_tiny_model(root, "gemma3")
     (root / "lore").mkdir()
     (root / "lore" / "lorekit.toml").write_text(TOML.format(model=model))
