@@ -15,22 +15,29 @@ of them, so every process holds the same State, and only rank 0 writes.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import random
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from lorekit.atomic import replace_dir
 from lorekit.train import distributed
+from lorekit.train.checkpoint import (
+    State,
+    load_trainable_state,
+    read_checkpoint,
+    rng_for,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    trainable_state,
+)
 from lorekit.train.data import IGNORE, Example, batch_order, collate, shared_prefix
 from lorekit.train.distributed import SOLO, Piece, World
 
@@ -79,22 +86,6 @@ class Plan:
         if self.epochs > whole:  # a fractional last epoch
             total += math.ceil((self.epochs - whole) * self.epoch_steps(rows, whole))
         return min(total, self.max_steps) if self.max_steps else total
-
-
-@dataclass
-class State:
-    """Where the run is; saved in every checkpoint."""
-
-    step: int = 0
-    epoch: int = 0
-    group: int = 0  # next optimizer-step group inside the epoch
-    tokens: int = 0
-    best_eval: float | None = None
-    best_step: int = 0
-    evals: list = field(default_factory=list)  # [step, train_loss_since_last_eval, eval_loss]
-    overfit_warned: bool = False
-    wall_s: float = 0.0
-    since_eval: list = field(default_factory=list)  # train losses since the last eval
 
 
 class Interrupted(Exception):
@@ -218,94 +209,6 @@ def make_scheduler(optimizer, plan: Plan, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    """Whole copies of the trainable tensors, on the CPU (under FSDP every process must call it)."""
-    return {n: distributed.full(p.detach()).to("cpu", copy=True).contiguous()
-            for n, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable_state(model, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy whole tensors into the model's parameters (before any FSDP sharding)."""
-    params = dict(model.named_parameters())
-    for name, value in tensors.items():
-        params[name].data.copy_(value.to(params[name].device, params[name].dtype))
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(folder: Path, model, optimizer, scheduler, state: State, rng: dict, best: dict | None,
-                    world: World = SOLO) -> None:
-    """Rank 0 writes whole tensors, so any number of processes can resume; the others wait until it is on
-    disk (a process that left early would make the launcher stop the writer)."""
-    from safetensors.torch import save_file
-
-    adapter = trainable_state(model) if world.main or world.lockstep else {}
-    blob = {"optimizer": distributed.full_optimizer_state(optimizer) if world.lockstep else optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": rng}
-    ranks = distributed.gather(rng, world)
-    if world.size > 1:
-        blob["rng_ranks"] = ranks
-    if world.main:
-        with replace_dir(folder) as tmp:
-            save_file(adapter, str(tmp / "adapter.safetensors"))
-            if best is not None:
-                save_file(best, str(tmp / "best.safetensors"))
-            torch.save(blob, tmp / "trainer.pt")
-            (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
-        log.info("checkpoint saved at step %d in %s", state.step, folder)
-    distributed.barrier(world)
-
-
-@dataclass
-class Checkpoint:
-    adapter: dict
-    trainer: dict
-    state: State
-    best: dict | None
-
-
-def read_checkpoint(folder: Path) -> Checkpoint:
-    from safetensors.torch import load_file
-
-    best = load_file(str(folder / "best.safetensors")) if (folder / "best.safetensors").exists() else None
-    return Checkpoint(load_file(str(folder / "adapter.safetensors")),
-                      torch.load(folder / "trainer.pt", weights_only=False),
-                      State(**json.loads((folder / "state.json").read_text(encoding="utf-8"))), best)
-
-
-def load_checkpoint(folder: Path, model, optimizer, scheduler) -> tuple[State, dict, dict | None]:
-    """One process: weights, optimizer and scheduler back in place; (state, RNG state, best tensors)."""
-    ckpt = read_checkpoint(folder)
-    load_trainable_state(model, ckpt.adapter)
-    optimizer.load_state_dict(ckpt.trainer["optimizer"])
-    scheduler.load_state_dict(ckpt.trainer["scheduler"])
-    return ckpt.state, ckpt.trainer["rng"], ckpt.best
-
-
-def _rng_for(ckpt: Checkpoint, world: World, seed: int) -> dict:
-    """This process's random state on resume: its own if the checkpoint has one per process of this many,
-    else rank 0's, the other ranks then re-seeded apart (dropout masks differ from the first run then)."""
-    ranks = ckpt.trainer.get("rng_ranks")
-    if ranks and len(ranks) == world.size:
-        return ranks[world.rank]
-    if world.rank:
-        torch.manual_seed(seed * 1_000_003 + ckpt.state.step * 1_009 + world.rank)
-        return {**_rng_state(), "python": ckpt.trainer["rng"]["python"]}
-    return ckpt.trainer["rng"]
-
-
 class StopFlag:
     """The first Ctrl-C asks the loop to stop at the next micro-batch and save; a second one aborts."""
 
@@ -350,7 +253,7 @@ def train(model, train_rows: list[Example], eval_rows: list[Example], plan: Plan
         optimizer.load_state_dict(distributed.local_optimizer_state(ckpt.trainer["optimizer"], optimizer))
         scheduler.load_state_dict(ckpt.trainer["scheduler"])
         state, best = ckpt.state, ckpt.best
-        _set_rng_state(_rng_for(ckpt, world, plan.seed))
+        set_rng_state(rng_for(ckpt, world, plan.seed))
         log.info("resumed at step %d of %d (epoch %d)", state.step, total, state.epoch + 1)
     forward.train()
     started = time.perf_counter() - state.wall_s
@@ -358,7 +261,7 @@ def train(model, train_rows: list[Example], eval_rows: list[Example], plan: Plan
         while state.step < total:
             groups = plan.step_groups(train_rows, state.epoch)
             while state.group < len(groups) and state.step < total:
-                rng = _rng_state()
+                rng = rng_state()
                 loss, n_all = _step(forward, optimizer, scheduler, train_rows, groups[state.group], plan, stop, world)
                 if loss is None:  # stop requested mid-step: drop its gradients, keep the last good state
                     state.wall_s = time.perf_counter() - started
@@ -376,7 +279,7 @@ def train(model, train_rows: list[Example], eval_rows: list[Example], plan: Plan
                 state.epoch, state.group = state.epoch + 1, 0
             best = _eval(forward, model, eval_rows, plan, state, best, on_log, world)
             state.wall_s = time.perf_counter() - started
-            save_checkpoint(checkpoint, model, optimizer, scheduler, state, _rng_state(), best, world)
+            save_checkpoint(checkpoint, model, optimizer, scheduler, state, rng_state(), best, world)
             if distributed.agree(stop.requested, world):
                 raise Interrupted(f"stopped at step {state.step} of {total}")
     keep = best if (plan.keep_best and best is not None) else trainable_state(model)

@@ -19,7 +19,7 @@ from lorekit import chat_formats
 from lorekit import config as config_mod
 from lorekit.atomic import replace_dir, write_text
 from lorekit.errors import LorekitError
-from lorekit.train import distributed, loop, speed, token_rows
+from lorekit.train import checkpoint, distributed, loop, speed, token_rows
 from lorekit.train.config import TrainConfig
 from lorekit.train.data import encode_rows, read_rows
 
@@ -283,7 +283,7 @@ def _save_adapter(target: Path, model, tok, keep: dict, profile, sharded: bool =
     """The PEFT adapter of the `keep` tensors. Under FSDP (`sharded`) the model holds shards, so PEFT is
     handed the whole tensors instead of reading them from the model."""
     if not sharded:
-        loop.load_trainable_state(model, keep)
+        checkpoint.load_trainable_state(model, keep)
     with replace_dir(target) as tmp:
         model.save_pretrained(tmp, **({"state_dict": keep} if sharded else {}))
         tok.save_pretrained(tmp)
