@@ -188,18 +188,26 @@ def wrap(module, world: World, cuda: bool, bf16: bool):
     for p in module.parameters():
         if p.requires_grad:
             dist.broadcast(p.data, src=0)
-    # buffers (rotary tables, scales) are alike everywhere: no sync before each forward
-    quiet = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
-        else "broadcast_buffers"  # renamed in torch 2.13
-    return DistributedDataParallel(module, device_ids=[world.local_rank] if cuda else None, init_sync=False,
-                                   **{quiet: False})
+    # Buffers (rotary tables, scales) are alike everywhere: no sync before each forward, none at the start.
+    known = inspect.signature(DistributedDataParallel).parameters
+    options = {"forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers": False}
+    if "init_sync" in known:
+        options["init_sync"] = False
+    return DistributedDataParallel(module, device_ids=[world.local_rank] if cuda else None, **options)
 
 
 def _fully_shard(module, world: World, cuda: bool, bf16: bool):
     """FSDP2: each decoder layer one unit, the rest (embeddings, norm, output layer) the root unit."""
     import torch
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    try:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    except ImportError:
+        from lorekit.errors import LorekitError
+
+        raise LorekitError(f'parallel = "fsdp" needs torch >= 2.6 (FSDP2), this is {torch.__version__}; '
+                           'upgrade torch or set parallel = "ddp" in [train]') from None
 
     mesh = init_device_mesh("cuda" if cuda else "cpu", (world.size,))
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 and cuda \
@@ -217,12 +225,10 @@ def decoder_layers(module) -> list:
 
 def sync_gradients(forward, world: World, sync: bool) -> contextlib.AbstractContextManager:
     """Accumulate this backward locally (sync False) or sum it over the processes (the step's last one)."""
-    if world.size == 1 or sync:
-        if world.lockstep:
-            forward.set_requires_gradient_sync(True)
-        return contextlib.nullcontext()
     if world.lockstep:
-        forward.set_requires_gradient_sync(False)
+        forward.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+    if world.size == 1 or sync:
         return contextlib.nullcontext()
     return forward.no_sync()
 
@@ -235,10 +241,9 @@ def inner(forward):
 # ---- whole tensors in checkpoints --------------------------------------------------------------------------
 
 def full(t):
-    """A whole tensor from an FSDP shard (every process must call this, in the same order); else `t`."""
-    from torch.distributed.tensor import DTensor
-
-    return t.full_tensor() if isinstance(t, DTensor) else t
+    """A whole tensor from an FSDP shard, a DTensor (every process must call this, in the same order);
+    else `t` itself."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def full_optimizer_state(optimizer) -> dict:
@@ -250,13 +255,15 @@ def full_optimizer_state(optimizer) -> dict:
 
 def local_optimizer_state(sd: dict, optimizer) -> dict:
     """A whole-tensor optimizer state cut to the shards this process holds (FSDP); unchanged otherwise."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    if not any(hasattr(p, "device_mesh") for p in params):
+        return sd
+    from torch.distributed.tensor import distribute_tensor
+
     state = {}
     for k, entry in sd["state"].items():
         p = params[int(k)]
-        if isinstance(p, DTensor):
+        if hasattr(p, "device_mesh"):
             entry = {name: distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
                      if hasattr(v, "shape") and tuple(v.shape) == tuple(p.shape) else v
                      for name, v in entry.items()}
