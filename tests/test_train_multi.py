@@ -27,17 +27,18 @@ NPCS = ["You are Ilsa Varn, the miller of Brindle. Answer briefly.",
         "You are Tomas Reed, a sailor of the merchant fleet. Answer briefly."]
 FACTS = [("Ash Guild", "Mara Vell"), ("Tide Watch", "Tomas Reed"), ("Old Mill", "Ilsa Varn"),
          ("Salt Road", "Bren Hollow")]
-# 18 rows in two NPC groups at batch 4: batches of 4, 4, 3 and 4, 3 -> 3 steps of 2 + 2 + 1 micro-batches an
-# epoch. Steps 1-2 give each process a whole micro-batch; step 3 splits one micro-batch row by row.
+# 17 rows in two NPC groups at batch 4: micro-batches of 4, 4, 4 and 4, 1 -> steps of 3 + 2 micro-batches an
+# epoch. With 2 processes a step of 2 gives each a whole micro-batch; a step of 3 is split row by row, and
+# where it holds the 1-row micro-batch rank 1 runs a stand-in of weight 0 (seed 7: epoch 3, step 5).
 TOML = """[train]
 model = "{model}"
-epochs = 2
+epochs = 3
 batch_size = 4
-grad_accum = 2
+grad_accum = 3
 lr = 3e-3
 warmup_ratio = 0.0
 log_every = 1
-eval_every = 2
+eval_every = 1
 seed = 7
 """
 TOTAL_STEPS = 6
@@ -57,7 +58,7 @@ def rows(counts: tuple[int, int], offset: int = 0) -> list[dict]:
 
 def write_dataset(out: Path) -> None:
     (out / "dataset").mkdir(parents=True, exist_ok=True)
-    (out / "dataset" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows((11, 7))))
+    (out / "dataset" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows((12, 5))))
     (out / "dataset" / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows((3, 3), 1)))
 
 
@@ -84,7 +85,10 @@ def adapter(out: Path) -> dict:
     return load_file(str(out / "adapter" / "adapter_model.safetensors"))
 
 
-def assert_same_adapter(a: dict, b: dict, atol: float = 2e-5) -> None:
+def assert_same_adapter(a: dict, b: dict, atol: float = 2e-4) -> None:
+    """Equal up to float rounding. Rows summed in another order or padded to other widths differ in the last
+    bits; AdamW turns that into visible changes where gradients are near zero (lora_A's first steps, while
+    lora_B is still ~0): up to 4.4e-5 was seen on weights of ~0.13. A wrong share of rows gives 3e-3 to 2e-2."""
     assert a.keys() == b.keys() and len(a) > 2
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < atol, f"largest difference {worst:.2e}"
@@ -125,6 +129,22 @@ def train_all(root: Path) -> tuple[Path, str]:
     return root, output
 
 
+def step_plan(root: Path) -> list[list[list[int]]]:
+    """Every optimizer step's micro-batches, as the runs planned them."""
+    from transformers import AutoTokenizer
+
+    from lorekit import chat_formats
+    from lorekit.train import data, recipe
+
+    cfg = config(root)
+    tok = AutoTokenizer.from_pretrained(cfg.model)
+    rows = data.encode_rows(tok, chat_formats.get("gemma3"), data.read_rows(root / "ref" / "dataset" / "train.jsonl"),
+                            cfg.max_length)
+    plan = recipe._plan(recipe.resolve_defaults(cfg, False), False, tok)
+    plan.share_prefix = True
+    return [group for epoch in range(3) for group in plan.step_groups(rows, epoch)]
+
+
 def launch(root: Path, limit: float = 400) -> str:
     """torchrun with 2 processes of this file's worker; its output. On a timeout torchrun gets SIGTERM, which
     it passes on to its workers (they run in sessions of their own: killing torchrun alone would orphan them)."""
@@ -148,7 +168,9 @@ def test_two_processes_train_the_adapter_of_one(runs):
     assert_same_adapter(adapter(root / "A"), reference)  # DDP, through the CLI
     assert_same_adapter(adapter(root / "C"), reference)  # FSDP
     assert losses(root / "A") == losses(root / "ref") == losses(root / "C")
-    assert sum(1 for _, _, is_eval in losses(root / "ref") if is_eval) == 4  # steps 2, 4 and each epoch's end
+    assert sum(1 for _, _, is_eval in losses(root / "ref") if is_eval) == TOTAL_STEPS  # eval_every 1
+    assert any(len(group) % 2 and min(map(len, group)) == 1 for group in step_plan(root)), \
+        "the plan no longer has a split step with a 1-row micro-batch: no stand-in was tested"
     info = json.loads((root / "A" / "train" / "run.json").read_text())
     assert info["processes"] == 2 and info["parallel"] == "ddp" and info["steps"] == TOTAL_STEPS
     assert json.loads((root / "C" / "train" / "run.json").read_text())["parallel"] == "fsdp"
