@@ -180,7 +180,7 @@ def write_report(args, results: list[dict], adapters: dict) -> dict:
               "target": TARGET, "met": bool(pairs) and min(pairs) >= TARGET, "adapters": adapters}
     write_text(args.out.with_suffix(".json"), json.dumps(report, indent=1))
     lines = [f"# `lorekit train` on 2 GPUs against 1 GPU ({args.shape}, random weights)", "",
-             f"- Machine: {', '.join(report['machine']['gpus'])}; {report['machine']['cpus']} CPU cores; "
+             f"- Machine: {', '.join(report['machine']['gpus']) or 'no GPU'}; {report['machine']['cpus']} CPU cores; "
              f"torch {report['machine']['torch']}, transformers {report['machine'].get('transformers', '?')}",
              f"- Date: {report['date']}", f"- Command: `{report['command']}`",
              f"- Each run: `torchrun --standalone --nproc-per-node N -m lorekit train OUT`, [train] {args.config}",

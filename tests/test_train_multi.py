@@ -149,6 +149,8 @@ def launch(root: Path, limit: float = 400) -> str:
     """torchrun with 2 processes of this file's worker; its output. On a timeout torchrun gets SIGTERM, which
     it passes on to its workers (they run in sessions of their own: killing torchrun alone would orphan them)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "LOREKIT_WORKER_LIMIT": str(limit - 30)}
+    if sys.platform.startswith("linux"):  # gloo on loopback: a container's hostname may resolve elsewhere
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                              __file__, "--worker", str(root)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
