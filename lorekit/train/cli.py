@@ -19,19 +19,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-r", type=int, dest="lora_r")
     parser.add_argument("--max-length", type=int, dest="max_length")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--parallel", choices=["ddp", "fsdp"],
+                        help="under torchrun: ddp (a model copy per GPU, default) or fsdp (the model sharded)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint a stopped run saved")
     parser.add_argument("--lore", type=Path, help="lore folder whose lorekit.toml to read "
                         "(default: the one recorded in OUT/dataset/report.json)")
 
 
-FLAGS = ("model", "backend", "epochs", "max_steps", "lr", "batch_size", "grad_accum", "lora_r", "max_length", "seed")
+FLAGS = ("model", "backend", "epochs", "max_steps", "lr", "batch_size", "grad_accum", "lora_r", "max_length", "seed",
+         "parallel")
 
 
 def command(args: argparse.Namespace) -> int:
+    import logging
+
     from tqdm import tqdm
 
     from lorekit import config
+    from lorekit.train import distributed
     from lorekit.train.config import TrainConfig
+
+    world = distributed.from_env()
+    if not world.main:  # under torchrun, rank 0 speaks for all
+        logging.getLogger().setLevel(logging.WARNING)
 
     lore = args.lore or config.lore_dir_of(args.out)
     cfg = config.load(TrainConfig, "train", lore, {k: getattr(args, k) for k in FLAGS})
@@ -57,10 +67,14 @@ def command(args: argparse.Namespace) -> int:
     except loop.Interrupted as stopped:
         if bar:
             bar.close()
-        print(f"{stopped}; checkpoint saved. Continue with: lorekit train {args.out} --resume")
+        if world.main:
+            print(f"{stopped}; checkpoint saved. Continue with: lorekit train {args.out} --resume"
+                  + (" (under torchrun with any number of processes, or in one)" if world.size > 1 else ""))
         return 130
     if bar:
         bar.close()
+    if not world.main:
+        return 0
     eval_txt = f", best eval loss {result.eval_loss:.3f}" if result.eval_loss is not None else ""
     print(f"trained {result.steps} steps in {result.wall_s:.0f} s ({result.backend}){eval_txt}; "
           f"adapter in {result.adapter}, curves in {args.out / 'train' / 'loss.png'}")

@@ -43,6 +43,9 @@ class TrainConfig:
                                "unset: backend auto decides by the speed table, off otherwise")
     offload_ple: bool = opt(True, "on CUDA, keep Gemma 4's per-layer embedding tables in CPU memory and copy "
                             "only each batch's rows to the GPU (about 4 GB less GPU memory for E2B)")
+    parallel: Literal["ddp", "fsdp"] = opt(
+        "ddp", "several processes (torchrun): ddp keeps a whole copy of the model on every GPU; fsdp shards it "
+        "across them, for a model that does not fit one card (bf16, no 4-bit)")
     eval_every: int = opt(0, "also evaluate every N optimizer steps (0: once per epoch only)")
     log_every: int = opt(5, "write a metrics line every N optimizer steps")
     seed: int = opt(3407, "random seed for LoRA init, data order and dropout")

@@ -102,7 +102,7 @@ def load_model(profile_or_path: str, device: str = "cpu", dtype=None, load_in_4b
     source, profile = model_dir(profile_or_path)
     kwargs: dict = {"dtype": dtype or (torch.bfloat16 if device == "cuda" else torch.float32)}
     if device == "cuda":
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # this process's GPU under torchrun
         kwargs["attn_implementation"] = "sdpa"  # Gemma 4 global head_dim 512: no FlashAttention-2
     if load_in_4bit:
         from transformers import BitsAndBytesConfig

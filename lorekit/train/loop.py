@@ -6,27 +6,40 @@ on chat rows that is a small fraction of the tokens, and it is most of the compu
 
 Resuming is exact: a checkpoint holds the LoRA weights, optimizer, scheduler, RNG states and the
 position in the (seeded, per-epoch) data order, taken at an optimizer-step boundary.
+
+In several processes (torchrun, see distributed.py) each one runs its share of every step through a
+DDP or FSDP wrapper of `LossModule`; losses, eval sums and the stop flag are summed or agreed on over all
+of them, so every process holds the same State, and only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import random
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from lorekit.atomic import replace_dir
-from lorekit.train.data import IGNORE, Example, batch_order, collate
+from lorekit.train import distributed
+from lorekit.train.checkpoint import (
+    State,
+    load_trainable_state,
+    read_checkpoint,
+    rng_for,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    trainable_state,
+)
+from lorekit.train.data import IGNORE, Example, batch_order, collate, shared_prefix
+from lorekit.train.distributed import SOLO, Piece, World
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +86,6 @@ class Plan:
         if self.epochs > whole:  # a fractional last epoch
             total += math.ceil((self.epochs - whole) * self.epoch_steps(rows, whole))
         return min(total, self.max_steps) if self.max_steps else total
-
-
-@dataclass
-class State:
-    """Where the run is; saved in every checkpoint."""
-
-    step: int = 0
-    epoch: int = 0
-    group: int = 0  # next optimizer-step group inside the epoch
-    tokens: int = 0
-    best_eval: float | None = None
-    best_step: int = 0
-    evals: list = field(default_factory=list)  # [step, train_loss_since_last_eval, eval_loss]
-    overfit_warned: bool = False
-    wall_s: float = 0.0
-    since_eval: list = field(default_factory=list)  # train losses since the last eval
 
 
 class Interrupted(Exception):
@@ -142,20 +139,48 @@ def _autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+class LossModule(torch.nn.Module):
+    """`masked_loss` as a module, so that DDP / FSDP see the forward that computes the loss."""
+
+    def __init__(self, model, bf16: bool):
+        super().__init__()
+        self.model, self.bf16 = model, bf16
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, int]:
+        return masked_loss(self.model, batch, self.bf16)
+
+
+def _as_forward(model, plan: Plan):
+    """The loss module for `model` (a LoRA model, or a loss module already, possibly wrapped)."""
+    if isinstance(model, (LossModule, torch.nn.parallel.DistributedDataParallel)):
+        return model
+    return LossModule(model, plan.bf16)
+
+
+def _batch(rows: list[Example], piece: Piece, plan: Plan) -> dict:
+    examples = [rows[i] for i in piece.rows]
+    batch = collate(examples, plan.pad_id, plan.pad_multiple, plan.share_prefix)
+    if plan.share_prefix and piece.prefix_of != piece.rows:  # part of a micro-batch: the whole one's prompt
+        batch["prefix_len"] = shared_prefix([rows[i] for i in piece.prefix_of])
+    return batch
+
+
 @torch.no_grad()
-def evaluate(model, examples: list[Example], plan: Plan) -> float:
-    """Mean loss per trainable token over the eval rows."""
+def evaluate(model, examples: list[Example], plan: Plan, world: World = SOLO) -> float:
+    """Mean loss per trainable token over the eval rows (each process scores its share; sums are shared)."""
     if not examples:
         return float("nan")
-    was_training = model.training
-    model.eval()
+    forward = distributed.inner(_as_forward(model, plan))
+    was_training = forward.training
+    forward.eval()
     total, count = 0.0, 0
     groups = [e.group for e in examples] if plan.share_prefix else None
-    for idx in batch_order([len(e.input_ids) for e in examples], plan.batch_size, 0, 0, False, groups):
-        batch = collate([examples[i] for i in idx], plan.pad_id, plan.pad_multiple, plan.share_prefix)
-        loss, n = masked_loss(model, batch, plan.bf16)
-        total, count = total + float(loss), count + n
-    model.train(was_training)
+    batches = batch_order([len(e.input_ids) for e in examples], plan.batch_size, 0, 0, False, groups)
+    for piece in distributed.eval_shares(batches, world):
+        loss, n = forward(_batch(examples, piece, plan))
+        total, count = total + float(loss) * piece.weight, count + n * int(piece.weight)
+    forward.train(was_training)
+    total, count = distributed.total([total, count], world)
     return total / max(count, 1)
 
 
@@ -182,55 +207,6 @@ def make_scheduler(optimizer, plan: Plan, total_steps: int):
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable_state(model, tensors: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    for name, value in tensors.items():
-        params[name].data.copy_(value.to(params[name].device, params[name].dtype))
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(folder: Path, model, optimizer, scheduler, state: State, rng: dict, best: dict | None) -> None:
-    from safetensors.torch import save_file
-
-    with replace_dir(folder) as tmp:
-        save_file(trainable_state(model), str(tmp / "adapter.safetensors"))
-        if best is not None:
-            save_file(best, str(tmp / "best.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
-                   tmp / "trainer.pt")
-        (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
-    log.info("checkpoint saved at step %d in %s", state.step, folder)
-
-
-def load_checkpoint(folder: Path, model, optimizer, scheduler) -> tuple[State, dict, dict | None]:
-    from safetensors.torch import load_file
-
-    load_trainable_state(model, load_file(str(folder / "adapter.safetensors")))
-    blob = torch.load(folder / "trainer.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
-    state = State(**json.loads((folder / "state.json").read_text(encoding="utf-8")))
-    best = load_file(str(folder / "best.safetensors")) if (folder / "best.safetensors").exists() else None
-    return state, blob["rng"], best
 
 
 class StopFlag:
@@ -260,28 +236,36 @@ Callback = Callable[[dict], None]
 
 
 def train(model, train_rows: list[Example], eval_rows: list[Example], plan: Plan, checkpoint: Path,
-          resume: bool = False, on_log: Callback | None = None, on_step: Callback | None = None) -> tuple[State, dict]:
-    """Train `model` in place. Returns the final state and the LoRA tensors to keep (best or last)."""
+          resume: bool = False, on_log: Callback | None = None, on_step: Callback | None = None,
+          world: World = SOLO, cuda: bool = False) -> tuple[State, dict]:
+    """Train `model` in place. Returns the final state and the LoRA tensors to keep (best or last).
+    In several processes every one calls this with the same arguments (callbacks: rank 0's only)."""
     on_log, on_step = on_log or (lambda r: None), on_step or (lambda r: None)
     total = plan.total_steps(train_rows)
+    ckpt = read_checkpoint(checkpoint) if resume else None
+    if ckpt:  # before wrapping: FSDP shards the weights it is given
+        load_trainable_state(model, ckpt.adapter)
+    forward = distributed.wrap(LossModule(model, plan.bf16), world, cuda, plan.bf16)
     optimizer = make_optimizer(model, plan)
     scheduler = make_scheduler(optimizer, plan, total)
     state, best, rng = State(), None, None
-    if resume:
-        state, rng, best = load_checkpoint(checkpoint, model, optimizer, scheduler)
-        _set_rng_state(rng)
+    if ckpt:
+        optimizer.load_state_dict(distributed.local_optimizer_state(ckpt.trainer["optimizer"], optimizer))
+        scheduler.load_state_dict(ckpt.trainer["scheduler"])
+        state, best = ckpt.state, ckpt.best
+        set_rng_state(rng_for(ckpt, world, plan.seed))
         log.info("resumed at step %d of %d (epoch %d)", state.step, total, state.epoch + 1)
-    model.train()
+    forward.train()
     started = time.perf_counter() - state.wall_s
     with StopFlag() as stop:
         while state.step < total:
             groups = plan.step_groups(train_rows, state.epoch)
             while state.group < len(groups) and state.step < total:
-                rng = _rng_state()
-                loss, n_all = _step(model, optimizer, scheduler, train_rows, groups[state.group], plan, stop)
+                rng = rng_state()
+                loss, n_all = _step(forward, optimizer, scheduler, train_rows, groups[state.group], plan, stop, world)
                 if loss is None:  # stop requested mid-step: drop its gradients, keep the last good state
                     state.wall_s = time.perf_counter() - started
-                    save_checkpoint(checkpoint, model, optimizer, scheduler, state, rng, best)
+                    save_checkpoint(checkpoint, model, optimizer, scheduler, state, rng, best, world)
                     raise Interrupted(f"stopped at step {state.step} of {total}")
                 state.step, state.group, state.tokens = state.step + 1, state.group + 1, state.tokens + n_all
                 state.since_eval.append(loss)
@@ -290,37 +274,41 @@ def train(model, train_rows: list[Example], eval_rows: list[Example], plan: Plan
                 if state.step % plan.log_every == 0 or state.step == total:
                     on_log(record)
                 if plan.eval_every and state.step % plan.eval_every == 0 and state.group < len(groups):
-                    best = _eval(model, eval_rows, plan, state, best, on_log)
+                    best = _eval(forward, model, eval_rows, plan, state, best, on_log, world)
             if state.group >= len(groups):
                 state.epoch, state.group = state.epoch + 1, 0
-            best = _eval(model, eval_rows, plan, state, best, on_log)
+            best = _eval(forward, model, eval_rows, plan, state, best, on_log, world)
             state.wall_s = time.perf_counter() - started
-            save_checkpoint(checkpoint, model, optimizer, scheduler, state, _rng_state(), best)
-            if stop.requested:
+            save_checkpoint(checkpoint, model, optimizer, scheduler, state, rng_state(), best, world)
+            if distributed.agree(stop.requested, world):
                 raise Interrupted(f"stopped at step {state.step} of {total}")
     keep = best if (plan.keep_best and best is not None) else trainable_state(model)
     return state, keep
 
 
-def _step(model, optimizer, scheduler, rows, group, plan: Plan, stop: StopFlag):
+def _step(model, optimizer, scheduler, rows, group, plan: Plan, stop: StopFlag, world: World = SOLO):
     """One optimizer step over a group of micro-batches: (mean loss per trained token, row tokens), or
-    (None, 0) if a stop came in between."""
-    micro = [[rows[i] for i in idx] for idx in group]
-    n_tok = sum(e.n_trainable for m in micro for e in m)
-    n_all = sum(len(e.input_ids) for m in micro for e in m)
+    (None, 0) if a stop came in between. Token counts are the whole step's, on every process: each one
+    scales its loss by processes / tokens, and DDP / FSDP average the gradients, which gives their sum."""
+    forward = _as_forward(model, plan)
+    n_tok = sum(rows[i].n_trainable for idx in group for i in idx)
+    n_all = sum(len(rows[i].input_ids) for idx in group for i in idx)
+    pieces = distributed.shares(group, world)
     total_loss = 0.0
-    for examples in micro:
-        if stop.requested:
+    for k, piece in enumerate(pieces):
+        if distributed.agree(stop.requested, world):  # a Ctrl-C on any process stops all at the same piece
             optimizer.zero_grad(set_to_none=True)
             return None, 0
-        loss, _ = masked_loss(model, collate(examples, plan.pad_id, plan.pad_multiple, plan.share_prefix), plan.bf16)
-        (loss / n_tok).backward()
-        total_loss += loss.item()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        with distributed.sync_gradients(forward, world, sync=k == len(pieces) - 1):
+            loss, _ = forward(_batch(rows, piece, plan))
+            (loss * (piece.weight * world.size) / n_tok).backward()
+        total_loss += loss.item() * piece.weight
+    torch.nn.utils.clip_grad_norm_([p for p in forward.parameters() if p.requires_grad], 1.0)
     plan.last_lr = optimizer.param_groups[0]["lr"]  # the rate this step used, for the metrics
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    (total_loss,) = distributed.total([total_loss], world)
     return total_loss / n_tok, n_all
 
 
@@ -333,10 +321,10 @@ def _record(state: State, total: int, loss: float, lr: float, started: float) ->
     return record
 
 
-def _eval(model, eval_rows, plan: Plan, state: State, best, on_log: Callback):
+def _eval(forward, model, eval_rows, plan: Plan, state: State, best, on_log: Callback, world: World = SOLO):
     if not eval_rows:
         return best
-    eval_loss = evaluate(model, eval_rows, plan)
+    eval_loss = evaluate(forward, eval_rows, plan, world)
     since = state.since_eval
     train_loss = sum(since) / len(since) if since else float("nan")
     state.since_eval = []

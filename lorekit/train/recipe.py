@@ -19,7 +19,7 @@ from lorekit import chat_formats
 from lorekit import config as config_mod
 from lorekit.atomic import replace_dir, write_text
 from lorekit.errors import LorekitError
-from lorekit.train import loop, speed, token_rows
+from lorekit.train import checkpoint, distributed, loop, speed, token_rows
 from lorekit.train.config import TrainConfig
 from lorekit.train.data import encode_rows, read_rows
 
@@ -43,6 +43,7 @@ class TrainResult:
 
 def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         on_log=None, on_step=None, on_choice=None) -> TrainResult:
+    """Train; started by torchrun / accelerate launch, every process calls this (see distributed.py)."""
     started = time.perf_counter()
     out = Path(out)
     train_file, eval_file = _dataset_files(out)
@@ -50,16 +51,22 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
     import torch
 
     cuda = torch.cuda.is_available()
+    world = distributed.from_env(cfg.parallel)
     _check_backend(cfg, cuda)
-    cfg = resolve_defaults(cfg, cuda)
+    cfg = _check_world(resolve_defaults(cfg, cuda), world, cuda)
+    if not world.main:  # progress, metrics and choices are rank 0's to report
+        on_log = on_step = on_choice = None
+    distributed.join(world, cuda)
     torch.manual_seed(cfg.seed)
     choice = choose_backend(cfg, "cuda" if cuda else "cpu", read_rows(train_file))
+    if world.size > 1:
+        choice.reason = f"{world.size} processes ({world.parallel}): the plain loop, Unsloth trains on one GPU"
     log.info("backend %s", choice.summary())
     if on_choice:
         on_choice(choice)
     cfg = replace(cfg, compile=choice.compile)
     try:
-        model, tok, profile, backend = _load(cfg, choice.backend, cuda)
+        model, tok, profile, backend = _load(cfg, choice.backend, cuda, world)
         fmt = chat_formats.get(profile.family)
         train_rows = encode_rows(tok, fmt, read_rows(train_file), cfg.max_length, str(train_file))
         eval_rows = encode_rows(tok, fmt, read_rows(eval_file), cfg.max_length, str(eval_file)) \
@@ -73,22 +80,26 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         # run.json records what ran, not "auto"
         cfg = replace(cfg, optimizer=plan.optimizer, precision="bf16" if plan.bf16 else "fp32",
                       share_prompt=plan.share_prefix, compile=backend == "unsloth" and cfg.compile)
-        log.info("training %s (%s, %s backend) on %d rows, %d eval rows, %d steps",
+        log.info("training %s (%s, %s backend) on %d rows, %d eval rows, %d steps%s",
                  profile.name, profile.family, backend, len(train_rows), len(eval_rows),
-                 plan.total_steps(train_rows))
+                 plan.total_steps(train_rows), f", {world.size} processes ({world.parallel})" if world.size > 1 else "")
         ckpt, partial = out / "train" / "checkpoint", out / "train" / ".metrics.partial.jsonl"
-        _prepare_logs(ckpt, partial, resume)
+        _prepare_logs(ckpt, partial, resume, world)
+        distributed.barrier(world)  # rank 0 cleared an old checkpoint before anyone trains
         state, keep = loop.train(model, train_rows, eval_rows, plan, ckpt, resume=resume,
-                                 on_log=_chain(_appender(partial), on_log), on_step=on_step)
+                                 on_log=_chain(_appender(partial) if world.main else None, on_log),
+                                 on_step=on_step, world=world, cuda=cuda)
     except torch.OutOfMemoryError:
         raise LorekitError(OOM_HELP) from None
-    adapter = _save_adapter(out / "adapter", model, tok, keep, profile)
+    if world.main:
+        _save_adapter(out / "adapter", model, tok, keep, profile, sharded=world.lockstep)
+        _write_train_folder(out, cfg, profile, backend, state, partial, train_file, eval_file,
+                            time.perf_counter() - started, {**choice.to_dict(), "ran": backend}, world)
+    distributed.barrier(world)  # every process returns once the adapter is on disk
     wall = time.perf_counter() - started
-    run_json = _write_train_folder(out, cfg, profile, backend, state, partial, train_file, eval_file, wall,
-                                   {**choice.to_dict(), "ran": backend})
     last = [r for r in map(json.loads, (out / "train" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-    return TrainResult(adapter, run_json, state.step, last[-1]["loss"] if last else None, state.best_eval,
-                       wall, backend, choice)
+    return TrainResult(out / "adapter", out / "train" / "run.json", state.step,
+                       last[-1]["loss"] if last else None, state.best_eval, wall, backend, choice)
 
 
 def _dataset_files(out: Path) -> tuple[Path, Path]:
@@ -102,6 +113,30 @@ def _check_backend(cfg: TrainConfig, cuda: bool) -> None:
     if cfg.backend == "unsloth" and not cuda:
         raise LorekitError("--backend unsloth needs a CUDA GPU and none was found; use --backend transformers "
                            "(or auto) to train on the CPU")
+
+
+def _check_world(cfg: TrainConfig, world: distributed.World, cuda: bool) -> TrainConfig:
+    """Settings that several processes change or cannot run; one process: `cfg` as it is."""
+    if world.size == 1:
+        return cfg
+    if cfg.backend == "unsloth":
+        raise LorekitError(f"--backend unsloth trains on one GPU only, and this is one of {world.size} processes "
+                           "(torchrun); use --backend transformers (or auto), or start one process")
+    if cuda:
+        import torch
+
+        found = torch.cuda.device_count()
+        if world.local_rank >= found:
+            raise LorekitError(f"{world.size} processes on this machine but {found} CUDA GPU(s); "
+                               f"start at most {found}: torchrun --nproc-per-node {found} -m lorekit train ...")
+    if world.parallel == "fsdp":
+        if cfg.optimizer == "adamw_8bit":
+            raise LorekitError('optimizer adamw_8bit cannot update FSDP shards; set optimizer = "adamw" '
+                               'or parallel = "ddp" in [train]')
+        if cuda and cfg.load_in_4bit:
+            log.warning("parallel = fsdp shards the model in bf16: load_in_4bit is not used")
+        cfg = replace(cfg, load_in_4bit=False, optimizer="adamw" if cfg.optimizer == "auto" else cfg.optimizer)
+    return replace(cfg, backend="transformers")
 
 
 def choose_backend(cfg: TrainConfig, device: str, rows: list[dict], table: dict | None = None,
@@ -141,8 +176,9 @@ def resolve_defaults(cfg: TrainConfig, cuda: bool) -> TrainConfig:
     return replace(cfg, **{k: v for k, v in base.items() if getattr(cfg, k) is None})
 
 
-def _load(cfg: TrainConfig, backend: str, cuda: bool):
-    """Load and attach LoRA; an Unsloth failure falls back to the plain path with a warning."""
+def _load(cfg: TrainConfig, backend: str, cuda: bool, world: distributed.World = distributed.SOLO):
+    """Load and attach LoRA; an Unsloth failure falls back to the plain path with a warning. For FSDP the
+    model loads in CPU memory (bf16 on CUDA) and the shards go to each GPU when training starts."""
     from lorekit.train import load
 
     lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
@@ -159,8 +195,13 @@ def _load(cfg: TrainConfig, backend: str, cuda: bool):
             if cfg.backend == "unsloth":
                 raise LorekitError(f"Unsloth could not load {cfg.model}: {e}; try --backend transformers") from None
             log.warning("Unsloth failed (%s); falling back to transformers + peft", str(e).splitlines()[0][:200])
-    model, tok, profile = load.load_model(cfg.model, "cuda" if cuda else "cpu",
-                                          load_in_4bit=cuda and cfg.load_in_4bit)
+    if world.lockstep:
+        import torch
+
+        model, tok, profile = load.load_model(cfg.model, "cpu", dtype=torch.bfloat16 if cuda else None)
+    else:
+        model, tok, profile = load.load_model(cfg.model, "cuda" if cuda else "cpu",
+                                              load_in_4bit=cuda and cfg.load_in_4bit)
     _offload_ple(model, cfg, cuda)
     return attach_lora(model, profile, lora, cuda and cfg.gradient_checkpointing, tok), tok, profile, "transformers"
 
@@ -210,10 +251,13 @@ def _plan(cfg: TrainConfig, cuda: bool, tok) -> loop.Plan:
 CPU_BF16 = False
 
 
-def _prepare_logs(ckpt: Path, partial: Path, resume: bool) -> None:
+def _prepare_logs(ckpt: Path, partial: Path, resume: bool, world: distributed.World = distributed.SOLO) -> None:
+    """Check the checkpoint to resume from (every process), then rank 0 trims or starts the metrics."""
+    if resume and not (ckpt / "state.json").is_file():
+        raise LorekitError(f"{ckpt}: no checkpoint to resume from; run `lorekit train` without --resume")
+    if not world.main:
+        return
     if resume:
-        if not (ckpt / "state.json").is_file():
-            raise LorekitError(f"{ckpt}: no checkpoint to resume from; run `lorekit train` without --resume")
         step = json.loads((ckpt / "state.json").read_text())["step"]
         lines = partial.read_text().splitlines() if partial.exists() else []
         write_text(partial, "".join(x + "\n" for x in lines if json.loads(x)["step"] <= step))
@@ -235,10 +279,13 @@ def _chain(*fns):
     return lambda record: [f(record) for f in fns]
 
 
-def _save_adapter(target: Path, model, tok, keep: dict, profile) -> Path:
-    loop.load_trainable_state(model, keep)
+def _save_adapter(target: Path, model, tok, keep: dict, profile, sharded: bool = False) -> Path:
+    """The PEFT adapter of the `keep` tensors. Under FSDP (`sharded`) the model holds shards, so PEFT is
+    handed the whole tensors instead of reading them from the model."""
+    if not sharded:
+        checkpoint.load_trainable_state(model, keep)
     with replace_dir(target) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": keep} if sharded else {}))
         tok.save_pretrained(tmp)
         write_text(tmp / "lorekit.json", json.dumps(
             {"model": profile.name, "family": profile.family, "base": profile.source,
@@ -247,7 +294,7 @@ def _save_adapter(target: Path, model, tok, keep: dict, profile) -> Path:
 
 
 def _write_train_folder(out, cfg, profile, backend, state, partial, train_file, eval_file, wall,
-                        choice: dict) -> Path:
+                        choice: dict, world: distributed.World = distributed.SOLO) -> Path:
     from lorekit.train.metrics import plot_losses
 
     folder = out / "train"
@@ -260,8 +307,10 @@ def _write_train_folder(out, cfg, profile, backend, state, partial, train_file, 
         "config": config_mod.to_dict(cfg), "dataset_sha256": _dataset_sha(out, train_file, eval_file),
         "steps": state.step, "best_step": state.best_step, "best_eval_loss": state.best_eval,
         "overfitting_warning": state.overfit_warned, "versions": _versions(), "wall_s": round(wall, 2),
-        "train_wall_s": round(state.wall_s, 2),
+        "train_wall_s": round(state.wall_s, 2), "processes": world.size,
     }
+    if world.size > 1:
+        run_info["parallel"] = world.parallel
     write_text(folder / "run.json", json.dumps(run_info, indent=1))
     partial.unlink(missing_ok=True)
     shutil.rmtree(folder / "checkpoint", ignore_errors=True)  # done: nothing left to resume
