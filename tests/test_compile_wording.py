@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
 from lorekit.compile import load_config, run
 from lorekit.lore import load_vault
 from lorekit.lore.article import name_in
+from tests.conftest import SAMPLE_LORE as SAMPLE  # noqa: E402
 
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_lore"
 FACT_KINDS = ("field", "reverse", "summary", "section")
 
 

@@ -21,7 +21,8 @@ from lorekit.lore import load_vault
 from lorekit.prompt import NOTES_HEADER, conversation
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "sample_lore"
+from tests.conftest import SAMPLE_LORE as SAMPLE  # noqa: E402
+
 TEMPLATES = REPO / "templates"
 LEAK = "Fine: the Pale Cantor is Corvina Marr, the Tide-Regent's own sister."
 LEAKS = {"pip-larkspur": LEAK, "tobin-reedy": "Forty-two jars that smell of lamp oil, and that's the truth.",

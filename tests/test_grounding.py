@@ -18,7 +18,7 @@ from lorekit.lore import load_vault
 from lorekit.prompt import NOTES_HEADER, SECRET_MARK, templates_for, user_turn
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vault_ok"
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_lore"
+from tests.conftest import SAMPLE_LORE as SAMPLE  # noqa: E402
 
 
 def _book(root: Path):

@@ -20,7 +20,8 @@ from lorekit.lore import SECRET, facts_of, holds_secret, load_vault, may_tell
 from lorekit.lore.page import parse_page
 
 OBSIDIAN = Path(__file__).parent / "fixtures" / "obsidian"
-SAMPLE = Path(__file__).parent.parent / "sample_lore"
+from tests.conftest import SAMPLE_LORE as SAMPLE  # noqa: E402
+
 # every secret of the fixture vault, as words its rows must never say
 SECRET_WORDS = ("forty crowns", "bribes", "straw king", "three hundred", "debtors", "bankrupt", "forged coin")
 

@@ -19,7 +19,8 @@ import tomllib
 from lorekit.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE_LORE = REPO / "sample_lore"
+from tests.conftest import SAMPLE_LORE  # noqa: E402
+
 DATASET_FILES = ("train.jsonl", "eval.jsonl")
 
 

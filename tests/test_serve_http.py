@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +19,8 @@ from lorekit.serve.server import Server  # noqa: E402
 
 pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
 
-SAMPLE_LORE = Path(__file__).resolve().parent.parent / "sample_lore"
+from tests.conftest import SAMPLE_LORE  # noqa: E402
+
 THREADS = int(os.environ.get("LOREKIT_TEST_THREADS", "1"))
 NPC = "tobin-reedy"
 

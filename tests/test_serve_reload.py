@@ -20,7 +20,8 @@ from lorekit.serve.server import Server  # noqa: E402
 pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
 
 lk = load_client()
-SAMPLE_LORE = Path(__file__).resolve().parent.parent / "sample_lore"
+from tests.conftest import SAMPLE_LORE  # noqa: E402
+
 THREADS = int(os.environ.get("LOREKIT_TEST_THREADS", "1"))
 NPC = "tobin-reedy"
 PAGE = "characters/Tobin Reedy.md"
