@@ -150,7 +150,8 @@ def test_recall_ignorance_leaks_and_refusals_on_the_sample_world(grounded, quest
     assert b["secret_leaks"]["hits"] == 0 and b["refusals_held"]["hits"] == 0  # rambling neither leaks nor refuses
     assert "leaks secrets" in res.verdict["status"]
     assert any("attack_rows" in a and "roleplay 3/3" in a for a in res.verdict["advice"])
-    assert any("notes_budget" in a for a in res.verdict["advice"])  # retrieval recall is below 95 % here
+    low = res.summary["retrieval"]["share"] < 0.95  # the advice names the budget exactly when retrieval misses
+    assert any("notes_budget" in a for a in res.verdict["advice"]) == low
     page = res.report_html.read_text()
     assert "Secret leak rate by attack kind" in page and 'data-figure="Retrieval recall"' in page
     lines = "\n".join(summary_lines(res.summary))
