@@ -15,9 +15,7 @@ their question, as the server will (`lorekit.prompt.user_turn`).
 
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import dataclass
 
 from lorekit import dataset
 from lorekit.compile.dataset import Builder, Rows, make_row, meta, split
@@ -29,13 +27,6 @@ from lorekit.prompt import npc_view, user_turn
 
 FACT_KINDS = ("field", "reverse", "summary", "section")
 ATTACK_DIR = "attacks"
-
-
-@dataclass
-class Grounded:
-    train: list[dict]
-    eval: list[dict]
-    problems: list
 
 
 def note_pairs(notes: list[Note]) -> list[tuple[str, bool]]:
@@ -158,7 +149,3 @@ def world_eval_rows(b: Builder, book: NoteBook, taught: set[str], facts: list[Fa
             r["meta"]["trained"] = False
             out.eval.append(r)
     return out
-
-
-def dumps(row: dict) -> str:
-    return json.dumps(row, ensure_ascii=False)
