@@ -146,3 +146,11 @@ def test_notes_of_an_edit_are_rebuilt_from_the_cache(tmp_path):
     book = build_notes(vault, keeper_statement(builder), cache)
     assert time.perf_counter() - t0 < 1.0
     assert book.notes["bettany-crumb.age"].text == "Bettany Crumb's age is 59."
+
+
+def test_retrieval_logs_nothing_at_debug_level(sample, caplog):
+    """bm25s sets its own logger to DEBUG when imported; a build's output must not list every index it builds."""
+    vault, book, _ = sample
+    with caplog.at_level("DEBUG"):
+        Retriever(vault, book).retrieve("tobin-reedy", "What do you carry across the river?")
+    assert not [r for r in caplog.records if r.name.startswith("bm25s")]

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from lorekit.errors import LorekitError
 from lorekit.grounding.notes import Note, NoteBook
 
-logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index it builds at debug level
 WORD = re.compile(r"[\w']+", re.UNICODE)
 SELF_WORDS = {"you", "your", "yours", "yourself", "ye", "thee", "thou", "thy"}
 MAX_NAME_WORDS = 6
@@ -30,6 +29,14 @@ COMMON = {"the", "a", "an", "of", "and", "in", "on", "at", "to", "old", "new", "
 ASKING = {"who", "whom", "whose", "what", "which", "where", "when", "why", "how", "tell", "know", "knows", "me",
           "about", "do", "does", "did", "can", "could", "would", "anything", "something", "say", "said", "is", "are",
           "was", "were", "heard", "hear", "explain", "describe", "speak", "talk", "please", "any", "s"}
+
+
+def _bm25s():
+    """The `bm25s` module, quiet: on import it sets its own logger to DEBUG and then logs every index it builds."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,7 @@ class Retriever:
 
     def _bm25(self, npc: str):
         if npc not in self._index:
-            import bm25s
+            bm25s = _bm25s()
 
             notes = self.book.of(npc)
             corpus = [self._strip(f"{n.heading} {n.keys} {n.text}") for n in notes] or [""]
@@ -124,7 +131,7 @@ class Retriever:
         return " ".join(out)
 
     def _scores(self, npc: str, text: str, fallback: bool = False) -> list[float]:
-        import bm25s
+        bm25s = _bm25s()
 
         notes, model = self._bm25(npc)
         if not notes:
