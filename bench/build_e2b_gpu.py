@@ -3,6 +3,7 @@
     python bench/build_e2b_gpu.py --pack-tokenizer .gpu/e2b-tokenizer.tar.xz   # here, once (needs the 270M)
     python bench/build_e2b_gpu.py --out $OUT --budget 540                      # on the GPU machine
     python bench/build_e2b_gpu.py --out /tmp/b --smoke                         # CPU check: tiny Gemma 4
+    python bench/build_e2b_gpu.py --out /tmp/b --shape mini                    # CPU rehearsal of the GPU path
 
 What it does, in order (issue 18, item 3):
   1. Makes a random-weight model folder of the E2B shape (transformers' Gemma4TextConfig defaults: hidden
@@ -62,7 +63,11 @@ PRESETS = {
     "fast": {"backend": "transformers", "load_in_4bit": False, "gradient_checkpointing": False,
              "batch_size": 16, "grad_accum": 1},
 }
-SMOKE_TRAIN = {"max_steps": 6}  # tiny model on 2 CPU cores: enough steps for a first and a steady rate
+# --smoke: the same code at a size 2 CPU cores run in well under a minute. The tiny model's tokenizer knows few
+# English pieces (rows come out ~4x longer than with Gemma's), so the world is cut down too.
+SMOKE_TRAIN = {"max_steps": 6, "batch_size": 4, "max_length": 384}
+SMOKE_COMPILE = {"max_facts": 12, "phrasings_per_fact": 2, "min_phrasings": 2, "notes_budget": 60,
+                 "eval_world_facts": 4, "eval_unknown_names": 2, "multi_turn": 1, "unknown_names": 4}
 MARGIN_S = 20  # seconds kept after the build is cut: parse, write the results
 
 
@@ -72,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--work", type=Path, default=Path("/tmp/lorekit-e2b-build"), help="model, lore and build")
     ap.add_argument("--budget", type=float, default=540, help="the whole script ends within this many s")
     ap.add_argument("--smoke", action="store_true", help="CPU check of this script: tiny random Gemma 4")
+    ap.add_argument("--shape", choices=["e2b", "mini"], default="e2b",
+                    help="mini: a 3-layer Gemma 4 with E2B's 262,144 words and the packed tokenizer, the smoke's "
+                    "sizes: rehearses the GPU run's own path (tokenizer, export of that vocabulary) on a CPU")
     ap.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER,
                     help="archive (or folder) that --pack-tokenizer wrote")
     ap.add_argument("--pack-tokenizer", type=Path, metavar="ARCHIVE",
@@ -95,12 +103,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if not args.pack_tokenizer and not args.make_model and args.out is None:
         ap.error("--out is required")
-    args.train = {**PRESETS[args.preset], **(SMOKE_TRAIN if args.smoke else {}), **_sets(args.set, ap)}
+    args.small = args.smoke or args.shape == "mini"
+    args.train = {**PRESETS[args.preset], **(SMOKE_TRAIN if args.small else {}), **_sets(args.set, ap)}
     for key in ("backend", "batch_size", "grad_accum", "epochs", "lr", "max_length", "max_steps",
                 "load_in_4bit", "gradient_checkpointing"):
         if getattr(args, key) is not None:
             args.train[key] = getattr(args, key)
-    args.compile = {"max_facts": 0, **_sets(args.compile_set, ap)}
+    args.compile = {"max_facts": 0, **(SMOKE_COMPILE if args.small else {}), **_sets(args.compile_set, ap)}
     args.export = _sets(args.export_set, ap)
     return args
 
@@ -196,7 +205,7 @@ def unpack_tokenizer(source: Path, work: Path) -> Path:
     return target / "tokenizer"
 
 
-def make_model(folder: Path, tokenizer: Path | None, smoke: bool) -> dict:
+def make_model(folder: Path, tokenizer: Path | None, smoke: bool, shape: str = "e2b") -> dict:
     """(worker process) The model folder; returns the seconds it took and the machine."""
     import torch
     import train_throughput as tt
@@ -210,7 +219,12 @@ def make_model(folder: Path, tokenizer: Path | None, smoke: bool) -> dict:
         return {"init_s": round(time.time() - t0, 1), "save_s": 0.0, "machine": tt.machine(), "params": None,
                 "tokenizer": "tests/tiny_models.py (tiny byte-fallback BPE with the Gemma special tokens)"}
     vocab = check_tokenizer(tokenizer)
-    config = tt.model_config("gemma4-e2b")
+    if shape == "mini":
+        from tests.tiny_models import tiny_config
+
+        config = tiny_config("gemma4", 262144, {"<pad>": 0, "<eos>": 1, "<bos>": 2})
+    else:
+        config = tt.model_config("gemma4-e2b")
     if vocab > config.vocab_size:
         raise SystemExit(f"{tokenizer}: {vocab} tokens but the E2B shape has {config.vocab_size} rows")
     config.pad_token_id, config.eos_token_id, config.bos_token_id = 0, 1, 2  # Gemma's ids, as in the tokenizer
@@ -234,14 +248,14 @@ def make_model(folder: Path, tokenizer: Path | None, smoke: bool) -> dict:
 
 
 def prepare_model(args) -> tuple[Path, dict]:
-    folder = args.work / ("model-tiny-gemma4" if args.smoke else "model-e2b")
+    folder = args.work / ("model-tiny-gemma4" if args.smoke else f"model-{args.shape}")
     info_file = folder.with_suffix(".json")
     if (folder / "config.json").is_file() and info_file.is_file():
         return folder, {**json.loads(info_file.read_text()), "reused": True}
     shutil.rmtree(folder, ignore_errors=True)
     tokenizer = None if args.smoke else unpack_tokenizer(args.tokenizer, args.work)
     cmd = [sys.executable, __file__, "--make-model", str(folder), "--work", str(args.work)]
-    cmd += ["--smoke"] if args.smoke else ["--tokenizer", str(tokenizer)]
+    cmd += ["--smoke"] if args.smoke else ["--tokenizer", str(tokenizer), "--shape", args.shape]
     t0 = time.time()
     subprocess.run(cmd, check=True, env=_env())
     info = {**json.loads(info_file.read_text()), "wall_s": round(time.time() - t0, 1)}
@@ -447,6 +461,7 @@ def figures(run: dict, build: Path, model_info: dict, args) -> dict:
                 fig["save_s"] = round(adapter - fig["loop_start_s"] - run_json["train_wall_s"], 2)
     fig["export"] = export_figures(lines, stages, export_json, adapter)
     fig["projected_to_adapter_s"] = projection(fig)
+    uncapped(fig, args)
     return fig
 
 
@@ -483,6 +498,23 @@ def projection(fig: dict) -> float | None:
     return round(fig["loop_start_s"] + tr["last_elapsed_s"] + left * tr["steady_step_s"], 1)
 
 
+def uncapped(fig: dict, args) -> None:
+    """With max_steps set (a short look at a slow setting): the steps every epoch would take, and the time
+    to the adapter at the measured steady step time. Batches per epoch as the loop makes them (no shared
+    prompts on a GPU: about rows / batch size)."""
+    import math
+
+    tr, cfg = fig.get("training") or {}, fig.get("config") or {}
+    if not cfg.get("max_steps") or not tr.get("steady_step_s") or "train_plan" not in fig:
+        return
+    per_epoch = math.ceil(math.ceil(fig["train_plan"]["rows"] / cfg["batch_size"]) / cfg["grad_accum"])
+    steps = math.ceil(per_epoch * cfg["epochs"])
+    if steps <= tr["total_steps"]:
+        return
+    fig["uncapped_steps"] = steps
+    fig["uncapped_to_adapter_s"] = round(fig["loop_start_s"] + tr["first_step_s"] + (steps - 1) * tr["steady_step_s"])
+
+
 # ---- 4. the report ----------------------------------------------------------------------------------------
 
 def _s(x) -> str:
@@ -502,9 +534,9 @@ def section(fig: dict, args, argv: list[str]) -> str:
     else:
         verdict = "**no adapter and no steady rate: see the log**"
     ds, plan = fig.get("dataset", {}), fig.get("train_plan", {})
-    cfg = fig.get("config") or {}
+    cfg = fig.get("config") or {k: f"{v} (asked)" for k, v in args.train.items()}  # run.json: only a run that ended
     lines = [
-        f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {'SMOKE (CPU, tiny Gemma 4) ' if args.smoke else ''}"
+        f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {'SMOKE (CPU, tiny Gemma 4) ' if args.smoke else 'REHEARSAL (mini shape) ' if args.small else ''}"
         f"`lorekit build` of the whole sample world, E2B shape, preset {args.preset}",
         "",
         f"- machine: {json.dumps(machine)}",
@@ -528,7 +560,8 @@ def section(fig: dict, args, argv: list[str]) -> str:
         "| part | seconds | note |",
         "| --- | --- | --- |",
         f"| model folder (not part of the build) | {m.get('init_s', '-')} init + {m.get('save_s', '-')} save"
-        f" | {'reused' if m.get('reused') else 'random bf16 weights made on the device, then saved'} |",
+        f" | {'reused from an earlier run' if m.get('reused') else 'random weights made, then saved'};"
+        f" {m.get('params') or '-'} parameters |",
         f"| start-up, validate, compile | {_num(fig['stage_start_s'].get('train'))} | compile stage "
         f"{_num(fig['stage_s'].get('compile'))} s |",
         f"| train: imports, backend choice | {_num(fig.get('train_setup_s'))} | |",
@@ -549,13 +582,18 @@ def section(fig: dict, args, argv: list[str]) -> str:
         f"| **command start -> exported GGUF** | **{_num(fig.get('to_export_done_s'))}** | files GiB: "
         f"{json.dumps(ex.get('files_gib', {}))} |",
         "",
-        f"Training: {tr.get('steps_done', '-')} of {tr.get('total_steps', '-')} steps, peak GPU memory "
+        f"Training: {tr.get('steps_done', '-')} of {tr.get('total_steps', '-')} steps, peak memory "
         f"{tr.get('peak_memory_gib', '-')} GiB, loss {tr.get('first_loss', '-')} -> {tr.get('last_loss', '-')}, "
         f"eval losses {tr.get('eval_losses', [])}. Eval stage skipped (`--no-eval`): random weights have nothing "
-        "to evaluate. Estimates the backend choice made: "
-        + ", ".join(f"{e['candidate']} {e['wall_s']} s" for e in fig.get("estimates", []) if e.get("wall_s")) + ".",
+        "to evaluate. Backend choice's estimates of the train stage: "
+        + (", ".join(f"{e['candidate']} {e['wall_s']} s" for e in fig.get("estimates", []) if e.get("wall_s")) or "-")
+        + ".",
         "",
     ]
+    if fig.get("uncapped_steps"):
+        lines.insert(-1, f"max_steps capped the run at {tr.get('total_steps')} steps; all {fig['uncapped_steps']} "
+                         f"steps of the epochs asked for would take about {fig['uncapped_to_adapter_s']} s to the "
+                         "adapter at the steady step time (evals and saving not included).")
     if fig.get("projected_to_adapter_s") is not None:
         lines.insert(-1, f"Projected (run cut by --budget): {fig['projected_to_adapter_s']} s to the adapter at the "
                          "steady step time, without the evals of epochs not reached and the saving.")
@@ -582,13 +620,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.make_model:
         tokenizer = None if args.smoke else args.tokenizer
-        info = make_model(args.make_model, tokenizer, args.smoke)
+        info = make_model(args.make_model, tokenizer, args.smoke, args.shape)
         args.make_model.with_suffix(".json").write_text(json.dumps(info, indent=1))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     deadline = START + args.budget - MARGIN_S
-    absent = preflight(args.smoke)
+    absent = preflight(args.smoke or args.shape == "mini")
     for name, why in absent.items():
         print(f"note: {name} is not installed: {why}", flush=True)
     model, model_info = prepare_model(args)
@@ -598,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     run = run_build(lore, build, args.out / "build.log", deadline)
     fig = figures(run, build, model_info, args)
     fig.update(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), script_argv=argv_list, absent=absent,
-               script_wall_s=round(time.time() - START, 1), smoke=args.smoke, preset=args.preset)
+               script_wall_s=round(time.time() - START, 1), smoke=args.smoke, shape=args.shape, preset=args.preset)
     (args.out / "build_e2b_gpu.json").write_text(json.dumps(fig, indent=1))
     text = section(fig, args, ["bench/build_e2b_gpu.py", *argv_list])
     (args.out / "build_e2b_gpu.md").write_text(text)
