@@ -56,8 +56,8 @@ DEFAULT_TOKENIZER = ROOT / ".gpu" / "e2b-tokenizer.tar.xz"
 TURN_RENAMES = {"<start_of_turn>": "<|turn>", "<end_of_turn>": "<turn|>"}  # Gemma 3 -> Gemma 4 markup
 # [train] settings of each preset. "defaults": what `lorekit build` does on a GPU when the toml says nothing
 # (backend auto, 4-bit, gradient checkpointing, batch 2 x 4, 3 epochs). "fast": the plain loop in bf16 at a
-# batch that fills the card better (an H200 holds E2B in bf16 many times over); see the module docstring of
-# lorekit/train/recipe.py and bench/results/train_throughput.md for why each helps.
+# batch that fills the card better (an H200 holds E2B in bf16 many times over; at batch 16 the longest batch of
+# the whole world is ~8,900 tokens). bench/results/build_e2b_gpu.md has the planning figures behind it.
 PRESETS = {
     "defaults": {},
     "fast": {"backend": "transformers", "load_in_4bit": False, "gradient_checkpointing": False,
