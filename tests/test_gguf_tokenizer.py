@@ -65,6 +65,27 @@ def test_tiny_vocab_tokenizes_like_llama_cpp(tmp_path):
     assert ours.encode("abc", add_special_tokens=False).tokens == ["ab", "c"]
 
 
+@pytest.mark.torch
+def test_saved_tokenizer_that_reloads_differently_is_refused(tmp_path):
+    """A tokenizer.json without its merges (what transformers 5.17's conversion saved, in effect) reloads
+    one token per character: the check after saving names it instead of training on it."""
+    pytest.importorskip("transformers")
+    from lorekit.errors import LorekitError
+    from lorekit.train import gguf_tokenizer
+
+    path = tiny_vocab_gguf(tmp_path / "vocab.gguf")
+    tok = gguf_tokenizer.load(path)
+    assert tok("abc")["input_ids"] == [2, *tok.convert_tokens_to_ids(["ab", "c"])]  # adds <bos> like llama.cpp
+    folder = tmp_path / "saved"
+    tok.save_pretrained(folder)
+    gguf_tokenizer.check_saved(folder, tok, path)
+    data = json.loads((folder / "tokenizer.json").read_text())
+    data["model"]["merges"] = []
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(LorekitError, match=r"vocab\.gguf: .* reloads differently through AutoTokenizer"):
+        gguf_tokenizer.check_saved(folder, tok, path)
+
+
 def _fake_folder(home):
     folder = home / "models" / "gemma3-270m"
     folder.mkdir(parents=True)
