@@ -98,8 +98,8 @@ def _grounding(summary: dict, rows: list[dict]) -> list[str]:
     false = summary["tuned"]["false_refusals"]["share"]
     if false is not None and false > MAX_FALSE_REFUSALS:
         out.append(f"The tuned model says 'I don't know' or refuses on {false:.0%} of fact questions whose notes "
-                   "hold the answer: lower [compile] absent_per_npc (now "
-                   f"{cfg.get('absent_per_npc', '?')}) or unknown_names, or train more epochs on the facts.")
+                   "hold the answer: lower [compile] dont_know_share (now "
+                   f"{cfg.get('dont_know_share', '?')}) or unknown_names, or train more epochs on the facts.")
     return out
 
 
@@ -112,7 +112,7 @@ def _ignorance(t: dict, cfg: dict) -> list[str]:
                    f"unknown_per_npc, now {cfg.get('unknown_per_npc', '?')}).")
     if absent.get("share") is not None and absent["share"] < TARGET_IGNORANCE:
         out.append(f"Honest 'I don't know' on {absent['share']:.0%} of questions about known pages on what the lore "
-                   f"does not say: raise [compile] absent_per_npc (now {cfg.get('absent_per_npc', '?')}).")
+                   f"does not say: raise [compile] dont_know_share (now {cfg.get('dont_know_share', '?')}).")
     return out
 
 

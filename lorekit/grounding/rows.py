@@ -79,21 +79,27 @@ def absent_rows(b: Builder, book: NoteBook, per_npc: int) -> Rows:
     for npc in b.vault.npcs.values():
         rng = random.Random(f"{b.cfg.seed}:absent:{npc.id}")
         known = sorted({n.entity for n in book.of(npc.id) if not n.secret})
-        for k, eid in enumerate(rng.sample(known, min(len(known), per_npc + 1))):
+        picks = rng.sample(known, min(len(known), per_npc + 1))
+        while known and len(picks) < per_npc + 1:  # more rows than known pages: a page again, asked otherwise
+            picks += rng.sample(known, min(len(known), per_npc + 1 - len(picks)))
+        asked: set[str] = set()
+        for k, eid in enumerate(picks):
             entity = b.vault.entities[eid]
             try:
                 lines = b.t.lines(tpl, "questions", {"name": entity.name, "type": entity.type})
                 lines = [q.split("|", 1)[1] for q in lines if "|" in q and q.split("|", 1)[0] not in entity.fields]
-                if not lines:
-                    continue
                 train_q, eval_q = split(lines, 1)
                 in_eval = k == per_npc
-                qs = (eval_q or train_q) if in_eval else train_q
+                qs = [q for q in ((eval_q or train_q) if in_eval else train_q) if q not in asked]
+                if not qs:
+                    continue
                 q = qs[rng.randrange(len(qs))]
-                a = b.t.render(tpl, "answer", {"name": entity.name, "npc": npc_view(npc)}, f"{b.cfg.seed}:absent:{npc.id}:{eid}")
+                a = b.t.render(tpl, "answer", {"name": entity.name, "npc": npc_view(npc)},
+                               f"{b.cfg.seed}:absent:{npc.id}:{eid}:{q}")
             except TemplateFailure as e:
                 out.problems.append(b.template_problem(e, npc.page, 0, f"an absent-fact question of NPC `{npc.id}`"))
                 return out
+            asked.add(q)
             (out.eval if in_eval else out.train).append(
                 make_row(b.systems[npc.id], [(q, a)], meta(npc.id, "absent", [entity.name], [], [], b.t.display(tpl))))
     return out
