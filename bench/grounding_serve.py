@@ -5,11 +5,15 @@
 (1) Notes rebuild after a one-page edit, as the server does it (`serve.personas.Lore.load()`: the
     notes part, re-rendering only changed facts), on `sample_lore` and on a generated vault of
     `--pages` pages (bench/compile_scale.py's generator). Target: under 0.1 s on sample_lore.
-(2) First token of a turn with lore notes against the same turn without (`[compile] notes = false`),
-    real server core, the 270M GGUF, persona pre-processed, the same questions, interleaved in one
-    run. Target: with / without at most 1.3x at the default thread count.
+(2) First token of a turn with lore notes against its twin without (`[compile] notes = false`: the
+    same lines in the same sessions with the same reply cap), real server core, the 270M GGUF,
+    personas pre-processed, the two servers taking turns. Before each line both servers finish their
+    work ahead (the player reads the reply). Reported by kind of turn, never mixed into one figure: a
+    likely opener, a new topic (first turn of a session, follow-up with history), and a repeated topic
+    (the same lines again in a new session: what saved states serve). Target: with / without at most
+    1.3x at the default thread count.
 
-Writes the figures with machine, date and command to `bench/results/grounding_serve.md`.
+Appends the figures with machine, load, date and command to `bench/results/grounding_serve.md`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ QUESTIONS = [("bettany-crumb", "Where were you born?"), ("tobin-reedy", "Who lea
              ("hessa-orrin", "What do you do here?"), ("idris-fenn", "And who came before them?"),
              ("olwin-sparrowgrave", "Tell me about the Tide Bell."), ("pip-larkspur", "Have you seen the Heron Oar?"),
              ("tobin-reedy", "Where does it nest?"), ("bettany-crumb", "Who is Hobb Marlow?")]
+# Likely first lines, each in its own session in round 0: a greeting (its notes block says "nothing") and
+# `[serve] prewarm_lines`' default.
+OPENERS = [("bettany-crumb", "Hello."), ("tobin-reedy", "Who are you?"), ("idris-fenn", "Good evening!"),
+           ("pip-larkspur", "Who are you?")]
 
 
 def notes_rebuild(lore: Path, page: Path, rounds: int) -> dict:
@@ -98,19 +106,22 @@ def first_tokens(lore: Path, threads: int, rounds: int, reply_tokens: int) -> di
     wait_idle(runtimes.values())  # every persona pre-processed
     warmup_s = time.perf_counter() - t0
     rows = []  # (kind, mode, first-token ms, prompt tokens processed, seconds of work ahead after the turn)
+    lines = [("opener (greeting or prewarm_lines), first turn", npc, q, f"open{i}") for i, (npc, q) in enumerate(OPENERS)]
     for r in range(rounds):
         asked: set[str] = set()
         for npc, q in QUESTIONS:
             kind = ("repeated topic" if r else "new topic") + (", follow-up" if npc in asked else ", first turn")
+            lines.append((kind, npc, q, f"b{r}"))
             asked.add(npc)
-            for mode in (("notes", "none") if r % 2 == 0 else ("none", "notes")):
-                wait_idle(runtimes.values())
-                with lk.LoreKitClient(port=servers[mode].port) as c:
-                    done = c.turn(npc, q, session=f"b{r}", max_tokens=reply_tokens)
-                t_done = time.perf_counter()
-                wait_idle([runtimes[mode]])
-                rows.append((kind, mode, done["timings"]["first_token_ms"],
-                             done["tokens"]["prompt"] - done["tokens"]["cached"], time.perf_counter() - t_done))
+    for i, (kind, npc, q, session) in enumerate(lines):
+        for mode in (("notes", "none") if i % 2 == 0 else ("none", "notes")):
+            wait_idle(runtimes.values())
+            with lk.LoreKitClient(port=servers[mode].port) as c:
+                done = c.turn(npc, q, session=session, max_tokens=reply_tokens)
+            t_done = time.perf_counter()
+            wait_idle([runtimes[mode]])
+            rows.append((kind, mode, done["timings"]["first_token_ms"],
+                         done["tokens"]["prompt"] - done["tokens"]["cached"], time.perf_counter() - t_done))
     memory = {m: (len(rt.engine.states.entries), sum(len(s.data) for s in rt.engine.states.entries.values()))
               for m, rt in runtimes.items()}
     for s in servers.values():
@@ -120,7 +131,7 @@ def first_tokens(lore: Path, threads: int, rounds: int, reply_tokens: int) -> di
 
 def first_token_table(f: dict) -> list[str]:
     rows, med = f["rows"], statistics.median
-    kinds = ["new topic, first turn", "new topic, follow-up", "repeated topic, first turn", "repeated topic, follow-up"]
+    kinds = ["opener (greeting or prewarm_lines), first turn", "new topic, first turn", "new topic, follow-up", "repeated topic, first turn", "repeated topic, follow-up"]
     lines = ["| turn | n | with notes | without notes | ratio (target <= 1.3x) | prompt tokens processed, with / without "
              "| work ahead after the turn, with / without |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for kind in [k for k in kinds if any(r[0] == k for r in rows)] + ["all turns (mixed: not a first-time figure)"]:
@@ -146,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "grounding_serve.md"))
     args = ap.parse_args(argv)
     lines = ["# Grounding at run time", "",
-             f"- machine: {platform.node()} ({platform.machine()}, {os.cpu_count()} cores), load {os.getloadavg()[0]:.2f}",
+             f"- machine: {platform.node()} ({platform.machine()}, {os.cpu_count()} cores), load at the start "
+             f"{os.getloadavg()[0]:.2f}",
              f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
              f"- command: `python3 bench/grounding_serve.py {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,9 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         f = first_tokens(ROOT / "sample_lore", args.threads, args.rounds, args.reply_tokens)
         lines += ["", "## First token with lore notes against without (same lines and sessions, notes off; interleaved)",
                   "", *first_token_table(f)]
+    lines.append(f"\nLoad at the end: {os.getloadavg()[0]:.2f} (1-minute average).")
     text = "\n".join(lines) + "\n"
     print(text)
-    Path(args.results).write_text(text, encoding="utf-8")
+    out = Path(args.results)
+    before = out.read_text(encoding="utf-8") + "\n---\n\n" if out.is_file() else ""
+    out.write_text(before + text, encoding="utf-8")
     return 0
 
 

@@ -115,7 +115,7 @@ class Retriever:
         vault's names are unchanged, so a reload rebuilds only what an edit touched."""
         if old is None or old.names.table != self.names.table:
             return
-        for npc, (notes, model) in old._index.items():
+        for npc, (notes, model) in list(old._index.items()):  # the worker may be adding one now
             if self.book.of(npc) == notes:
                 self._index.setdefault(npc, (notes, model))
 
