@@ -1,8 +1,8 @@
 """Fair turn queue: one deque per client, served in rotation, so a chatty client cannot starve others;
-and the queue of personas to pre-process while the model is idle.
+and the queue of work ahead (conversations that just had a turn, personas) for when the model is idle.
 
 Transports submit and cancel (through the runtime core); the single model worker thread takes the
-next turn, and when there is none, the next persona to warm.
+next turn, and when there is none, the next job of work ahead.
 """
 
 from __future__ import annotations
