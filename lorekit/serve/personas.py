@@ -131,5 +131,6 @@ class Lore:
         facts = [f for f in facts_of(vault) if keep_fact(f, cfg)]
         book = build_notes(vault, keeper_statement(builder), self._notes, facts)
         retriever = Retriever(vault, book, budget)
+        retriever.adopt(self.current.retriever if self.current else None)  # unchanged NPCs keep their index
         self.notes_ms = (time.perf_counter() - t0) * 1000
         return retriever, {npc: book.npc_digest(npc) for npc in prompts}

@@ -1,8 +1,8 @@
 """Fair turn queue: one deque per client, served in rotation, so a chatty client cannot starve others;
-and the queue of personas to pre-process while the model is idle.
+and the queue of work ahead (conversations that just had a turn, personas) for when the model is idle.
 
 Transports submit and cancel (through the runtime core); the single model worker thread takes the
-next turn, and when there is none, the next persona to warm.
+next turn, and when there is none, the next job of work ahead.
 """
 
 from __future__ import annotations
@@ -110,13 +110,17 @@ class Scheduler:
 
 
 class WarmQueue:
-    """NPCs whose persona the worker pre-processes when idle, in order (an ordered set)."""
+    """What the worker pre-processes when idle: conversations that just had a turn (newest first: that
+    player is reading the reply and about to answer), then NPCs' personas, in order (an ordered set)."""
+
+    MAX_TURNS = 32  # conversations remembered for warming; older ones simply get no head start
 
     def __init__(self, enabled: bool, wake: Callable[[], None]):
         self.enabled, self._wake = enabled, wake
         self._npcs: dict[str, None] = {}
+        self._turns: OrderedDict[object, Any] = OrderedDict()  # (npc, session) -> the worker's job
         self._lock = threading.Lock()
-        self.warming: str | None = None  # the NPC whose persona the worker is processing now
+        self.warming: object = None  # the NPC (or conversation key) the worker is processing now
 
     def add(self, npcs, first: bool = False) -> None:
         """Queue NPCs; `first`: ahead of the others (the personas a reload just changed)."""
@@ -131,9 +135,27 @@ class WarmQueue:
                 self._npcs.update(dict.fromkeys(npcs))
         self._wake()
 
-    def take(self) -> str | None:
-        """The next NPC to pre-process; it counts as pending (`warming`) until `done()`."""
+    def add_turn(self, key: object, job: Any, replace: bool = True) -> None:
+        """Queue a conversation's after-turn job (the newest one per conversation, unless not `replace`)."""
+        if not self.enabled:
+            return
         with self._lock:
+            if key in self._turns and not replace:
+                return
+            self._turns.pop(key, None)
+            self._turns[key] = job
+            while len(self._turns) > self.MAX_TURNS:
+                self._turns.popitem(last=False)
+        self._wake()
+
+    def take(self) -> Any:
+        """The next job: a conversation's (the newest first), else an NPC id; it counts as pending
+        (`warming`) until `done()`. None when there is nothing to do."""
+        with self._lock:
+            if self._turns:
+                key, job = self._turns.popitem(last=True)
+                self.warming = key
+                return job
             npc = next(iter(self._npcs), None)
             self._npcs.pop(npc, None)
             self.warming = npc
@@ -144,7 +166,7 @@ class WarmQueue:
 
     def pending(self) -> int:
         with self._lock:
-            return len(self._npcs) + (self.warming is not None)
+            return len(self._npcs) + len(self._turns) + (self.warming is not None)
 
     def __bool__(self) -> bool:
-        return bool(self._npcs)
+        return bool(self._npcs or self._turns)

@@ -46,10 +46,7 @@ def prompt_tokens(lore: LoreSnapshot, sessions: SessionStore, turn: Turn, engine
         history = [{"role": m["role"], "content": neutralize(m["content"])} for m in turn.messages
                    if m["role"] in ("user", "assistant")]
     else:
-        history = []
-        for t in sessions.history(turn.npc, turn.session):
-            history += [{"role": "user", "content": neutralize(t["user"])},
-                        {"role": "assistant", "content": neutralize(t["npc"])}]
+        history = session_history(sessions, turn.npc, turn.session)
     notes = lore.notes_for(turn.npc, turn.text, history)
     pairs = [(n.text, n.secret) for n in notes] if notes is not None else None
     budget = engine.n_ctx - turn.sampling.max_tokens
@@ -66,9 +63,31 @@ def prompt_tokens(lore: LoreSnapshot, sessions: SessionStore, turn: Turn, engine
         history = history[2:]  # drop the oldest exchange
 
 
+def session_history(sessions: SessionStore, npc: str, session: str) -> list[dict]:
+    """A stored conversation as chat messages, player and NPC text neutralized."""
+    history = []
+    for t in sessions.history(npc, session):
+        history += [{"role": "user", "content": neutralize(t["user"])},
+                    {"role": "assistant", "content": neutralize(t["npc"])}]
+    return history
+
+
+MARK = "\x00"  # where the player's words would go (never in a prompt: tokenized text holds no NUL)
+
+
+def prompt_prefix(lore: LoreSnapshot, npc: str, fmt: ChatFormat, history: list[dict] | tuple = (),
+                  notes: list[tuple[str, bool]] | None = None) -> str:
+    """The text a prompt of `npc` after `history` starts with, through the lore notes `notes` ((text,
+    secret) pairs); what the worker processes ahead of a turn. Without `notes` (and grounding on): through
+    the block of a line that asks about nothing (greetings), whose header every other block shares."""
+    if notes is None and lore.retriever is not None:
+        notes = []
+    messages = conversation(lore.prompts[npc], list(history), MARK, None, notes)
+    messages[-1]["content"] = neutralize(messages[-1]["content"])  # as `prompt_tokens` does
+    return fmt.render(messages).split(MARK)[0].rstrip(" ")
+
+
 def persona_prefix(lore: LoreSnapshot, npc: str, fmt: ChatFormat) -> str:
-    """The text every prompt of `npc` starts with (up to where the first user text would go): what the
-    worker pre-processes while idle, so that a first turn only processes the player's line."""
-    marker = "\x00"
-    text = fmt.render([{"role": "system", "content": lore.prompts[npc]}, {"role": "user", "content": marker}])
-    return text.split(marker)[0]
+    """What the worker pre-processes for `npc` while idle: the persona (and, with grounding on, the notes
+    header), so that a first turn processes only its own notes and line."""
+    return prompt_prefix(lore, npc, fmt)

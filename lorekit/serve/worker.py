@@ -1,16 +1,30 @@
 """The one thread that runs the model: takes turns from the fair queue, builds each prompt from the
 lore snapshot and the history, streams the reply, saves the history, and lets a new model take over
-between turns. While no turn waits, it pre-processes queued personas."""
+between turns. While no turn waits, it works ahead: after a turn, it keeps that turn's state (a later
+turn with the same lore notes reuses them) and processes the conversation so far (the next turn then
+processes only its own notes and line, not the history again); and it pre-processes queued personas.
+All of it is exact: a turn reuses only saved states whose tokens are a prefix of its own prompt."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from lorekit.serve.turnprompt import PromptError, persona_prefix, prompt_tokens
+import numpy as np
+
+from lorekit.serve.engine import common_prefix
+from lorekit.serve.turnprompt import (
+    PromptError,
+    persona_prefix,
+    prompt_prefix,
+    prompt_tokens,
+    session_history,
+)
 
 if TYPE_CHECKING:
     from lorekit.serve.engine import Generation
@@ -21,6 +35,17 @@ if TYPE_CHECKING:
     from lorekit.serve.slot import EngineSlot
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class AfterTurn:
+    """What a finished turn leaves for the idle worker: its conversation, and its notes and history."""
+
+    npc: str
+    session: str
+    lore: Any  # the LoreSnapshot the turn's prompt was built from
+    history: list[dict]
+    notes: list[tuple[str, bool]] | None  # the turn's notes as (text, secret); None: grounding off
 
 
 class Worker(threading.Thread):
@@ -54,31 +79,58 @@ class Worker(threading.Thread):
                 self.scheduler.finished(turn)
 
     def prewarm_one(self) -> None:
-        """While idle, process one NPC's persona ahead of its first turn (start-up, reloads, new model)."""
-        npc = self.warm.take()
-        if npc is None:
+        """While idle, do one job ahead of turns: a conversation that just had a turn, else one NPC's
+        persona (start-up, reloads, new model)."""
+        job = self.warm.take()
+        if job is None:
             return
         try:
-            self._prewarm(npc)
+            if isinstance(job, AfterTurn):
+                self._after_turn(job)
+            else:
+                self._prewarm(job)
+        except Exception:  # warming is an optimisation: never let it stop the server
+            log.exception("working ahead (%r) failed", job if isinstance(job, str) else (job.npc, job.session))
         finally:
             self.warm.done()
 
+    def _busy(self) -> bool:
+        return self.scheduler.depth() > 0 or self.stopping.is_set()
+
     def _prewarm(self, npc: str) -> None:
-        lore, engine = self.lore.current, self.slot.engine
+        """The NPC's persona, then the notes of `[serve] prewarm_lines` (the likeliest first lines)."""
+        lore, engine, fmt = self.lore.current, self.slot.engine, self.slot.format()
         if npc not in lore.npcs:
             return
-        text = persona_prefix(lore, npc, self.slot.format())
         t0 = time.perf_counter()
-        try:
-            done = engine.prewarm((npc, "*persona*"), engine.tokenize(text),
-                                  stop=lambda: self.scheduler.depth() > 0 or self.stopping.is_set())
-        except Exception:  # warming is an optimisation: never let it stop the server
-            log.exception("pre-processing the persona of %s failed", npc)
-            return
-        if not done:  # a turn is waiting: serve it first, finish this persona later
-            self.warm.add([npc], first=True)
-            return
+        texts = {persona_prefix(lore, npc, fmt): (npc, "*persona*")}
+        if lore.retriever is not None:
+            lore.retriever.warm(npc)  # its first turn need not build the NPC's search index
+            for line in self.slot.cfg.prewarm_lines:
+                notes = [(n.text, n.secret) for n in lore.notes_for(npc, line, [])]
+                texts.setdefault(prompt_prefix(lore, npc, fmt, [], notes), ("*notes*", npc, line))
+        for text, key in texts.items():
+            if not engine.prewarm(key, engine.tokenize(text), stop=self._busy):
+                self.warm.add([npc], first=True)  # a turn is waiting: serve it first, finish this NPC later
+                return
         log.debug("persona of %s ready (%.0f ms)", npc, (time.perf_counter() - t0) * 1000)
+
+    def _after_turn(self, job: AfterTurn) -> None:
+        """Keep the last turn's state (its notes serve a later turn on the same topic, in any session),
+        then process the conversation so far, up to where the next turn's notes go."""
+        engine, fmt, key = self.slot.engine, self.slot.format(), (job.npc, job.session)
+        if job.notes is not None and engine.live_key == key:
+            notes = engine.tokenize(prompt_prefix(job.lore, job.npc, fmt, job.history, job.notes))
+            live = engine.llm.input_ids[: engine.llm.n_tokens]
+            n = common_prefix(live, np.asarray(notes, dtype=np.intc))
+            if n >= len(notes) - 1:  # the last token may merge with the text after the notes
+                engine.keep(("*notes*", job.npc, hashlib.blake2b(live.tobytes(), digest_size=12).hexdigest()))
+        lore = self.lore.current
+        if job.npc not in lore.npcs:
+            return
+        history = session_history(self.sessions, job.npc, job.session)
+        if not engine.prewarm(key, engine.tokenize(prompt_prefix(lore, job.npc, fmt, history)), stop=self._busy):
+            self.warm.add_turn(key, job, replace=False)  # a turn is waiting: serve it first, finish later
 
     def run_turn(self, turn: Turn) -> None:
         started = time.perf_counter()
@@ -86,11 +138,13 @@ class Worker(threading.Thread):
         if turn.cancel.is_set():
             turn.sink.done(self._result(turn, None, "", queue_ms, started))
             return
-        engine, fmt = self.slot.engine, self.slot.format()
-        tokens, _, notes = prompt_tokens(self.lore.current, self.sessions, turn, engine, fmt)
+        engine, fmt, lore = self.slot.engine, self.slot.format(), self.lore.current
+        tokens, history, notes = prompt_tokens(lore, self.sessions, turn, engine, fmt)
         gen = engine.generate((turn.npc, turn.session), tokens, fmt, turn.sampling, turn.cancel, turn.sink.piece)
         if turn.session is not None and gen.finish_reason in ("stop", "length"):
             self.sessions.append(turn.npc, turn.session, turn.text, gen.text)
+            pairs = [(n.text, n.secret) for n in notes] if lore.retriever is not None else None
+            self.warm.add_turn((turn.npc, turn.session), AfterTurn(turn.npc, turn.session, lore, history, pairs))
         result = self._result(turn, gen, gen.text, queue_ms, started)
         result["sources"] = [n.source for n in notes]  # the notes this reply was given (page, heading)
         turn.sink.done(result)
