@@ -178,7 +178,8 @@ def persona_tokens(server) -> int:
     return len(rt.engine.tokenize(persona_prefix(rt.lore.current, NPC, chat_formats.get("gemma3"))))
 
 
-@pytest.mark.parametrize("line, code", [
+# Lines a client should never send, and the error code each gets (also run against --engine).
+BAD_LINES = [
     (b"{not json}\n", "bad_json"),
     (b"[1, 2]\n", "bad_json"),
     (b'{"type": "dance", "id": 1}\n', "unknown_type"),
@@ -200,7 +201,10 @@ def persona_tokens(server) -> int:
     (b'{"type": "turn", "id": 10, "npc": "tobin-reedy", "text": "hi \\udfff there"}\n', "bad_request"),
     (b'{"type": "turn", "id": 11, "npc": "tobin-reedy", "text": "hi", "state": {"where": "\\ud834"}}\n', "bad_request"),
     (b'{"type": "turn", "id": 12, "npc": "tobin-reedy", "text": "hi", "max_tokens": true}\n', "bad_request"),
-])
+]
+
+
+@pytest.mark.parametrize("line, code", BAD_LINES)
 def test_bad_requests_get_error_events_and_the_connection_lives(server, line, code):
     raw = Raw(server.port)
     try:

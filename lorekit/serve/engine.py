@@ -274,8 +274,9 @@ class Engine:
     # -- generation ---------------------------------------------------------------------------
 
     def generate(self, key: object, tokens: list[int], fmt: ChatFormat, sampling: Sampling,
-                 cancel: threading.Event, emit: Callable[[str], None]) -> Generation:
-        """Generate one reply, calling `emit(text)` for each safe piece; stops at end of turn."""
+                 cancel: threading.Event, emit: Callable[[str], None], text: str = "") -> Generation:
+        """Generate one reply, calling `emit(text)` for each safe piece; stops at end of turn. (`text`, the
+        rendered prompt, is for a remote engine: llama.cpp here takes the tokens.)"""
         out = Generation(prompt_tokens=len(tokens))
         t0 = time.perf_counter()
         out.cached_tokens = self.prepare(key, tokens)

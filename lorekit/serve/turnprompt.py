@@ -34,8 +34,8 @@ class PromptError(Exception):
 
 
 def prompt_tokens(lore: LoreSnapshot, sessions: SessionStore, turn: Turn, engine: Engine,
-                  fmt: ChatFormat) -> tuple[list[int], list[dict], list]:
-    """(prompt tokens, the history messages that fit, the lore notes given): the system turn, the
+                  fmt: ChatFormat) -> tuple[list[int], str, list]:
+    """(prompt tokens, the rendered text they are the tokens of, the lore notes given): the system turn, the
     history (the turn's own `messages` over HTTP, else the stored session), then the notes, the state
     block and the player's line in one user turn, laid out by `lorekit.prompt`. The oldest exchanges
     are left out until the prompt and `max_tokens` fit the context."""
@@ -56,9 +56,10 @@ def prompt_tokens(lore: LoreSnapshot, sessions: SessionStore, turn: Turn, engine
     while True:
         messages = conversation(lore.prompts[turn.npc], history, turn.text, turn.state, pairs)
         messages[-1]["content"] = neutralize(messages[-1]["content"])  # player text, state and notes alike
-        tokens = engine.tokenize(fmt.render(messages, add_generation_prompt=True))
+        text = fmt.render(messages, add_generation_prompt=True)
+        tokens = engine.tokenize(text)
         if len(tokens) <= budget:
-            return tokens, history, notes or []
+            return tokens, text, notes or []
         if not history:
             raise PromptError("context_full", f"the system prompt, the lore notes and the player's line need "
                               f"{len(tokens)} tokens; the context holds {engine.n_ctx} minus max_tokens "

@@ -1,6 +1,7 @@
-"""The one thread that runs the model: takes turns from the fair queue, builds each prompt from the
-lore snapshot and the history, streams the reply, saves the history, and lets a new model take over
-between turns. While no turn waits, it pre-processes queued personas."""
+"""A thread that runs turns: takes them from the fair queue, builds each prompt from the lore snapshot
+and the history, streams the reply, saves the history, and lets a new model take over between turns.
+While no turn waits, it pre-processes queued personas. The in-process model has one such thread; a
+remote engine (`--engine`) has `[serve] engine_concurrency` of them, each waiting on its own stream."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from lorekit.serve.engine_client import EngineError
 from lorekit.serve.turnprompt import PromptError, persona_prefix, prompt_tokens
 
 if TYPE_CHECKING:
@@ -27,8 +29,8 @@ class Worker(threading.Thread):
     """`between_turns()` runs before each turn (the runtime swaps in a pending model there)."""
 
     def __init__(self, lore: Lore, slot: EngineSlot, sessions: SessionStore, scheduler: Scheduler,
-                 warm: WarmQueue, metrics: Metrics, between_turns: Callable[[], None]):
-        super().__init__(name="lorekit-model", daemon=True)
+                 warm: WarmQueue, metrics: Metrics, between_turns: Callable[[], None], name: str = "lorekit-model"):
+        super().__init__(name=name, daemon=True)
         self.lore, self.slot, self.sessions, self.scheduler = lore, slot, sessions, scheduler
         self.warm, self.metrics, self.between_turns = warm, metrics, between_turns
         self.stopping = threading.Event()
@@ -45,7 +47,7 @@ class Worker(threading.Thread):
                 continue
             try:
                 self.run_turn(turn)
-            except PromptError as e:
+            except (PromptError, EngineError) as e:
                 turn.sink.error(e.code, str(e))
             except Exception as e:  # a bug or a model failure must not kill the server
                 log.exception("turn %r failed", turn.rid)
@@ -87,8 +89,9 @@ class Worker(threading.Thread):
             turn.sink.done(self._result(turn, None, "", queue_ms, started))
             return
         engine, fmt = self.slot.engine, self.slot.format()
-        tokens, _, notes = prompt_tokens(self.lore.current, self.sessions, turn, engine, fmt)
-        gen = engine.generate((turn.npc, turn.session), tokens, fmt, turn.sampling, turn.cancel, turn.sink.piece)
+        tokens, text, notes = prompt_tokens(self.lore.current, self.sessions, turn, engine, fmt)
+        gen = engine.generate((turn.npc, turn.session), tokens, fmt, turn.sampling, turn.cancel, turn.sink.piece,
+                              text=text)
         if turn.session is not None and gen.finish_reason in ("stop", "length"):
             self.sessions.append(turn.npc, turn.session, turn.text, gen.text)
         result = self._result(turn, gen, gen.text, queue_ms, started)
