@@ -121,8 +121,9 @@ def model_sha256(model: Path, adapter: Path | None) -> str:
     return f"{digest}+{file_sha256(adapter)}" if adapter else digest
 
 
-def gguf_family(llm) -> str:
-    arch = str(llm.metadata.get("general.architecture", "")).lower()
+def gguf_family(metadata: dict) -> str:
+    """The chat format a GGUF's architecture calls for."""
+    arch = str(metadata.get("general.architecture", "")).lower()
     return "gemma4" if arch.startswith("gemma4") else "gemma3"
 
 
@@ -155,7 +156,7 @@ class Engine:
         self._lib = llama_cpp
         self.vocab = self.llm._model.vocab
         self.n_ctx = self.llm.n_ctx()
-        self.family = gguf_family(self.llm)
+        self.family = gguf_family(self.llm.metadata)
         self.states = StateCache(state_cache_mb * 1024 * 1024)
         self.live_key: object = None
         self.loaded_at = time.time()

@@ -64,6 +64,7 @@ class Vocab:
     def __init__(self, path: Path, verbose: bool = False):
         try:
             import llama_cpp
+            from llama_cpp import _internals
         except ImportError:
             raise LorekitError("llama-cpp-python is not installed (LoreKit counts prompt tokens with the GGUF's "
                                "vocabulary); run: pip install 'lorekit[serve]'") from None
@@ -74,20 +75,22 @@ class Vocab:
             from lorekit import llama_log
 
             llama_log.route()
-        try:
-            self.llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=verbose)
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True  # the tokenizer and metadata; no weights
+        try:  # the model object alone: `llama_cpp.Llama` would also create a context, which needs weights
+            self.model = _internals.LlamaModel(path_model=str(path), params=params, verbose=verbose)
         except (ValueError, RuntimeError, OSError) as e:
             raise LorekitError(f"{path}: llama.cpp could not read its vocabulary ({e})") from None
-        self.family = gguf_family(self.llm)
-        self.add_bos = bool(self.llm._model.add_bos_token())
+        self.family = gguf_family(self.model.metadata())
+        self.add_bos = bool(self.model.add_bos_token())
         self._lock = threading.Lock()  # one tokenizer call at a time (many worker threads share it)
 
     def tokenize(self, text: str) -> list[int]:
         with self._lock:
-            return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            return self.model.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def close(self) -> None:
-        self.llm.close()
+        self.model.close()
 
 
 class EngineHealth:
@@ -111,12 +114,15 @@ class EngineHealth:
             if status >= 500:
                 raise EngineError("engine_unavailable", f"the engine at {self.client.endpoint.url} answered "
                                                         f"{status} on /health (still loading, or failing)")
-            if not self.model:
-                self.model = (self.client.models(timeout) or [""])[0]
         except EngineError as e:
             self.mark(False, str(e))
             return
         self.mark(True)
+        if not self.model:  # some engines answer this only between generations: it says nothing of health
+            try:
+                self.model = (self.client.models(timeout) or [""])[0]
+            except EngineError as e:
+                log.debug("the engine's model list: %s", e)
 
     def mark(self, ok: bool, error: str | None = None) -> None:
         if ok != self.reachable:
