@@ -53,7 +53,7 @@ class EngineProcess:
         self.port, self.log = free_port(), log
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-               "--port", str(self.port), "--n_ctx", "2048", "--n_threads", str(THREADS),
+               "--port", str(self.port), "--n_ctx", "2048", "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS),
                # serve queued requests one after the other instead of cutting the streaming one short
                "--interrupt_requests", "false"]
         self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -176,11 +176,12 @@ def test_openai_chat_completions_through_the_engine(server):
 def test_an_engine_killed_mid_game_gives_clear_errors_and_health_says_so(world, tmp_path):
     engine = EngineProcess(world / "out" / "export" / "model.gguf", tmp_path / "engine.log")
     app = make_app(world / "lore", tmp_path / "out", model=str(world / "out" / "export" / "model.gguf"),
-                   engine=engine.url, engine_timeout=10.0, watch=False)
+                   engine=engine.url, watch=False)
     try:
         with client(app) as c:
             rid = c.start_turn(NPC, "Tell me a very long story.", session="killed", max_tokens=400, temperature=0.8)
-            assert c.next_event(rid)["type"] == "token"
+            first = c.next_event(rid)
+            assert first["type"] == "token", first
             t0 = time.perf_counter()
             engine.stop()
             final = list(c.events(rid))[-1]

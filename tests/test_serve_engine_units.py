@@ -139,7 +139,7 @@ def test_many_turns_run_at_once_in_client_rotation():
 
 def test_two_turns_of_one_conversation_never_run_at_once():
     sched = Scheduler()
-    first, second, other = turn("A", 1), turn("A", 2), turn("B", 3)
+    first, second, other = turn("A", 1), turn("A", 2), turn("B", 3, session="other")
     for t in (first, second, other):
         sched.submit(t)
     assert sched.next(0) is first

@@ -171,16 +171,31 @@ class RemoteEngine:
         """Tokens of already-rendered chat text (it carries its own `<bos>`): what the engine will see."""
         return self.vocab.tokenize(text)
 
+    def marker_id(self, marker: str) -> int | None:
+        """The token of a chat-format marker (`<end_of_turn>`, `<start_of_turn>`), if it is one token."""
+        ids = self.tokenize(marker)
+        return ids[0] if len(ids) == 1 else None
+
     def body(self, text: str, fmt: ChatFormat, sampling: Sampling) -> dict[str, Any]:
-        """The `/v1/completions` request: the rendered turn, the format's stop strings, the sampling."""
+        """The `/v1/completions` request: the rendered turn, the format's stop markers, the sampling.
+
+        The markers go three ways, because engines render special tokens as no text at all (so a stop
+        string never sees them): as stop strings, as `stop_token_ids` (vLLM, SGLang), and the next
+        turn's opener as a banned token (`logit_bias`): llama.cpp engines stop only on end-of-generation
+        tokens, which `<end_of_turn>` is and `<start_of_turn>` is not. In-process serving stops at a
+        `<start_of_turn>` instead; a trained model ends its turn first, so the two agree."""
         prompt = text[len(fmt.bos):] if self.vocab.add_bos and text.startswith(fmt.bos) else text
+        end, opener = self.marker_id(fmt.end_of_turn), self.marker_id(fmt.turn_open)
         body: dict[str, Any] = {
             "prompt": prompt, "max_tokens": sampling.max_tokens, "temperature": sampling.temperature,
             "top_p": sampling.top_p, "top_k": sampling.top_k, "stop": [fmt.end_of_turn, fmt.turn_open],
+            "stop_token_ids": [t for t in (end, opener) if t is not None],
             # llama.cpp's name, then vLLM's and SGLang's; an engine ignores the one it does not know
             "repeat_penalty": sampling.repeat_penalty, "repetition_penalty": sampling.repeat_penalty,
             "stream": True, "stream_options": {"include_usage": True},
         }
+        if opener is not None:
+            body["logit_bias"] = {str(opener): -100}
         if self.health.model:
             body["model"] = self.health.model
         if self.cfg.seed >= 0:
