@@ -80,6 +80,8 @@ def test_the_engine_gets_the_exact_rendered_turn_and_its_stop_strings(server, fa
     assert prompt.endswith("Is the ferry running?<end_of_turn>\n<start_of_turn>model\n")
     assert server.runtime.lore.current.prompts[NPC] in prompt
     assert body["stop"] == ["<end_of_turn>", "<start_of_turn>"] and body["stream"] is True
+    # engines send special tokens as no text: the same markers as token ids, the next turn's opener banned
+    assert body["stop_token_ids"] == [106, 105] and body["logit_bias"] == {"105": -100}
     assert body["model"] == "fake-model" and body["max_tokens"] == 12 and body["temperature"] == 0.0
     assert done["tokens"]["prompt"] == len(server.runtime.engine.tokenize("<bos>" + prompt))
     assert [t["npc"] for t in server.runtime.sessions.history(NPC, "exact")] == ["".join(REPLY)]
