@@ -15,8 +15,9 @@ The engine is started separately (`--engine URL`) or by this script (`--start-en
 has freed its model). Its context per request must hold `--n-ctx` tokens. Examples:
 
     # CPU, small: llama-cpp-python's server (one request at a time: a correctness check, not a speed-up)
-    python3 bench/engine_players.py --players 4 --start-engine \\
-        "python3 -m llama_cpp.server --model {model} --port {port} --n_ctx 2048 --interrupt_requests false"
+    python3 bench/engine_players.py --players 4 --threads 1 --concurrency 1 --start-engine \\
+        "python3 -m llama_cpp.server --model {model} --port {port} --n_ctx 2048 --n_threads 1 --n_threads_batch 1 \\
+         --interrupt_requests false"
 
     # one GPU: llama.cpp's llama-server, 64 slots of 2048 tokens, continuous batching
     python3 bench/engine_players.py --gpu-layers -1 --start-engine \\
@@ -74,8 +75,10 @@ def machine() -> dict:
             pass
     import llama_cpp
 
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "gpu": gpu or None,
-            "python": platform.python_version(), "llama_cpp_python": llama_cpp.__version__}
+            "python": platform.python_version(), "llama_cpp_python": llama_cpp.__version__,
+            "load_avg": round(load, 2) if load is not None else None}
 
 
 def default_model() -> str:
@@ -197,7 +200,7 @@ def write(run: dict) -> None:
     md = f"""
 ## {run['date']}: {run['players']} players x {run['turns_each']} turns, {run['tokens']} tokens
 
-- machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; {m['platform']}; llama-cpp-python {m['llama_cpp_python']}
+- machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; {m['platform']}; llama-cpp-python {m['llama_cpp_python']}; load average {m.get('load_avg_start')} at the start, {m.get('load_avg')} at the end
 - model: `{run['model']}`; engine: {run['engine_desc']}
 - command: `{run['command']}`
 
@@ -224,7 +227,10 @@ def main(argv=None) -> int:
     p.add_argument("--engine", help="URL of a running OpenAI-compatible engine serving the same model")
     p.add_argument("--start-engine", metavar="CMD", help="start the engine with CMD ({model}, {port} filled in)")
     p.add_argument("--engine-wait", type=float, default=600, help="seconds to wait for a started engine")
-    p.add_argument("--concurrency", type=int, help="[serve] engine_concurrency (default: --players)")
+    p.add_argument("--concurrency", type=int, help="[serve] engine_concurrency (default: --players; 1 for an engine "
+                   "that runs one request at a time, such as llama_cpp.server)")
+    p.add_argument("--engine-timeout", type=float, default=120.0, help="[serve] engine_timeout: an engine that "
+                   "queues requests sends nothing until their turn")
     p.add_argument("--n-ctx", type=int, default=2048)
     p.add_argument("--threads", type=int, default=0, help="in-process llama.cpp threads (0: half the cores)")
     p.add_argument("--gpu-layers", type=int, default=0, help="in-process llama.cpp layers on the GPU (-1: all)")
@@ -234,6 +240,7 @@ def main(argv=None) -> int:
     if bool(args.engine) == bool(args.start_engine):
         p.error("give one of --engine URL or --start-engine CMD")
     args.model = args.model or default_model()
+    load0 = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None  # the machine may be shared
     cases, proc = {}, None
     with tempfile.TemporaryDirectory(prefix="lorekit-players-") as tmp:
         root = Path(tmp)
@@ -243,7 +250,7 @@ def main(argv=None) -> int:
             url = args.engine
             if args.start_engine:
                 proc, url = start_engine(args.start_engine, args.model, args.engine_wait, root / "engine.log")
-            cases["--engine"] = serve_case(args, root, "engine", engine=url,
+            cases["--engine"] = serve_case(args, root, "engine", engine=url, engine_timeout=args.engine_timeout,
                                            engine_concurrency=args.concurrency or args.players)
         finally:
             if proc is not None:
@@ -254,7 +261,7 @@ def main(argv=None) -> int:
             f"first token p50 x{ratio(b['first_token_p50_s'], a['first_token_p50_s'])}, "
             f"p95 x{ratio(b['first_token_p95_s'], a['first_token_p95_s'])}") if a else "(in-process case skipped)"
     print(line)
-    run = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+    run = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": {**machine(), "load_avg_start": load0},
            "command": "python3 " + " ".join(shlex.quote(x) for x in sys.argv), "players": args.players,
            "turns_each": args.turns, "tokens": args.tokens, "model": args.model,
            "engine_desc": f"`{args.start_engine}`" if args.start_engine else args.engine,
