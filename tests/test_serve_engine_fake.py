@@ -233,3 +233,26 @@ def test_the_reference_client_sees_engine_errors_as_errors(server, mode):
     with client(server) as c, pytest.raises(lk.LoreKitError) as err:
         c.turn(NPC, "Hello.", session="client-error")
     assert err.value.code == "engine_error"
+
+
+def test_lorekit_serve_engine_from_the_command_line(tmp_path, fake):
+    import re
+
+    from tests.test_serve_cli import REPO, serve
+    from tests.test_serve_server import gguf
+
+    proc = serve([str(REPO / "sample_lore"), "--out", str(tmp_path / "out"), "--model", gguf(), "--port", "0",
+                  "--no-watch", "--engine", fake.url])
+    try:
+        said = ""
+        while "try: lorekit chat" not in said:  # the lines it prints once it listens
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            said += line
+        assert f"engine: {fake.url} (fake-model), reachable" in said, said
+        port = int(re.search(r"HTTP on 127\.0\.0\.1:(\d+)", said).group(1))
+        with lk.LoreKitClient(port=port, timeout=30) as c:
+            assert c.turn(NPC, "Hello.", session="cli")["text"] == "".join(REPLY)
+    finally:
+        proc.terminate()
+        proc.wait(30)

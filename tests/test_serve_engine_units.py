@@ -167,3 +167,12 @@ def test_cancel_calls_its_hooks_once_and_late_hooks_at_once():
     assert calls == ["b"]
     cancel.on_set(lambda: calls.append("late"))
     assert calls == ["b", "late"] and cancel.is_set()
+
+
+def test_the_command_line_refuses_retrain_with_an_engine(tmp_path):
+    from tests.test_serve_cli import REPO, serve
+
+    proc = serve([str(REPO / "sample_lore"), "--out", str(tmp_path), "--engine", "http://127.0.0.1:9", "--retrain"])
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "--retrain" in err and "engine holds the weights" in err and "Traceback" not in err
