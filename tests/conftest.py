@@ -11,6 +11,19 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE_LORE = REPO / "sample_lore"
 
 
+def grounded_copy(dest: Path) -> Path:
+    """A copy of the sample world with lore notes on (its lorekit.toml turns them off for the 2-core
+    quick start): what the grounding and serving tests exercise."""
+    import shutil
+
+    shutil.copytree(SAMPLE_LORE, dest)
+    toml = dest / "lorekit.toml"
+    text = toml.read_text(encoding="utf-8")
+    assert "\nnotes = false" in text, "sample_lore/lorekit.toml no longer says `notes = false`: update grounded_copy"
+    toml.write_text(text.replace("\nnotes = false", "\nnotes = true"), encoding="utf-8")
+    return dest
+
+
 @pytest.fixture(autouse=True)
 def lorekit_home(tmp_path, monkeypatch):
     home = tmp_path / "lorekit-home"

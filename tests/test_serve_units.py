@@ -67,7 +67,11 @@ def test_scheduler_rotates_between_clients():
     for i in range(3):
         sched.submit(Turn(client="A", rid=f"a{i}", npc="n", text="t", sink=sink))
     sched.submit(Turn(client="B", rid="b0", npc="n", text="t", sink=sink))
-    order = [sched.next(0).rid for _ in range(4)]
+    order = []
+    for _ in range(4):  # as the worker does: each turn finishes before the next (they share a conversation)
+        turn = sched.next(0)
+        order.append(turn.rid)
+        sched.finished(turn)
     assert order == ["a0", "b0", "a1", "a2"]
     assert sched.next(0.01) is None
 

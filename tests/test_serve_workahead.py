@@ -5,13 +5,12 @@ notes or a pre-processed conversation gets exactly the tokens and reply of an un
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE_LORE
+from tests.conftest import grounded_copy
 
 NPC = "tobin-reedy"
 THREADS = int(os.environ.get("LOREKIT_TEST_THREADS", "1"))
@@ -62,7 +61,7 @@ def test_a_reload_keeps_the_search_index_of_npcs_whose_notes_did_not_change(tmp_
     pytest.importorskip("bm25s")
     from lorekit.serve.personas import Lore
 
-    shutil.copytree(SAMPLE_LORE, tmp_path / "lore")
+    grounded_copy(tmp_path / "lore")
     lore = Lore(tmp_path / "lore")
     assert lore.load().ok
     old = lore.current.retriever
@@ -82,13 +81,13 @@ def test_a_reload_keeps_the_search_index_of_npcs_whose_notes_did_not_change(tmp_
             assert new.retrieve(npc, line) == fresh.retrieve(npc, line)
 
 
-def test_work_ahead_prefixes_are_prefixes_of_the_prompts_they_serve():
+def test_work_ahead_prefixes_are_prefixes_of_the_prompts_they_serve(tmp_path):
     from lorekit import chat_formats
     from lorekit.prompt import NOTES_HEADER, conversation
     from lorekit.serve.personas import Lore
     from lorekit.serve.turnprompt import neutralize, persona_prefix, prompt_prefix
 
-    lore = Lore(SAMPLE_LORE)
+    lore = Lore(grounded_copy(tmp_path / "lore"))
     assert lore.load().ok
     snap_, fmt = lore.current, chat_formats.get("gemma3")
     history = [{"role": "user", "content": "Tell me about the Pale Heron."}, {"role": "assistant", "content": "A bird."}]
@@ -122,7 +121,7 @@ def warm_server(tmp_path_factory):
     from lorekit.serve.server import Server
 
     root = tmp_path_factory.mktemp("workahead")
-    shutil.copytree(SAMPLE_LORE, root / "lore")
+    grounded_copy(root / "lore")
     cfg = ServeConfig(port=0, model=gguf(), n_ctx=2048, max_tokens=8, temperature=0.0, n_threads=THREADS,
                       watch=False, prewarm=True, state_cache_mb=96)
     rt = Runtime(root / "lore", root / "out", cfg)

@@ -40,6 +40,10 @@ Event = dict[str, Any]
 
 class Runtime:
     def __init__(self, lore_dir: Path, out: Path, cfg: ServeConfig):
+        if cfg.engine:
+            from lorekit.serve.remote import check_settings
+
+            check_settings(cfg)
         if cfg.retrain and cfg.model:
             raise LorekitError(f"--retrain writes OUT/export/model.gguf, but --model {cfg.model} would be served "
                                "instead of it: drop --model (or [serve] model)")
@@ -48,14 +52,14 @@ class Runtime:
         self.slot = EngineSlot(cfg, self.out)
         self.sessions = SessionStore(self.out / "serve" / "sessions", cfg.history_max_turns)
         self.scheduler = Scheduler()
-        self.warm = WarmQueue(cfg.prewarm, self.scheduler.wake)
+        self.warm = WarmQueue(cfg.prewarm and not cfg.engine, self.scheduler.wake)  # an engine caches prefixes itself
         self.metrics = Metrics()
         self.started = time.time()
         self.watcher: Any = None
         self.retrainer: Any = None
         self._subscribers: list[Callable[[Event], None]] = []
         self._subscribers_lock = threading.Lock()
-        self._worker: Worker | None = None
+        self._workers: list[Worker] = []
 
     @property
     def engine(self) -> Any:
@@ -70,14 +74,17 @@ class Runtime:
             raise LorekitError("the lore has errors; fix them and start again:\n" + "\n".join(result.errors))
         self.slot.load()
         self.warm.add(self.lore.current.npcs)
-        log.info("model %s (%s), %d NPCs", self.slot.engine.path, self.slot.family or self.slot.engine.family,
-                 len(self.lore.current.npcs))
+        log.info("model %s (%s), %d NPCs%s", self.slot.engine.path, self.slot.family or self.slot.engine.family,
+                 len(self.lore.current.npcs), f", generating on {self.cfg.engine}" if self.cfg.engine else "")
 
     def start(self) -> None:
-        """Start the model thread, and the watcher and retrainer when the settings ask for them."""
-        self._worker = Worker(self.lore, self.slot, self.sessions, self.scheduler, self.warm, self.metrics,
-                              between_turns=self.swap_pending_engine)
-        self._worker.start()
+        """Start the model thread (with an engine: `engine_concurrency` of them, so that many turns
+        stream at once), and the watcher and retrainer when the settings ask for them."""
+        n = self.cfg.engine_concurrency if self.cfg.engine else 1
+        self._workers = [Worker(self.lore, self.slot, self.sessions, self.scheduler, self.warm, self.metrics,
+                                between_turns=self.swap_pending_engine, name=f"lorekit-model-{i}") for i in range(n)]
+        for worker in self._workers:
+            worker.start()
         if self.cfg.watch:
             from lorekit.serve.watcher import Watcher
 
@@ -91,14 +98,13 @@ class Runtime:
                                        on_built=self.reload_model, on_failed=self._build_failed)
 
     def stop_turns(self) -> None:
-        """End every queued turn with `shutting_down` and stop the running one at its next token."""
+        """End every queued turn with `shutting_down` and stop the running ones at their next token."""
         self.scheduler.drain(lambda t: t.sink.error("shutting_down", "the server is stopping"))
-        running = self.scheduler.running
-        if running:
-            running.cancel.set()  # stops at the next token or prompt chunk (~0.2 s)
+        for running in self.scheduler.running_turns():
+            running.cancel.set()  # stops at the next token or prompt chunk (~0.2 s), or closes the engine's stream
         self.scheduler.close()
-        if self._worker:
-            self._worker.stopping.set()
+        for worker in self._workers:
+            worker.stopping.set()
 
     def close(self) -> None:
         """Blocking: stop turns, background work and the model thread, then free the model."""
@@ -107,9 +113,10 @@ class Runtime:
             self.watcher.stop()
         if self.retrainer:
             self.retrainer.stop()
-        if self._worker:
-            self._worker.join(60)
-            if self._worker.is_alive():
+        deadline = time.monotonic() + 60
+        for worker in self._workers:
+            worker.join(max(deadline - time.monotonic(), 0.1))
+            if worker.is_alive():
                 log.error("the model thread did not stop; leaving the model loaded")
                 return
         self.slot.close()
@@ -186,15 +193,23 @@ class Runtime:
             "retrain": self.retrainer.status() if self.retrainer else {"enabled": False, "state": "idle",
                                                                         "last_error": None},
             "prewarm_pending": self.warm.pending(), "queue": self.scheduler.depth(), "clients": self.clients(),
-            "uptime_s": round(time.time() - self.started, 1),
+            "uptime_s": round(time.time() - self.started, 1), "engine": self.engine_report(),
         }
 
+    def engine_report(self) -> dict[str, Any] | None:
+        """With --engine: its URL, whether it answers (checked every ~2 s, and by every turn), its model."""
+        health = getattr(self.slot.engine, "health", None)
+        return health.report() if health else None
+
     def health(self) -> dict[str, Any]:
-        engine = self.slot.engine
+        engine, remote = self.slot.engine, self.engine_report()
         model = {"name": engine.path.name, "sha256": engine.sha256, "generation": self.slot.generation} \
             if engine else None
-        return {"status": "ok", "model_loaded": engine is not None, "model": model,
-                "lore_errors": len(self.lore.errors)}
+        out = {"status": "ok", "model_loaded": engine is not None, "model": model, "lore_errors": len(self.lore.errors)}
+        if remote is not None:
+            out["engine"] = remote
+            out["status"] = "ok" if remote["reachable"] else "engine_unavailable"
+        return out
 
     # -- reload -------------------------------------------------------------------------------
 
@@ -225,7 +240,12 @@ class Runtime:
         return result.ok
 
     def reload_model(self) -> bool:
-        """Load the newest exported model beside the old one (loader thread); the worker swaps it in."""
+        """Load the newest exported model beside the old one (loader thread); the worker swaps it in.
+        With --engine the weights are the engine's: a new export is for the engine to load."""
+        if self.cfg.engine:
+            log.warning("a new model was exported; with --engine the engine holds the weights: restart %s on it "
+                        "(lore, notes and personas reload here as usual)", self.cfg.engine)
+            return True
         if self.slot.load_pending():
             return True
         self.metrics.error("reload_model")

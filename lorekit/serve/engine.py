@@ -134,8 +134,9 @@ def model_sha256(model: Path, adapter: Path | None) -> str:
     return f"{digest}+{file_sha256(adapter)}" if adapter else digest
 
 
-def gguf_family(llm) -> str:
-    arch = str(llm.metadata.get("general.architecture", "")).lower()
+def gguf_family(metadata: dict) -> str:
+    """The chat format a GGUF's architecture calls for."""
+    arch = str(metadata.get("general.architecture", "")).lower()
     return "gemma4" if arch.startswith("gemma4") else "gemma3"
 
 
@@ -168,7 +169,7 @@ class Engine:
         self._lib = llama_cpp
         self.vocab = self.llm._model.vocab
         self.n_ctx = self.llm.n_ctx()
-        self.family = gguf_family(self.llm)
+        self.family = gguf_family(self.llm.metadata)
         self.states = StateCache(state_cache_mb * 1024 * 1024)
         self.live_key: object = None
         self.live_saved = True  # the live state is in `states` as it is: switching away need not save it
@@ -300,8 +301,9 @@ class Engine:
     # -- generation ---------------------------------------------------------------------------
 
     def generate(self, key: object, tokens: list[int], fmt: ChatFormat, sampling: Sampling,
-                 cancel: threading.Event, emit: Callable[[str], None]) -> Generation:
-        """Generate one reply, calling `emit(text)` for each safe piece; stops at end of turn."""
+                 cancel: threading.Event, emit: Callable[[str], None], text: str = "") -> Generation:
+        """Generate one reply, calling `emit(text)` for each safe piece; stops at end of turn. (`text`, the
+        rendered prompt, is for a remote engine: llama.cpp here takes the tokens.)"""
         out = Generation(prompt_tokens=len(tokens))
         t0 = time.perf_counter()
         out.cached_tokens = self.prepare(key, tokens)

@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD, MAX_BODY = 16384, 1024 * 1024
 STATUS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-          408: "Request Timeout", 413: "Payload Too Large", 429: "Too Many Requests", 500: "Internal Server Error"}
-CODE_STATUS = {"unknown_npc": 404, "context_full": 400, "busy": 429, "internal": 500, "shutting_down": 500}
+          408: "Request Timeout", 413: "Payload Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
+          502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+CODE_STATUS = {"unknown_npc": 404, "context_full": 400, "busy": 429, "internal": 500, "shutting_down": 500,
+               "engine_unavailable": 502, "engine_error": 502, "engine_timeout": 504}
+SERVER_ERRORS = {"internal", "engine_unavailable", "engine_error", "engine_timeout"}
 
 
 class HttpError(Exception):
@@ -123,7 +126,7 @@ def json_response(status: int, data: Any, keep_alive: bool) -> bytes:
 
 
 def error_body(code: str, message: str) -> dict:
-    return {"error": {"message": message, "type": "invalid_request_error" if code != "internal" else "server_error",
+    return {"error": {"message": message, "type": "server_error" if code in SERVER_ERRORS else "invalid_request_error",
                       "code": code}}
 
 
@@ -193,7 +196,9 @@ async def handle(runtime: Runtime, req: Request, writer: asyncio.StreamWriter) -
 
 
 async def health(runtime: Runtime, req: Request, writer: asyncio.StreamWriter) -> bool:
-    writer.write(json_response(200, runtime.health(), req.keep_alive))
+    """200 while turns can be answered; 503 while the engine behind `--engine` does not answer."""
+    body = runtime.health()
+    writer.write(json_response(200 if body["status"] == "ok" else 503, body, req.keep_alive))
     return req.keep_alive
 
 

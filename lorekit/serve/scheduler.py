@@ -1,8 +1,10 @@
 """Fair turn queue: one deque per client, served in rotation, so a chatty client cannot starve others;
 and the queue of work ahead (conversations that just had a turn, personas) for when the model is idle.
 
-Transports submit and cancel (through the runtime core); the single model worker thread takes the
-next turn, and when there is none, the next job of work ahead.
+Transports submit and cancel (through the runtime core); the worker threads take the next turn (one
+thread for the in-process model; `[serve] engine_concurrency` of them in front of a remote engine),
+and when there is none, the next job of work ahead. Two turns of one conversation (NPC and session)
+never run at once: the second waits until the first has saved its history.
 """
 
 from __future__ import annotations
@@ -17,6 +19,37 @@ from typing import Any
 from lorekit.serve.request import Sampling
 
 
+class Cancel(threading.Event):
+    """A turn's cancel flag. `on_set(fn)` has `fn` called when it is set (a remote engine closes its
+    stream there, so a cancel does not wait for the next token), or at once if it already is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hooks: list[Callable[[], None]] = []
+        self._hooks_lock = threading.Lock()
+
+    def set(self) -> None:
+        super().set()
+        with self._hooks_lock:
+            hooks, self._hooks = self._hooks, []
+        for fn in hooks:
+            fn()
+
+    def on_set(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call `fn` on cancel; returns the function that takes it back."""
+        with self._hooks_lock:
+            if not self.is_set():
+                self._hooks.append(fn)
+                return lambda: self._drop(fn)
+        fn()
+        return lambda: None
+
+    def _drop(self, fn: Callable[[], None]) -> None:
+        with self._hooks_lock:
+            if fn in self._hooks:
+                self._hooks.remove(fn)
+
+
 class TurnSink:
     """Where a turn's output goes. Called from the worker thread; implementations hop to the loop."""
 
@@ -27,7 +60,7 @@ class TurnSink:
     def error(self, code: str, message: str) -> None: ...
 
 
-@dataclass
+@dataclass(eq=False)  # a turn is itself: queues and the running set compare by identity
 class Turn:
     client: object  # fairness key: a game connection; for HTTP, the peer address (and `user` field)
     rid: Any  # the request id
@@ -38,8 +71,13 @@ class Turn:
     state: dict | None = None
     messages: list[dict] | None = None
     sampling: Sampling = field(default_factory=Sampling)
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: Cancel = field(default_factory=Cancel)
     received: float = field(default_factory=time.perf_counter)
+
+    @property
+    def conversation(self) -> tuple | None:
+        """What two turns must not run at once for: a server-side history (None over HTTP: stateless)."""
+        return (self.npc, self.session) if self.session is not None else None
 
 
 class Scheduler:
@@ -48,7 +86,8 @@ class Scheduler:
         self._cond = threading.Condition()
         self._closed = False
         self._woken = False
-        self.running: Turn | None = None
+        self.running: set[Turn] = set()
+        self._busy: set[tuple] = set()  # conversations with a turn running
 
     def submit(self, turn: Turn) -> None:
         with self._cond:
@@ -56,19 +95,27 @@ class Scheduler:
             self._cond.notify()
 
     def next(self, timeout: float | None = None) -> Turn | None:
-        """The next turn in client rotation; None when closed, woken or after `timeout` seconds."""
+        """The next turn in client rotation; None when closed, woken or after `timeout` seconds. A client
+        whose next turn continues a conversation that is running keeps its place and is passed over."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._closed or self._woken or self._queues, timeout):
+            if not self._cond.wait_for(lambda: self._closed or self._woken or self._ready() is not None, timeout):
                 return None
             self._woken = False
-            if self._closed or not self._queues:
+            client = None if self._closed else self._ready()
+            if client is None:
                 return None
-            client, queue = self._queues.popitem(last=False)
+            queue = self._queues.pop(client)
             turn = queue.popleft()
             if queue:  # this client goes to the back of the rotation
                 self._queues[client] = queue
-            self.running = turn
+            self.running.add(turn)
+            if turn.conversation is not None:
+                self._busy.add(turn.conversation)
             return turn
+
+    def _ready(self) -> object | None:
+        return next((client for client, queue in self._queues.items()
+                     if queue[0].conversation is None or queue[0].conversation not in self._busy), None)
 
     def wake(self) -> None:
         """Make a waiting `next()` return now (there is other work: a persona to pre-process)."""
@@ -78,8 +125,14 @@ class Scheduler:
 
     def finished(self, turn: Turn) -> None:
         with self._cond:
-            if self.running is turn:
-                self.running = None
+            if turn in self.running:
+                self.running.discard(turn)
+                self._busy.discard(turn.conversation)
+                self._cond.notify_all()  # a turn of that conversation may be waiting
+
+    def running_turns(self) -> list[Turn]:
+        with self._cond:
+            return list(self.running)
 
     def remove(self, turn: Turn) -> bool:
         """Take a queued turn out; False if it is not queued (running or finished)."""

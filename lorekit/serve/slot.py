@@ -2,7 +2,8 @@
 
 A new model is loaded on the loader's thread while the old one keeps serving; the worker swaps it in
 between two turns (`swap()`), so a turn never sees two models. A model that fails to load leaves
-the old one in place.
+the old one in place. With `[serve] engine` (a URL) the slot holds a `remote.RemoteEngine` instead:
+the weights live in the engine, so there is nothing to swap.
 """
 
 from __future__ import annotations
@@ -66,7 +67,12 @@ class EngineSlot:
         from lorekit.serve.engine import Engine
 
         model, adapter, family = resolve_model(self.cfg, self.out)
-        self.engine = Engine(model, adapter, **self._engine_args())
+        if self.cfg.engine:
+            from lorekit.serve.remote import RemoteEngine
+
+            self.engine = RemoteEngine(self.cfg, model)  # `adapter` (an adapter-only export) is the engine's
+        else:
+            self.engine = Engine(model, adapter, **self._engine_args())
         self.family, self.generation = family, 1
 
     def format(self) -> chat_formats.ChatFormat:

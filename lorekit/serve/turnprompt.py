@@ -7,7 +7,7 @@ turn, in front of the player's line (never in the system turn, never in the stor
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from lorekit.prompt import conversation
 
@@ -33,9 +33,16 @@ class PromptError(Exception):
         self.code = code
 
 
+class Prompt(NamedTuple):
+    tokens: list[int]
+    text: str  # what `tokens` are the tokens of (a remote engine is sent this)
+    history: list[dict]  # the exchanges that fit
+    notes: list  # the lore notes given
+
+
 def prompt_tokens(lore: LoreSnapshot, sessions: SessionStore, turn: Turn, engine: Engine,
-                  fmt: ChatFormat) -> tuple[list[int], list[dict], list]:
-    """(prompt tokens, the history messages that fit, the lore notes given): the system turn, the
+                  fmt: ChatFormat) -> Prompt:
+    """The prompt of a turn (tokens, text, the history that fits, the lore notes): the system turn, the
     history (the turn's own `messages` over HTTP, else the stored session), then the notes, the state
     block and the player's line in one user turn, laid out by `lorekit.prompt`. The oldest exchanges
     are left out until the prompt and `max_tokens` fit the context."""
@@ -53,9 +60,10 @@ def prompt_tokens(lore: LoreSnapshot, sessions: SessionStore, turn: Turn, engine
     while True:
         messages = conversation(lore.prompts[turn.npc], history, turn.text, turn.state, pairs)
         messages[-1]["content"] = neutralize(messages[-1]["content"])  # player text, state and notes alike
-        tokens = engine.tokenize(fmt.render(messages, add_generation_prompt=True))
+        text = fmt.render(messages, add_generation_prompt=True)
+        tokens = engine.tokenize(text)
         if len(tokens) <= budget:
-            return tokens, history, notes or []
+            return Prompt(tokens, text, history, notes or [])
         if not history:
             raise PromptError("context_full", f"the system prompt, the lore notes and the player's line need "
                               f"{len(tokens)} tokens; the context holds {engine.n_ctx} minus max_tokens "

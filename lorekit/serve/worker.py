@@ -1,9 +1,11 @@
-"""The one thread that runs the model: takes turns from the fair queue, builds each prompt from the
-lore snapshot and the history, streams the reply, saves the history, and lets a new model take over
-between turns. While no turn waits, it works ahead: after a turn, it keeps that turn's state (a later
-turn with the same lore notes reuses them) and processes the conversation so far (the next turn then
-processes only its own notes and line, not the history again); and it pre-processes queued personas.
-All of it is exact: a turn reuses only saved states whose tokens are a prefix of its own prompt."""
+"""The threads that run turns: each takes turns from the fair queue, builds the prompt from the lore
+snapshot and the history, streams the reply, saves the history, and lets a new model take over between
+turns. The in-process model has one such thread; a remote engine (`--engine`) has `[serve]
+engine_concurrency` of them, each waiting on its own stream. While no turn waits, the in-process thread
+works ahead: after a turn, it keeps that turn's state (a later turn with the same lore notes reuses them)
+and processes the conversation so far (the next turn then processes only its own notes and line, not the
+history again); and it pre-processes queued personas. All of it is exact: a turn reuses only saved
+states whose tokens are a prefix of its own prompt."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lorekit.serve.engine import common_prefix
+from lorekit.serve.engine_client import EngineError
 from lorekit.serve.turnprompt import (
     PromptError,
     persona_prefix,
@@ -52,8 +55,8 @@ class Worker(threading.Thread):
     """`between_turns()` runs before each turn (the runtime swaps in a pending model there)."""
 
     def __init__(self, lore: Lore, slot: EngineSlot, sessions: SessionStore, scheduler: Scheduler,
-                 warm: WarmQueue, metrics: Metrics, between_turns: Callable[[], None]):
-        super().__init__(name="lorekit-model", daemon=True)
+                 warm: WarmQueue, metrics: Metrics, between_turns: Callable[[], None], name: str = "lorekit-model"):
+        super().__init__(name=name, daemon=True)
         self.lore, self.slot, self.sessions, self.scheduler = lore, slot, sessions, scheduler
         self.warm, self.metrics, self.between_turns = warm, metrics, between_turns
         self.stopping = threading.Event()
@@ -70,7 +73,7 @@ class Worker(threading.Thread):
                 continue
             try:
                 self.run_turn(turn)
-            except PromptError as e:
+            except (PromptError, EngineError) as e:
                 turn.sink.error(e.code, str(e))
             except Exception as e:  # a bug or a model failure must not kill the server
                 log.exception("turn %r failed", turn.rid)
@@ -139,8 +142,9 @@ class Worker(threading.Thread):
             turn.sink.done(self._result(turn, None, "", queue_ms, started))
             return
         engine, fmt, lore = self.slot.engine, self.slot.format(), self.lore.current
-        tokens, history, notes = prompt_tokens(lore, self.sessions, turn, engine, fmt)
-        gen = engine.generate((turn.npc, turn.session), tokens, fmt, turn.sampling, turn.cancel, turn.sink.piece)
+        tokens, text, history, notes = prompt_tokens(lore, self.sessions, turn, engine, fmt)
+        gen = engine.generate((turn.npc, turn.session), tokens, fmt, turn.sampling, turn.cancel, turn.sink.piece,
+                              text=text)
         if turn.session is not None and gen.finish_reason in ("stop", "length"):
             self.sessions.append(turn.npc, turn.session, turn.text, gen.text)
             pairs = [(n.text, n.secret) for n in notes] if lore.retriever is not None else None
