@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -176,3 +177,24 @@ def test_retrieval_logs_nothing_at_debug_level(sample, caplog):
     with caplog.at_level("DEBUG"):
         Retriever(vault, book).retrieve("tobin-reedy", "What do you carry across the river?")
     assert not [r for r in caplog.records if r.name.startswith("bm25s")]
+
+
+def test_retrieval_does_not_wake_jax_on_the_gpu(tmp_path):
+    """bm25s imports JAX where it is installed and runs an op, which grabs 75 % of a GPU's memory; a fake
+    `jax` package on the path records whether it was imported."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "jax"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "imported"
+    (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('jax')\n")
+    (fake / "lax.py").write_text("def top_k(x, k):\n    return x[:k], list(range(k))\n")
+    code = ("from tests.conftest import SAMPLE_LORE; from tests.test_grounding import _book; "
+            "from lorekit.grounding import Retriever; v, b = _book(SAMPLE_LORE); "
+            "print(len(Retriever(v, b).retrieve('tobin-reedy', 'What do you carry across the river?')))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(Path(__file__).parent.parent)])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip().splitlines()[-1]) > 0
+    assert not marker.exists()
