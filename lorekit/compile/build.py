@@ -13,7 +13,13 @@ from typing import Any, NamedTuple
 from lorekit import dataset
 from lorekit.compile.config import CompileConfig
 from lorekit.compile.dataset import Builder, Row, Rows, phrasing_warnings
-from lorekit.compile.extras import greeting_rows, multi_turn_rows, secret_rows, unknown_rows
+from lorekit.compile.extras import (
+    greeting_rows,
+    more_unknown_rows,
+    multi_turn_rows,
+    secret_rows,
+    unknown_rows,
+)
 from lorekit.compile.focus import focus
 from lorekit.compile.templates import TemplateFailure
 from lorekit.dataset import SHAREGPT_ROLES
@@ -150,9 +156,11 @@ def _ground(built: Built, builder: Builder, facts: list[Fact]) -> None:
     retriever = Retriever(builder.vault, book, budget)
     extras = Rows()
     attacks = attack_rows(builder, book, cfg.attack_rows, {f.id: f for f in facts_of(builder.vault)})
-    per_npc = absent_per_npc(cfg, [json.loads(r.head + r.tail) for r in built.train], len(attacks.train),
-                             len(builder.vault.npcs))
-    for rows in (absent_rows(builder, book, per_npc), attacks,
+    npcs = len(builder.vault.npcs)
+    missing = dont_know_missing(cfg, [json.loads(r.head + r.tail) for r in built.train], len(attacks.train), npcs)
+    # half as questions about names the lore does not have, half as what it does not say about known pages
+    per_npc = cfg.absent_per_npc + (math.ceil((missing - missing // 2) / npcs) if npcs else 0)
+    for rows in (more_unknown_rows(builder, missing // 2), absent_rows(builder, book, per_npc), attacks,
                  world_eval_rows(builder, book, {f.id for f in built.facts}, facts, cfg.eval_world_facts)):
         extras.extend(rows)
     _add(built, extras, cfg.format)
@@ -164,21 +172,19 @@ def _ground(built: Built, builder: Builder, facts: list[Fact]) -> None:
     built.notes = book
 
 
-def absent_per_npc(cfg: CompileConfig, train: list[dict], more_rows: int, npcs: int) -> int:
-    """`absent_per_npc`, raised so that the "I don't know" rows reach `dont_know_share` of the train rows.
+def dont_know_missing(cfg: CompileConfig, train: list[dict], more_rows: int, npcs: int) -> int:
+    """How many more "I don't know" rows the train set needs to reach `dont_know_share` (0 if none).
 
-    A whole world has hundreds of fact rows per NPC and a few fixed "I don't know" rows: at ~2 % a model
-    learns to answer everything (measured on the H200, bench/results/eval_grounding.md); at ~20 % it
-    begins to say so when its notes lack the answer (issue 14's probe)."""
+    A whole world has hundreds of fact rows per NPC and a few fixed "I don't know" rows: at ~2-4 % a
+    model learns to answer everything (measured on the H200, bench/results/eval_grounding.md); at ~20 %
+    it begins to say so when its notes lack the answer (issue 14's probe)."""
     share = min(max(cfg.dont_know_share, 0.0), 0.9)
     if not npcs or not share:
-        return cfg.absent_per_npc
-    known = sum(1 for r in train if (r.get("meta") or {}).get("kind") in ("unknown", "absent"))
-    total = len(train) + more_rows + cfg.absent_per_npc * npcs
-    wanted = share * total - known - cfg.absent_per_npc * npcs  # absent rows still missing
-    if wanted <= 0:
-        return cfg.absent_per_npc
-    return cfg.absent_per_npc + math.ceil(wanted / (1 - share) / npcs)
+        return 0
+    base = cfg.absent_per_npc * npcs  # the absent rows asked anyway
+    known = sum(1 for r in train if (r.get("meta") or {}).get("kind") in ("unknown", "absent")) + base
+    total = len(train) + more_rows + base
+    return max(0, math.ceil((share * total - known) / (1 - share)))
 
 
 def keep_fact(fact: Fact, cfg: CompileConfig) -> bool:

@@ -37,8 +37,8 @@ class CompileConfig:
     notes_max: int = opt(6, "at most this many lore notes in one turn (compile and serve)")
     notes_share: float = opt(0.8, "share of NPC fact rows trained with notes; the rest without, so facts stay in the weights")
     absent_per_npc: int = opt(4, "questions per NPC about known pages on what the lore does not say, answered 'I don't know'")
-    dont_know_share: float = opt(0.15, "grounding: at least this share of the train rows answer 'I don't know' (unknown "
-                                 "names, absent facts); absent-fact questions are added per NPC until it holds")
+    dont_know_share: float = opt(0.15, "grounding: at least this share of the train rows answer 'I don't know'; "
+                                 "questions on invented names and on absent facts are added until it holds")
     attack_rows: int = opt(1, "train rows per attack kind (templates/attacks/) and kept secret, refused in character")
     eval_world_facts: int = opt(40, "eval questions about facts training did not teach (a seeded sample of the whole world)")
     cache: bool = opt(True, "reuse parse and render results from OUT/.cache for unchanged pages")

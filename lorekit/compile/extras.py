@@ -26,13 +26,7 @@ def unknown_rows(b: Builder) -> Rows:
     try:
         for i, who in enumerate(invented):
             in_eval = i >= cfg.unknown_names
-            speaker = speakers[i % len(speakers)]
-            train_q, eval_q = split(b.t.lines(tpl, "questions", {"name": who}), cfg.eval_phrasings_per_fact)
-            qs = eval_q or train_q if in_eval else train_q
-            q = qs[random.Random(f"{seed}:unk:{who}").randrange(len(qs))]
-            a = _reply(b, tpl, speaker, who, f"{seed}:unk:{who}")
-            (out.eval if in_eval else out.train).append(
-                make_row(b.systems[speaker], [(q, a)], meta(speaker, "unknown", [who], [], [], name)))
+            (out.eval if in_eval else out.train).append(_invented_row(b, who, speakers[i % len(speakers)], in_eval))
         for npc in b.vault.npcs.values():
             strangers = sorted(e for e in b.public if e not in npc.knows and e not in npc.secrets)
             rng = random.Random(f"{seed}:strangers:{npc.id}")
@@ -50,6 +44,32 @@ def unknown_rows(b: Builder) -> Rows:
     except TemplateFailure as e:
         out.problems.append(b.template_problem(e, "(invented names)", 0, "an unknown-name question"))
     return out
+
+
+def more_unknown_rows(b: Builder, count: int) -> Rows:
+    """`count` further invented names, asked in training only: the ones after those `unknown_rows` uses
+    (`[compile] dont_know_share` asks for them when a world's fact rows outnumber its "I don't know")."""
+    out = Rows()
+    speakers: list[str | None] = ([None] if b.cfg.keeper else []) + list(b.vault.npcs)
+    if count <= 0 or not speakers:
+        return out
+    used = b.cfg.unknown_names + b.cfg.eval_unknown_names
+    try:
+        for i, who in enumerate(invent(used + count, f"{b.cfg.seed}:names", b.vault.mentions)[used:], start=used):
+            out.train.append(_invented_row(b, who, speakers[i % len(speakers)], in_eval=False))
+    except TemplateFailure as e:
+        out.problems.append(b.template_problem(e, "(invented names)", 0, "an unknown-name question"))
+    return out
+
+
+def _invented_row(b: Builder, who: str, speaker: str | None, in_eval: bool):
+    """A question about the invented name `who`, answered "I don't know" by `speaker` (train or eval phrasing)."""
+    tpl, seed = "replies/unknown.j2", b.cfg.seed
+    train_q, eval_q = split(b.t.lines(tpl, "questions", {"name": who}), b.cfg.eval_phrasings_per_fact)
+    qs = eval_q or train_q if in_eval else train_q
+    q = qs[random.Random(f"{seed}:unk:{who}").randrange(len(qs))]
+    a = _reply(b, tpl, speaker, who, f"{seed}:unk:{who}")
+    return make_row(b.systems[speaker], [(q, a)], meta(speaker, "unknown", [who], [], [], b.t.display(tpl)))
 
 
 def _reply(b: Builder, tpl: str, speaker: str | None, who: str, seed: str) -> str:
