@@ -7,7 +7,8 @@
 
 What it does, in order (issue 18, item 3):
   1. Makes a random-weight model folder of the E2B shape (transformers' Gemma4TextConfig defaults: hidden
-     2304, 30 layers, per-layer embeddings, 262,144 words, 10 KV-shared layers), built on the GPU in bf16,
+     2304, 30 layers, per-layer embeddings, 262,144 words, 10 KV-shared layers; 4 sliding-window layers
+     to each full one, a layout `lorekit export` accepts, see `exportable`), built on the GPU in bf16,
      with a real Gemma tokenizer: Gemma 3 270M's (LoreKit's converted-model cache) with its two turn tokens
      renamed to Gemma 4's `<|turn>` and `<turn|>` in place (same ids, 105 and 106; vocabulary size unchanged),
      so that the compiled rows tokenize as they would for a real Gemma model. Timed on its own: a user has
@@ -205,6 +206,16 @@ def unpack_tokenizer(source: Path, work: Path) -> Path:
     return target / "tokenizer"
 
 
+def exportable(config):
+    """`config` with 4 sliding-window layers to each full one. transformers' defaults (5 to 1, 30 layers,
+    the last 10 KV-shared) leave two sliding layers right before the shared ones, which llama.cpp's Gemma 4
+    loader cannot share from, so `lorekit export` refuses them (measured on the H200, build_e2b_gpu.md);
+    Gemma 4 models end their unshared layers with sliding, full, as this does."""
+    config.layer_types = ["full_attention" if i % 5 == 4 else "sliding_attention"
+                          for i in range(config.num_hidden_layers)]
+    return config
+
+
 def make_model(folder: Path, tokenizer: Path | None, smoke: bool, shape: str = "e2b") -> dict:
     """(worker process) The model folder; returns the seconds it took and the machine."""
     import torch
@@ -224,7 +235,7 @@ def make_model(folder: Path, tokenizer: Path | None, smoke: bool, shape: str = "
 
         config = tiny_config("gemma4", 262144, {"<pad>": 0, "<eos>": 1, "<bos>": 2})
     else:
-        config = tt.model_config("gemma4-e2b")
+        config = exportable(tt.model_config("gemma4-e2b"))
     if vocab > config.vocab_size:
         raise SystemExit(f"{tokenizer}: {vocab} tokens but the E2B shape has {config.vocab_size} rows")
     config.pad_token_id, config.eos_token_id, config.bos_token_id = 0, 1, 2  # Gemma's ids, as in the tokenizer

@@ -95,3 +95,18 @@ def test_smoke_run_builds_and_reports_each_part(tmp_path):
     assert fig["export"]["base_gguf_s"] > 0 and fig["export"]["files_gib"]["model.gguf"] >= 0
     text = (out / "build_e2b_gpu.md").read_text()
     assert "SMOKE" in text and "command start -> adapter" in text and "target 180" in text
+
+
+def test_the_e2b_shape_has_a_layer_layout_that_export_accepts(bench):
+    pytest.importorskip("transformers")
+    import train_throughput as tt  # bench/ is on the path once the bench module is loaded
+
+    from lorekit.export.from_hf import _check_kv_sharing
+
+    default = tt.model_config("gemma4-e2b")
+    kinds = [t == "sliding_attention" for t in default.layer_types]
+    with pytest.raises(Exception, match="not a layout llama.cpp supports"):
+        _check_kv_sharing(kinds, default.num_kv_shared_layers)
+    config = bench.exportable(tt.model_config("gemma4-e2b"))
+    _check_kv_sharing([t == "sliding_attention" for t in config.layer_types], config.num_kv_shared_layers)
+    assert config.num_hidden_layers == default.num_hidden_layers and "full_attention" in config.layer_types
