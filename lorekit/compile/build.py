@@ -157,14 +157,15 @@ def _ground(built: Built, builder: Builder, facts: list[Fact]) -> None:
     extras = Rows()
     attacks = attack_rows(builder, book, cfg.attack_rows, {f.id: f for f in facts_of(builder.vault)})
     npcs = len(builder.vault.npcs)
-    missing = dont_know_missing(cfg, [json.loads(r.head + r.tail) for r in built.train], len(attacks.train), npcs)
+    train = [json.loads(r.head + r.tail) for r in built.train]
+    missing = dont_know_missing(cfg, train, len(attacks.train), npcs)
     # half as questions about names the lore does not have, half as what it does not say about known pages
     per_npc = cfg.absent_per_npc + (math.ceil((missing - missing // 2) / npcs) if npcs else 0)
     for rows in (more_unknown_rows(builder, missing // 2), absent_rows(builder, book, per_npc), attacks,
                  world_eval_rows(builder, book, {f.id for f in built.facts}, facts, cfg.eval_world_facts)):
         extras.extend(rows)
     _add(built, extras, cfg.format)
-    train = [json.loads(r.head + r.tail) for r in built.train]
+    train += [json.loads(r.head + r.tail) for r in built.train[len(train):]]  # the rows just added
     evals = [json.loads(r.head + r.tail) for r in built.eval]
     train, evals = ground(train, evals, retriever, cfg.seed, cfg.notes_share)
     built.train = [serialize(dataset.to_row(dataset.messages(r), r["meta"]), cfg.format) for r in train]

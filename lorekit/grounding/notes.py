@@ -33,6 +33,11 @@ class Note:
         return {"page": self.page, "heading": self.heading}
 
 
+def note_pairs(notes: list[Note]) -> list[tuple[str, bool]]:
+    """The notes as `lorekit.prompt` lays them out: (text, secret) each."""
+    return [(n.text, n.secret) for n in notes]
+
+
 @dataclass
 class NoteBook:
     """Every note of a vault, and which NPC may be told which."""

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -32,8 +33,9 @@ ASKING = {"who", "whom", "whose", "what", "which", "where", "when", "why", "how"
           "was", "were", "heard", "hear", "explain", "describe", "speak", "talk", "please", "any", "s"}
 
 
+@functools.cache
 def _bm25s():
-    """The `bm25s` module, quiet and without JAX.
+    """The `bm25s` module, quiet and without JAX (imported once; every retrieval asks for it).
 
     On import bm25s sets its own logger to DEBUG (then logs every index it builds), and, where JAX is
     installed, imports it and runs a JAX op, which makes JAX take 75 % of a GPU's memory before training

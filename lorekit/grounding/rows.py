@@ -20,17 +20,13 @@ import random
 from lorekit import dataset
 from lorekit.compile.dataset import Builder, Rows, make_row, meta, split
 from lorekit.compile.templates import TemplateFailure
-from lorekit.grounding.notes import Note, NoteBook
+from lorekit.grounding.notes import Note, NoteBook, note_pairs
 from lorekit.grounding.retrieve import Retriever
 from lorekit.lore import Fact
 from lorekit.prompt import npc_view, user_turn
 
 FACT_KINDS = ("field", "reverse", "summary", "section")
 ATTACK_DIR = "attacks"
-
-
-def note_pairs(notes: list[Note]) -> list[tuple[str, bool]]:
-    return [(n.text, n.secret) for n in notes]
 
 
 def ground_row(row: dict, retriever: Retriever, rng: random.Random, share: float, force: str | None) -> dict:

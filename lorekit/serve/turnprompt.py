@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, NamedTuple
 
+from lorekit.grounding.notes import note_pairs
 from lorekit.prompt import conversation
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def prompt_tokens(lore: LoreSnapshot, sessions: SessionStore, turn: Turn, engine
     else:
         history = session_history(sessions, turn.npc, turn.session)
     notes = lore.notes_for(turn.npc, turn.text, history)
-    pairs = [(n.text, n.secret) for n in notes] if notes is not None else None
+    pairs = note_pairs(notes) if notes is not None else None
     budget = engine.n_ctx - turn.sampling.max_tokens
     while True:
         messages = conversation(lore.prompts[turn.npc], history, turn.text, turn.state, pairs)

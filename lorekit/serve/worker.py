@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lorekit.grounding.notes import note_pairs
 from lorekit.serve.engine import common_prefix
 from lorekit.serve.engine_client import EngineError
 from lorekit.serve.turnprompt import (
@@ -110,7 +111,7 @@ class Worker(threading.Thread):
         if lore.retriever is not None:
             lore.retriever.warm(npc)  # its first turn need not build the NPC's search index
             for line in self.slot.cfg.prewarm_lines:
-                notes = [(n.text, n.secret) for n in lore.notes_for(npc, line, [])]
+                notes = note_pairs(lore.notes_for(npc, line, []))
                 texts.setdefault(prompt_prefix(lore, npc, fmt, [], notes), ("*notes*", npc, line))
         for text, key in texts.items():
             if not engine.prewarm(key, engine.tokenize(text), stop=self._busy):
@@ -147,7 +148,7 @@ class Worker(threading.Thread):
                               text=text)
         if turn.session is not None and gen.finish_reason in ("stop", "length"):
             self.sessions.append(turn.npc, turn.session, turn.text, gen.text)
-            pairs = [(n.text, n.secret) for n in notes] if lore.retriever is not None else None
+            pairs = note_pairs(notes) if lore.retriever is not None else None
             self.warm.add_turn((turn.npc, turn.session), AfterTurn(turn.npc, turn.session, lore, history, pairs))
         result = self._result(turn, gen, gen.text, queue_ms, started)
         result["sources"] = [n.source for n in notes]  # the notes this reply was given (page, heading)
