@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -134,6 +135,18 @@ def model_sha256(model: Path, adapter: Path | None) -> str:
     return f"{digest}+{file_sha256(adapter)}" if adapter else digest
 
 
+def hash_later(served: Any) -> None:
+    """Set `served.sha256` from its `path` and `adapter` in the background: a multi-GB GGUF takes
+    seconds to hash, and serving need not wait for it (the in-process and the remote engine alike)."""
+    def run() -> None:
+        try:
+            served.sha256 = model_sha256(served.path, served.adapter)
+        except OSError as e:
+            log.warning("could not hash %s: %s", served.path, e)
+
+    threading.Thread(target=run, name="lorekit-model-hash", daemon=True).start()
+
+
 def gguf_family(metadata: dict) -> str:
     """The chat format a GGUF's architecture calls for."""
     arch = str(metadata.get("general.architecture", "")).lower()
@@ -176,15 +189,8 @@ class Engine:
         self.loaded_at = time.time()
         self.signature = file_signature(self.path, self.adapter)
         self.sha256: str | None = None  # the model's identity in status and /health, once hashed
-        threading.Thread(target=self._hash, name="lorekit-model-hash", daemon=True).start()
+        hash_later(self)
         self.prompt_rate = 100.0  # prompt tokens/s, updated as prompts are processed (sizes the chunks)
-
-    def _hash(self) -> None:
-        """In the background: a multi-GB GGUF takes seconds to hash, and serving need not wait for it."""
-        try:
-            self.sha256 = model_sha256(self.path, self.adapter)
-        except OSError as e:
-            log.warning("could not hash %s: %s", self.path, e)
 
     # -- tokens -------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from typing import Any
 from lorekit.chat_formats import ChatFormat
 from lorekit.errors import LorekitError
 from lorekit.serve.config import ServeConfig
-from lorekit.serve.engine import Generation, file_signature, gguf_family, model_sha256
+from lorekit.serve.engine import Generation, file_signature, gguf_family, hash_later
 from lorekit.serve.engine_client import EngineClient, EngineError, parse_url
 from lorekit.serve.request import Sampling
 from lorekit.serve.scheduler import Cancel
@@ -159,13 +159,7 @@ class RemoteEngine:
         self.loaded_at = time.time()
         self.signature = file_signature(self.path)
         self.sha256: str | None = None
-        threading.Thread(target=self._hash, name="lorekit-model-hash", daemon=True).start()
-
-    def _hash(self) -> None:
-        try:
-            self.sha256 = model_sha256(self.path, None)
-        except OSError as e:
-            log.warning("could not hash %s: %s", self.path, e)
+        hash_later(self)
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of already-rendered chat text (it carries its own `<bos>`): what the engine will see."""
