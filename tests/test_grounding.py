@@ -200,3 +200,38 @@ def test_retrieval_does_not_wake_jax_on_the_gpu(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.strip().splitlines()[-1]) > 0
     assert not marker.exists()
+
+
+def test_a_wave_of_first_turns_builds_the_npc_index_once(monkeypatch):
+    """64 worker threads asking about one NPC at once (an engine's first wave) share one build."""
+    import threading
+
+    import lorekit.grounding.retrieve as retrieve
+
+    vault, book = _book(SAMPLE)
+    r = Retriever(vault, book)
+    builds, real = [], retrieve._bm25s()
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def BM25(self):  # noqa: N802  (bm25s's name)
+            builds.append(1)
+            return real.BM25()
+
+    monkeypatch.setattr(retrieve, "_bm25s", lambda: Counting())
+    start = threading.Barrier(16)
+    results = []
+
+    def ask():
+        start.wait()
+        results.append(r.retrieve("tobin-reedy", "What do you carry across the river?"))
+
+    threads = [threading.Thread(target=ask) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1
+    assert len(results) == 16 and all(res == results[0] for res in results) and results[0]

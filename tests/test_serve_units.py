@@ -163,3 +163,21 @@ def test_subscribers_hear_reload_events_until_they_unsubscribe(tmp_path):
     unsubscribe()
     runtime.publish({"type": "reloaded", "what": "model"})
     assert heard == [{"type": "reloaded", "what": "lore"}] and runtime.clients() == 1
+
+
+def test_history_is_rewritten_whole_without_waiting_for_the_disk(tmp_path, monkeypatch):
+    """A turn's history is saved by a rename (never half-written) but not fsynced: 64 players' turns
+    would queue behind the disk; artifacts (atomic.write_bytes' default) still are."""
+    import os
+
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    store = SessionStore(tmp_path)
+    store.append("mara-vell", "s", "hi", "hello")
+    assert synced == []
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert json.loads((tmp_path / file_name("mara-vell", "s")).read_text())["turns"][0]["npc"] == "hello"
+    from lorekit.atomic import write_text
+
+    write_text(tmp_path / "artifact.json", "{}")
+    assert len(synced) == 1

@@ -15,6 +15,7 @@ import functools
 import logging
 import re
 import sys
+import threading
 from dataclasses import dataclass
 
 from lorekit.errors import LorekitError
@@ -119,6 +120,7 @@ class Retriever:
         self.book, self.budget = book, budget or Budget()
         self.names = Names(vault)
         self._index: dict[str, tuple[list[Note], object]] = {}
+        self._building = threading.Lock()  # one build per NPC, however many worker threads ask at once
 
     def warm(self, npc: str) -> None:
         """Build the NPC's search index now (the server does it while idle, not in a first turn)."""
@@ -134,15 +136,19 @@ class Retriever:
                 self._index.setdefault(npc, (notes, model))
 
     def _bm25(self, npc: str):
-        if npc not in self._index:
-            bm25s = _bm25s()
+        index = self._index.get(npc)
+        if index is None:
+            with self._building:  # the threads that came too late wait for it instead of building it again
+                index = self._index.get(npc)
+                if index is None:
+                    bm25s = _bm25s()
 
-            notes = self.book.of(npc)
-            corpus = [self._strip(f"{n.heading} {n.keys} {n.text}") for n in notes] or [""]
-            model = bm25s.BM25()
-            model.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
-            self._index[npc] = (notes, model)
-        return self._index[npc]
+                    notes = self.book.of(npc)
+                    corpus = [self._strip(f"{n.heading} {n.keys} {n.text}") for n in notes] or [""]
+                    model = bm25s.BM25()
+                    model.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+                    self._index[npc] = index = (notes, model)
+        return index
 
     def _strip(self, text: str) -> str:
         """The text without entity names: they tell which page, not which fact of it (step 1 did that)."""

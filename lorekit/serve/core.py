@@ -74,6 +74,7 @@ class Runtime:
             raise LorekitError("the lore has errors; fix them and start again:\n" + "\n".join(result.errors))
         self.slot.load()
         self.warm.add(self.lore.current.npcs)
+        self._index_notes()
         log.info("model %s (%s), %d NPCs%s", self.slot.engine.path, self.slot.family or self.slot.engine.family,
                  len(self.lore.current.npcs), f", generating on {self.cfg.engine}" if self.cfg.engine else "")
 
@@ -96,6 +97,23 @@ class Runtime:
 
             self.retrainer = Retrainer(self.lore_dir, self.out, self.cfg.retrain_debounce,
                                        on_built=self.reload_model, on_failed=self._build_failed)
+
+    def _index_notes(self) -> None:
+        """With --engine no worker is ever idle to work ahead (the engine caches prompts itself), so the
+        NPCs' search indexes are built by a thread of their own now, not by the first turns to each NPC
+        (a wave of 64 players' first turns built the same index dozens of times over)."""
+        lore = self.lore.current
+        if not self.cfg.engine or lore.retriever is None:
+            return
+
+        def build() -> None:
+            for npc in lore.npcs:
+                try:
+                    lore.retriever.warm(npc)  # kept from the previous lore when the NPC's notes did not change
+                except Exception:  # an optimisation: a turn builds what is missing
+                    log.exception("building the notes index of %s failed", npc)
+
+        threading.Thread(target=build, name="lorekit-notes-index", daemon=True).start()
 
     def stop_turns(self) -> None:
         """End every queued turn with `shutting_down` and stop the running ones at their next token."""
@@ -227,6 +245,7 @@ class Runtime:
             # the worker starts on them now, from each NPC's previous state (only the tokens from the
             # first changed one on are processed), so the next turn of that NPC finds them ready.
             self.warm.add(result.changed, first=True)
+            self._index_notes()
             self.publish({"type": "reloaded", "what": "lore", "generation": self.lore.current.generation,
                           "npcs": result.changed})
             if self.retrainer:

