@@ -196,7 +196,7 @@ def summarize(rows: list[dict], ctx: Context, speeds: dict) -> dict:
     summary["repeat_words"] = ctx.repeat_words
     summary["compile"] = {k: (ctx.report.get("config") or {}).get(k)
                           for k in ("notes_budget", "notes_max", "notes_share", "absent_per_npc", "attack_rows",
-                                    "unknown_names", "unknown_per_npc", "max_facts")}
+                                    "unknown_names", "unknown_per_npc", "max_facts", "dont_know_share")}
     return summary
 
 
