@@ -45,7 +45,8 @@ ENGINE="env PYTHONPATH=$VSITE VLLM_NO_USAGE_STATS=1 VLLM_USE_FLASHINFER_SAMPLER=
   python3 -m vllm.entrypoints.openai.api_server --model $HF --served-model-name lorekit --host 127.0.0.1 \
   --port {port} --dtype bfloat16 --gpu-memory-utilization 0.3 --max-model-len 2048 --max-num-seqs 64 \
   --enforce-eager ${VLLM_ARGS:-}"
-python3 bench/engine_players.py --players "${PLAYERS:-64}" --turns 3 --tokens 32 --threads 16 --player-procs 8 \
+# --direct: the same players straight to vLLM too (LoreKit renders, no LoreKit server), to split a slow tail
+python3 bench/engine_players.py --players "${PLAYERS:-64}" --turns 3 --tokens 32 --threads 16 --player-procs 8 --direct ${PLAYER_ARGS:-} \
   --lore "$LORE" --model "$MODEL" --engine-wait 400 --start-engine "$ENGINE" \
   2>&1 | tee "$OUT/players.log" | grep -v "^INFO\|it/s]" | tail -30 || echo "engine_players.py: exit non-zero (see players.log)"
 stamp "players done"

@@ -158,9 +158,9 @@ def _ready(_: int) -> None:
     time.sleep(0.05)
 
 
-def run_players(app: Server, players: int, turns: int, tokens: int, procs: int) -> dict:
+def run_players(app: Server, players: int, turns: int, tokens: int, procs: int, first_id: int = 0) -> dict:
     npcs = list(app.runtime.lore.current.npcs)
-    jobs = [(i, npcs[i % len(npcs)]) for i in range(players)]
+    jobs = [(first_id + i, npcs[i % len(npcs)]) for i in range(players)]
     procs = max(1, min(procs, players))
     out, errors = [], []
     with multiprocessing.get_context("spawn").Pool(procs) as pool:
@@ -170,13 +170,17 @@ def run_players(app: Server, players: int, turns: int, tokens: int, procs: int) 
             out += got
             errors += errs
         wall = time.perf_counter() - t0
+    return {"players": players, "player_processes": procs, **summary(out, errors, wall)}
+
+
+def summary(out: list[dict], errors: list[str], wall: float) -> dict:
     firsts = sorted(r["first_s"] for r in out if r["first_s"] is not None)
-    return {"players": players, "player_processes": procs, "turns": len(out), "errors": len(errors),
-            "first_errors": errors[:3],
+    return {"turns": len(out), "errors": len(errors), "first_errors": errors[:3],
             "wall_s": round(wall, 2), "turns_per_s": round(len(out) / wall, 3),
             "tokens_per_s": round(sum(r["completion"] for r in out) / wall, 1),
             "mean_completion_tokens": round(statistics.mean(r["completion"] for r in out), 1) if out else 0,
             "first_token_p50_s": round(pct(firsts, 50), 3), "first_token_p95_s": round(pct(firsts, 95), 3),
+            "first_token_max_s": round(firsts[-1], 3) if firsts else None,
             "turn_p50_s": round(pct(sorted(r["total_s"] for r in out), 50), 3)}
 
 
@@ -197,10 +201,74 @@ def serve_case(args, root: Path, name: str, **cfg) -> dict:
             npcs = list(runtime.lore.current.npcs)
             warm = player_group(app.port, [(10**6 + i, npc) for i, npc in enumerate(npcs)], 1, args.tokens)  # own sessions
             print(f"[{name}] warm-up: {len(warm[0])} turns, {len(warm[1])} errors", flush=True)
+            if args.warmup_wave:  # then every player's first turn at once, in sessions of their own: the
+                # batch shapes of the timed run (an engine may compile kernels at the first use of each)
+                warm = run_players(app, args.players, 1, args.tokens, args.player_procs, first_id=2 * 10**6)
+                print(f"[{name}] warm-up wave: {warm['turns']} turns in {warm['wall_s']} s, first token p95 "
+                      f"{warm['first_token_p95_s']} s", flush=True)
         print(f"[{name}] {args.players} players x {args.turns} turns, {args.tokens} tokens each ...", flush=True)
         result = run_players(app, args.players, args.turns, args.tokens, args.player_procs)
     finally:
         app.stop_background()
+    print(f"[{name}] {json.dumps(result)}", flush=True)
+    return result
+
+
+def direct_case(args, root: Path, url: str, plain: bool) -> dict:
+    """c. The engine alone: each player's turns rendered by LoreKit as the server would (persona, notes,
+    the history so far) and streamed straight from the engine's /v1/completions by the player's own
+    thread, no LoreKit server between them: a slow tail seen here is the engine's. `plain`: only the
+    prompt, max_tokens, temperature and stop (no top_k/top_p, repetition penalty, logit_bias or stop ids)."""
+    from lorekit.serve.request import Sampling
+    from lorekit.serve.scheduler import Cancel, Turn, TurnSink
+    from lorekit.serve.turnprompt import prompt_tokens
+
+    runtime = Runtime(args.lore, root / "out-direct", ServeConfig(port=0, model=args.model, n_ctx=args.n_ctx,
+                                                                  engine=url, watch=False, prewarm=False))
+    runtime.load()  # lore, notes and the engine's vocabulary; no worker, no server
+    engine, fmt, lore = runtime.slot.engine, runtime.slot.format(), runtime.lore.current
+    npcs = list(lore.npcs)
+
+    def one(i: int, npc: str, turns: int, out: list, errors: list) -> None:
+        history: list[dict] = []
+        try:
+            for t in range(turns):
+                line = LINES[(i + t) % len(LINES)]
+                turn = Turn(client=i, rid=f"{i}-{t}", npc=npc, text=line, sink=TurnSink(), session=None,
+                            messages=list(history), sampling=Sampling(max_tokens=args.tokens, temperature=0.8))
+                prompt = prompt_tokens(lore, runtime.sessions, turn, engine, fmt)
+                body = engine.body(prompt.text, fmt, turn.sampling)
+                if plain:
+                    body = {k: body[k] for k in ("prompt", "max_tokens", "temperature", "stop", "stream", "model")
+                            if k in body}
+                sent, first, pieces = time.perf_counter(), None, []
+                for event in engine.client.stream("/v1/completions", body, Cancel()):
+                    choices = event.get("choices") or []
+                    if choices and choices[0].get("text"):
+                        first = first or time.perf_counter() - sent
+                        pieces.append(choices[0]["text"])
+                out.append({"first_s": first, "total_s": time.perf_counter() - sent, "completion": len(pieces)})
+                history += [{"role": "user", "content": line}, {"role": "assistant", "content": "".join(pieces)}]
+        except Exception as e:  # noqa: BLE001  (counted, as for the other cases)
+            errors.append(f"player {i}: {type(e).__name__}: {e}")
+
+    def wave(ids: list[int], turns: int) -> tuple[list, list, float]:
+        out, errors = [], []
+        threads = [threading.Thread(target=one, args=(i, npcs[i % len(npcs)], turns, out, errors)) for i in ids]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return out, errors, time.perf_counter() - t0
+
+    name = "engine alone, plain sampling" if plain else "engine alone"
+    try:
+        print(f"[{name}] {args.players} players x {args.turns} turns, {args.tokens} tokens each ...", flush=True)
+        out, errors, wall = wave(list(range(args.players)), args.turns)
+    finally:
+        runtime.close()
+    result = {"players": args.players, "player_processes": 0, **summary(out, errors, wall)}
     print(f"[{name}] {json.dumps(result)}", flush=True)
     return result
 
@@ -259,6 +327,11 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-layers", type=int, default=0, help="in-process llama.cpp layers on the GPU (-1: all)")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="time from a cold start (default: one untimed turn to each NPC first, in both cases)")
+    p.add_argument("--warmup-wave", action="store_true",
+                   help="also one untimed turn of every player at once before the timed run (both cases)")
+    p.add_argument("--direct", action="store_true", help="add case c: the same players straight to the engine "
+                   "(LoreKit renders the prompts, no LoreKit server), once with LoreKit's sampling fields and "
+                   "once with only temperature and stop")
     p.add_argument("--player-procs", type=int, default=8, help="processes the players run in (threads within each)")
     p.add_argument("--skip-inprocess", action="store_true", help="only the engine case")
     p.add_argument("--no-write", action="store_true", help="print only")
@@ -278,6 +351,9 @@ def main(argv=None) -> int:
                 proc, url = start_engine(args.start_engine, args.model, args.engine_wait, root / "engine.log")
             cases["--engine"] = serve_case(args, root, "engine", engine=url, engine_timeout=args.engine_timeout,
                                            engine_concurrency=args.concurrency or args.players)
+            if args.direct:
+                cases["engine alone"] = direct_case(args, root, url, plain=False)
+                cases["engine alone, plain sampling"] = direct_case(args, root, url, plain=True)
         finally:
             if proc is not None:
                 proc.kill()
