@@ -9,8 +9,9 @@
     same lines in the same sessions with the same reply cap), real server core, the 270M GGUF,
     personas pre-processed, the two servers taking turns. Before each line both servers finish their
     work ahead (the player reads the reply). Reported by kind of turn, never mixed into one figure: a
-    likely opener, a new topic (first turn of a session, follow-up with history), and a repeated topic
-    (the same lines again in a new session: what saved states serve). Target: with / without at most
+    likely opener, a new topic (first turn of a session, follow-up with history; a first turn whose
+    line the game sent ahead with `typing`, all but its last word), and a repeated topic (the same
+    lines again in a new session: what saved states serve). Target: with / without at most
     1.3x at the default thread count.
 
 Appends the figures with machine, load, date and command to `bench/results/grounding_serve.md`.
@@ -69,6 +70,18 @@ def notes_rebuild(lore: Path, page: Path, rounds: int) -> dict:
             "reload_median_ms": statistics.median(whole), "notes": len(state.current.retriever.book.notes)}
 
 
+TYPED_QUESTIONS = [("tobin-reedy", "What lives in the Sallow Fen?"),
+                   ("bettany-crumb", "Tell me about the Saltreaver Fleet."),
+                   ("idris-fenn", "What does the Ebbwatch do?"), ("pip-larkspur", "What is the Undertide?"),
+                   ("hessa-orrin", "What is the Tidewright Guild?"),
+                   ("olwin-sparrowgrave", "Tell me about the Conclave of the Shell.")]
+TYPED = "new topic, first turn, typed ahead (protocol `typing` with all but the last word)"
+TYPED_WHOLE_QUESTIONS = [("tobin-reedy", "Tell me about the Heron Oar."), ("bettany-crumb", "Who is Corvina Marr?"),
+                         ("idris-fenn", "Who is Bram Tallow?"), ("pip-larkspur", "What is the Cantor's Mask?"),
+                         ("hessa-orrin", "Who is Ossian Marr?"), ("olwin-sparrowgrave", "What is the Tidal Codex?")]
+TYPED_WHOLE = "new topic, first turn, typed ahead (`typing` with the whole line: the player paused before Enter)"
+
+
 def wait_idle(runtimes, timeout: float = 600.0) -> None:
     """Until no runtime has a turn queued or work ahead pending (the player is reading the reply)."""
     deadline = time.monotonic() + timeout
@@ -113,10 +126,18 @@ def first_tokens(lore: Path, threads: int, rounds: int, reply_tokens: int) -> di
             kind = ("repeated topic" if r else "new topic") + (", follow-up" if npc in asked else ", first turn")
             lines.append((kind, npc, q, f"b{r}"))
             asked.add(npc)
+    # first lines on topics asked nowhere else (no saved notes to reuse), the game having sent `typing` with
+    # all but the last word while the player typed
+    lines += [(TYPED, npc, q, "typed") for npc, q in TYPED_QUESTIONS]
+    lines += [(TYPED_WHOLE, npc, q, "typed") for npc, q in TYPED_WHOLE_QUESTIONS]
     for i, (kind, npc, q, session) in enumerate(lines):
         for mode in (("notes", "none") if i % 2 == 0 else ("none", "notes")):
             wait_idle(runtimes.values())
             with lk.LoreKitClient(port=servers[mode].port) as c:
+                if kind in (TYPED, TYPED_WHOLE):
+                    c.typing(npc, q.rsplit(" ", 1)[0] if kind == TYPED else q, session=session)
+                    time.sleep(0.2)  # the hint arrives (no answer comes back), then the player types on
+                    wait_idle([runtimes[mode]])
                 done = c.turn(npc, q, session=session, max_tokens=reply_tokens)
             t_done = time.perf_counter()
             wait_idle([runtimes[mode]])
@@ -131,7 +152,7 @@ def first_tokens(lore: Path, threads: int, rounds: int, reply_tokens: int) -> di
 
 def first_token_table(f: dict) -> list[str]:
     rows, med = f["rows"], statistics.median
-    kinds = ["opener (greeting or prewarm_lines), first turn", "new topic, first turn", "new topic, follow-up", "repeated topic, first turn", "repeated topic, follow-up"]
+    kinds = ["opener (greeting or prewarm_lines), first turn", "new topic, first turn", TYPED, TYPED_WHOLE, "new topic, follow-up", "repeated topic, first turn", "repeated topic, follow-up"]
     lines = ["| turn | n | with notes | without notes | ratio (target <= 1.3x) | prompt tokens processed, with / without "
              "| work ahead after the turn, with / without |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for kind in [k for k in kinds if any(r[0] == k for r in rows)] + ["all turns (mixed: not a first-time figure)"]:

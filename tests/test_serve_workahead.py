@@ -197,3 +197,29 @@ def test_saved_notes_and_conversations_give_the_uncached_reply(warm_server):
     assert again["text"] == first["text"] == cold["text"] and again["tokens"]["prompt"] == cold["tokens"]["prompt"]
     assert second["text"] == cold_follow["text"] and second["tokens"]["prompt"] == cold_follow["tokens"]["prompt"]
     assert rt.engine.states.bytes <= rt.engine.states.max_bytes
+
+
+@pytest.mark.llama
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_a_line_typed_ahead_leaves_only_its_end_to_process_and_the_same_reply(warm_server):
+    """`typing` with the line so far: the turn with the final line then processes only what differs
+    (notes, history and most of the line are ready), and replies exactly as without the hint."""
+    from lorekit.serve.cli_chat import load_client
+
+    lk, rt = load_client(), warm_server.runtime
+    line = "Who leads the Oarsmen's Brotherhood these days?"
+    with lk.LoreKitClient(port=warm_server.port, timeout=300) as c:
+        idle(warm_server)
+        ok = c.typing(NPC, line[:-len(" these days?")], session="typed")  # the player pauses mid-line
+        with pytest.raises(TimeoutError):  # no reply to a typing hint
+            c.next_event(ok, timeout=0.3)
+        idle(warm_server)
+        typed = c.turn(NPC, line, session="typed", max_tokens=8)
+        forget(warm_server)
+        plain = c.turn(NPC, line, session="plain", max_tokens=8)
+        bad = c.typing("nobody", "Hello")  # bad input: an error event with the hint's id
+        assert c.next_event(bad, timeout=30)["code"] == "unknown_npc"
+    assert typed["tokens"]["prompt"] == plain["tokens"]["prompt"] and typed["text"] == plain["text"]
+    assert plain["tokens"]["cached"] < typed["tokens"]["cached"]
+    assert typed["tokens"]["prompt"] - typed["tokens"]["cached"] <= 12, typed  # " these days?" and the turn's end

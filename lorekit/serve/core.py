@@ -154,6 +154,18 @@ class Runtime:
             now = time.perf_counter()
             turn.sink.done(turn_result(turn, None, "", (now - turn.received) * 1000, now))
 
+    def typing(self, npc: str, session: str, text: str, state: dict | None = None) -> bool:
+        """The player is typing `text` to `npc`: process its prompt while the model is idle (the newest
+        line of a conversation replaces the one before). False when nothing is done ahead: with --engine
+        (the engine caches prompts itself) or `prewarm = false`."""
+        from lorekit.serve.worker import Typing
+
+        self.check_npc(npc)
+        if not self.warm.enabled:
+            return False
+        self.warm.add_turn((npc, session), Typing(npc, session, text, state))
+        return True
+
     def check_npc(self, npc: str) -> None:
         npcs = self.lore.current.npcs
         if npc not in npcs:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 SERVER = f"lorekit {__version__}"
-REQUESTS = ("hello", "list_npcs", "turn", "cancel", "reset", "ping", "status")
+REQUESTS = ("hello", "list_npcs", "turn", "typing", "cancel", "reset", "ping", "status")
 SESSION_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 MAX_ID = 64
 TOO_LONG = object()
@@ -317,6 +317,12 @@ class GameConnection:
                     session=self._session(msg), state=state, sampling=sampling(msg, self.cfg))
         self.runtime.submit(turn)
         self.turns[rid] = turn
+
+    def _on_typing(self, msg: dict, rid: Any) -> None:
+        """The line the player is typing so far: no reply (bad input gets its error event); the server
+        processes its prompt while idle, so the `turn` that follows starts sooner."""
+        npc = _require(msg, "npc", str, "an NPC id (see list_npcs)")
+        self.runtime.typing(npc, self._session(msg), player_text(msg.get("text")), game_state(msg.get("state")))
 
     # -- helpers ------------------------------------------------------------------------------
 

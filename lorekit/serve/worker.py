@@ -4,7 +4,8 @@ turns. The in-process model has one such thread; a remote engine (`--engine`) ha
 engine_concurrency` of them, each waiting on its own stream. While no turn waits, the in-process thread
 works ahead: after a turn, it keeps that turn's state (a later turn with the same lore notes reuses them)
 and processes the conversation so far (the next turn then processes only its own notes and line, not the
-history again); and it pre-processes queued personas. All of it is exact: a turn reuses only saved
+history again); it processes the line a player is still typing (protocol `typing`) with its notes; and it
+pre-processes queued personas. All of it is exact: a turn reuses only saved
 states whose tokens are a prefix of its own prompt."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from lorekit.grounding.notes import note_pairs
 from lorekit.serve.engine import common_prefix
 from lorekit.serve.engine_client import EngineError
+from lorekit.serve.scheduler import Turn, TurnSink
 from lorekit.serve.turnprompt import (
     PromptError,
     persona_prefix,
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from lorekit.serve.engine import Generation
     from lorekit.serve.metrics import Metrics
     from lorekit.serve.personas import Lore
-    from lorekit.serve.scheduler import Scheduler, Turn, WarmQueue
+    from lorekit.serve.scheduler import Scheduler, WarmQueue
     from lorekit.serve.sessions import SessionStore
     from lorekit.serve.slot import EngineSlot
 
@@ -50,6 +52,17 @@ class AfterTurn:
     lore: Any  # the LoreSnapshot the turn's prompt was built from
     history: list[dict]
     notes: list[tuple[str, bool]] | None  # the turn's notes as (text, secret); None: grounding off
+
+
+@dataclass
+class Typing:
+    """A line the player is still typing (protocol `typing`): its prompt is processed ahead, so that when
+    the line is sent only what changed since is left (llama.cpp reuses the common prefix)."""
+
+    npc: str
+    session: str
+    text: str
+    state: dict | None = None
 
 
 class Worker(threading.Thread):
@@ -91,6 +104,8 @@ class Worker(threading.Thread):
         try:
             if isinstance(job, AfterTurn):
                 self._after_turn(job)
+            elif isinstance(job, Typing):
+                self._typing(job)
             else:
                 self._prewarm(job)
         except Exception:  # warming is an optimisation: never let it stop the server
@@ -135,6 +150,21 @@ class Worker(threading.Thread):
         history = session_history(self.sessions, job.npc, job.session)
         if not engine.prewarm(key, engine.tokenize(prompt_prefix(lore, job.npc, fmt, history)), stop=self._busy):
             self.warm.add_turn(key, job, replace=False)  # a turn is waiting: serve it first, finish later
+
+    def _typing(self, job: Typing) -> None:
+        """The prompt of the line being typed (persona, history, its notes, the line so far), processed
+        into the conversation's state: the turn that follows shares all of it up to where the final
+        line differs."""
+        lore, engine, fmt = self.lore.current, self.slot.engine, self.slot.format()
+        if job.npc not in lore.npcs:
+            return
+        turn = Turn(client=None, rid=None, npc=job.npc, text=job.text, sink=TurnSink(), session=job.session,
+                    state=job.state)
+        try:
+            tokens = prompt_tokens(lore, self.sessions, turn, engine, fmt).tokens
+        except PromptError:  # too long for the context: the turn itself will say so
+            return
+        engine.prewarm((job.npc, job.session), tokens, stop=self._busy)
 
     def run_turn(self, turn: Turn) -> None:
         started = time.perf_counter()

@@ -293,6 +293,17 @@ class LoreKitClient:
     def cancel(self, rid: Any) -> None:
         self.send({"type": "cancel", "id": rid})
 
+    def typing(self, npc: str, text: str, session: str = "default", state: dict | None = None) -> str:
+        """The line the player has typed so far (send it as they type, say on each pause): the server
+        processes it ahead, so the `turn` with the final line starts sooner. No reply; returns the id an
+        `error` event for bad input would carry (`next_event(id)`)."""
+        rid = self.new_id()
+        msg = {"type": "typing", "id": rid, "npc": npc, "session": session, "text": text}
+        if state is not None:
+            msg["state"] = state
+        self.send(msg)
+        return rid
+
     def turn(self, npc: str, text: str, session: str = "default", state: dict | None = None,
              on_token: Callable[[str], None] | None = None,
              on_sentence: Callable[[str], None] | None = None, **options: Any) -> dict:
