@@ -49,6 +49,17 @@ OPENERS = [("bettany-crumb", "Hello."), ("tobin-reedy", "Who are you?"), ("idris
            ("pip-larkspur", "Who are you?")]
 
 
+def grounded_sample(dest: Path) -> Path:
+    """A copy of sample_lore with lore notes on (its lorekit.toml turns them off for the 2-core quick start)."""
+    shutil.copytree(ROOT / "sample_lore", dest)
+    toml = dest / "lorekit.toml"
+    text = toml.read_text(encoding="utf-8")
+    if "\nnotes = false" not in text:
+        raise SystemExit(f"{toml}: no `notes = false` line to turn on; update grounded_sample()")
+    toml.write_text(text.replace("\nnotes = false", "\nnotes = true", 1), encoding="utf-8")
+    return dest
+
+
 def notes_rebuild(lore: Path, page: Path, rounds: int) -> dict:
     """Median/max ms of the notes part of a reload after editing one page (and of the whole reload)."""
     from lorekit.serve.personas import Lore
@@ -107,7 +118,9 @@ def first_tokens(lore: Path, threads: int, rounds: int, reply_tokens: int) -> di
         shutil.copytree(lore, folder)
         if mode == "none":
             cfg_file = folder / "lorekit.toml"
-            cfg_file.write_text(cfg_file.read_text().replace("[compile]\n", "[compile]\nnotes = false\n", 1))
+            text = cfg_file.read_text()
+            assert "\nnotes = true" in text, "the twin without notes must turn them off"
+            cfg_file.write_text(text.replace("\nnotes = true", "\nnotes = false", 1))
         cfg = ServeConfig(port=0, model=str(assemble()), n_ctx=2048, max_tokens=reply_tokens, temperature=0.0,
                           n_threads=threads or None, prewarm=True, watch=False)
         rt = Runtime(folder, folder.parent / "out", cfg)
@@ -183,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
              f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
              f"- command: `python3 bench/grounding_serve.py {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
     with tempfile.TemporaryDirectory() as tmp:
-        sample = Path(tmp) / "sample"
-        shutil.copytree(ROOT / "sample_lore", sample)
+        sample = grounded_sample(Path(tmp) / "sample")
         s = notes_rebuild(sample, sample / "places" / "Brinewick.md", args.rounds)
         lines += ["## Notes rebuilt after a one-page edit (the notes part of a server reload)", "",
                   "| vault | notes | first build | after an edit: median | max | whole reload, median |",
@@ -201,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| generated, {args.pages} pages | {b['notes']} | {b['first_ms']:.0f} ms | {b['median_ms']:.0f} ms | "
                          f"{b['max_ms']:.0f} ms | {b['reload_median_ms']:.0f} ms |")
     if not args.skip_first_token:
-        f = first_tokens(ROOT / "sample_lore", args.threads, args.rounds, args.reply_tokens)
+        with tempfile.TemporaryDirectory() as tmp:
+            f = first_tokens(grounded_sample(Path(tmp) / "sample"), args.threads, args.rounds, args.reply_tokens)
         lines += ["", "## First token with lore notes against without (same lines and sessions, notes off; interleaved)",
                   "", *first_token_table(f)]
     lines.append(f"\nLoad at the end: {os.getloadavg()[0]:.2f} (1-minute average).")
