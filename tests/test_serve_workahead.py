@@ -207,7 +207,7 @@ def test_a_line_typed_ahead_leaves_only_its_end_to_process_and_the_same_reply(wa
     (notes, history and most of the line are ready), and replies exactly as without the hint."""
     from lorekit.serve.cli_chat import load_client
 
-    lk, rt = load_client(), warm_server.runtime
+    lk = load_client()
     line = "Who leads the Oarsmen's Brotherhood these days?"
     with lk.LoreKitClient(port=warm_server.port, timeout=300) as c:
         idle(warm_server)
