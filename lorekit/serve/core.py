@@ -31,7 +31,7 @@ from lorekit.serve.request import RequestError
 from lorekit.serve.scheduler import Scheduler, Turn, WarmQueue
 from lorekit.serve.sessions import SessionStore
 from lorekit.serve.slot import EngineSlot
-from lorekit.serve.worker import Worker, turn_result
+from lorekit.serve.worker import Typing, Worker, turn_result
 
 log = logging.getLogger(__name__)
 
@@ -154,17 +154,12 @@ class Runtime:
             now = time.perf_counter()
             turn.sink.done(turn_result(turn, None, "", (now - turn.received) * 1000, now))
 
-    def typing(self, npc: str, session: str, text: str, state: dict | None = None) -> bool:
+    def typing(self, npc: str, session: str, text: str, state: dict | None = None) -> None:
         """The player is typing `text` to `npc`: process its prompt while the model is idle (the newest
-        line of a conversation replaces the one before). False when nothing is done ahead: with --engine
-        (the engine caches prompts itself) or `prewarm = false`."""
-        from lorekit.serve.worker import Typing
-
+        line of a conversation replaces the one before). Nothing is done ahead with --engine (the engine
+        caches prompts itself) or `prewarm = false`: the work-ahead queue is off then."""
         self.check_npc(npc)
-        if not self.warm.enabled:
-            return False
         self.warm.add_turn((npc, session), Typing(npc, session, text, state))
-        return True
 
     def check_npc(self, npc: str) -> None:
         npcs = self.lore.current.npcs

@@ -189,7 +189,8 @@ class WarmQueue:
         self._wake()
 
     def add_turn(self, key: object, job: Any, replace: bool = True) -> None:
-        """Queue a conversation's after-turn job (the newest one per conversation, unless not `replace`)."""
+        """Queue a conversation's job (after its turn, or the line being typed): the newest one per
+        conversation, unless not `replace`."""
         if not self.enabled:
             return
         with self._lock:
