@@ -20,7 +20,8 @@ python3 -c "import transformers, torch; print('transformers', transformers.__ver
 stamp "set-up"
 
 # the sample world with its quick-start limits removed, and a GPU recipe for a 270M: bf16 (no 4-bit, no
-# checkpointing: the model is small), larger batches; export/hf/ too, for bench/engine_gpu.sh
+# checkpointing: the model is small), larger batches; export/hf/ too, for bench/engine_gpu.sh. EPOCHS, LORA_R
+# and LORA_ALPHA (default 3, 16, 32) try other recipes without editing this file
 rm -rf "$WORK/lore" "$WORK/build"
 cp -r sample_lore "$WORK/lore"
 cat > "$WORK/lore/lorekit.toml" <<EOF
@@ -35,8 +36,10 @@ gradient_checkpointing = false
 optimizer = "adamw"
 batch_size = 16
 grad_accum = 1
-epochs = 3
+epochs = ${EPOCHS:-3}
 lr = 4e-4
+lora_r = ${LORA_R:-16}
+lora_alpha = ${LORA_ALPHA:-32}
 
 [eval]
 limit = ${EVAL_LIMIT:-120}
