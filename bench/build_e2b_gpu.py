@@ -210,10 +210,13 @@ def exportable(config):
     """`config` with 4 sliding-window layers to each full one. transformers' defaults (5 to 1, 30 layers,
     the last 10 KV-shared) leave two sliding layers right before the shared ones, which llama.cpp's Gemma 4
     loader cannot share from, so `lorekit export` refuses them (measured on the H200, build_e2b_gpu.md);
-    Gemma 4 models end their unshared layers with sliding, full, as this does."""
-    config.layer_types = ["full_attention" if i % 5 == 4 else "sliding_attention"
-                          for i in range(config.num_hidden_layers)]
-    return config
+    Gemma 4 models end their unshared layers with sliding, full, as this does. A new config, not the old one
+    changed: transformers 5.17 derives per-layer settings from `layer_types` when the config is made, and a
+    later change leaves them disagreeing (full-attention layers get head_dim 512 there; the model then refuses
+    to load)."""
+    layers = ["full_attention" if i % 5 == 4 else "sliding_attention" for i in range(config.num_hidden_layers)]
+    kept = {k: v for k, v in config.to_diff_dict().items() if k != "per_layer_config"}  # derived: made again
+    return type(config)(**{**kept, "layer_types": layers})
 
 
 def make_model(folder: Path, tokenizer: Path | None, smoke: bool, shape: str = "e2b") -> dict:

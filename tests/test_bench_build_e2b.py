@@ -110,3 +110,18 @@ def test_the_e2b_shape_has_a_layer_layout_that_export_accepts(bench):
     config = bench.exportable(tt.model_config("gemma4-e2b"))
     _check_kv_sharing([t == "sliding_attention" for t in config.layer_types], config.num_kv_shared_layers)
     assert config.num_hidden_layers == default.num_hidden_layers and "full_attention" in config.layer_types
+
+
+def test_the_exportable_e2b_shape_makes_a_model(bench):
+    """Full-attention layers carry their own head size in the config, made from `layer_types`: a layout
+    changed after the config was made left them disagreeing and the model refused to load (on the H200)."""
+    torch = pytest.importorskip("torch")
+    import train_throughput as tt
+    from transformers import AutoModelForCausalLM
+
+    config = bench.exportable(tt.model_config("gemma4-e2b"))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    full = [i for i, t in enumerate(config.layer_types) if t == "full_attention"]
+    assert full and full[-1] == config.num_hidden_layers - 1
+    assert sum(p.numel() for p in model.parameters()) > 4_000_000_000

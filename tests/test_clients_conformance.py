@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 RUNNER = REPO / "runtime" / "conformance" / "run_conformance.py"
 # Where to keep the JSON report (CI can set it); read at import, before conftest clears LOREKIT_*.
 KEEP_REPORT = os.environ.get("LOREKIT_CONFORMANCE_REPORT", "")
-STEPS = ["connect", "list_npcs", "turn", "cancel", "unknown_npc", "idle", "reconnect", "end"]
+STEPS = ["connect", "list_npcs", "typing", "turn", "cancel", "unknown_npc", "idle", "reconnect", "end"]
 
 
 def _runner():
@@ -66,6 +66,17 @@ def test_turn_streamed_real_text_through_every_client(report):
         kinds = [e["type"] for e in turn["events"]]
         assert kinds[-1] == "done" and kinds.count("token") >= 1 and "sentence" in kinds, (name, kinds)
         assert turn["events"][-1]["text"].strip(), f"{name}: empty reply"
+
+
+def test_every_client_sent_typing_and_got_the_bad_ones_error(report):
+    # Beyond pass/fail: the typing step was driven through each client's own typing method.
+    for name, c in report["clients"].items():
+        if c.get("skipped"):
+            continue
+        typing = next(o for o in c["observations"] if o.get("step") == "typing")
+        assert typing["events"] == [], (name, typing)
+        assert [e["code"] for e in typing["bad_events"]] == ["unknown_npc"], (name, typing)
+    assert report["godot"]["steps"]["typing"]["ok"], report["godot"]["steps"]["typing"]
 
 
 def test_report_is_written_per_client_with_a_table(report):

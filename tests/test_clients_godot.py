@@ -13,6 +13,7 @@ import pytest
 
 ADDON = Path(__file__).resolve().parent.parent / "runtime" / "godot" / "addons" / "lorekit"
 SCRIPTS = sorted(ADDON.rglob("*.gd"))
+RUNNER = ADDON.parents[3] / "runtime" / "conformance" / "run_conformance.py"
 
 
 MODULES = {"gdparse": "gdtoolkit.parser", "gdlint": "gdtoolkit.linter"}
@@ -62,6 +63,32 @@ def test_client_declares_the_protocol_signals_and_polls_in_process():
     assert re.search(r"func _process\(delta: float\) -> void:\n\tpoll\(delta\)", src)
     assert "StreamPeerTCP.new()" in src and "get_partial_data" in src
     assert ".get_data(" not in src and "OS.delay" not in src
+
+
+def _typing_problems(src: str) -> list:
+    spec = importlib.util.spec_from_file_location("lorekit_conformance_runner_godot", RUNNER)
+    runner = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = runner  # dataclasses look their module up there
+    spec.loader.exec_module(runner)
+    return runner.godot_typing_problems(src)
+
+
+def test_client_sends_typing_like_its_other_requests():
+    # The conformance scenario's typing step, read from the source (nothing can run GDScript 4 here).
+    assert _typing_problems((ADDON / "lorekit_client.gd").read_text()) == []
+
+
+@pytest.mark.parametrize("old,new", [
+    ("\treturn _request(req, false)\n", "\treturn _new_id()\n"),  # returns an id, sends nothing
+    ('"type": "typing"', '"type": "turn"'),
+    ('\t\treq["state"] = options["state"]', "\t\tpass"),
+    ("\tif answered:\n\t\t_pending[id]", "\t_pending[id]"),  # a drop would report a typing as lost
+    ("func typing(", "func type_ahead("),
+], ids=["not-sent", "wrong-type", "no-state", "pending", "missing"])
+def test_typing_check_can_fail(old, new):
+    src = (ADDON / "lorekit_client.gd").read_text()
+    assert old in src
+    assert _typing_problems(src.replace(old, new, 1))
 
 
 def test_readme_quick_start_snippet_parses(tmp_path):

@@ -28,6 +28,9 @@ def good_lines() -> list:
     return [
         {"step": "connect", "ok": True, "protocol": 1},
         {"step": "list_npcs", "events": npcs},
+        {"step": "typing", "npc": "mara-vell", "bad_npc": "no-such-npc-conformance", "id": "r3", "bad_id": "r4",
+         "timed_out": False, "events": [], "bad_events": [
+            {"type": "error", "code": "unknown_npc", "message": "no NPC 'no-such-npc-conformance' (known: mara-vell)"}]},
         {"step": "turn", "npc": "mara-vell", "session": "conformance-x", "timed_out": False, "events": [
             {"type": "token", "text": "Mara"}, {"type": "token", "text": " Vell does."},
             {"type": "sentence", "index": 0, "text": "Mara Vell does."},
@@ -86,6 +89,36 @@ def _break_turn_session_echo(lines):
     step(lines, "turn")["events"][-1]["session"] = "conformance-y"
 
 
+def _break_typing_not_sent(lines):
+    # What a client that omits the request shows: an id, but no error for the bad typing.
+    step(lines, "typing")["bad_events"] = []
+
+
+def _break_typing_answered(lines):
+    step(lines, "typing")["events"] = [{"type": "error", "code": "unknown_type", "message": "unknown request type"}]
+
+
+def _break_typing_wrong_code(lines):
+    step(lines, "typing")["bad_events"][0]["code"] = "bad_request"
+
+
+def _break_typing_error_twice(lines):
+    bad = step(lines, "typing")["bad_events"]
+    bad.append(dict(bad[0]))
+
+
+def _break_typing_no_id(lines):
+    step(lines, "typing")["id"] = None
+
+
+def _break_typing_same_id(lines):
+    step(lines, "typing")["bad_id"] = "r3"
+
+
+def _break_typing_no_pong(lines):
+    step(lines, "typing")["timed_out"] = True
+
+
 def _break_cancel_not_cancelled(lines):
     step(lines, "cancel")["events"][-1]["finish_reason"] = "stop"
 
@@ -123,6 +156,8 @@ def _break_protocol(lines):
 
 
 BREAKS = {
+    "typing": [_break_typing_not_sent, _break_typing_answered, _break_typing_wrong_code, _break_typing_error_twice,
+               _break_typing_no_id, _break_typing_same_id, _break_typing_no_pong],
     "turn": [_break_turn_sentence_index, _break_turn_missing_done, _break_turn_event_after_done,
              _break_turn_tokens_vs_done, _break_turn_nul, _break_turn_session_echo],
     "cancel": [_break_cancel_not_cancelled],

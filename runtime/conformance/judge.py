@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-STEPS = ["connect", "list_npcs", "turn", "cancel", "unknown_npc", "idle", "reconnect", "end"]
+STEPS = ["connect", "list_npcs", "typing", "turn", "cancel", "unknown_npc", "idle", "reconnect", "end"]
 
 
 def _norm(text: str) -> str:
@@ -100,6 +100,29 @@ def judge_unknown(step: dict) -> dict:
     return _check(problems)
 
 
+def judge_typing(step: dict) -> dict:
+    """A `typing` gets no answer; one to an unknown NPC gets exactly one error, under its own id. The
+    program fences both with a ping: the server answers in order, so after the pong all is in."""
+    if step.get("timed_out"):
+        return _check(["no pong for the ping sent after the typing requests"])
+    problems = []
+    ids = [step.get("id"), step.get("bad_id")]
+    if None in ids or "" in ids or ids[0] == ids[1]:
+        problems.append(f"typing() must return a new request id each time, got {ids!r}")
+    answered = step.get("events") or []
+    if answered:
+        problems.append("the typing got an answer, expected none: "
+                        + ", ".join(f"{e.get('type')} {e.get('code') or ''} {e.get('message') or ''}".strip()
+                                    for e in answered))
+    bad = step.get("bad_events") or []
+    if [(e.get("type"), e.get("code")) for e in bad] != [("error", "unknown_npc")]:
+        problems.append(f"the typing to {step.get('bad_npc')!r} should get one error unknown_npc under its id "
+                        f"(was it sent?), got {[(e.get('type'), e.get('code')) for e in bad]}")
+    elif step.get("bad_npc", "") not in (bad[0].get("message") or ""):
+        problems.append("the typing's error message does not name the NPC")
+    return _check(problems)
+
+
 def _inflight_problems(events: list) -> list:
     """The turn in flight during the restart ends exactly once: done, or an error for the drop."""
     finals = [e for e in events if e.get("type") in ("done", "error")]
@@ -124,6 +147,8 @@ def judge(lines: list, expected_npcs: list, scenario: dict, exit_code: int | Non
                                   [f"connected={step.get('ok')} protocol={step.get('protocol')!r}"])
         elif name == "list_npcs":
             result[name] = _check(_npcs_problems(step.get("events") or [], expected_npcs))
+        elif name == "typing":
+            result[name] = judge_typing(step)
         elif name == "turn":
             result[name] = judge_turn(step, scenario["turn"]["max_tokens"])
         elif name == "cancel":

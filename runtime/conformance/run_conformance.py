@@ -7,7 +7,8 @@ It starts a real `lorekit serve` (the real Gemma 3 270M GGUF by default) on a fr
 runs every client's conformance program at once (each drives its client through SCENARIO.md and
 prints one JSON line per step), restarts the server when all of them wait for it (the reconnect
 step), judges the observations with the same rules for every client (judge.py), prints a table and
-writes a JSON report. The Godot addon cannot run here (no Godot 4 binary): it is parsed and linted.
+writes a JSON report. The Godot addon cannot run here (no Godot 4 binary): it is parsed and linted,
+and its typing() is checked by reading it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -89,8 +91,30 @@ CLIENTS = {
 }
 
 
+def godot_typing_problems(src: str) -> list:
+    """What the scenario's typing step checks in the other clients, read from lorekit_client.gd since
+    no Godot 4 binary can run it: typing(npc, text, options) returns an id and sends a `typing` with npc,
+    text, session and the options' state through _request (own id, queued until the hello with its
+    token is answered), without waiting for an answer (no entry in _pending)."""
+    match = re.search(r"^func typing\(npc: String, text: String, options := \{\}\) -> String:\n((?:\t.*\n|\n)+)",
+                      src, flags=re.M)
+    if not match:
+        return ["no `func typing(npc: String, text: String, options := {}) -> String` in lorekit_client.gd"]
+    body, problems = match.group(1), []
+    for needle in ('"type": "typing"', '"npc": npc', '"text": text', '"session": options.get("session", session)',
+                   'req["state"] = options["state"]'):
+        if needle not in body:
+            problems.append(f"typing() does not put {needle} in its request")
+    if not re.search(r"^\treturn _request\(req, false\)$", body, flags=re.M):
+        problems.append("typing() does not send through _request(req, false) and return its id")
+    if not re.search(r"^\tif answered:\n\t\t_pending\[id\]", src, flags=re.M):
+        problems.append("_request() does not skip _pending for a request with no answer")
+    return problems
+
+
 def check_godot() -> dict:
-    """Parse and lint the Godot addon with gdtoolkit (no Godot 4 binary exists to run it)."""
+    """Parse and lint the Godot addon with gdtoolkit, and check its typing() statically (no Godot 4
+    binary exists to run it)."""
     files = sorted(str(p) for p in GODOT_ADDON.rglob("*.gd"))
     result = {"files": [str(Path(f).relative_to(REPO)) for f in files], "steps": {}}
     have = importlib.util.find_spec("gdtoolkit") is not None
@@ -101,6 +125,8 @@ def check_godot() -> dict:
         proc = subprocess.run([sys.executable, "-m", module, *files], capture_output=True, text=True)
         out = (proc.stdout + proc.stderr).strip()
         result["steps"][step] = {"ok": proc.returncode == 0 and bool(files), "detail": out[-1500:] or "ok"}
+    problems = godot_typing_problems((GODOT_ADDON / "lorekit_client.gd").read_text(encoding="utf-8"))
+    result["steps"]["typing"] = {"ok": not problems, "detail": "; ".join(problems) or "ok"}
     result["ok"] = all(s["ok"] for s in result["steps"].values())
     return result
 
@@ -295,7 +321,8 @@ def format_table(report: dict) -> str:
     g = report["godot"]
     rows.append(["godot", *["n/a"] * len(cols),
                  f"{'PASS' if g['ok'] else 'FAIL'}: gdparse {'ok' if g['steps']['parse']['ok'] else 'FAIL'}, "
-                 f"gdlint {'ok' if g['steps']['lint']['ok'] else 'FAIL'} (no Godot 4 binary: not run)"])
+                 f"gdlint {'ok' if g['steps']['lint']['ok'] else 'FAIL'}, "
+                 f"typing {'ok' if g['steps']['typing']['ok'] else 'FAIL'} (static: no Godot 4 binary, not run)"])
     server = report.get("server") or {}
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols) + 1)]
     lines = ["  ".join(cell.ljust(widths[i]) if i < len(widths) else cell for i, cell in enumerate(r)) for r in rows]

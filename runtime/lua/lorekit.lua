@@ -290,10 +290,11 @@ function Client:_new_id()
   return "lua-" .. self.next_id
 end
 
--- Queue a request; it goes out on the next update() once connected.
-function Client:_request(req)
+-- Queue a request; it goes out on the next update() once connected. `no_answer` (typing): not
+-- pending, since nothing ends it; a drop then reports nothing for it.
+function Client:_request(req, no_answer)
   req.id = req.id or self:_new_id()
-  self.pending[req.id] = {kind = req.type, sent = false}
+  if not no_answer then self.pending[req.id] = {kind = req.type, sent = false} end
   self.queue[#self.queue + 1] = {id = req.id, line = json.encode(req) .. "\n"}
   return req.id
 end
@@ -309,6 +310,15 @@ function Client:say(npc, text, opts)
   return self:_request({type = "turn", npc = npc, text = text, session = opts.session or self.session,
                         state = opts.state, max_tokens = opts.max_tokens, temperature = opts.temperature,
                         stream = opts.stream})
+end
+
+-- The line the player has typed so far (send it on each pause or word, with the opts the turn will
+-- carry: session, state): the server processes it ahead, so the reply starts sooner. No answer comes;
+-- bad input gets on_error(id, code, message) with the id this returns.
+function Client:typing(npc, text, opts)
+  opts = opts or {}
+  return self:_request({type = "typing", npc = npc, text = text, session = opts.session or self.session,
+                        state = opts.state}, true)
 end
 
 -- Stop a turn; it then ends with on_done(id, reply) where reply.finish_reason == "cancelled".

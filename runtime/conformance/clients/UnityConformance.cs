@@ -94,7 +94,12 @@ static class UnityConformance
         client.Done += r => Record(r.Id, new Dictionary<string, object> {
             { "type", "done" }, { "text", r.Text }, { "finish_reason", r.FinishReason }, { "npc", r.Npc },
             { "session", r.Session }, { "completion_tokens", r.CompletionTokens } });
-        client.EventReceived += ev => { if ((string)ev["type"] == "pong") pongCount++; };
+        client.EventReceived += ev =>
+        {
+            if ((string)ev["type"] != "pong") return;
+            pongCount++;
+            Record(ev["id"] as string, new Dictionary<string, object> { { "type", "pong" } });
+        };
         client.Error += (id, code, message) => Record(id, new Dictionary<string, object> { { "type", "error" }, { "code", code }, { "message", message } });
 
         var watch = Stopwatch.StartNew();
@@ -119,8 +124,19 @@ static class UnityConformance
             }
         }
 
+        // The player types the line before saying it: no answer for the typing; the one to an unknown NPC
+        // gets its error. A ping fences them: the server answers in order, so after the pong all is in.
         var turn = Obj(scenario, "turn");
         var state = turn["state"] as Dictionary<string, object>;
+        var typing = Obj(scenario, "typing");
+        string typed = client.Typing(npc, (string)typing["text"], new TurnOptions { Session = session, State = state });
+        string typedBad = client.Typing((string)typing["bad_npc"], (string)typing["text"], new TurnOptions { Session = session });
+        string fence = client.Ping();
+        bool timedOut = !Pump(() => log.ContainsKey(fence), stepTimeout);
+        Emit(new Dictionary<string, object> {
+            { "step", "typing" }, { "npc", npc }, { "bad_npc", typing["bad_npc"] }, { "id", typed }, { "bad_id", typedBad },
+            { "timed_out", timedOut }, { "events", EventsOf(typed) }, { "bad_events", EventsOf(typedBad) } });
+
         var options = new TurnOptions
         {
             Session = session, MaxTokens = Convert.ToInt32(turn["max_tokens"]), Temperature = Convert.ToDouble(turn["temperature"]),
@@ -128,7 +144,7 @@ static class UnityConformance
         };
         watch.Restart();
         string turnId = client.Say(npc, (string)turn["text"], options);
-        bool timedOut = !Pump(() => Finished(turnId), stepTimeout);
+        timedOut = !Pump(() => Finished(turnId), stepTimeout);
         Emit(new Dictionary<string, object> {
             { "step", "turn" }, { "npc", npc }, { "session", session }, { "timed_out", timedOut }, { "events", EventsOf(turnId) },
             { "total_ms", watch.Elapsed.TotalMilliseconds } });

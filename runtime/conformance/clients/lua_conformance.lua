@@ -40,7 +40,12 @@ client.on_done = function(id, reply)
               session = reply.session, completion_tokens = reply.tokens and reply.tokens.completion})
 end
 client.on_error = function(id, code, message) record(id, {type = "error", code = code, message = message}) end
-client.on_event = function(ev) if ev.type == "pong" then seen.pongs = (seen.pongs or 0) + 1 end end
+client.on_event = function(ev)
+  if ev.type == "pong" then
+    seen.pongs = (seen.pongs or 0) + 1
+    record(ev.id, {type = "pong"})
+  end
+end
 
 -- Poll the client like a game loop until cond() is true or the timeout passes.
 local function pump(cond, timeout, on_frame)
@@ -81,11 +86,20 @@ local listed = log[id] and log[id][1] and log[id][1].npcs or json.array({})
 emit({step = "list_npcs", events = events_of(id)})
 local npc = scenario.npc or (listed[1] and listed[1].id) or "missing"
 
-local turn = scenario.turn
+-- The player types the line before saying it: no answer for the typing; the one to an unknown NPC
+-- gets its error. A ping fences them: the server answers in order, so after the pong all is in.
+local turn, typing = scenario.turn, scenario.typing
+local typed = client:typing(npc, typing.text, {session = session, state = turn.state})
+local typed_bad = client:typing(typing.bad_npc, typing.text, {session = session})
+local fence = client:ping()
+local timed_out = not pump(function() return log[fence] ~= nil end, t.step)
+emit({step = "typing", npc = npc, bad_npc = typing.bad_npc, id = typed, bad_id = typed_bad, timed_out = timed_out,
+      events = events_of(typed), bad_events = events_of(typed_bad)})
+
 id = client:say(npc, turn.text, {session = session, state = turn.state, max_tokens = turn.max_tokens,
                                  temperature = turn.temperature})
 start = socket.gettime()
-local timed_out = not pump(finished(id), t.step)
+timed_out = not pump(finished(id), t.step)
 emit({step = "turn", npc = npc, session = session, timed_out = timed_out, events = events_of(id),
       total_ms = (socket.gettime() - start) * 1000})
 

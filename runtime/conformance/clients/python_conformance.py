@@ -38,6 +38,16 @@ def record(event: dict) -> dict:
     return {"type": kind}
 
 
+def received(client: lk.LoreKitClient, rid) -> list:
+    """The events already received for request `rid` (without waiting for more)."""
+    events = []
+    while True:
+        try:
+            events.append(record(client.next_event(rid, timeout=0)))
+        except TimeoutError:
+            return events
+
+
 def run_turn(client: lk.LoreKitClient, npc: str, text: str, session: str, cancel_on_first_token: bool = False,
              **options) -> tuple[list, bool, int | None]:
     rid = client.start_turn(npc, text, session=session, **options)
@@ -77,7 +87,19 @@ def main() -> int:
     emit({"step": "list_npcs", "events": [{"type": "npcs", "npcs": npcs}]})
     npc = scenario["npc"] or (npcs[0]["id"] if npcs else "missing")
 
-    turn = scenario["turn"]
+    # The player types the line before saying it: no answer for the typing; the one to an unknown NPC
+    # gets its error. A ping fences them: the server answers in order, so after the pong all is in.
+    turn, typing = scenario["turn"], scenario["typing"]
+    typed = client.typing(npc, typing["text"], session=session, state=turn["state"])
+    typed_bad = client.typing(typing["bad_npc"], typing["text"], session=session)
+    try:
+        client.ping()
+        timed_out = False
+    except TimeoutError:
+        timed_out = True
+    emit({"step": "typing", "npc": npc, "bad_npc": typing["bad_npc"], "id": typed, "bad_id": typed_bad,
+          "timed_out": timed_out, "events": received(client, typed), "bad_events": received(client, typed_bad)})
+
     start = time.perf_counter()
     events, timed_out, _ = run_turn(client, npc, turn["text"], session, state=turn["state"],
                                     max_tokens=turn["max_tokens"], temperature=turn["temperature"])

@@ -136,6 +136,17 @@ namespace LoreKit
             return Request("turn", fields);
         }
 
+        /// <summary>The line the player has typed so far: send it on each pause or word, with the options the turn
+        /// will carry (Session, State; the rest is not sent). The server processes it ahead, so the reply starts
+        /// sooner. No answer comes; bad input raises Error with the returned id.</summary>
+        public string Typing(string npc, string text, TurnOptions options = null)
+        {
+            options = options ?? new TurnOptions();
+            var fields = new Dictionary<string, object> { { "npc", npc }, { "text", text }, { "session", options.Session ?? DefaultSession } };
+            if (options.State != null) fields["state"] = options.State;
+            return Request("typing", fields, false);
+        }
+
         /// <summary>Stop a turn; it then ends with Done and FinishReason "cancelled".</summary>
         public void Cancel(string turnId)
         {
@@ -164,14 +175,15 @@ namespace LoreKit
             FailSent("client closed");
         }
 
-        string Request(string type, Dictionary<string, object> fields)
+        // A request that gets no answer (typing) is not pending: nothing ends it, so a drop reports nothing for it.
+        string Request(string type, Dictionary<string, object> fields, bool answered = true)
         {
             var msg = fields ?? new Dictionary<string, object>();
             string id;
             lock (gate)
             {
                 id = "cs-" + (++nextId);
-                pending[id] = new Pending { Kind = type };
+                if (answered) pending[id] = new Pending { Kind = type };
             }
             msg["type"] = type;
             msg["id"] = id;

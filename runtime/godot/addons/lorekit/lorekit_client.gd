@@ -115,6 +115,18 @@ func say(npc: String, text: String, options := {}) -> String:
 	return _request(req)
 
 
+## The line the player has typed so far: send it on each pause or word, with the options the turn
+## will carry ("session", "state"). The server processes it ahead, so the reply starts sooner. No
+## answer comes; bad input gets [signal error_received] with the returned id.
+func typing(npc: String, text: String, options := {}) -> String:
+	var req := {
+		"type": "typing", "npc": npc, "text": text, "session": options.get("session", session)
+	}
+	if options.has("state"):
+		req["state"] = options["state"]
+	return _request(req, false)
+
+
 ## Stop a turn: it ends with [signal reply_finished] and finish_reason "cancelled".
 func cancel(turn_id: String) -> void:
 	_queue.append(["", _encode({"type": "cancel", "id": turn_id})])
@@ -198,11 +210,13 @@ func _encode(msg: Dictionary) -> PackedByteArray:
 	return (JSON.stringify(msg) + "\n").to_utf8_buffer()
 
 
-# Requests wait in _queue until the connection is up, then go out in order.
-func _request(req: Dictionary) -> String:
+# Requests wait in _queue until the connection is up, then go out in order. One that gets no answer
+# (typing) is not pending: nothing ends it, so a drop reports nothing for it.
+func _request(req: Dictionary, answered := true) -> String:
 	var id := _new_id()
 	req["id"] = id
-	_pending[id] = {"kind": req["type"], "sent": false}
+	if answered:
+		_pending[id] = {"kind": req["type"], "sent": false}
 	_queue.append([id, _encode(req)])
 	_flush()
 	return id

@@ -8,6 +8,7 @@ local lorekit = require("lorekit")
 local client
 local npcs, current = {}, 1
 local typed, log, turn = "", {}, nil
+local state = {location = "the tavern", time = "evening"} -- what the game knows right now
 
 local function say(text)
   log[#log + 1] = text
@@ -49,6 +50,8 @@ end
 
 function love.textinput(t)
   typed = typed .. t
+  -- Each time a word ends, the line so far goes ahead: the reply then starts sooner on Enter.
+  if t == " " and npcs[current] and not turn then client:typing(npcs[current].id, typed, {state = state}) end
 end
 
 function love.keypressed(key)
@@ -62,7 +65,7 @@ function love.keypressed(key)
   elseif key == "return" and typed ~= "" and npcs[current] and not turn then
     say("You: " .. typed)
     say(npcs[current].name .. ": ")
-    turn = client:say(npcs[current].id, typed, {state = {location = "the tavern", time = "evening"}})
+    turn = client:say(npcs[current].id, typed, {state = state})
     typed = ""
   end
 end

@@ -69,6 +69,12 @@ namespace LoreKit.Unity
             return Client.Say(npc, text, new TurnOptions { State = state });
         }
 
+        /// <summary>The line the player has typed so far (each pause or word), with the state the turn will carry.</summary>
+        public string Typing(string npc, string text, IDictionary<string, object> state = null)
+        {
+            return Client.Typing(npc, text, new TurnOptions { State = state });
+        }
+
         public void Cancel(string turnId)
         {
             Client.Cancel(turnId);

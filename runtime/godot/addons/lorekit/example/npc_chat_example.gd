@@ -39,6 +39,7 @@ func _build_ui() -> void:
 	box.add_child(reply_label)
 	input.placeholder_text = "Say something and press Enter"
 	input.text_submitted.connect(_on_submitted)
+	input.text_changed.connect(_on_text_changed)
 	box.add_child(input)
 	stop_button.text = "Stop"
 	stop_button.disabled = true
@@ -59,14 +60,20 @@ func _on_npcs_listed(_request_id: String, npcs: Array) -> void:
 			_show("[b]%s:[/b] %s" % [npc["name"], npc["greeting"]])
 
 
+# Each time a word ends, the line so far goes ahead (with the state the turn will carry): the reply
+# then starts sooner when Enter is pressed.
+func _on_text_changed(text: String) -> void:
+	if text.ends_with(" ") and text.strip_edges() != "" and npc_picker.selected >= 0:
+		client.typing(npc_picker.get_item_metadata(npc_picker.selected), text, {"state": _game_state()})
+
+
 func _on_submitted(text: String) -> void:
 	if text.strip_edges() == "" or npc_picker.selected < 0 or current_turn != "":
 		return
 	input.clear()
 	_show("[b]You:[/b] " + text)
 	var npc_id: String = npc_picker.get_item_metadata(npc_picker.selected)
-	var game_state := {"location": str(get_tree().current_scene.name), "time": "dusk"}
-	current_turn = client.say(npc_id, text, {"state": game_state})
+	current_turn = client.say(npc_id, text, {"state": _game_state()})
 	stop_button.disabled = false
 	_show("[b]%s:[/b] " % npc_picker.get_item_text(npc_picker.selected))
 
@@ -95,6 +102,10 @@ func _on_error(request_id: String, code: String, message: String) -> void:
 	if request_id == current_turn:
 		current_turn = ""
 		stop_button.disabled = true
+
+
+func _game_state() -> Dictionary:
+	return {"location": str(get_tree().current_scene.name), "time": "dusk"}
 
 
 func _show(line: String) -> void:
