@@ -136,8 +136,9 @@ def player(port: int, i: int, npc: str, turns: int, tokens: int, out: list, erro
                     elif e["type"] == "error":
                         raise RuntimeError(f"{e['code']}: {e['message']}")
                     elif e["type"] == "done":
-                        out.append({"first_s": first, "total_s": time.perf_counter() - sent,
-                                    "completion": e["tokens"]["completion"], "finish": e["finish_reason"]})
+                        out.append({"first_s": first, "total_s": time.perf_counter() - sent, "turn": t,
+                                    "end": time.time(), "completion": e["tokens"]["completion"],
+                                    "finish": e["finish_reason"]})
     except Exception as e:  # noqa: BLE001  (a failed player is a result: counted, and the first few shown)
         errors.append(f"player {i}: {type(e).__name__}: {e}")
 
@@ -165,23 +166,33 @@ def run_players(app: Server, players: int, turns: int, tokens: int, procs: int, 
     out, errors = [], []
     with multiprocessing.get_context("spawn").Pool(procs) as pool:
         pool.map(_ready, range(procs * 4), chunksize=1)  # every process started and imported before the clock
-        t0 = time.perf_counter()
+        t0, start = time.perf_counter(), time.time()
         for got, errs in pool.starmap(player_group, [(app.port, jobs[k::procs], turns, tokens) for k in range(procs)]):
             out += got
             errors += errs
         wall = time.perf_counter() - t0
-    return {"players": players, "player_processes": procs, **summary(out, errors, wall)}
+    return {"players": players, "player_processes": procs, **summary(out, errors, wall, start)}
 
 
-def summary(out: list[dict], errors: list[str], wall: float) -> dict:
+def summary(out: list[dict], errors: list[str], wall: float, start: float | None = None) -> dict:
+    """The case's figures. Besides turns/s over the whole wave (what the issue's target reads), where the
+    tail sits: first-token p95 of each player's 1st, 2nd, ... turn, and when 50 % / 95 % of the turns
+    had ended (seconds from the wave's start), so a slow first wave or a few stragglers show apart."""
     firsts = sorted(r["first_s"] for r in out if r["first_s"] is not None)
+    by_turn = {}
+    for t in sorted({r.get("turn", 0) for r in out}):
+        these = sorted(r["first_s"] for r in out if r.get("turn", 0) == t and r["first_s"] is not None)
+        by_turn[str(t + 1)] = round(pct(these, 95), 3)
+    ends = sorted(r["end"] - start for r in out if "end" in r) if start is not None else []
     return {"turns": len(out), "errors": len(errors), "first_errors": errors[:3],
             "wall_s": round(wall, 2), "turns_per_s": round(len(out) / wall, 3),
             "tokens_per_s": round(sum(r["completion"] for r in out) / wall, 1),
             "mean_completion_tokens": round(statistics.mean(r["completion"] for r in out), 1) if out else 0,
             "first_token_p50_s": round(pct(firsts, 50), 3), "first_token_p95_s": round(pct(firsts, 95), 3),
             "first_token_max_s": round(firsts[-1], 3) if firsts else None,
-            "turn_p50_s": round(pct(sorted(r["total_s"] for r in out), 50), 3)}
+            "turn_p50_s": round(pct(sorted(r["total_s"] for r in out), 50), 3),
+            "first_token_p95_by_turn_s": by_turn,
+            "ended_50_95_s": [round(pct(ends, 50), 2), round(pct(ends, 95), 2)] if ends else None}
 
 
 def pct(values: list[float], p: float) -> float:
@@ -247,28 +258,29 @@ def direct_case(args, root: Path, url: str, plain: bool) -> dict:
                     if choices and choices[0].get("text"):
                         first = first or time.perf_counter() - sent
                         pieces.append(choices[0]["text"])
-                out.append({"first_s": first, "total_s": time.perf_counter() - sent, "completion": len(pieces)})
+                out.append({"first_s": first, "total_s": time.perf_counter() - sent, "completion": len(pieces),
+                            "turn": t, "end": time.time()})
                 history += [{"role": "user", "content": line}, {"role": "assistant", "content": "".join(pieces)}]
         except Exception as e:  # noqa: BLE001  (counted, as for the other cases)
             errors.append(f"player {i}: {type(e).__name__}: {e}")
 
-    def wave(ids: list[int], turns: int) -> tuple[list, list, float]:
+    def wave(ids: list[int], turns: int) -> tuple[list, list, float, float]:
         out, errors = [], []
         threads = [threading.Thread(target=one, args=(i, npcs[i % len(npcs)], turns, out, errors)) for i in ids]
-        t0 = time.perf_counter()
+        t0, start = time.perf_counter(), time.time()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        return out, errors, time.perf_counter() - t0
+        return out, errors, time.perf_counter() - t0, start
 
     name = "engine alone, plain sampling" if plain else "engine alone"
     try:
         print(f"[{name}] {args.players} players x {args.turns} turns, {args.tokens} tokens each ...", flush=True)
-        out, errors, wall = wave(list(range(args.players)), args.turns)
+        out, errors, wall, start = wave(list(range(args.players)), args.turns)
     finally:
         runtime.close()
-    result = {"players": args.players, "player_processes": 0, **summary(out, errors, wall)}
+    result = {"players": args.players, "player_processes": 0, **summary(out, errors, wall, start)}
     print(f"[{name}] {json.dumps(result)}", flush=True)
     return result
 
@@ -286,8 +298,10 @@ def write(run: dict) -> None:
     path.write_text(json.dumps({"runs": runs + [run]}, indent=2) + "\n")
     m, rows = run["machine"], []
     for name, r in run["cases"].items():
+        by_turn = " / ".join(str(v) for v in (r.get("first_token_p95_by_turn_s") or {}).values()) or "-"
+        ended = " / ".join(str(v) for v in r.get("ended_50_95_s") or []) or "-"
         rows.append(f"| {name} | {r['turns']} | {r['errors']} | {r['turns_per_s']} | {r['tokens_per_s']} | "
-                    f"{r['first_token_p50_s']} | {r['first_token_p95_s']} | {r['turn_p50_s']} |")
+                    f"{r['first_token_p50_s']} | {r['first_token_p95_s']} | {r['turn_p50_s']} | {by_turn} | {ended} |")
     md = f"""
 ## {run['date']}: {run['players']} players x {run['turns_each']} turns, {run['tokens']} tokens
 
@@ -295,8 +309,8 @@ def write(run: dict) -> None:
 - model: `{run['model']}`; engine: {run['engine_desc']}
 - command: `{run['command']}`
 
-| case | turns | errors | turns/s | tokens/s | first token p50 (s) | p95 (s) | turn p50 (s) |
-| --- | --- | --- | --- | --- | --- | --- | --- |
+| case | turns | errors | turns/s | tokens/s | first token p50 (s) | p95 (s) | turn p50 (s) | p95 of turn 1 / 2 / 3 (s) | 50 % / 95 % of turns ended at (s) |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(rows)}
 
 {run['ratio_line']}
