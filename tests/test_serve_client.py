@@ -61,6 +61,7 @@ def test_reconnects_after_a_server_restart_and_the_turn_in_flight_ends_once(root
         npcs = client.list_npcs()
         rid = client.start_turn(NPC, "Tell me the whole history of the river.", max_tokens=200)
         assert client.next_event(rid)["type"] == "token"
+        client.typing(NPC, "And the ferry")  # answered by nothing: no `disconnected` error owed for it either
         first.stop_background()
         rest = list(client.events(rid))  # up to and including the one final event
         finals = [e for e in rest if e["type"] in ("done", "error")]
@@ -75,7 +76,7 @@ def test_reconnects_after_a_server_restart_and_the_turn_in_flight_ends_once(root
         second = wait_for(holder)
         assert time.monotonic() - t0 < 30
         assert len(seen["down"]) == 1 and len(seen["up"]) == 2 and client.reconnects == 1, seen
-        assert not client._pending, "nothing arrived after the turn's final event"
+        assert not client._pending, "nothing arrived after the turn's final event, nor for the typing"
         done = client.turn(NPC, "Hello again.", max_tokens=2)
         assert done["finish_reason"] in ("stop", "length")
     finally:

@@ -38,6 +38,7 @@ PROTOCOL_VERSION = 1
 DEFAULT_PORT = 7861
 FINAL = ("done", "error")
 IDEMPOTENT = ("list_npcs", "ping", "status", "reset")  # safe to send again after a reconnect
+NO_REPLY = ("cancel", "typing")  # answered by nothing (an error event only for bad input)
 SocketTimeout = socket.timeout  # TimeoutError from Python 3.10 on; this file also runs on 3.8
 
 
@@ -173,7 +174,7 @@ class LoreKitClient:
                 raise ConnectionError("not connected; call connect() first")
             self._reconnect()
         data = json.dumps(message, ensure_ascii=False).encode("utf-8") + b"\n"
-        if message.get("type") != "cancel" and "id" in message:
+        if message.get("type") not in NO_REPLY and "id" in message:  # owed a `disconnected` error on a drop
             self._inflight[message["id"]] = message.get("type")
         try:
             self._sock.sendall(data)
