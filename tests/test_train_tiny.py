@@ -280,3 +280,28 @@ def test_cli_trains_with_flags(tiny, tmp_path, capsys):
     assert "trained 2 steps" in capsys.readouterr().out
     info = json.loads((tmp_path / "train" / "run.json").read_text())
     assert info["config"]["batch_size"] == 4 and info["config"]["lr"] == 1e-3 and info["steps"] == 2
+
+
+def test_a_run_can_start_from_a_saved_adapter(tiny, tmp_path):
+    """`init_adapter`: the LoRA starts as the saved one (with a zero learning rate it ends as it started;
+    a fresh LoRA does not), and an adapter of another rank or a folder without one is a one-line error."""
+    from safetensors.torch import load_file
+
+    from lorekit.train import run
+
+    first, second, fresh = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for out in (first, second, fresh):
+        write_dataset(out)
+    run(first, cfg(tiny["gemma3"], max_steps=3, lr=1e-2, lora_r=4, lora_alpha=8))
+    saved = load_file(str(first / "adapter" / "adapter_model.safetensors"))
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in saved.items())
+    run(second, cfg(tiny["gemma3"], max_steps=1, lr=0.0, lora_r=4, lora_alpha=8, init_adapter=str(first / "adapter")))
+    run(fresh, cfg(tiny["gemma3"], max_steps=1, lr=0.0, lora_r=4, lora_alpha=8))
+    started, unset = (load_file(str(p / "adapter" / "adapter_model.safetensors")) for p in (second, fresh))
+    assert set(started) == set(saved)
+    assert all(started[k].equal(saved[k]) for k in saved)
+    assert not all(unset[k].equal(saved[k]) for k in saved)
+    with pytest.raises(LorekitError, match=r"lora_r = 4 to start from it"):
+        run(fresh, cfg(tiny["gemma3"], max_steps=1, lora_r=8, lora_alpha=8, init_adapter=str(first / "adapter")))
+    with pytest.raises(LorekitError, match="no adapter_model.safetensors there"):
+        run(fresh, cfg(tiny["gemma3"], max_steps=1, init_adapter=str(tmp_path / "nowhere")))

@@ -31,6 +31,8 @@ class TrainConfig:
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = opt(0.0, "dropout on the LoRA input")
+    init_adapter: str = opt("", "start the LoRA from this adapter folder (a build's adapter/) or from a prior "
+                            "shipped with LoreKit (lorekit/priors/); empty: a fresh LoRA")
     train_turn_tokens: bool = opt(True, "also train the embedding rows of the chat format's turn tokens "
                                   "(a base model never learned them, so without this it never ends its turn)")
     max_length: int = opt(1024, "rows longer than this many tokens are cut (a warning says how many)")

@@ -19,7 +19,7 @@ from lorekit import chat_formats
 from lorekit import config as config_mod
 from lorekit.atomic import replace_dir, write_text
 from lorekit.errors import LorekitError
-from lorekit.train import checkpoint, distributed, loop, speed, token_rows
+from lorekit.train import checkpoint, distributed, init_adapter, loop, speed, token_rows
 from lorekit.train.config import TrainConfig
 from lorekit.train.data import encode_rows, read_rows
 
@@ -65,8 +65,12 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
     if on_choice:
         on_choice(choice)
     cfg = replace(cfg, compile=choice.compile)
-    try:
+    start = init_adapter.resolve(cfg.init_adapter) if cfg.init_adapter and not resume else None  # a resumed run's
+    try:                                                                    # checkpoint holds the LoRA already
         model, tok, profile, backend = _load(cfg, choice.backend, cuda, world)
+        if start:
+            init_adapter.load_into(model, start, cfg.lora_r, cfg.lora_alpha)
+            log.info("LoRA starts from %s", start)
         fmt = chat_formats.get(profile.family)
         train_rows = encode_rows(tok, fmt, read_rows(train_file), cfg.max_length, str(train_file))
         eval_rows = encode_rows(tok, fmt, read_rows(eval_file), cfg.max_length, str(eval_file)) \
