@@ -65,12 +65,14 @@ def test_wheel_install_compiles_like_the_checkout(tmp_path, capsys):
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = _run([str(py), "-c", "import lorekit, lorekit.compile.templates as t, lorekit.serve.cli_chat as c; "
-                  "print(lorekit.__file__); print(t.DEFAULT_DIR); print(c.client_path())"], elsewhere, env)
-    package_file, templates_dir, client = where.stdout.split("\n")[:3]
+                  "import lorekit.priors as p; print(lorekit.__file__); print(t.DEFAULT_DIR); print(c.client_path()); "
+                  "print(p.find('gemma3-270m-notes'))"], elsewhere, env)
+    package_file, templates_dir, client, prior = where.stdout.split("\n")[:4]
     installed = venv.resolve()
     assert Path(package_file).resolve().is_relative_to(installed), package_file
     assert Path(templates_dir).resolve().is_relative_to(installed), templates_dir
     assert Path(client).resolve().is_relative_to(installed) and Path(client).is_file(), client
+    assert Path(prior).resolve().is_relative_to(installed) and (Path(prior) / "PRIOR.json").is_file(), prior
 
     _run([str(lorekit_cmd), "compile", str(SAMPLE_LORE), "--out", "out", "-q"], elsewhere, env)
     checked = _run([str(lorekit_cmd), "validate", str(SAMPLE_LORE)], elsewhere, env)
