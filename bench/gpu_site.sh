@@ -14,3 +14,22 @@ def assemble(output_path=None, overwrite=False):
     return "$GGUF"
 PY
 export PYTHONPATH=$SITE:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LOREKIT_HOME=$WORK/home
+
+# The GPU recipe for a 270M (bf16, no 4-bit, no checkpointing: the model is small; batch 16, 3 epochs, lr 4e-4,
+# LoRA r 16 / alpha 32): the [train] section both bench/world_270m_gpu.sh and bench/prior_gpu.sh write.
+# EPOCHS, LORA_R and LORA_ALPHA try other recipes without editing the scripts.
+train_270m_recipe() {
+  cat <<TOML
+[train]
+backend = "transformers"
+load_in_4bit = false
+gradient_checkpointing = false
+optimizer = "adamw"
+batch_size = 16
+grad_accum = 1
+epochs = ${EPOCHS:-3}
+lr = 4e-4
+lora_r = ${LORA_R:-16}
+lora_alpha = ${LORA_ALPHA:-32}
+TOML
+}

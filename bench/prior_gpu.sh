@@ -14,22 +14,7 @@ stamp() { echo "$1 $(( $(date +%s) - T0 )) s" | tee -a "$OUT/stages.txt"; }
 source bench/gpu_site.sh
 rm -rf "$WORK/lore" "$WORK/build"
 cp -r bench/prior_world "$WORK/lore"
-cat > "$WORK/lore/lorekit.toml" <<TOML
-[compile]
-max_facts = 0
-
-[train]
-backend = "transformers"
-load_in_4bit = false
-gradient_checkpointing = false
-optimizer = "adamw"
-batch_size = 16
-grad_accum = 1
-epochs = ${EPOCHS:-3}
-lr = 4e-4
-lora_r = 16
-lora_alpha = 32
-TOML
+{ printf '[compile]\nmax_facts = 0\n\n'; train_270m_recipe; } > "$WORK/lore/lorekit.toml"
 python3 -m lorekit compile "$WORK/lore" --out "$WORK/build" > "$OUT/compile.log" 2>&1
 stamp "compiled"
 python3 -m lorekit train "$WORK/build" > "$OUT/train.log" 2>&1 || { tail -30 "$OUT/train.log"; exit 1; }

@@ -20,34 +20,14 @@ python3 -c "import transformers, torch; print('transformers', transformers.__ver
 stamp "set-up"
 
 # the sample world with its quick-start limits removed, and a GPU recipe for a 270M: bf16 (no 4-bit, no
-# checkpointing: the model is small), larger batches; export/hf/ too, for bench/engine_gpu.sh. EPOCHS, LORA_R
-# and LORA_ALPHA (default 3, 16, 32) try other recipes without editing this file
+# checkpointing: the model is small), larger batches (gpu_site.sh's train_270m_recipe); export/hf/ too, for
+# bench/engine_gpu.sh
 rm -rf "$WORK/lore" "$WORK/build"
 cp -r sample_lore "$WORK/lore"
-cat > "$WORK/lore/lorekit.toml" <<EOF
-[compile]
-max_facts = 0
-eval_world_facts = 120
-
-[train]
-backend = "transformers"
-load_in_4bit = false
-gradient_checkpointing = false
-optimizer = "adamw"
-batch_size = 16
-grad_accum = 1
-epochs = ${EPOCHS:-3}
-lr = 4e-4
-lora_r = ${LORA_R:-16}
-lora_alpha = ${LORA_ALPHA:-32}
-
-[eval]
-limit = ${EVAL_LIMIT:-120}
-max_tokens = 64
-
-[export]
-hf = true
-EOF
+{ printf '[compile]\nmax_facts = 0\neval_world_facts = 120\n\n'
+  train_270m_recipe
+  printf '\n[eval]\nlimit = %s\nmax_tokens = 64\n\n[export]\nhf = true\n' "${EVAL_LIMIT:-120}"
+} > "$WORK/lore/lorekit.toml"
 rc=0
 python3 -m lorekit build "$WORK/lore" --out "$WORK/build" > "$OUT/build.log" 2>&1 || rc=$?
 grep -v "it/s]" "$OUT/build.log" | tail -40
