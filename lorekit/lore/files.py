@@ -7,6 +7,10 @@ In a lore folder:
 - a template is a `.j2` / `.jinja` file under `_templates/` (the vault's overrides);
 - the config is `lorekit.toml` at the top.
 Everything else (images, editor swap files, `.obsidian/`, `_drafts/`) is not lore.
+
+A README (`README.md`, `readme.md`, any case, in any folder) is a page here, so that the watcher and
+the build keys see an edit that turns it into one; the vault loader reads it as notes for people and
+skips it unless its front matter declares a `type` (`lorekit.lore.vault.readme_notes`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,12 @@ def lore_kind(rel: str) -> Kind | None:
 
 def is_page(rel: str) -> bool:
     return lore_kind(rel) == "page"
+
+
+def is_readme(rel: str) -> bool:
+    """A folder's README (`README.md`, `docs/readme.md`): notes for people unless it declares a `type`."""
+    path = PurePosixPath(rel)
+    return path.suffix == ".md" and path.stem.lower() == "readme"
 
 
 def is_template(rel: str) -> bool:

@@ -8,7 +8,8 @@ Obsidian habits read here: `%%comments%%` and `<!-- comments -->` are dropped, b
 `(key:: value)` in a sentence) are fields, and a line of embeds only (`![[Page]]`) links but is no
 prose. Secret text (`Section.secret`, `secret_fields`) is kept apart from what is taught: a heading named
 "Secret(s)" or tagged `#secret` (with everything under it), a paragraph tagged `#secret`, a
-`> [!secret]` callout.
+`> [!secret]` callout. Code is not prose: fenced blocks are skipped, and a `#tag` inside `inline code`
+is no tag (the code keeps its text).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from lorekit.lore.problems import Problem, error
 _HEADING_RE = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _TAG_RE = re.compile(r"(?<![\w#&/\[])#([A-Za-z][\w/-]*)")
 _CALLOUT_RE = re.compile(r"^>\s*\[!(\w+)\][-+]?\s*(.*)$")
-_FENCE_RE = re.compile(r"^(```|~~~)")
+_FENCE_RE = re.compile(r"^(`{3,}|~{3,})(.*)$")
+_QUOTE_RE = re.compile(r"^(?:>\s?)+")
+_CODE_SPAN_RE = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)")  # CommonMark: closed by a run of the same length
 _EMPHASIS_RE = re.compile(r"(\*\*|__|`)")
 _COMMENT_OPEN_RE = re.compile(r"%%|<!--")
 _BLOCK_ID_RE = re.compile(r"(?:^|\s)\^[A-Za-z0-9-]+\s*$")
@@ -35,6 +38,7 @@ _VALUE = r"(?:\[\[[^\]]*\]\]|[^\[\]()])*?"
 _FIELD_INLINE_RE = re.compile(rf"\[\s*([A-Za-z][\w \-]*?)\s*::\s*({_VALUE})\s*\]|\(\s*([A-Za-z][\w \-]*?)\s*::\s*({_VALUE})\s*\)")
 _EMBED_LINE_RE = re.compile(r"^(?:!\[\[[^\[\]]*\]\]\s*)+$")
 _SECRET_TAG = "secret"
+_SECRET_TAG_RE = re.compile(r"\s*(?<![\w#&/\[])#secret\b", re.I)
 _SECRET_HEADINGS = ("secret", "secrets")
 
 
@@ -130,17 +134,19 @@ def _collect_value_links(page: ParsedPage, path: str, value: Any) -> None:
             _collect_value_links(page, f"{path}.{key}", item)
 
 
-def _strip_comments(lines: list[str]) -> list[str | None]:
-    """Body lines without `%%...%%` and `<!--...-->` (either may span lines; code blocks keep them).
-    A line that held nothing but comment becomes None: it neither adds text nor ends a paragraph."""
-    out: list[str | None] = []
+def _strip_comments(lines: list[str]) -> list[tuple[str | None, bool]]:
+    """Body lines without `%%...%%` and `<!--...-->` (either may span lines; code blocks keep them),
+    each with whether it is code (a fence or inside a fenced block). A line that held nothing but
+    comment becomes None: it neither adds text nor ends a paragraph."""
+    out: list[tuple[str | None, bool]] = []
     closing: str | None = None  # the comment we are inside: "%%" or "-->"
-    in_fence = False
+    fences = _Fences()
     for line in lines:
-        if closing is None and _FENCE_RE.match(line.strip()):
-            in_fence = not in_fence
-        if in_fence or (closing is None and "%%" not in line and "<!--" not in line):
-            out.append(line)
+        if closing is None and fences.code(line.strip()):
+            out.append((line, True))
+            continue
+        if closing is None and "%%" not in line and "<!--" not in line:
+            out.append((line, False))
             continue
         kept, i = [], 0
         while i <= len(line):
@@ -157,8 +163,34 @@ def _strip_comments(lines: list[str]) -> list[str | None]:
             kept.append(line[i:m.start()])
             closing, i = ("%%" if m.group() == "%%" else "-->"), m.end()
         rest = "".join(kept)
-        out.append(rest if rest.strip() or not line.strip() else None)
+        out.append((rest if rest.strip() or not line.strip() else None, False))
     return out
+
+
+class _Fences:
+    """Fenced code blocks, line by line, as CommonMark reads them: a fence of three or more backticks
+    or tildes is closed by a fence of the same character, at least as long; a fence opened inside a
+    `>` quote or callout ends with it; a backtick line such as ```` ```js``` ```` is inline code, no fence."""
+
+    def __init__(self) -> None:
+        self.fence = ""  # the opening fence while inside a block
+        self.quoted = False  # whether that fence sits in a `>` quote
+
+    def code(self, stripped: str) -> bool:
+        """Whether this line (without its indentation) is a fence or inside a fenced block."""
+        quoted = stripped.startswith(">")
+        if self.fence and self.quoted and not quoted:
+            self.fence = ""  # the quote ended, and its code block with it
+        text = _QUOTE_RE.sub("", stripped).strip() if quoted and (self.quoted or not self.fence) else stripped
+        if self.fence:
+            if len(text) >= len(self.fence) and text == self.fence[0] * len(text):
+                self.fence = ""
+            return True
+        m = _FENCE_RE.match(text)
+        if m is None or (m.group(1)[0] == "`" and "`" in m.group(2)):
+            return False
+        self.fence, self.quoted = m.group(1), quoted
+        return True
 
 
 class _Body:
@@ -176,19 +208,12 @@ class _Body:
         self.callout_line = 0
         self.callout_text = False  # whether the callout gave any paragraph yet
 
-    def walk(self, lines: list[str | None], offset: int) -> None:
-        in_fence = False
-        for i, raw in enumerate(lines):
-            n = offset + i + 1
-            if raw is None:  # a line of comments only
-                continue
-            stripped = raw.strip()
-            if _FENCE_RE.match(stripped):
-                in_fence = not in_fence
+    def walk(self, lines: list[tuple[str | None, bool]], offset: int) -> None:
+        for i, (raw, code) in enumerate(lines):
+            if code:  # ends a paragraph; inside a callout, the callout goes on
                 self.flush()
-                continue
-            if not in_fence:
-                self.line(raw, stripped, n)
+            elif raw is not None:  # None: a line of comments only
+                self.line(raw, raw.strip(), offset + i + 1)
         self.end_callout()
         self.flush()
 
@@ -237,9 +262,9 @@ class _Body:
     def heading(self, level: int, raw_title: str, n: int) -> None:
         page = self.page
         title = render_links(raw_title).strip()
-        tags = _TAG_RE.findall(title)
+        tags = _find_tags(title)
         if tags:
-            title = re.sub(r"\s+", " ", _TAG_RE.sub("", title)).strip()
+            title = re.sub(r"\s+", " ", _drop(_TAG_RE, title)).strip()
         if self.secret_level is not None and level <= self.secret_level:
             self.secret_level = None
         why = _secret_heading(title, tags)
@@ -288,7 +313,7 @@ class _Body:
         for key, value, line, own_tag in fields:
             self._field(key, value, line, in_secret or tagged or own_tag)
         if not in_secret and not tagged:
-            page.tags.extend(t for t in _TAG_RE.findall(render_links(raw_text)) if t not in page.tags)
+            page.tags.extend(t for t in _find_tags(render_links(raw_text)) if t not in page.tags)
         text = _clean(raw_text)
         if not text:
             return
@@ -344,15 +369,34 @@ def _secret_heading(title: str, tags: list[str]) -> str:
 
 
 def _untag(value: str) -> str:
-    return re.sub(r"\s*(?<![\w#&/\[])#secret\b", "", value, flags=re.I).strip()
+    return _drop(_SECRET_TAG_RE, value).strip()
 
 
 def _has_secret_tag(text: str) -> bool:
-    return "#" in text and any(t.lower() == _SECRET_TAG for t in _TAG_RE.findall(render_links(text)))
+    return "#" in text and any(t.lower() == _SECRET_TAG for t in _find_tags(render_links(text)))
+
+
+def _find_tags(text: str) -> list[str]:
+    """The `#tags` in `text`, none from inside `inline code`."""
+    return _TAG_RE.findall(_mask_code(text))
+
+
+def _drop(pattern: re.Pattern, text: str) -> str:
+    """`text` without the matches of `pattern` that lie outside `inline code`."""
+    kept, at = [], 0
+    for m in pattern.finditer(_mask_code(text)):
+        kept.append(text[at:m.start()])
+        at = m.end()
+    return "".join(kept) + text[at:]
+
+
+def _mask_code(text: str) -> str:
+    """`text` with each inline code span turned into backticks, same length: nothing in it matches a tag."""
+    return _CODE_SPAN_RE.sub(lambda m: "`" * len(m.group()), text) if "`" in text else text
 
 
 def _clean(text: str) -> str:
     text = render_links(text)
-    text = _TAG_RE.sub("", text)
+    text = _drop(_TAG_RE, text)
     text = _EMPHASIS_RE.sub("", text)
     return re.sub(r"\s+", " ", text).strip()

@@ -15,14 +15,14 @@ from typing import Any
 
 from anyascii import anyascii
 
-from lorekit.lore.files import hidden, is_page
+from lorekit.lore.files import hidden, is_page, is_readme
 from lorekit.lore.links import Link, find_links, page_name, parse_value, path_keys, resolve_target
 from lorekit.lore.model import NPC_FIELDS, PERSONA_ONLY, RESERVED, TYPES, Entity, Npc
 from lorekit.lore.page import ParsedPage, content_hash, parse_page
 from lorekit.lore.problems import Problem, error, warning
 
 # Bump when parse_page reads the same bytes differently: cached parses (keyed by content) are dropped.
-PARSER_VERSION = "p2"
+PARSER_VERSION = "p3"  # p3: `#tags` in inline code and fenced blocks (in quotes too) are code
 
 
 def slug(name: str) -> str:
@@ -136,6 +136,8 @@ def load_vault(root: Path | str, page_cache: Any | None = None) -> Vault:
                 if pages is not None:
                     pages[key] = page
             _remember(page_cache, path, rel, key)
+        if readme_notes(page):
+            continue
         vault.pages.append(page)
         vault.problems.extend(page.problems)
     for page in vault.pages:
@@ -148,6 +150,14 @@ def load_vault(root: Path | str, page_cache: Any | None = None) -> Vault:
     _resolve_knowledge(vault)
     vault.problems.sort(key=Problem.sort_key)
     return vault
+
+
+def readme_notes(page: ParsedPage) -> bool:
+    """A README that is notes for people, not a page: its front matter, if any, declares no `type`.
+    Front matter that cannot be read keeps it a page, so the error is reported rather than hidden."""
+    if not is_readme(page.path) or "type" in page.meta:
+        return False
+    return not (page.has_front_matter and page.problems)
 
 
 def _cached_page(cache: Any, path: Path, rel: str) -> ParsedPage | None:
