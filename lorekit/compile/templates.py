@@ -106,11 +106,36 @@ def _first_person_verb(word: str) -> str:
     return word[:-1]
 
 
+# after a plural noun, "and" + an -s word is a verb only when an object follows ("books and speaks Old
+# Ebb"); "hours and hands of crew", "nets and ropes." stay a list of nouns
+_OBJECT_START = (r"(?:the|a|an|my|his|her|their|its|our|every|each|all|some|no|any|many|few|one|two|three|four|"
+                 r"five|six|seven|eight|nine|ten|\d+|[A-Z]\w*)\b")
+_AND_ADVERB = r"(?:(never|also|then|often|always|still|once) )?"
+# verbs that take a receiver before the thing given: "sailors bring her gifts" is "bring me gifts". The
+# receiver reading needs an article, a number or a plural after "her": "ask her blessing" stays "my blessing"
+_GIVE_VERBS = ("bring|brings|brought|give|gives|gave|given|send|sends|sent|offer|offers|offered|pay|pays|paid|"
+               "tell|tells|told|owe|owes|owed|teach|teaches|taught|lend|lends|lent|hand|hands|handed|grant|"
+               "grants|granted|promise|promises|promised|ask|asks|asked")
+_GIVEN = r"(?:a|an|the|some|one|two|three|four|five|six|seven|eight|nine|ten|\d+|[a-z]+s)\b"
+
+
+def _her_as_receiver(sentence: str) -> str:
+    """"bring her gifts" -> "bring me gifts", unless the giver is the speaker ("I give her a coin" is
+    someone else) or an "and" joins the verb to a clause of which the speaker is the subject."""
+    def swap(m: re.Match) -> str:
+        before = sentence[:m.start()]
+        if re.search(r"\bI (?:\w+ )?$", before) or (before.endswith("and ") and re.search(r"\bI\b", before)):
+            return m.group(0)
+        return f"{m.group(1)} me "
+    return re.sub(rf"\b({_GIVE_VERBS}) her (?={_GIVEN})", swap, sentence)
+
+
 def first_person(text: Any, name: Any, about: Any = "") -> str:
     """A page's prose about `name`, as `name` would say it: "Hessa Orrin is the guildmistress ... She has
     commanded ..." -> "I am the guildmistress ... I have commanded ...". Rule-based: the full or first
-    name as a subject, sentence-level she/he and her/his before a noun become I/my; other names and
-    pronouns (which may mean someone else) are left alone. `about` (the page's summary) helps to tell
+    name as a subject, sentence-level she/he and her/his before a noun become I/my, "her" after a verb of
+    giving becomes "me" ("sailors bring me gifts"); other names and pronouns (which may mean someone
+    else) are left alone. `about` (the page's summary) helps to tell
     whether the prose says "she" or "he" of its subject."""
     text, name = str(text), str(name).strip()
     if not name:
@@ -122,23 +147,31 @@ def first_person(text: Any, name: Any, about: Any = "") -> str:
     poss = {"She": "her", "He": "his"}.get(pro or "", "")
     out = []
     for sentence in re.split(r"(?<=[.!?])\s+", text):
-        before = sentence
         sentence = re.sub(rf"\b(?:{names})'s?\b(?!\w)", "my", sentence)
-        sentence = re.sub(rf"\b(?:{names})\s+(\w+)", lambda m: "I " + _first_person_verb(m.group(1)), sentence)
+        sentence, subjects = re.subn(rf"\b(?:{names})\s+(\w+)", lambda m: "I " + _first_person_verb(m.group(1)),
+                                     sentence)
         if pro:
-            sentence = re.sub(rf"\b(?:{pro}|{pro.lower()})\s+(\w+)", lambda m: "I " + _first_person_verb(m.group(1)),
-                              sentence)
+            sentence, n = re.subn(rf"\b(?:{pro}|{pro.lower()})\s+(\w+)",
+                                  lambda m: "I " + _first_person_verb(m.group(1)), sentence)
+            subjects += n
+            if pro == "She":  # before the possessive rule below would read "her gifts" as "my gifts"
+                sentence = _her_as_receiver(sentence)
             sentence = re.sub(rf"\b{poss.capitalize()}\s+(?=[a-z])", "My ", sentence)
-            sentence = re.sub(rf"\b{poss}\s+(?=[a-z])(?!(?:in|on|at|to|for|with|from|by|and|or|as)\b)", "my ",
-                              sentence)
+            # not before an article: "I give her a coin" is an object, not "my a coin"
+            sentence = re.sub(rf"\b{poss}\s+(?=[a-z])(?!(?:in|on|at|to|for|with|from|by|and|or|as|a|an|the)\b)",
+                              "my ", sentence)
             sentence = re.sub(rf"\b{'herself' if pro == 'She' else 'himself'}\b", "myself", sentence)
             if pro == "He":  # "him" is unambiguous; "her" may be a possessive and is left alone
                 sentence = re.sub(r"\bhim\b", "me", sentence)
-        if sentence != before:  # "I am the ferryman ..., and has rowed" -> "..., and have rowed"
+        # only where the speaker became the subject: "Sailors bring me gifts and ask ..." is not "I ... ask"
+        if subjects:  # "I am the ferryman ..., and has rowed" -> "..., and have rowed"
             # "in 1338 AT and feeds her" -> "and feed her"; a list of nouns stays: "hours and hands of crew"
             # (after a plural), "fish, and eggs." (nothing follows)
             sentence = re.sub(r"(?<=, |[^s,] )and ((?:never|also|then|often|always) )?(\w+)(?! of\b)(?= \w)",
                               lambda m: "and " + (m.group(1) or "") + _first_person_verb(m.group(2)), sentence)
+            sentence = re.sub(rf"(?<=s )and {_AND_ADVERB}(\w+s)(?= {_OBJECT_START})",
+                              lambda m: "and " + (m.group(1) + " " if m.group(1) else "") + _first_person_verb(m.group(2)),
+                              sentence)
         sentence = re.sub(r"(^|[.!?]\s+)my\b", lambda m: m.group(1) + "My", sentence)
         out.append(sentence)
     return " ".join(out)

@@ -1,0 +1,76 @@
+"""Wording of what NPCs say, found in review: the first person of an NPC's own facts, "(that is me)"
+only after the speaker's own name, comma openers, plural group names, and questions that fit the page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lorekit.compile.config import CompileConfig
+from lorekit.compile.dataset import Builder
+from lorekit.compile.templates import first_person
+from lorekit.lore import facts_of, load_vault
+from lorekit.prompt import templates_for
+
+
+def write(root: Path, rel: str, text: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.strip() + "\n", encoding="utf-8")
+
+
+def builder(root: Path) -> Builder:
+    vault = load_vault(root)
+    return Builder(vault, CompileConfig(), templates_for(vault), {None: "", **{n: "" for n in vault.npcs}})
+
+
+def fact(b: Builder, fid: str):
+    return next(f for f in facts_of(b.vault) if f.id == fid)
+
+
+def said(b: Builder, fid: str, speaker: str | None) -> str:
+    f = fact(b, fid)
+    return b.answer(b.template_for(f), b.context(f), speaker, "seed")
+
+
+def asked(b: Builder, fid: str) -> list[str]:
+    f = fact(b, fid)
+    return b.t.lines(b.template_for(f), "questions", {**b.context(f), "me": False}, "q")
+
+
+# --- 1. the first person of an NPC's own page ---------------------------------------------------------
+def test_and_after_a_plural_noun_takes_the_first_person_verb():
+    assert first_person("Mara Vell keeps the Ash Guild's books and speaks Old Ebb.", "Mara Vell") == \
+        "I keep the Ash Guild's books and speak Old Ebb."
+    assert first_person("She mends the nets and often sells the catch.", "Mara Vell") == \
+        "I mend the nets and often sell the catch."
+    # a list of nouns after a plural stays as it is
+    assert first_person("Mara Vell keeps hours and hands of crew.", "Mara Vell") == "I keep hours and hands of crew."
+    assert first_person("She sells ropes and hooks for the boats.", "Mara Vell") == \
+        "I sell ropes and hooks for the boats."
+
+
+def test_her_as_the_receiver_of_a_gift_is_me():
+    text = "Mara Vell keeps the toll. Sailors bring her gifts, and the guild pays her a wage."
+    assert first_person(text, "Mara Vell") == "I keep the toll. Sailors bring me gifts, and the guild pays me a wage."
+    # the speaker gives to someone else: "her" is that other woman (or a possessive), not me
+    assert first_person("She gives her daughter a coin.", "Mara Vell") == "I give my daughter a coin."
+    assert first_person("She brings her nets home.", "Mara Vell") == "I bring my nets home."
+    assert first_person("He brings her gifts.", "Tobin Reedy") == "I bring her gifts."  # not about a woman
+    # a giver other than the speaker keeps its own verbs: not "The miller ... and ask"
+    assert first_person("The miller brings her loaves and asks her blessing.", "Mara Vell", "She is old.") == \
+        "The miller brings me loaves and asks my blessing."
+
+
+def test_own_summary_in_a_vault_is_first_person(tmp_path):
+    write(tmp_path, "Nell Varga.md", """
+---
+type: character
+npc:
+  knows: []
+---
+# Nell Varga
+Nell Varga keeps the mill ledgers and speaks the river tongue. Millers bring her gifts at harvest.
+""")
+    b = builder(tmp_path)
+    assert said(b, "nell-varga.summary", "nell-varga") == \
+        "I keep the mill ledgers and speak the river tongue. Millers bring me gifts at harvest."
