@@ -36,9 +36,13 @@ def tree_key(root: Path, keep=lore_kind) -> str:
 
 
 def compile_key(lore_dir: Path, templates_dir: Path, cfg: object, template_dir: Path | None = None) -> str:
-    """The lore files, the default templates and `[compile] template_dir` (wherever it lives), and the config."""
+    """The lore files, the default templates and `[compile] template_dir` (wherever it lives), the config, and
+    the versions of the compiler and the page parser (a new wording or parsing rule recompiles)."""
+    from lorekit.compile.fast import VERSION
+    from lorekit.lore.vault import PARSER_VERSION
+
     extra = tree_key(template_dir, is_template) if template_dir and template_dir.is_dir() else ""
-    return _h("compile", __version__, tree_key(lore_dir), tree_key(templates_dir, is_template), extra, cfg)
+    return _h("compile", __version__, VERSION, PARSER_VERSION, tree_key(lore_dir), tree_key(templates_dir, is_template), extra, cfg)
 
 
 def dataset_facts_key(dataset_dir: Path) -> str:

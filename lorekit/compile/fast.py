@@ -45,19 +45,19 @@ from lorekit.lore.files import hidden, is_page
 from lorekit.lore.links import parse_value, path_keys, resolve_target
 from lorekit.lore.model import RESERVED, Entity
 from lorekit.lore.page import ParsedPage, content_hash, parse_page
-from lorekit.lore.vault import entity_corpus, entity_from_page
+from lorekit.lore.vault import PARSER_VERSION, entity_corpus, entity_from_page
 from lorekit.prompt import resolve_template_dir
 
 log = logging.getLogger(__name__)
 STATE = "state.pickle"
 SPARE = "spare-dataset"
-VERSION = 6  # 6: pages read secrets, inline fields and comments (lorekit.lore.page)
+VERSION = 7  # 6: pages read secrets, inline fields and comments; 7: READMEs, `#tags` in code, NPC wording
 MAX_CHANGED = 20
 
 
 def signature(lore_dir: Path, cfg: CompileConfig, digest: str) -> str:
     settings = {k: v for k, v in asdict(cfg).items() if k != "cache"}
-    text = json.dumps([VERSION, str(Path(lore_dir).resolve()), settings, digest], sort_keys=True)
+    text = json.dumps([VERSION, PARSER_VERSION, str(Path(lore_dir).resolve()), settings, digest], sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
