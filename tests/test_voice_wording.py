@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lorekit.compile.config import CompileConfig
 from lorekit.compile.dataset import Builder
-from lorekit.compile.templates import first_person
+from lorekit.compile.templates import first_person, that_is_me
 from lorekit.lore import facts_of, load_vault
 from lorekit.prompt import templates_for
 
@@ -74,3 +74,55 @@ Nell Varga keeps the mill ledgers and speaks the river tongue. Millers bring her
     b = builder(tmp_path)
     assert said(b, "nell-varga.summary", "nell-varga") == \
         "I keep the mill ledgers and speak the river tongue. Millers bring me gifts at harvest."
+
+
+# --- 2. "(that is me)" only after the speaker's own name, standing alone ---------------------------------
+def test_that_is_me_skips_longer_names():
+    assert that_is_me("The Tobin Reedy Bridge spans the Suthe.", "Tobin Reedy") == "The Tobin Reedy Bridge spans the Suthe."
+    assert that_is_me("Boats tie up at Tobin Reedy-Marsh.", "Tobin Reedy") == "Boats tie up at Tobin Reedy-Marsh."
+    assert that_is_me("Tobin Reedy Bridge was paid for by Tobin Reedy.", "Tobin Reedy") == \
+        "Tobin Reedy Bridge was paid for by Tobin Reedy (that is me)."
+    # a longer name the statement speaks of (a page), even with no capital after it
+    assert that_is_me("He rows the Old Tobin Reedy across.", "Tobin Reedy", ["The Old Tobin Reedy"]) == \
+        "He rows the Old Tobin Reedy across."
+    # a title before the name is still the speaker
+    assert that_is_me("The ferry is kept by Ferryman Tobin Reedy.", "Tobin Reedy") == \
+        "The ferry is kept by Ferryman Tobin Reedy (that is me)."
+
+
+def test_that_is_me_in_a_vault(tmp_path):
+    write(tmp_path, "Tobin Reedy.md", """
+---
+type: character
+npc:
+  knows: ["[[Tobin Reedy Bridge]]", "[[The Tobin Reedy]]", "[[The Heron Oar]]"]
+---
+# Tobin Reedy
+Tobin Reedy rows the ferry.
+""")
+    write(tmp_path, "Tobin Reedy Bridge.md", """
+---
+type: location
+---
+# Tobin Reedy Bridge
+Tobin Reedy Bridge spans the river at the ford.
+""")
+    write(tmp_path, "The Tobin Reedy.md", """
+---
+type: item
+---
+# The Tobin Reedy
+The Tobin Reedy is a ferry boat named after its owner.
+""")
+    write(tmp_path, "The Heron Oar.md", """
+---
+type: item
+owner: "[[Tobin Reedy]]"
+---
+# The Heron Oar
+The Heron Oar is black.
+""")
+    b = builder(tmp_path)
+    assert said(b, "tobin-reedy-bridge.summary", "tobin-reedy") == "Tobin Reedy Bridge spans the river at the ford."
+    assert said(b, "the-tobin-reedy.summary", "tobin-reedy") == "The Tobin Reedy is a ferry boat named after its owner."
+    assert "Tobin Reedy (that is me)" in said(b, "the-heron-oar.owner", "tobin-reedy")

@@ -102,8 +102,8 @@ class Builder:
         fixed = not self.t.picked
         voice = self.t.find("replies/voice.j2")
         if voice is not None:
-            statement = self.t.render(voice, "answer", {"statement": statement, "npc": npc, "entity": ctx.get("entity")},
-                                      seed + ":v")
+            statement = self.t.render(voice, "answer", {"statement": statement, "npc": npc, "entity": ctx.get("entity"),
+                                                        "names": _names(ctx, speaker)}, seed + ":v")
             fixed = fixed and not self.t.picked
         if memo is not None and fixed:
             memo[speaker] = statement
@@ -174,6 +174,14 @@ def _and(values: tuple[str, ...] | list[str]) -> str:
     from lorekit.compile.templates import and_list
 
     return and_list(list(values))
+
+
+def _names(ctx: dict, speaker: str | None) -> list[str]:
+    """The page names a statement may hold besides the speaker's: the page it is about (unless that is
+    the speaker) and the pages its fact links to. All of them are part of the fact's cache key."""
+    entity, fact = ctx.get("entity") or {}, ctx.get("fact") or {}
+    own = [entity.get("name", ""), *entity.get("aliases", [])] if entity.get("id") != speaker else []
+    return list(dict.fromkeys(n for n in [*own, *fact.get("others", []), *fact.get("expect", [])] if n))
 
 
 def _present(expect: list[str], answer: str) -> list[str]:

@@ -177,18 +177,26 @@ def first_person(text: Any, name: Any, about: Any = "") -> str:
     return " ".join(out)
 
 
-def that_is_me(text: Any, name: Any) -> str:
+def that_is_me(text: Any, name: Any, names: Any = ()) -> str:
     """The speaker's own name inside a statement about something else, marked as the speaker:
-    "The Heron Oar belongs to Tobin Reedy (that is me)." Only the first plain mention (not "Name's");
-    a note in brackets keeps its place: "Bettany Crumb (guardian; that is me)"."""
+    "The Heron Oar belongs to Tobin Reedy (that is me)." Only the first plain mention (not "Name's"),
+    and only the name standing alone: not inside a longer name, one of `names` (the names of the other
+    pages the statement speaks of: "Old Tobin Reedy Landing") or one a capitalised word follows ("Tobin
+    Reedy Bridge"). A title before it is still the speaker ("Ferryman Tobin Reedy"). A note in brackets
+    keeps its place: "Bettany Crumb (guardian; that is me)"."""
     text, name = str(text), str(name or "").strip()
     if not name:
         return text
-    m = re.search(rf"\b{re.escape(name)}\b(?!'s?\b|\w| \(that is me)( \(([^()]*)\))?", text)
-    if not m:
-        return text
-    mark = f"{name} ({m.group(2)}; that is me)" if m.group(1) else f"{name} (that is me)"
-    return text[:m.start()] + mark + text[m.end():]
+    longer = [n for n in (names or ()) if name in str(n) and str(n) != name]
+    # "The Tobin Reedy" may stand as "the Tobin Reedy" (lorekit.lore.article)
+    pats = ["[Tt]he " + re.escape(n[4:]) if n.startswith("The ") else re.escape(n) for n in map(str, longer)]
+    inside = [(m.start(), m.end()) for pat in pats for m in re.finditer(rf"\b{pat}\b", text)]
+    for m in re.finditer(rf"\b{re.escape(name)}\b(?!'s?\b|\w| \(that is me)( \(([^()]*)\))?", text):
+        if re.match(r"[ -][A-Z]", text[m.start() + len(name):]) or any(a <= m.start() < b for a, b in inside):
+            continue
+        mark = f"{name} ({m.group(2)}; that is me)" if m.group(1) else f"{name} (that is me)"
+        return text[:m.start()] + mark + text[m.end():]
+    return text
 
 
 def _mkdir(path: Path) -> Path:
