@@ -1,0 +1,34 @@
+"""bench/prior_leak.py counts answers that carry names of another world (a prior's training world)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("prior_leak", ROOT / "bench" / "prior_leak.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_other_world_names_are_counted_per_answer_and_own_names_are_not():
+    pl = load()
+    other = pl.names_of(ROOT / "bench" / "prior_world") - pl.names_of(ROOT / "sample_lore")
+    assert "Karsk Plateau" in other and "Waste" in other, "pages and aliases, without a leading 'the'"
+    assert not any("Brinewick" in n for n in other)
+    report = {
+        "questions": [
+            {"base": {"answer": "I was born in Gullreach Ferry."}, "tuned": {"answer": "Not a word has reached the Waste."}},
+            {"base": {"answer": "Brinewick."}, "tuned": {"answer": "Brinewick, on the Karsk Plateau, by the Waste."}},
+            {"base": {"answer": "A wasteland."}, "tuned": {"answer": "I keep the Crooked Eel."}},
+        ],
+        "general": [{"base": "Paris.", "tuned": "Paris, far from the Karsk Plateau."}],
+    }
+    figures = pl.count(report, other)
+    assert figures["base"]["with_other_names"] == 0, "'wasteland' is not 'Waste'"
+    assert figures["tuned"]["with_other_names"] == 3 and figures["tuned"]["answers"] == 4
+    assert figures["tuned"]["names"] == {"Karsk": 2, "Karsk Plateau": 2, "Waste": 2}
