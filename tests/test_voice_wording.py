@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lorekit.compile.config import CompileConfig
 from lorekit.compile.dataset import Builder
-from lorekit.compile.templates import first_person, that_is_me
+from lorekit.compile.templates import after_opener, first_person, that_is_me
 from lorekit.lore import facts_of, load_vault
 from lorekit.prompt import templates_for
 
@@ -126,3 +126,46 @@ The Heron Oar is black.
     assert said(b, "tobin-reedy-bridge.summary", "tobin-reedy") == "Tobin Reedy Bridge spans the river at the ford."
     assert said(b, "the-tobin-reedy.summary", "tobin-reedy") == "The Tobin Reedy is a ferry boat named after its owner."
     assert "Tobin Reedy (that is me)" in said(b, "the-heron-oar.owner", "tobin-reedy")
+
+
+# --- 3. after an opener that ends in a comma, the statement goes on in lower case ---------------------
+def test_comma_opener_lowercases_what_is_no_name(tmp_path):
+    write(tmp_path, "Nell Varga.md", """
+---
+type: character
+npc:
+  openers: ["Well now,"]
+  knows: ["[[The Mill Feast]]", "[[Brinewick]]"]
+---
+# Nell Varga
+Nell Varga keeps the mill.
+""")
+    write(tmp_path, "The Mill Feast.md", """
+---
+type: event
+outcome: everyone went home fed
+---
+# The Mill Feast
+It is held each autumn in [[Brinewick]].
+
+## Origin
+Aldric was the first miller to hold it, and the miller Aldric Marr still tells of it.
+""")
+    write(tmp_path, "Brinewick.md", """
+---
+type: location
+---
+# Brinewick
+Brinewick is a port.
+""")
+    b = builder(tmp_path)
+    assert said(b, "the-mill-feast.outcome", "nell-varga") == \
+        "Well now, the outcome of the Mill Feast: everyone went home fed."
+    assert said(b, "the-mill-feast.summary", "nell-varga") == "Well now, it is held each autumn in Brinewick."
+    assert said(b, "nell-varga.summary", "nell-varga") == "Well now, I keep the mill."  # "I" stays
+    assert said(b, "brinewick.summary", "nell-varga") == "Well now, Brinewick is a port."  # a page's name stays
+    # a name the lore writes with a capital inside a sentence stays
+    assert said(b, "the-mill-feast.section.origin", "nell-varga").startswith("Well now, Aldric was the first")
+    # the keeper has no opener; an opener that ends a sentence keeps the capital
+    assert said(b, "the-mill-feast.outcome", None) == "The outcome of the Mill Feast: everyone went home fed."
+    assert after_opener("The river is high.", "Knock on the oar.") == "Knock on the oar. The river is high."

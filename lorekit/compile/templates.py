@@ -199,6 +199,33 @@ def that_is_me(text: Any, name: Any, names: Any = ()) -> str:
     return text
 
 
+def after_opener(statement: Any, opener: Any, names: Any = (), text: Any = "") -> str:
+    """An in-character opener and the statement after it. After an opener that ends in a comma ("Well
+    now,") the statement goes on the same sentence, so its first word is lower-cased unless it is a name:
+    "I", the start of one of `names` (the pages the statement speaks of, the speaker), the first word of
+    one ("Tobin reads ..."), or a word `text` (the page's summary) or the statement writes with a capital
+    inside a sentence ("Aldric"). A leading "The" is left to the "The" rule (lorekit.lore.article)."""
+    statement, opener = str(statement), str(opener).strip()
+    if not opener:
+        return statement
+    first = re.match(r"[A-Z][\w'-]*", statement)
+    if not opener.endswith(",") or first is None or _is_name(statement, first.group(0), names, str(text or "")):
+        return f"{opener} {statement}"
+    return f"{opener} {statement[0].lower()}{statement[1:]}"
+
+
+def _is_name(statement: str, word: str, names: Any, text: str) -> bool:
+    if word == "I" or word.startswith("I'"):
+        return True
+    for name in map(str, names or ()):
+        if re.match(rf"{re.escape(name)}\b", statement) or (word == name.split(" ", 1)[0] and word not in _ARTICLES):
+            return True
+    return word not in _ARTICLES and re.search(rf"(?<=[a-z,;] ){re.escape(word)}\b", f"{statement} {text}") is not None
+
+
+_ARTICLES = ("The", "A", "An")
+
+
 def _mkdir(path: Path) -> Path:
     Path(path).mkdir(parents=True, exist_ok=True)
     return Path(path)
@@ -237,6 +264,7 @@ class Templates:
         self.env.filters["type_noun"] = type_noun
         self.env.filters["first_person"] = first_person
         self.env.filters["that_is_me"] = that_is_me
+        self.env.filters["after_opener"] = after_opener
         self.names = set(self.env.list_templates(extensions=["j2"]))
         self._cache: dict[str, jinja2.Template] = {}
         self._globals = dict(self.env.globals)
