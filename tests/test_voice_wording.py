@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lorekit.compile.config import CompileConfig
 from lorekit.compile.dataset import Builder
-from lorekit.compile.templates import after_opener, first_person, that_is_me
+from lorekit.compile.templates import after_opener, first_person, plural, that_is_me
 from lorekit.lore import facts_of, load_vault
 from lorekit.prompt import templates_for
 
@@ -169,3 +169,34 @@ Brinewick is a port.
     # the keeper has no opener; an opener that ends a sentence keeps the capital
     assert said(b, "the-mill-feast.outcome", None) == "The outcome of the Mill Feast: everyone went home fed."
     assert after_opener("The river is high.", "Knock on the oar.") == "Knock on the oar. The river is high."
+
+
+# --- 4. a group with a plural name takes a plural verb ------------------------------------------------
+def test_plural_group_names_take_are(tmp_path):
+    write(tmp_path, "The Oarsmen.md", """
+---
+type: faction
+kind: brotherhood
+headquarters: "[[The Pale Heron]]"
+leader: "[[Nell Varga]]"
+---
+# The Oarsmen
+The Oarsmen row the river.
+""")
+    write(tmp_path, "House Marr.md", "---\ntype: faction\nkind: noble house\n---\n# House Marr\nHouse Marr rules.\n")
+    write(tmp_path, "Brinewick Docks.md", "---\ntype: location\nkind: harbour\n---\n# Brinewick Docks\nBusy.\n")
+    write(tmp_path, "The Pale Heron.md", "---\ntype: location\nkind: inn\n---\n# The Pale Heron\nAn inn.\n")
+    write(tmp_path, "Nell Varga.md", "---\ntype: character\n---\n# Nell Varga\nNell Varga rows.\n")
+    b = builder(tmp_path)
+    assert said(b, "the-oarsmen.kind", None) == "The Oarsmen are a brotherhood."
+    assert said(b, "the-oarsmen.headquarters", None) == "The Oarsmen are based in the Pale Heron."
+    assert said(b, "the-pale-heron.rev.headquarters", None) == "The Oarsmen are based in the Pale Heron."
+    assert said(b, "nell-varga.rev.leader", None) == "Nell Varga leads the Oarsmen."
+    assert "Where are the Oarsmen based?" in asked(b, "the-oarsmen.headquarters")
+    assert "What kind of group are the Oarsmen?" in asked(b, "the-oarsmen.kind")
+    assert not [q for q in asked(b, "the-oarsmen.headquarters") if "does the Oarsmen" in q or " its " in q]
+    # singular names stay singular, a place named with a final s too
+    assert said(b, "house-marr.kind", None) == "House Marr is a noble house."
+    assert said(b, "brinewick-docks.kind", None) == "Brinewick Docks is a harbour."
+    assert plural("Tide Wardens", "faction") and plural("The Sons of the Sea", "faction")
+    assert not plural("The Oarsmen's Brotherhood", "faction") and not plural("The Council of Wells", "faction")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorekit.compile.config import CompileConfig
-from lorekit.compile.templates import TemplateFailure, Templates
+from lorekit.compile.templates import TemplateFailure, Templates, plural
 from lorekit.lore import Fact, Vault
 from lorekit.lore.article import name_in
 from lorekit.lore.problems import Problem, error, warning
@@ -80,7 +80,7 @@ class Builder:
     def context(self, fact: Fact) -> dict[str, Any]:
         entity = self.vault.entities[fact.entity]
         view = {"id": fact.id, "kind": fact.kind, "field": fact.field, "label": fact.label,
-                "values": list(fact.values), "value": _and(fact.values), "plural": len(fact.values) > 1,
+                "values": list(fact.values), "value": _and(fact.values), "plural": _plural(fact),
                 "text": fact.values[0] if fact.values else "", "expect": list(fact.expect), "others": list(fact.others),
                 "types": list(fact.types)}
         # `me`: the speaker is the page the fact is about (an NPC asked about itself): answers in the
@@ -174,6 +174,13 @@ def _and(values: tuple[str, ...] | list[str]) -> str:
     from lorekit.compile.templates import and_list
 
     return and_list(list(values))
+
+
+def _plural(fact: Fact) -> bool:
+    """Whether the fact's value takes a plural verb: more than one value, or one group with a plural name
+    ("The Oarsmen are based in ..."); a reverse fact's `types` say whether its one source is a faction."""
+    return len(fact.values) > 1 or (fact.kind == "reverse" and list(fact.types) == ["faction"]
+                                    and plural(fact.values[0], "faction"))
 
 
 def _names(ctx: dict, speaker: str | None) -> list[str]:

@@ -88,6 +88,36 @@ def type_noun(etype: Any) -> str:
     return _NOUNS.get(str(etype), "thing")
 
 
+# the last word of a group's name before any "of", when it is a plural: "The Oarsmen", "Tide Wardens",
+# "The Sons of the Sea". Only factions (groups of people) are read this way; a place, item or event
+# named with a final s is one thing ("Brinewick Docks is"), and so is "The Ebbwatch" or "House Marr"
+_PLURAL_HEADS = ("children", "people", "folk", "kin", "brethren")
+_SINGULAR_S = ("ss", "us", "is", "news", "chaos", "atlas", "aegis")
+
+
+def plural(subject: Any, etype: Any = None) -> bool:
+    """Whether a page's name is a plural and takes "are": `subject` is an entity view (name, type) or a
+    name with `etype`. Front matter has no field for it, so this is a heuristic (see _PLURAL_HEADS)."""
+    if isinstance(subject, dict) or hasattr(subject, "get"):
+        subject, etype = subject.get("name", ""), subject.get("type", "")
+    if str(etype) != "faction":
+        return False
+    head = re.sub(r"^the\s+", "", str(subject).strip(), flags=re.IGNORECASE).split(" of ", 1)[0].split()
+    word = head[-1].lower() if head else ""
+    if word in _PLURAL_HEADS or (word.endswith("men") and word not in ("omen", "amen")):
+        return True
+    return len(word) > 3 and word.endswith("s") and not word.endswith(("'s", *_SINGULAR_S))
+
+
+def agree(verb: Any, subject: Any) -> str:
+    """A verb in the number of its subject (an entity view, or true for a plural): `'is'|agree(entity)`
+    -> "are" for "The Oarsmen", "is" for "House Marr"; "was" -> "were", "does" -> "do", "leads" -> "lead"."""
+    verb = str(verb)
+    if not (subject if isinstance(subject, bool) else plural(subject)):
+        return verb
+    return {"is": "are", "was": "were"}.get(verb) or _first_person_verb(verb)
+
+
 _VERB_S = re.compile(r"^[a-z]+s$")
 
 
@@ -265,6 +295,8 @@ class Templates:
         self.env.filters["first_person"] = first_person
         self.env.filters["that_is_me"] = that_is_me
         self.env.filters["after_opener"] = after_opener
+        self.env.filters["plural"] = plural
+        self.env.filters["agree"] = agree
         self.names = set(self.env.list_templates(extensions=["j2"]))
         self._cache: dict[str, jinja2.Template] = {}
         self._globals = dict(self.env.globals)
