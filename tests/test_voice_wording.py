@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lorekit.compile.config import CompileConfig
 from lorekit.compile.dataset import Builder
-from lorekit.compile.templates import after_opener, first_person, plural, that_is_me
+from lorekit.compile.templates import Templates, after_opener, first_person, plural, that_is_me
 from lorekit.lore import facts_of, load_vault
 from lorekit.prompt import templates_for
 
@@ -200,3 +200,61 @@ The Oarsmen row the river.
     assert said(b, "brinewick-docks.kind", None) == "Brinewick Docks is a harbour."
     assert plural("Tide Wardens", "faction") and plural("The Sons of the Sea", "faction")
     assert not plural("The Oarsmen's Brotherhood", "faction") and not plural("The Council of Wells", "faction")
+
+
+# --- 5. questions that fit the page's type -------------------------------------------------------------
+def test_fight_questions_only_for_fights(tmp_path):
+    write(tmp_path, "The Mill Feast.md", """
+---
+type: event
+participants: ["[[Nell Varga]]"]
+outcome: everyone went home fed
+---
+# The Mill Feast
+Held each autumn.
+""")
+    write(tmp_path, "The Siege of Gull Rock.md", """
+---
+type: event
+participants: ["[[Bram Tallow]]"]
+outcome: the rock held
+---
+# The Siege of Gull Rock
+Forty days.
+""")
+    write(tmp_path, "The Long Night.md", """
+---
+type: event
+kind: battle
+outcome: dawn came
+---
+# The Long Night
+Dark.
+""")
+    write(tmp_path, "Nell Varga.md", "---\ntype: character\n---\n# Nell Varga\nA miller.\n")
+    write(tmp_path, "Bram Tallow.md", "---\ntype: character\n---\n# Bram Tallow\nA soldier.\n")
+    b = builder(tmp_path)
+    feast = asked(b, "the-mill-feast.participants") + asked(b, "the-mill-feast.outcome")
+    assert "Who took part in the Mill Feast?" in feast
+    assert not [q for q in feast if "fought" in q or "won" in q], feast
+    assert not [q for q in asked(b, "nell-varga.rev.participants") if "fight" in q]
+    assert "Who fought in the Siege of Gull Rock?" in asked(b, "the-siege-of-gull-rock.participants")
+    assert "Who won the Siege of Gull Rock?" in asked(b, "the-siege-of-gull-rock.outcome")
+    assert "Who won the Long Night?" in asked(b, "the-long-night.outcome")  # its kind says so
+    assert "Where did Bram Tallow fight?" in asked(b, "bram-tallow.rev.participants")  # the Siege's name says so
+    for q in asked(b, "the-mill-feast.participants"):  # every phrasing on its own line
+        assert q.count("?") == 1, q
+
+
+def test_absent_questions_fit_the_page_type():
+    t = Templates(None)
+
+    def absent(name: str, etype: str) -> list[str]:
+        return [q.split("|", 1)[1] for q in t.lines("grounding/absent.j2", "questions", {"name": name, "type": etype})]
+    assert any("weigh" in q for q in absent("The Heron Oar", "item"))
+    for etype, name in (("character", "Nell Varga"), ("faction", "The Oarsmen"), ("event", "The Mill Feast"),
+                        ("location", "Brinewick"), ("lore", "The Pale Heron")):
+        questions = absent(name, etype)
+        assert len(questions) >= 4, etype
+        assert not [q for q in questions if "weigh" in q or "cost" in q], (etype, questions)
+    assert "Which feast do The Oarsmen keep at midwinter?" in absent("The Oarsmen", "faction")

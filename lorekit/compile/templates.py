@@ -118,6 +118,24 @@ def agree(verb: Any, subject: Any) -> str:
     return {"is": "are", "was": "were"}.get(verb) or _first_person_verb(verb)
 
 
+_FIGHT = re.compile(r"\b(?:battles?|wars?|sieges?|skirmish(?:es)?|raids?|fights?|duels?|assaults?|invasions?|"
+                    r"rebellions?|revolts?|uprisings?|clash(?:es)?|mutin(?:y|ies)|ambush(?:es)?|sack|massacres?)\b",
+                    re.IGNORECASE)
+_FIGHT_FIELDS = ("combatants", "belligerents", "sides", "forces")
+
+
+def battle(subject: Any) -> bool:
+    """Whether an event was a fight, so "Who fought in it?" fits: an entity view whose `kind` or name
+    says battle, war, siege, raid... or that has a `combatants`-like field; or a list of event names
+    that all say so (a reverse fact's events)."""
+    if isinstance(subject, (list, tuple)):
+        return bool(subject) and all(_FIGHT.search(str(n)) for n in subject)
+    if not hasattr(subject, "get"):
+        return bool(_FIGHT.search(str(subject)))
+    fields = subject.get("fields") or {}
+    return any(f in fields for f in _FIGHT_FIELDS) or bool(_FIGHT.search(f"{fields.get('kind', '')} {subject.get('name', '')}"))
+
+
 _VERB_S = re.compile(r"^[a-z]+s$")
 
 
@@ -297,6 +315,7 @@ class Templates:
         self.env.filters["after_opener"] = after_opener
         self.env.filters["plural"] = plural
         self.env.filters["agree"] = agree
+        self.env.filters["battle"] = battle
         self.names = set(self.env.list_templates(extensions=["j2"]))
         self._cache: dict[str, jinja2.Template] = {}
         self._globals = dict(self.env.globals)
