@@ -20,6 +20,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from lorekit.lore.article import Article
 
 CHECKOUT_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
+# Raise when a filter below renders other text for the same template (the cache then renders again).
+FILTERS_VERSION = 2  # 2: first person, "(that is me)", comma openers, plural groups, battles
 
 
 def default_dir() -> Path:
@@ -327,8 +329,9 @@ class Templates:
         self.article = Article(names)
 
     def digest(self) -> str:
-        """A hash of every template's text: part of the incremental cache key."""
+        """A hash of every template's text and of FILTERS_VERSION: part of the incremental cache key."""
         h = hashlib.blake2b(digest_size=16)
+        h.update(f"filters {FILTERS_VERSION}\0".encode())
         for name in sorted(self.names):
             h.update(name.encode() + b"\0" + self.source(name).encode() + b"\0")
         if self.article is not None:  # the names it lower-cases change rendered text too
