@@ -148,6 +148,21 @@ def test_a_whole_world_gets_its_share_of_i_dont_know_rows(tmp_path):
         per_npc.setdefault(r["meta"]["npc"], []).append(r["meta"]["question"])
     assert all(len(qs) == len(set(qs)) for qs in per_npc.values())  # a page asked again is asked otherwise
 
+
+def test_no_i_dont_know_is_trained_on_what_a_page_tells_in_its_prose(tmp_path):
+    """Absent-fact questions skip a page's fields, and its prose too: Ossian Marr's page says "his only
+    sibling is his younger sister", so "How many siblings does Ossian Marr have?" is not "I don't know";
+    a character page that says nothing of siblings is still asked."""
+    from lorekit.grounding.rows import unsaid
+
+    assert not unsaid("siblings", "his only sibling is his younger sister") and unsaid("siblings", "a ferryman")
+    assert unsaid("first_word", "the first of her name"), "generic words alone never rule a question out"
+    cfg = load_config(SAMPLE, {"max_facts": 0, "notes": True, "absent_per_npc": 40, "dont_know_share": 0.0})
+    _, _, absent = _dont_know(run(SAMPLE, tmp_path / "out", cfg))
+    asked = {r["conversations"][-2]["value"].split("\n\n")[-1] for r in absent}
+    assert not any("siblings does Ossian Marr" in q or "Tidewright Guild say when" in q for q in asked), asked
+    assert any(re.search(r"siblings does (?!Ossian)", q) for q in asked)
+
 def _note_lines(turn: str) -> list[str]:
     block = turn.split("\n\n")[0]
     return [line[2:] for line in block.splitlines()[1:]]

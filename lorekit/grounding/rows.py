@@ -16,6 +16,7 @@ their question, as the server will (`lorekit.prompt.user_turn`).
 from __future__ import annotations
 
 import random
+import re
 
 from lorekit import dataset
 from lorekit.compile.dataset import Builder, Rows, make_row, meta, split
@@ -23,6 +24,7 @@ from lorekit.compile.templates import TemplateFailure
 from lorekit.grounding.notes import Note, NoteBook, note_pairs
 from lorekit.grounding.retrieve import Retriever
 from lorekit.lore import Fact
+from lorekit.lore.vault import entity_corpus
 from lorekit.prompt import npc_view, user_turn
 
 FACT_KINDS = ("field", "reverse", "summary", "section")
@@ -83,7 +85,9 @@ def absent_rows(b: Builder, book: NoteBook, per_npc: int) -> Rows:
             entity = b.vault.entities[eid]
             try:
                 lines = b.t.lines(tpl, "questions", {"name": entity.name, "type": entity.type})
-                lines = [q.split("|", 1)[1] for q in lines if "|" in q and q.split("|", 1)[0] not in entity.fields]
+                prose = entity_corpus(entity)
+                lines = [q.split("|", 1)[1] for q in lines
+                         if "|" in q and q.split("|", 1)[0] not in entity.fields and unsaid(q.split("|", 1)[0], prose)]
                 train_q, eval_q = split(lines, 1)
                 in_eval = k == per_npc
                 qs = [q for q in ((eval_q or train_q) if in_eval else train_q) if q not in asked]
@@ -99,6 +103,17 @@ def absent_rows(b: Builder, book: NoteBook, per_npc: int) -> Rows:
             (out.eval if in_eval else out.train).append(
                 make_row(b.systems[npc.id], [(q, a)], meta(npc.id, "absent", [entity.name], [], [], b.t.display(tpl))))
     return out
+
+
+GENERIC_KEY_WORDS = {"first", "favourite", "name", "day", "year", "times", "many", "best", "oldest"}
+
+
+def unsaid(key: str, prose: str) -> bool:
+    """Whether a page's prose (lower case) says nothing of what an absent-fact question's key asks
+    ("bridges": no "bridge" anywhere in it): a page may tell its mayor in a paragraph, not a field, and
+    an "I don't know" trained on that would teach the NPC to deny its own lore."""
+    words = [w.rstrip("s") for w in key.lower().split("_") if len(w) >= 3 and w not in GENERIC_KEY_WORDS]
+    return not any(re.search(rf"\b{re.escape(w)}", prose) for w in words)
 
 
 def attack_rows(b: Builder, book: NoteBook, per_kind: int, facts: dict[str, Fact]) -> Rows:
