@@ -57,52 +57,104 @@ class NoteBook:
         return cache[npc]
 
     def npc_digest(self, npc: str) -> str:
-        h = hashlib.blake2b(digest_size=12)
-        for note in self.of(npc):
-            h.update(f"{note.id}\0{note.text}\0{note.secret}\0".encode())
-        return h.hexdigest()
+        """A hash of the NPC's notes (cached: a reload compares every NPC's)."""
+        cache = self.__dict__.setdefault("_digests", {})
+        if npc not in cache:
+            h = hashlib.blake2b(digest_size=12)
+            for note in self.of(npc):
+                h.update(f"{note.id}\0{note.text}\0{note.secret}\0".encode())
+            cache[npc] = h.hexdigest()
+        return cache[npc]
 
 
 def build_notes(vault: Vault, statement, cache: dict | None = None, facts: list[Fact] | None = None) -> NoteBook:
     """All notes of the vault. `statement(fact) -> (text, keys)` renders a fact as the lore keeper
-    states it, and the words it is asked in; `cache` (fact signature -> both) keeps renders between
-    reloads, so an edit re-renders only the facts it changed."""
-    book = NoteBook()
-    cache = {} if cache is None else cache
-    used: dict[str, str] = {}
-    for fact in facts if facts is not None else facts_of(vault):
-        key = repr((fact.id, fact.kind, fact.field, fact.values, fact.expect, fact.others, fact.types))
-        rendered = cache.get(key)
-        if rendered is None:
-            try:
-                rendered = statement(fact)
-            except TemplateFailure:  # the fact's own rows report the broken template; no note for it
-                continue
-        used[key] = rendered
-        text, keys = rendered
-        about = frozenset(fact.pages) | {e.id for name in fact.others if (e := vault.resolve(name)) is not None}
-        about -= {SECRET}
-        book.notes[fact.id] = Note(fact.id, fact.entity, text, fact.file, _heading(fact), False, about, keys)
-        for npc_id in vault.npcs:  # who may hear what: lorekit.lore.facts, the one home of that rule
-            if SECRET in fact.pages:  # a secret part of a page: its holders keep it, nobody tells it
-                if holds_secret(vault, npc_id, fact):
-                    book.by_npc.setdefault(npc_id, []).append(_kept(book, vault, npc_id, fact))
-            elif may_tell(vault, npc_id, fact):
-                book.by_npc.setdefault(npc_id, []).append(fact.id)
-    for npc_id, npc in vault.npcs.items():
-        for eid in sorted(npc.secrets):  # whole pages the NPC keeps: the topic, never the text
-            entity = vault.entities[eid]
-            note = Note(f"secret:{npc_id}:{eid}", eid, entity.name, entity.page, "secret", True, frozenset({eid}))
-            book.notes[note.id] = note
-            book.by_npc.setdefault(npc_id, []).append(note.id)
+    states it, and the words it is asked in; `cache` (render key -> both) keeps renders between
+    calls, so an edit re-renders only the facts it changed (`lorekit.grounding.reload` keeps more)."""
+    facts = facts_of(vault) if facts is None else facts
+    used: dict = {}
+    shas = page_shas(vault)
+    notes = [note_of(vault, fact, render(fact, statement, cache, used, shas[vault.entities[fact.entity].page]))
+             for fact in facts]
     if cache is not None:
         cache.clear()
         cache.update(used)
+    return assemble(vault, facts, notes)
+
+
+def page_shas(vault: Vault) -> dict[str, str]:
+    """Page path -> content hash: a render's key holds the bytes of the page its fact is about."""
+    return {p.path: p.sha for p in vault.pages}
+
+
+def render(fact: Fact, statement, cache: dict | None, used: dict, sha: str) -> tuple[str, str] | None:
+    """`statement(fact)`, from `cache` where the fact and `sha`, the bytes of the page it is about, are
+    unchanged (a template may say more of that page than the fact: `entity.summary`, its aliases);
+    None where the template fails (the fact's own rows report it; no note for the fact)."""
+    key = repr((fact.id, fact.kind, fact.field, fact.values, fact.expect, fact.others, fact.types, sha))
+    rendered = cache.get(key) if cache is not None else None
+    if rendered is None:
+        try:
+            rendered = statement(fact)
+        except TemplateFailure:
+            return None
+    used[key] = rendered
+    return rendered
+
+
+def note_of(vault: Vault, fact: Fact, rendered: tuple[str, str] | None) -> Note | None:
+    """The note of a fact rendered as `(text, keys)`; None where it could not be rendered."""
+    if rendered is None:
+        return None
+    text, keys = rendered
+    about = frozenset(fact.pages) | {e.id for name in fact.others if (e := vault.resolve(name)) is not None}
+    about -= {SECRET}
+    return Note(fact.id, fact.entity, text, fact.file, _heading(fact), False, about, keys)
+
+
+def assemble(vault: Vault, facts: list[Fact], notes: list[Note | None], previous: NoteBook | None = None,
+             keep: set[str] | frozenset[str] = frozenset()) -> NoteBook:
+    """The book of these facts' notes (`notes[i]` is `facts[i]`'s, None for no note) and who may hear
+    which. NPCs in `keep` take their note lists from `previous`: a reload that knows their notes
+    did not change (`lorekit.grounding.reload`)."""
+    book = NoteBook({fact.id: note for fact, note in zip(facts, notes, strict=True) if note is not None})
+    old, kept = (previous, keep) if previous is not None else (NoteBook(), frozenset())
+    told = [(fact, SECRET in fact.pages) for fact, note in zip(facts, notes, strict=True) if note is not None] \
+        if set(vault.npcs) - kept else []
+    digests, old_digests = book.__dict__.setdefault("_digests", {}), old.__dict__.get("_digests", {})
+    for npc_id in vault.npcs:
+        if npc_id in kept:
+            ids = old.by_npc.get(npc_id, [])
+            book.notes.update((i, old.notes[i]) for i in ids if i.startswith("secret:"))  # its kept secrets
+            if npc_id in old_digests:
+                digests[npc_id] = old_digests[npc_id]
+        else:
+            ids = _npc_notes(book, vault, npc_id, told)
+        if ids:
+            book.by_npc[npc_id] = ids
     h = hashlib.blake2b(digest_size=16)
     for npc_id in sorted(book.by_npc):
         h.update(f"{npc_id}\0{book.npc_digest(npc_id)}\0".encode())
     book.digest = h.hexdigest()
     return book
+
+
+def _npc_notes(book: NoteBook, vault: Vault, npc_id: str, told: list[tuple[Fact, bool]]) -> list[str]:
+    """The note ids one NPC may be given, in fact order, then the whole pages it keeps. Who may hear
+    what has one home, `lorekit.lore.facts`."""
+    ids = []
+    for fact, secret in told:
+        if secret:  # a secret part of a page: its holders keep it, nobody tells it
+            if holds_secret(vault, npc_id, fact):
+                ids.append(_kept(book, vault, npc_id, fact))
+        elif may_tell(vault, npc_id, fact):
+            ids.append(fact.id)
+    for eid in sorted(vault.npcs[npc_id].secrets):  # whole pages the NPC keeps: the topic, never the text
+        entity = vault.entities[eid]
+        note = Note(f"secret:{npc_id}:{eid}", eid, entity.name, entity.page, "secret", True, frozenset({eid}))
+        book.notes[note.id] = note
+        ids.append(note.id)
+    return ids
 
 
 def _kept(book: NoteBook, vault: Vault, npc_id: str, fact: Fact) -> str:

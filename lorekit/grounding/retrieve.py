@@ -76,9 +76,15 @@ def words(text: str) -> list[str]:
 
 class Names:
     """Lower-case word sequences -> entity ids: names, aliases, names without "The", and single
-    words of a name that no other entity uses (a player says "Bettany", not "Bettany Crumb")."""
+    words of a name that no other entity uses (a player says "Bettany", not "Bettany Crumb").
+    Built from every page's id, name and aliases; `old` (a previous vault's) is kept where those are
+    unchanged, as after most edits."""
 
-    def __init__(self, vault):
+    def __init__(self, vault, old: Names | None = None):
+        self.source = [(e.id, e.name, e.aliases) for e in vault.entities.values()]
+        if old is not None and old.source == self.source:
+            self.table = old.table
+            return
         table: dict[tuple[str, ...], set[str]] = {}
         for entity in vault.entities.values():
             for name in {entity.name, *entity.aliases}:
@@ -116,9 +122,9 @@ class Names:
 class Retriever:
     """Retrieval over one NoteBook; built once per lore snapshot (cheap: one BM25 index per NPC)."""
 
-    def __init__(self, vault, book: NoteBook, budget: Budget | None = None):
+    def __init__(self, vault, book: NoteBook, budget: Budget | None = None, old: Retriever | None = None):
         self.book, self.budget = book, budget or Budget()
-        self.names = Names(vault)
+        self.names = Names(vault, old.names if old is not None else None)
         self._index: dict[str, tuple[list[Note], object]] = {}
         self._building = threading.Lock()  # one build per NPC, however many worker threads ask at once
 
@@ -129,7 +135,7 @@ class Retriever:
     def adopt(self, old: Retriever | None) -> None:
         """Take over the search indexes of `old` (the previous lore's) for NPCs whose notes and the
         vault's names are unchanged, so a reload rebuilds only what an edit touched."""
-        if old is None or old.names.table != self.names.table:
+        if old is None or (old.names.table is not self.names.table and old.names.table != self.names.table):
             return
         for npc, (notes, model) in list(old._index.items()):  # the worker may be adding one now
             if self.book.of(npc) == notes:

@@ -6,6 +6,7 @@ be reused from a cache keyed by content hash (`page_cache`), so only edited page
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
@@ -117,18 +118,19 @@ def scan_paths(root: Path | str) -> list[tuple[str, str]]:
 
 def load_vault(root: Path | str, page_cache: Any | None = None) -> Vault:
     """Parse every page and build the graph. `page_cache` (a `lorekit.compile.cache.Cache`, or a
-    plain dict from content hash to parsed page) lets unchanged pages skip parsing."""
+    plain dict from content hash to parsed page) lets unchanged pages skip parsing; one with an
+    `entities` dict (the server's, lorekit.serve.personas.PageCache) also keeps each page's entity."""
     root = Path(root)
     vault = Vault(root=root.resolve())
     if not root.is_dir():
         vault.problems.append(error(str(root), None, "lore folder not found", "pass the folder holding your .md pages"))
         return vault
     pages = page_cache.pages if hasattr(page_cache, "pages") else page_cache
-    for path in scan(root):
-        rel = path.relative_to(root).as_posix()
+    for path, rel in scan_paths(root):
         page = _cached_page(page_cache, path, rel)
         if page is None:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                data = f.read()
             key = content_hash(data) + ":" + PARSER_VERSION + ":" + rel
             page = pages.get(key) if pages is not None else None
             if page is None:
@@ -140,8 +142,13 @@ def load_vault(root: Path | str, page_cache: Any | None = None) -> Vault:
             continue
         vault.pages.append(page)
         vault.problems.extend(page.problems)
+    made = getattr(page_cache, "entities", None)
     for page in vault.pages:
-        _add_entity(vault, page)
+        _add_entity(vault, page, made)
+    if made is not None:  # forget the entities of pages that are gone or changed
+        live = {id(page) for page in vault.pages}
+        for key in [k for k in made if k not in live]:
+            del made[key]
     _check_links(vault)
     for entity in vault.entities.values():
         _build_npc(vault, entity)
@@ -160,12 +167,12 @@ def readme_notes(page: ParsedPage) -> bool:
     return not (page.has_front_matter and page.problems)
 
 
-def _cached_page(cache: Any, path: Path, rel: str) -> ParsedPage | None:
+def _cached_page(cache: Any, path: str, rel: str) -> ParsedPage | None:
     """The cached parse of a page whose size and mtime are unchanged since the last compile."""
     if not hasattr(cache, "stats"):
         return None
     known = cache.stats.get(rel)
-    st = path.stat()
+    st = os.stat(path)
     if known is None or known[2].split(":")[1:2] != [PARSER_VERSION] or known[0] != st.st_mtime_ns or known[1] != st.st_size or st.st_mtime_ns >= cache.trusted_before:
         return None
     page = cache.pages.get(known[2])
@@ -175,15 +182,15 @@ def _cached_page(cache: Any, path: Path, rel: str) -> ParsedPage | None:
     return page
 
 
-def _remember(cache: Any, path: Path, rel: str, key: str) -> None:
+def _remember(cache: Any, path: str, rel: str, key: str) -> None:
     if hasattr(cache, "stats"):
-        st = path.stat()
+        st = os.stat(path)
         cache.used_pages.add(key)
         cache.new_stats[rel] = (st.st_mtime_ns, st.st_size, key)
 
 
-def _add_entity(vault: Vault, page: ParsedPage) -> None:
-    entity = entity_from_page(page, vault.problems)
+def _add_entity(vault: Vault, page: ParsedPage, made: dict | None = None) -> None:
+    entity = _entity(page, vault.problems, made)
     if entity.id in vault.entities:
         other = vault.entities[entity.id]
         if other.name.lower() == entity.name.lower():
@@ -203,6 +210,21 @@ def _add_entity(vault: Vault, page: ParsedPage) -> None:
         if not page.problems:
             vault.problems.append(warning(page.path, 1, f"page `{entity.name}` states no facts",
                                           "add fields, a first paragraph or sections"))
+
+
+def _entity(page: ParsedPage, problems: list[Problem], made: dict | None) -> Entity:
+    """`entity_from_page`, reused from `made` (id(page) -> (page, entity, its problems)) while the
+    parsed page is the same object. Each load gets a copy: the graph adds `known_by` and `npc`."""
+    if made is None:
+        return entity_from_page(page, problems)
+    hit = made.get(id(page))
+    if hit is None or hit[0] is not page:
+        found: list[Problem] = []
+        hit = made[id(page)] = (page, entity_from_page(page, found), found)
+    problems.extend(hit[2])
+    entity = copy.copy(hit[1])
+    entity.known_by, entity.npc = [], None
+    return entity
 
 
 def entity_from_page(page: ParsedPage, problems: list[Problem]) -> Entity:
@@ -303,6 +325,22 @@ def has_tag(tags: list[str], tag: str) -> bool:
     """Whether `tags` hold `tag` or a tag nested under it (`#faction` holds `faction/guild`)."""
     tag = tag.lower()
     return any(t == tag or t.startswith(tag + "/") for t in tags)
+
+
+def _tagged(vault: Vault, tag: str) -> list[Entity]:
+    """The entities `has_tag` holds `tag` for, from an index made once per vault (each NPC's
+    `knows: ["#tag"]` asked every page: 0.2 s at 10,000 pages and 20 NPCs)."""
+    if not hasattr(vault, "_by_tag"):
+        index: dict[str, list[Entity]] = {}
+        for e in vault.entities.values():
+            keys = set()
+            for t in e.tags:  # a tag and each tag it is nested under: `faction/guild` is `faction` too
+                parts = t.split("/")
+                keys.update("/".join(parts[:k]) for k in range(1, len(parts) + 1))
+            for key in keys:
+                index.setdefault(key, []).append(e)
+        vault._by_tag = index
+    return vault._by_tag.get(tag, [])
 
 
 def _as_list(value: object) -> list:
@@ -462,7 +500,7 @@ def _resolve_ref(vault: Vault, entity: Entity, text: str, line: int, key: str) -
         return vault.public_ids()
     if text.startswith("#"):
         tag = text[1:].lower()
-        ids = {e.id for e in vault.entities.values() if has_tag(e.tags, tag) and e.public}
+        ids = {e.id for e in _tagged(vault, tag) if e.public}
         if not ids:
             vault.problems.append(warning(entity.page, line, f"`npc.{key}`: no page has the tag #{tag}",
                                           "tag pages with `tags: [...]` or fix the tag"))
