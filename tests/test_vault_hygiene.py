@@ -180,3 +180,15 @@ def test_a_page_whose_only_secret_tag_is_code_is_taught_openly(tmp_path):
     facts = facts_of(vault)
     assert facts and not any(f.secret for f in facts)
     assert vault.entities["tagging"].tags == []
+
+
+# --- links in code ---------------------------------------------------------------------------------
+
+def test_a_link_in_inline_code_is_no_link_and_breaks_nothing(tmp_path):
+    """Obsidian shows `[[Page]]` in code as text: it links nowhere, so a missing target is no error,
+    while the same link outside code is checked as before."""
+    shown = PAGE + "\nWrite `[[Nowhere Town]]` to link a page.\n"
+    vault = _vault(tmp_path / "a", {"Brinewick.md": shown})
+    assert vault.errors == [] and vault.pages[0].links == []
+    broken = _vault(tmp_path / "b", {"Brinewick.md": PAGE + "\nRoads lead to [[Nowhere Town]].\n"})
+    assert any("Nowhere Town" in str(p) for p in broken.problems)

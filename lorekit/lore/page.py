@@ -9,7 +9,7 @@ Obsidian habits read here: `%%comments%%` and `<!-- comments -->` are dropped, b
 prose. Secret text (`Section.secret`, `secret_fields`) is kept apart from what is taught: a heading named
 "Secret(s)" or tagged `#secret` (with everything under it), a paragraph tagged `#secret`, a
 `> [!secret]` callout. Code is not prose: fenced blocks are skipped, and a `#tag` inside `inline code`
-is no tag (the code keeps its text).
+is no tag and a `[[link]]` there no link, as Obsidian shows them (the code keeps its text).
 """
 
 from __future__ import annotations
@@ -225,14 +225,14 @@ class _Body:
             self.flush()
             if callout.group(1).lower() == "secret":
                 self.callout, self.callout_line, self.callout_text = _clean(callout.group(2)), n, False
-                links = find_links(raw, n)
+                links = find_links(_mask_code(raw), n)  # none from `inline code`
                 page.links.extend(links)
                 page.secret_links.extend(links)
                 return
             stripped = "> " + callout.group(2)
         elif self.callout is not None and not stripped.startswith(">"):
             self.end_callout()
-        links = find_links(raw, n)
+        links = find_links(_mask_code(raw), n)  # none from `inline code`
         page.links.extend(links)
         if "![[" in raw:
             page.images.extend(m.group(2).strip() for m in LINK_RE.finditer(raw) if m.group(1) and is_attachment(m.group(2)))
@@ -317,7 +317,7 @@ class _Body:
         text = _clean(raw_text)
         if not text:
             return
-        targets = [link.target for link in find_links(raw_text, 0) if link.target]
+        targets = [link.target for link in find_links(_mask_code(raw_text), 0) if link.target]
         if self.callout is not None:
             self.callout_text = True
             self._add_secret(text, self.para_line, targets, self.callout or "Secret", "`> [!secret]` callout")

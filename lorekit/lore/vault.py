@@ -23,7 +23,7 @@ from lorekit.lore.page import ParsedPage, content_hash, parse_page
 from lorekit.lore.problems import Problem, error, warning
 
 # Bump when parse_page reads the same bytes differently: cached parses (keyed by content) are dropped.
-PARSER_VERSION = "p3"  # p3: `#tags` in inline code and fenced blocks (in quotes too) are code
+PARSER_VERSION = "p4"  # p3: `#tags` in inline code and fenced blocks (in quotes too) are code; p4: links too
 
 
 def slug(name: str) -> str:
