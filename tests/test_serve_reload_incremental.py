@@ -178,3 +178,16 @@ def test_the_notes_equal_those_compile_builds(world):
     builder = Builder(vault, cfg, templates_for(vault, cfg.template_dir or None), lore.current.prompts)
     book = build_notes(vault, keeper_statement(builder), facts=[f for f in facts_of(vault) if keep_fact(f, cfg)])
     assert lore.current.retriever.book.notes == book.notes and lore.current.retriever.book.by_npc == book.by_npc
+
+
+def test_a_tag_that_brings_a_page_into_an_npcs_knowledge_rebuilds_its_notes(world):
+    """Bettany Crumb knows every `#brinewick` page: tagging Lanternhold so puts it in her notes, and
+    taking the tag off The Crooked Eel takes that page out, though neither page is in her `knows` list."""
+    root, lore = world
+    edit(root, "places/Lanternhold.md", "tags: [lanternhold,", "tags: [brinewick, lanternhold,")
+    assert lore.load().ok
+    assert any(n.entity == "lanternhold" for n in lore.current.retriever.book.of("bettany-crumb"))
+    assert_as_fresh(lore, ("Who rules Lanternhold?",))
+    edit(root, "places/The Crooked Eel.md", "tags: [brinewick, inn]", "tags: [inn]")
+    assert lore.load().ok
+    assert_as_fresh(lore, ("What does the Crooked Eel serve?",))
