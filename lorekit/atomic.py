@@ -2,12 +2,14 @@
 
 Files are written to a temporary sibling and renamed over the target. Whole folders are built in a
 temporary sibling folder and swapped in with two renames; the old folder is removed only after the
-new one is in place.
+new one is in place. A staging folder is named after its process, so one left by a process that died
+mid-write (SIGTERM, SIGKILL, a power cut: no `except` runs) is removed by the next write of its target.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -47,7 +49,8 @@ def replace_dir(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".new", dir=target.parent))
+    sweep(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".new", dir=target.parent))
     try:
         yield staging
     except BaseException:
@@ -59,3 +62,27 @@ def replace_dir(target: Path) -> Iterator[Path]:
         os.replace(target, old)
     os.replace(staging, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def sweep(target: Path) -> list[Path]:
+    """Remove the staging folders of `target` whose process is gone (a model export killed mid-write
+    leaves hundreds of MB); return them. Folders of live processes, and unnamed ones, stay."""
+    gone = []
+    for path in Path(target).parent.glob(f".{glob.escape(Path(target).name)}.*.new"):
+        pid = path.name[len(Path(target).name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            gone.append(path)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill there terminates the process: never ask, keep the folder
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's process, or no way to tell: keep its folder
+        return True
+    return True
