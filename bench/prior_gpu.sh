@@ -5,6 +5,9 @@
 # from it). Run from the repository root on the GPU machine, after the 270M came in as .m270/part*:
 #
 #     bash bench/prior_gpu.sh OUT [WORK]     # OUT gets the adapter (safetensors + config), run.json, logs
+#
+# COPIES=N trains instead on N copies of the world whose proper names never repeat (bench/prior_worlds.py:
+# every fact, notes on, dont_know_share 0.3), same recipe; EPOCHS=1 keeps 4 copies within a 10-minute call.
 set -euo pipefail
 OUT=${1:?usage: bash bench/prior_gpu.sh OUT [WORK]}
 WORK=${2:-/tmp/prior270}
@@ -12,14 +15,24 @@ mkdir -p "$OUT" "$WORK"
 T0=$(date +%s)
 stamp() { echo "$1 $(( $(date +%s) - T0 )) s" | tee -a "$OUT/stages.txt"; }
 source bench/gpu_site.sh
-rm -rf "$WORK/lore" "$WORK/build"
-cp -r bench/prior_world "$WORK/lore"
-{ printf '[compile]\nmax_facts = 0\n\n'; train_270m_recipe; } > "$WORK/lore/lorekit.toml"
-python3 -m lorekit compile "$WORK/lore" --out "$WORK/build" > "$OUT/compile.log" 2>&1
+if [ -n "${COPIES:-}" ]; then
+  BUILD=$WORK/worlds  # the copies, their builds, and the merged dataset: a build folder whose lore is itself
+  rm -rf "$BUILD"
+  python3 bench/prior_worlds.py "$BUILD" --copies "$COPIES" --compile > "$OUT/compile.log" 2>&1 \
+    || { tail -30 "$OUT/compile.log"; exit 1; }
+  { echo; train_270m_recipe; } >> "$BUILD/lorekit.toml"
+  cp "$BUILD/dataset/report.json" "$OUT/dataset_report.json"
+else
+  BUILD=$WORK/build
+  rm -rf "$WORK/lore" "$WORK/build"
+  cp -r bench/prior_world "$WORK/lore"
+  { printf '[compile]\nmax_facts = 0\n\n'; train_270m_recipe; } > "$WORK/lore/lorekit.toml"
+  python3 -m lorekit compile "$WORK/lore" --out "$WORK/build" > "$OUT/compile.log" 2>&1
+fi
 stamp "compiled"
-python3 -m lorekit train "$WORK/build" > "$OUT/train.log" 2>&1 || { tail -30 "$OUT/train.log"; exit 1; }
+python3 -m lorekit train "$BUILD" > "$OUT/train.log" 2>&1 || { tail -30 "$OUT/train.log"; exit 1; }
 stamp "trained"
-cp "$WORK/build/adapter/adapter_model.safetensors" "$WORK/build/adapter/adapter_config.json" \
-   "$WORK/build/train/run.json" "$OUT/"
+cp "$BUILD/adapter/adapter_model.safetensors" "$BUILD/adapter/adapter_config.json" \
+   "$BUILD/train/run.json" "$OUT/"
 grep -v "it/s]" "$OUT/train.log" | tail -8
 ls -la "$OUT"
