@@ -149,6 +149,15 @@ def test_a_whole_world_gets_its_share_of_i_dont_know_rows(tmp_path):
     assert all(len(qs) == len(set(qs)) for qs in per_npc.values())  # a page asked again is asked otherwise
 
 
+def test_a_share_the_known_pages_cannot_fill_is_made_up_with_invented_names(tmp_path):
+    """At 0.3 the NPCs' known pages run out of distinct absent-fact questions (the share came out at 25 %):
+    the rest are questions about further invented names, so the share asked is the share trained."""
+    cfg = load_config(SAMPLE, {"max_facts": 0, "notes": True, "dont_know_share": 0.3})
+    known, total, absent = _dont_know(run(SAMPLE, tmp_path / "out", cfg))
+    assert known / total >= 0.3 - 1 / total, (known, total)
+    assert known - len(absent) > len(absent), "the shortfall went to invented names"
+
+
 def test_no_i_dont_know_is_trained_on_what_a_page_tells_in_its_prose(tmp_path):
     """Absent-fact questions skip a page's fields, and its prose too: Ossian Marr's page says "his only
     sibling is his younger sister", so "How many siblings does Ossian Marr have?" is not "I don't know";

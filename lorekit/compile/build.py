@@ -159,9 +159,12 @@ def _ground(built: Built, builder: Builder, facts: list[Fact]) -> None:
     npcs = len(builder.vault.npcs)
     train = [json.loads(r.head + r.tail) for r in built.train]
     missing = dont_know_missing(cfg, train, len(attacks.train), npcs)
-    # half as questions about names the lore does not have, half as what it does not say about known pages
+    # half as questions about names the lore does not have, half as what it does not say about known pages;
+    # an NPC whose pages run out of such questions leaves the rest to more invented names
     per_npc = cfg.absent_per_npc + (math.ceil((missing - missing // 2) / npcs) if npcs else 0)
-    for rows in (more_unknown_rows(builder, missing // 2), absent_rows(builder, book, per_npc), attacks,
+    absent = absent_rows(builder, book, per_npc)
+    short = max(0, cfg.absent_per_npc * npcs + missing - missing // 2 - len(absent.train))
+    for rows in (more_unknown_rows(builder, missing // 2 + short), absent, attacks,
                  world_eval_rows(builder, book, {f.id for f in built.facts}, facts, cfg.eval_world_facts)):
         extras.extend(rows)
     _add(built, extras, cfg.format)
