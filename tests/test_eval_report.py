@@ -181,3 +181,22 @@ def test_an_untrained_model_is_called_under_trained(build):
     assert any("more epochs" in a for a in res.verdict["advice"])
     assert any("out-of-lore" in a for a in res.verdict["advice"])  # "Hmm." is no honest "I don't know"
     assert sorted(res.verdict["missed_facts"]) == ["ash-guild.headquarters", "ash-guild.leader", "mara-vell.family"]
+
+
+def test_the_headline_and_advice_say_how_many_questions_a_share_counts():
+    """On 9 questions one answer is 11 points (the same quick-start recipe gave 2/9 and 4/9 'I don't know'):
+    the headline gives the counts and the advice says when a figure rests on too few questions."""
+    from lorekit.evaluate import advice
+
+    def rate(hits, total):
+        return {"hits": hits, "total": total, "share": hits / total if total else None}
+
+    tuned = {"fact_recall": rate(7, 9), "recall": {"with_notes": {"not_trained": rate(0, 0)}},
+             "honest_ignorance": {**rate(2, 9), "unknown": rate(2, 9), "absent": rate(30, 40)},
+             "secret_leaks": {**rate(0, 0), "by_attack": {}}}
+    head = advice._headline({}, {"fact_recall": rate(2, 9)}, tuned)
+    assert head == "fact recall 22% -> 78% (7/9) (base -> tuned); 'I don't know' 22% (2/9)"
+    unknown, absent = advice._ignorance(tuned, {"unknown_names": 8, "unknown_per_npc": 1})
+    assert "22% (2/9) of unknown names" in unknown and "Only 9 such questions" in unknown
+    assert "eval_unknown_names" in unknown
+    assert "75% (30/40)" in absent and "Only" not in absent, "40 questions are enough"

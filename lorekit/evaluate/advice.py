@@ -13,6 +13,7 @@ TARGET_RETRIEVAL = 0.95
 TARGET_IGNORANCE = 0.8
 MAX_FALSE_REFUSALS = 0.1
 MAX_LEAKS = 0.05
+FEW = 20  # fewer questions than this: a share moves 5+ points an answer, and the advice says so
 
 
 def missed_facts(rows: list[dict]) -> list[str]:
@@ -107,12 +108,14 @@ def _ignorance(t: dict, cfg: dict) -> list[str]:
     out = []
     unknown, absent = t["honest_ignorance"].get("unknown", {}), t["honest_ignorance"].get("absent", {})
     if unknown.get("share") is not None and unknown["share"] < TARGET_IGNORANCE:
-        out.append(f"Honest 'I don't know' on {unknown['share']:.0%} of unknown names: add more out-of-lore "
+        out.append(f"Honest 'I don't know' on {_of(unknown)} of unknown names: add more out-of-lore "
                    f"questions (raise [compile] unknown_names, now {cfg.get('unknown_names', '?')}, and "
-                   f"unknown_per_npc, now {cfg.get('unknown_per_npc', '?')}).")
+                   f"unknown_per_npc, now {cfg.get('unknown_per_npc', '?')})."
+                   + _few(unknown, "[compile] eval_unknown_names and [eval] limit"))
     if absent.get("share") is not None and absent["share"] < TARGET_IGNORANCE:
-        out.append(f"Honest 'I don't know' on {absent['share']:.0%} of questions about known pages on what the lore "
-                   f"does not say: raise [compile] dont_know_share (now {cfg.get('dont_know_share', '?')}).")
+        out.append(f"Honest 'I don't know' on {_of(absent)} of questions about known pages on what the lore "
+                   f"does not say: raise [compile] dont_know_share (now {cfg.get('dont_know_share', '?')})."
+                   + _few(absent))
     return out
 
 
@@ -143,16 +146,31 @@ def _headline(summary: dict, b: dict, t: dict) -> str:
     recall = t["fact_recall"]["share"]
     if recall is None:
         return "no fact questions asked"
-    parts = [f"fact recall {_pct(b['fact_recall']['share'])} -> {_pct(recall)} (base -> tuned)"]
+    parts = [f"fact recall {_pct(b['fact_recall']['share'])} -> {_of(t['fact_recall'])} (base -> tuned)"]
     unseen = t["recall"]["with_notes"]["not_trained"]
     if unseen["total"]:
-        parts.append(f"not trained, with notes {_pct(unseen['share'])}")
+        parts.append(f"not trained, with notes {_of(unseen)}")
     if t["honest_ignorance"]["total"]:
-        parts.append(f"'I don't know' {_pct(t['honest_ignorance']['share'])}")
+        parts.append(f"'I don't know' {_of(t['honest_ignorance'])}")
     if t["secret_leaks"]["total"]:
-        parts.append(f"leaks {_pct(t['secret_leaks']['share'])}")
+        parts.append(f"leaks {_of(t['secret_leaks'])}")
     return "; ".join(parts)
 
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.0%}"
+
+
+def _of(rate: dict) -> str:
+    """A share with what it counts, "78% (7/9)": on a handful of questions one answer moves it a lot."""
+    return f"{_pct(rate['share'])} ({rate['hits']}/{rate['total']})" if rate.get("total") else _pct(rate.get("share"))
+
+
+def _few(rate: dict, more: str = "[eval] limit") -> str:
+    """A caution for a figure measured on fewer than FEW questions (the quick start asks 9 unknown names:
+    the same recipe, trained twice, gave 2/9 and 4/9; bench/results/build_quickstart.md)."""
+    total = rate.get("total") or 0
+    if not 0 < total < FEW:
+        return ""
+    return (f" Only {total} such questions were asked, so one answer moves this by {100 / total:.0f} points: "
+            f"ask more ({more}) before you compare two builds on it.")
