@@ -164,18 +164,15 @@ def prefix_tokens(app, history, notes=None) -> int:
 
 
 def assert_same_reply(app, history, line, a: str, b: str) -> None:
-    """The same greedy reply to `line` after `history`, but for a near-tie (`tests.greedy`)."""
-    from lorekit import chat_formats
-    from lorekit.prompt import conversation
-    from lorekit.serve.turnprompt import neutralize
+    """The same greedy reply to `line` after `history`, but for a near-tie (`tests.greedy`); the prompt
+    is the server's own (`prompt_tokens`), with `history` sent as a stateless turn's messages."""
+    from lorekit.serve.scheduler import Turn, TurnSink
+    from lorekit.serve.turnprompt import prompt_tokens
 
     rt = app.runtime
-    snap_, fmt = rt.lore.current, chat_formats.get("gemma3")
-    notes = [(n.text, n.secret) for n in snap_.notes_for(NPC, line, history)]
-    messages = conversation(snap_.prompts[NPC], history, line, None, notes)
-    messages[-1]["content"] = neutralize(messages[-1]["content"])
+    turn = Turn(client=None, rid=0, npc=NPC, text=line, sink=TurnSink(), session=None, messages=list(history))
+    tokens = prompt_tokens(rt.lore.current, rt.sessions, turn, rt.engine, rt.slot.format()).tokens
     forget(app)
-    tokens = rt.engine.tokenize(fmt.render(messages, add_generation_prompt=True))
     assert_same_reply_but_for_a_tie(rt.engine.llm, tokens, a, b)
 
 

@@ -84,10 +84,10 @@ def absent_rows(b: Builder, book: NoteBook, per_npc: int) -> Rows:
         for k, eid in enumerate(picks):
             entity = b.vault.entities[eid]
             try:
-                lines = b.t.lines(tpl, "questions", {"name": entity.name, "type": entity.type})
                 prose = entity_corpus(entity)
-                lines = [q.split("|", 1)[1] for q in lines
-                         if "|" in q and q.split("|", 1)[0] not in entity.fields and unsaid(q.split("|", 1)[0], prose)]
+                keyed = [q.split("|", 1) for q in b.t.lines(tpl, "questions", {"name": entity.name, "type": entity.type})
+                         if "|" in q]
+                lines = [q for key, q in keyed if key not in entity.fields and unsaid(key, prose)]
                 train_q, eval_q = split(lines, 1)
                 in_eval = k == per_npc
                 qs = [q for q in ((eval_q or train_q) if in_eval else train_q) if q not in asked]
