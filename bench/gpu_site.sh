@@ -17,7 +17,8 @@ export PYTHONPATH=$SITE:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LOREKIT_HOM
 
 # The GPU recipe for a 270M (bf16, no 4-bit, no checkpointing: the model is small; batch 16, 3 epochs, lr 4e-4,
 # LoRA r 16 / alpha 32): the [train] section both bench/world_270m_gpu.sh and bench/prior_gpu.sh write.
-# EPOCHS, LORA_R and LORA_ALPHA try other recipes without editing the scripts.
+# EPOCHS, LORA_R and LORA_ALPHA try other recipes without editing the scripts; INIT=DIR starts the LoRA from the
+# adapter in DIR (`[train] init_adapter`, e.g. a prior from bench/prior_gpu.sh).
 train_270m_recipe() {
   cat <<TOML
 [train]
@@ -31,5 +32,6 @@ epochs = ${EPOCHS:-3}
 lr = 4e-4
 lora_r = ${LORA_R:-16}
 lora_alpha = ${LORA_ALPHA:-32}
+${INIT:+init_adapter = \"$INIT\"}
 TOML
 }

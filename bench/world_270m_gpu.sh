@@ -32,6 +32,12 @@ rc=0
 python3 -m lorekit build "$WORK/lore" --out "$WORK/build" > "$OUT/build.log" 2>&1 || rc=$?
 grep -v "it/s]" "$OUT/build.log" | tail -40
 stamp "build done (exit $rc)"
+# No llama-cpp-python on the GPU machine (it is built from source, for Python 3.12 there): EVAL_BACKEND=adapter
+# evaluates the trained adapter with PyTorch on the GPU instead of the exported GGUF with llama.cpp
+if [ -n "${EVAL_BACKEND:-}" ] && [ ! -f "$WORK/build/eval/report.json" ]; then
+  python3 -m lorekit eval "$WORK/build" --backend "$EVAL_BACKEND" > "$OUT/eval.log" 2>&1 || tail -20 "$OUT/eval.log"
+  stamp "eval done ($EVAL_BACKEND backend)"
+fi
 cp "$WORK/build/eval/report.json" "$OUT/" 2>/dev/null || true
 cp "$WORK/build/train/run.json" "$OUT/" 2>/dev/null || true
 python3 bench/eval_grounding.py "$WORK/build" --gpu --results "$OUT/eval_grounding.md" \

@@ -12,15 +12,13 @@ SAMPLE_LORE = REPO / "sample_lore"
 
 
 def grounded_copy(dest: Path) -> Path:
-    """A copy of the sample world with lore notes on (its lorekit.toml turns them off for the 2-core
-    quick start): what the grounding and serving tests exercise."""
+    """A copy of the sample world, whose quick-start lorekit.toml keeps lore notes on: what the grounding and
+    serving tests exercise (the name stays from when the quick start turned notes off)."""
     import shutil
 
     shutil.copytree(SAMPLE_LORE, dest)
-    toml = dest / "lorekit.toml"
-    text = toml.read_text(encoding="utf-8")
-    assert "\nnotes = false" in text, "sample_lore/lorekit.toml no longer says `notes = false`: update grounded_copy"
-    toml.write_text(text.replace("\nnotes = false", "\nnotes = true"), encoding="utf-8")
+    text = (dest / "lorekit.toml").read_text(encoding="utf-8")
+    assert "\nnotes = false" not in text, "sample_lore/lorekit.toml turns notes off: grounded_copy must turn them on"
     return dest
 
 

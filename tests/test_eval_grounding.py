@@ -166,7 +166,7 @@ def test_false_refusals_count_dont_know_when_the_notes_hold_the_answer(grounded,
               generators=lambda: (Scripted(questions, rambling), Scripted(questions, shy)))
     fr = res.summary["tuned"]["false_refusals"]
     assert fr["total"] > 0 and fr["share"] == 1.0
-    assert any("dont_know_share (now 0.15)" in a for a in res.verdict["advice"])  # the build's own setting
+    assert any("dont_know_share (now 0.3)" in a for a in res.verdict["advice"])  # sample_lore's own setting
     assert res.summary["base"]["false_refusals"]["share"] == 0.0
 
 
@@ -225,6 +225,14 @@ def test_the_default_template_phrasings_are_recognised():
         assert metrics.refuses(line), line
     assert not metrics.says_dont_know("Bram Tallow's title is Captain of the Ebbwatch.")
     assert not metrics.refuses("Bram Tallow's title is Captain of the Ebbwatch.")
+
+
+def test_a_dont_know_in_another_worlds_words_is_recognised():
+    # the shipped notes prior learned its NPCs' lines on other worlds; on sample_lore it says them in its own way
+    for line in ("Can't help you there. Not a word of it has reached the Oar, and most words do.",
+                 "No word of it has come up the river."):
+        assert metrics.says_dont_know(line), line
+    assert not metrics.says_dont_know("Help came there by the Oar, with every word of the oath.")
 
 
 def test_each_npcs_own_lines_are_recognised(ctx, vault):

@@ -32,6 +32,18 @@ def test_an_unknown_prior_name_is_a_one_line_error():
         resolve("gemma3-270m-nots")
 
 
+def test_a_prior_for_another_base_model_is_skipped_not_an_error(caplog):
+    # the sample world's lorekit.toml names the 270M's prior; `--model gemma-4-e2b` must still build
+    from lorekit.train.init_adapter import for_model
+
+    assert for_model(PRIOR, "gemma3-270m") == priors.find(PRIOR)
+    with caplog.at_level("WARNING"):
+        assert for_model(PRIOR, "gemma-4-e2b") is None
+    assert "prior for gemma3-270m; training gemma-4-e2b starts from a fresh LoRA" in caplog.text
+    with pytest.raises(LorekitError, match="init_adapter"):
+        for_model("gemma3-270m-nots", "gemma-4-e2b")  # a misspelt name is still an error
+
+
 @pytest.mark.torch
 @pytest.mark.real_model
 @pytest.mark.slow

@@ -42,6 +42,9 @@ IGNORANCE_PHRASES = (
     # the default wording of templates/replies/unknown.j2 and templates/grounding/absent.j2
     "but not that", "never heard it said", "nobody ever told me", "lore does not say", "not recorded",
     "no report on", "don t know anything", "outside my field",
+    # common wording that is no NPC's own line here: what a model brings from elsewhere (the notes prior's
+    # worlds: "Can't help you there. Not a word of it has reached the Oar, and most words do.")
+    "can t help you there", "cannot help you there", "not a word of it", "no word of it",
 )
 # Normalized phrases that refuse to tell (templates/replies/secret.j2 and common wording).
 REFUSAL_PHRASES = (

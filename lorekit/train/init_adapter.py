@@ -8,10 +8,12 @@ one for one, and any difference is an error that names the setting, before a ste
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from lorekit.errors import LorekitError
 
+log = logging.getLogger(__name__)
 WEIGHTS = "adapter_model.safetensors"
 
 
@@ -25,6 +27,24 @@ def resolve(name: str) -> Path:
         known = ", ".join(priors.names()) or "none"
         raise LorekitError(f"[train] init_adapter = {name!r}: no {WEIGHTS} there; name a LoRA adapter folder "
                            f"(a build's adapter/) or a prior shipped with LoreKit ({known})")
+    return folder
+
+
+def for_model(name: str, model: str) -> Path | None:
+    """`resolve(name)` for a run that trains `model`; None (a fresh LoRA, with a warning) when `name` is a prior
+    shipped for another base model, so that a lorekit.toml naming the 270M's prior (the sample world's) still
+    builds with `--model gemma-4-e2b`. A folder path is taken as given: `load_into` checks that it fits."""
+    from lorekit import priors
+
+    folder = resolve(name)
+    if priors.find(name) is None:
+        return folder
+    config = folder / "adapter_config.json"
+    base = json.loads(config.read_text()).get("base_model_name_or_path", "") if config.is_file() else ""
+    if base and base != model:
+        log.warning("[train] init_adapter = %r is a prior for %s; training %s starts from a fresh LoRA", name, base,
+                    model)
+        return None
     return folder
 
 

@@ -65,8 +65,9 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
     if on_choice:
         on_choice(choice)
     cfg = replace(cfg, compile=choice.compile)
-    start = init_adapter.resolve(cfg.init_adapter) if cfg.init_adapter and not resume else None  # a resumed run's
-    try:                                                                    # checkpoint holds the LoRA already
+    # a resumed run's checkpoint holds the LoRA already
+    start = init_adapter.for_model(cfg.init_adapter, cfg.model) if cfg.init_adapter and not resume else None
+    try:
         model, tok, profile, backend = _load(cfg, choice.backend, cuda, world)
         if start:
             init_adapter.load_into(model, start, cfg.lora_r, cfg.lora_alpha)
