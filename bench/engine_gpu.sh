@@ -27,8 +27,8 @@ if [ -f "$BUILD/export/model.gguf" ]; then
   [ -f "$HF/config.json" ] || python3 -m lorekit export "$BUILD" --hf > "$OUT/export_hf.log" 2>&1
 else
   MODEL=$GGUF LORE=$WORK/lore-base
-  rm -rf "$LORE" && cp -r sample_lore "$LORE" && sed -i 's/^notes = false/notes = true/' "$LORE/lorekit.toml"
-  grep -q "^notes = true" "$LORE/lorekit.toml"
+  rm -rf "$LORE" && cp -r sample_lore "$LORE"
+  ! grep -q "^notes = false" "$LORE/lorekit.toml"  # the quick start keeps notes on
   HF=$(python3 -c "from lorekit.models import resolve; from lorekit.train.load import ensure_converted
 print(ensure_converted(resolve('gemma3-270m')))" 2> "$OUT/convert.log" | tail -1)
 fi

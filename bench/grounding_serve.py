@@ -50,13 +50,11 @@ OPENERS = [("bettany-crumb", "Hello."), ("tobin-reedy", "Who are you?"), ("idris
 
 
 def grounded_sample(dest: Path) -> Path:
-    """A copy of sample_lore with lore notes on (its lorekit.toml turns them off for the 2-core quick start)."""
+    """A copy of sample_lore, whose quick-start lorekit.toml keeps lore notes on."""
     shutil.copytree(ROOT / "sample_lore", dest)
     toml = dest / "lorekit.toml"
-    text = toml.read_text(encoding="utf-8")
-    if "\nnotes = false" not in text:
-        raise SystemExit(f"{toml}: no `notes = false` line to turn on; update grounded_sample()")
-    toml.write_text(text.replace("\nnotes = false", "\nnotes = true", 1), encoding="utf-8")
+    if "\nnotes = false" in toml.read_text(encoding="utf-8"):
+        raise SystemExit(f"{toml}: turns lore notes off; update grounded_sample() to turn them on")
     return dest
 
 
@@ -119,8 +117,8 @@ def first_tokens(lore: Path, threads: int, rounds: int, reply_tokens: int) -> di
         if mode == "none":
             cfg_file = folder / "lorekit.toml"
             text = cfg_file.read_text()
-            assert "\nnotes = true" in text, "the twin without notes must turn them off"
-            cfg_file.write_text(text.replace("\nnotes = true", "\nnotes = false", 1))
+            assert "[compile]\n" in text and "\nnotes =" not in text, "the twin without notes must turn them off"
+            cfg_file.write_text(text.replace("[compile]\n", "[compile]\nnotes = false\n", 1))
         cfg = ServeConfig(port=0, model=str(assemble()), n_ctx=2048, max_tokens=reply_tokens, temperature=0.0,
                           n_threads=threads or None, prewarm=True, watch=False)
         rt = Runtime(folder, folder.parent / "out", cfg)
