@@ -3,8 +3,9 @@
     python bench/eot_270m.py exp off,rows            # any machine with the 270M package (CPU: ~15 min a variant)
     python bench/eot_270m.py setup                   # GPU machine: assemble /tmp/g270m/g270m.part* first
 
-Each variant trains the 270M on `sample_lore` (its lorekit.toml scope: 103 rows, 3 epochs, 39 steps, lr
-5e-4, batch 8, fp32, shared prompt: the CPU recipe) and then measures, with the saved adapter:
+Each variant trains the 270M on `sample_lore` (its lorekit.toml scope when this was measured, session 3:
+103 rows without notes, 3 epochs, 39 steps, lr 5e-4, batch 8, fp32, shared prompt; the quick start has
+changed since, so a rerun compiles today's scope) and then measures, with the saved adapter:
 the teacher-forced loss and median probability of `<end_of_turn>` where the labels have it, the loss
 of the other answer tokens, and greedy replies (64 tokens max) to 24 eval questions: how many stop.
 Variants: `off` (LoRA only), `rows` (LoRA + the turn tokens' embedding rows, lorekit's default),

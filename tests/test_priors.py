@@ -44,6 +44,22 @@ def test_a_prior_for_another_base_model_is_skipped_not_an_error(caplog):
         for_model("gemma3-270m-nots", "gemma-4-e2b")  # a misspelt name is still an error
 
 
+def test_the_quick_start_names_a_prior_that_fits_its_model():
+    # README command 1 trains sample_lore with its own lorekit.toml: the prior it names must be shipped and be
+    # made for the model and LoRA shape that toml trains, or the quick start would start from scratch or stop
+    from lorekit import config
+    from lorekit.train.config import TrainConfig
+    from lorekit.train.init_adapter import for_model
+    from tests.conftest import SAMPLE_LORE
+
+    cfg = config.load(TrainConfig, "train", SAMPLE_LORE, env={})
+    assert cfg.init_adapter == PRIOR
+    folder = for_model(cfg.init_adapter, cfg.model)
+    assert folder == priors.find(PRIOR)
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"]) == (cfg.lora_r, cfg.lora_alpha)
+
+
 @pytest.mark.torch
 @pytest.mark.real_model
 @pytest.mark.slow
