@@ -32,3 +32,20 @@ def test_other_world_names_are_counted_per_answer_and_own_names_are_not():
     assert figures["base"]["with_other_names"] == 0, "'wasteland' is not 'Waste'"
     assert figures["tuned"]["with_other_names"] == 3 and figures["tuned"]["answers"] == 4
     assert figures["tuned"]["names"] == {"Karsk": 2, "Karsk Plateau": 2, "Waste": 2}
+
+
+def test_answers_are_split_by_what_a_player_is_served():
+    pl = load()
+    other = {"Karsk Plateau"}
+    report = {
+        "questions": [
+            {"npc": "tobin-reedy", "variant": "notes", "base": {"answer": "-"}, "tuned": {"answer": "On the Karsk Plateau."}},
+            {"npc": "tobin-reedy", "variant": "no notes", "base": {"answer": "-"}, "tuned": {"answer": "Karsk Plateau."}},
+            {"npc": None, "variant": "no notes", "base": {"answer": "-"}, "tuned": {"answer": "Brinewick."}},
+        ],
+        "general": [{"base": "-", "tuned": "Karsk Plateau."}],
+    }
+    by_where = pl.count(report, other)["tuned"]["by_where"]
+    assert by_where == {"served": {"answers": 1, "with_other_names": 1},
+                        "no notes": {"answers": 2, "with_other_names": 1},
+                        "general": {"answers": 1, "with_other_names": 1}}
