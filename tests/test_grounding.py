@@ -66,6 +66,23 @@ def test_you_is_the_npc_and_a_follow_up_borrows_the_last_exchange(sample):
     assert not any(n.entity == "the-crooked-eel" for n in r.retrieve("tobin-reedy", "Who owns it?", history))
 
 
+def test_you_is_only_the_frame_of_a_question_about_something_else(sample):
+    """"Do you know anything about X?" asks about X: the NPC's own notes would hide that it knows nothing
+    of X (the served NPC then told its own facts or refused instead of "I don't know")."""
+    _, _, r = sample
+    assert r.names.unknown("Do you know anything about Droubribru?") == ["Droubribru"]
+    assert r.names.unknown("Hello, I'm Arthur. How are you?") == ["Arthur"]
+    assert r.names.unknown("Droubribru? (You smile.) Where is Brinewick?") == []  # words that open a sentence
+    assert r.entities("bettany-crumb", "Do you know anything about Droubribru?") == []
+    assert r.retrieve("bettany-crumb", "Do you know anything about Droubribru?") == []
+    assert r.retrieve("olwin-sparrowgrave", "Do you know anything about Zunyrk Keep?") == []  # not "keep" in a note
+    assert r.retrieve("idris-fenn", "Do you know anything about the Oarsmen's Brotherhood?") == []  # a page it does not know
+    assert r.retrieve("bettany-crumb", "Where were you born?")[0].id == "bettany-crumb.birthplace"
+    history = [{"role": "user", "content": "Tell me about the Crooked Eel."},
+               {"role": "assistant", "content": "Best inn in Brinewick."}]
+    assert r.retrieve("pip-larkspur", "Have you heard of Droubribru?", history) == []  # nothing borrowed
+
+
 def test_the_budget_bounds_notes_and_tokens_and_a_useless_budget_is_a_config_error(sample):
     vault, book, _ = sample
     small = Retriever(vault, book, Budget(tokens=40, notes=2))
@@ -98,6 +115,22 @@ def test_a_secret_never_reaches_an_npc_that_does_not_hold_it_whatever_the_player
                     assert not (secret_words & set(re.findall(r"\w+", note.text.lower())) - {"ledger"})
     kept = [n for n in book.of("mara-vell") if n.secret]
     assert kept and all(n.text == "The Ember Ledger" or "burned" not in n.text for n in kept)
+
+
+def test_an_npc_is_never_taught_to_deny_a_page_its_own_notes_name(tmp_path):
+    """"Do you know anything about Vellicor?" -> "I don't know" was trained (and asked in eval) of an NPC
+    whose notes say Corvina Marr lives in Vellicor: a page it has no page-knowledge of, but has heard of."""
+    result = run(SAMPLE, tmp_path, load_config(SAMPLE, {"max_facts": 0, "unknown_per_npc": 8, "notes": True}))
+    vault, book = _book(SAMPLE)
+    asked = 0
+    for path in (result.train_path, result.eval_path):
+        for line in path.read_text().splitlines():
+            m = json.loads(line)["meta"]
+            page = vault.resolve(m["entities"][0]) if m["kind"] == "unknown" and m["npc"] else None
+            if page is not None:
+                asked += 1
+                assert not any(page.id in n.about for n in book.of(m["npc"])), (m["npc"], page.id)
+    assert asked >= 2 * len(vault.npcs)
 
 
 def test_rows_are_in_the_served_layout(tmp_path):

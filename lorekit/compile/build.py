@@ -126,7 +126,7 @@ def prepare(lore_dir: Path, cfg: CompileConfig, store: Any | None) -> Built:
     by_entity: dict[str, list[Fact]] = defaultdict(list)
     for f in built.facts:
         by_entity[f.entity].append(f)
-    for rows in (unknown_rows(builder), secret_rows(builder, by_entity), greeting_rows(builder),
+    for rows in (unknown_rows(builder, kept), secret_rows(builder, by_entity), greeting_rows(builder),
                  multi_turn_rows(builder, built.facts)):
         extras.extend(rows)
     first_multi = len(built.train) + len(extras.train) - len(extras.multi)  # multi-turn rows come last

@@ -9,13 +9,15 @@ from lorekit.compile.names import invent
 from lorekit.compile.templates import TemplateFailure
 from lorekit.lore import Fact
 from lorekit.lore.article import name_in
-from lorekit.lore.facts import SECRET, holds_secret
+from lorekit.lore.facts import SECRET, heard_of, holds_secret
 from lorekit.prompt import npc_view
 
 
-def unknown_rows(b: Builder) -> Rows:
-    """Invented names, and real pages an NPC does not know: answered "I don't know" in character."""
+def unknown_rows(b: Builder, facts: list[Fact] = ()) -> Rows:
+    """Invented names, and real pages an NPC does not know: answered "I don't know" in character. A page
+    that one of the NPC's `facts` names is not asked ("Vellicor?" of an NPC told where Corvina lives)."""
     out = Rows()
+    heard = heard_of(b.vault, list(facts))
     cfg, seed = b.cfg, b.cfg.seed
     tpl = "replies/unknown.j2"
     name = b.t.display(tpl)
@@ -28,7 +30,8 @@ def unknown_rows(b: Builder) -> Rows:
             in_eval = i >= cfg.unknown_names
             (out.eval if in_eval else out.train).append(_invented_row(b, who, speakers[i % len(speakers)], in_eval))
         for npc in b.vault.npcs.values():
-            strangers = sorted(e for e in b.public if e not in npc.knows and e not in npc.secrets)
+            strangers = sorted(e for e in b.public
+                               if e not in npc.knows and e not in npc.secrets and e not in heard[npc.id])
             rng = random.Random(f"{seed}:strangers:{npc.id}")
             picked = rng.sample(strangers, min(len(strangers), cfg.unknown_per_npc + 1))
             for k, eid in enumerate(picked):

@@ -14,7 +14,7 @@ from typing import Any
 
 from lorekit.compile.templates import TemplateFailure
 from lorekit.lore import Fact, Vault, facts_of
-from lorekit.lore.facts import SECRET, holds_secret, may_tell
+from lorekit.lore.facts import SECRET, holds_secret, may_tell, speaks_of
 
 
 @dataclass(frozen=True)
@@ -107,9 +107,7 @@ def note_of(vault: Vault, fact: Fact, rendered: tuple[str, str] | None) -> Note 
     if rendered is None:
         return None
     text, keys = rendered
-    about = frozenset(fact.pages) | {e.id for name in fact.others if (e := vault.resolve(name)) is not None}
-    about -= {SECRET}
-    return Note(fact.id, fact.entity, text, fact.file, _heading(fact), False, about, keys)
+    return Note(fact.id, fact.entity, text, fact.file, _heading(fact), False, speaks_of(vault, fact), keys)
 
 
 def assemble(vault: Vault, facts: list[Fact], notes: list[Note | None], previous: NoteBook | None = None,

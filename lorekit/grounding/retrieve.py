@@ -1,7 +1,10 @@
 """Which notes a player's line asks about, within a budget.
 
-1. Names and aliases in the line resolve to entities ("you", "your" is the NPC itself); a line that
-   names nobody else borrows the entities of the last exchange ("Who owns it?").
+1. Names and aliases in the line resolve to entities; "you", "your" is the NPC itself when the line asks
+   about nothing else ("Where were you born?"), and only the frame of the question when it names another
+   page or a name the lore does not have ("Do you know anything about Droubribru?": nothing about the NPC,
+   so its notes say there is nothing about this). A line that names nothing borrows the entities of the
+   last exchange ("Who owns it?").
 2. The notes about those entities are ranked by the line's words (BM25, `bm25s`), the subject's
    own notes before notes that only mention it; kept secrets of a named entity come first, so the
    NPC knows to refuse.
@@ -22,6 +25,7 @@ from lorekit.errors import LorekitError
 from lorekit.grounding.notes import Note, NoteBook
 
 WORD = re.compile(r"[\w']+", re.UNICODE)
+OPENS = ".!?:;([{\"'*-\u201c\u2018\u2014"  # a word after one of these (or first in the line) opens a sentence
 SELF_WORDS = {"you", "your", "yours", "yourself", "ye", "thee", "thou", "thy"}
 MAX_NAME_WORDS = 6
 # Words that never stand alone for an entity, however unique they are in the vault.
@@ -32,6 +36,11 @@ COMMON = {"the", "a", "an", "of", "and", "in", "on", "at", "to", "old", "new", "
 ASKING = {"who", "whom", "whose", "what", "which", "where", "when", "why", "how", "tell", "know", "knows", "me",
           "about", "do", "does", "did", "can", "could", "would", "anything", "something", "say", "said", "is", "are",
           "was", "were", "heard", "hear", "explain", "describe", "speak", "talk", "please", "any", "s"}
+# Across all of an NPC's notes (a line that names no page) these match the notes' question keys, not a fact.
+# (bm25s's English stop words are 33, without "do", "you", "about" or "have".)
+FALLBACK_SKIP = ASKING | SELF_WORDS | {"have", "has", "had", "been", "ever", "i", "i'm", "me", "my", "we", "us", "our",
+                                       "he", "him", "his", "she", "her", "they", "them", "their", "it", "its", "there",
+                                       "here", "from", "of", "seen", "see", "met", "meet", "find", "where's", "who's"}
 
 
 @functools.cache
@@ -83,7 +92,7 @@ class Names:
     def __init__(self, vault, old: Names | None = None):
         self.source = [(e.id, e.name, e.aliases) for e in vault.entities.values()]
         if old is not None and old.source == self.source:
-            self.table = old.table
+            self.table, self.words = old.table, old.words
             return
         table: dict[tuple[str, ...], set[str]] = {}
         for entity in vault.entities.values():
@@ -103,6 +112,20 @@ class Names:
             if len(ids) == 1 and (w,) not in full:
                 table[(w,)] = set(ids)
         self.table = {k: frozenset(v) for k, v in table.items()}
+        self.words = frozenset(w for key in table for w in key)  # every word of every name
+
+    def unknown(self, text: str) -> list[str]:
+        """Words of `text` that look like a name the lore does not have: capitalized, not opening a
+        sentence, no word of any page's name or alias ("Do you know anything about Droubribru?")."""
+        out = []
+        for m in WORD.finditer(text):
+            word, before = m.group(), text[:m.start()].rstrip()
+            if len(word) < 2 or not word[0].isupper() or word.lower().startswith("i'") or not before or before[-1] in OPENS:
+                continue
+            key = words(word)
+            if key and key[0] not in self.words and key[0] not in COMMON and key[0] not in ASKING:
+                out.append(word)
+        return out
 
     def find(self, text: str) -> list[str]:
         """Entity ids named in `text`, in order of appearance, longest names first."""
@@ -169,7 +192,7 @@ class Retriever:
                 i += 1
         return " ".join(out)
 
-    def _scores(self, npc: str, text: str, fallback: bool = False) -> list[float]:
+    def _scores(self, npc: str, text: str, fallback: bool = False, skip: frozenset[str] = frozenset()) -> list[float]:
         bm25s = _bm25s()
 
         notes, model = self._bm25(npc)
@@ -178,12 +201,15 @@ class Retriever:
         query = bm25s.tokenize([self._strip(text)], stopwords="en", show_progress=False, return_ids=False)[0]
         # among a named page's notes "who", "where", "when" tell the facts apart; across the whole
         # world they match any question, so the fallback drops them
-        query = [w for w in query if w in model.vocab_dict and not (fallback and w in ASKING)]
+        query = [w for w in query if w in model.vocab_dict and w not in skip and not (fallback and w in FALLBACK_SKIP)]
         return [float(s) for s in model.get_scores(query)] if query else [0.0] * len(notes)
 
     def entities(self, npc: str, text: str, history: list[dict[str, str]] | None = None) -> list[str]:
-        """The entities a line asks about: named ones, the NPC for "you", else those of the last exchange."""
+        """The entities a line asks about: named ones; the NPC for "you" when the line asks about nothing
+        else; else, when the line names nothing at all, those of the last exchange."""
         named = self.names.find(text)
+        if [e for e in named if e != npc] or self.names.unknown(text):
+            return named  # "Do you know X?": X is asked about, not the NPC; an unknown X borrows nothing
         if SELF_WORDS & set(words(text)) and npc not in named:
             named.append(npc)
         if not [e for e in named if e != npc]:
@@ -196,7 +222,9 @@ class Retriever:
         if not notes:
             return []
         named = self.entities(npc, text, history)
-        scores = self._scores(npc, text, fallback=not named)
+        # the words of a name the lore does not have ("Zunyrk Keep") are no fact's words
+        strange = frozenset(w for name in self.names.unknown(text) for w in words(name))
+        scores = self._scores(npc, text, fallback=not named, skip=strange)
         rank = {e: i for i, e in enumerate(named)}
         keyed = []
         for i, note in enumerate(notes):

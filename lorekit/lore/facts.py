@@ -145,6 +145,28 @@ def may_tell(vault: Any, npc_id: str | None, fact: Fact) -> bool:
     return npc is not None and fact.pages <= npc.knows
 
 
+def speaks_of(vault: Any, fact: Fact) -> frozenset[str]:
+    """Every entity id a fact speaks of: the page it is about, the pages it links, the pages it names."""
+    about = frozenset(fact.pages) | {e.id for name in fact.others if (e := vault.resolve(name)) is not None}
+    return about - {SECRET}
+
+
+def heard_of(vault: Any, facts: list[Fact]) -> dict[str, set[str]]:
+    """Entity ids each NPC knows something of: those its tellable facts speak of ("Corvina Marr lives in
+    Vellicor": an NPC that knows Corvina has heard of Vellicor, though it does not know Vellicor's page)."""
+    by_entity: dict[str, list[Fact]] = {}
+    for fact in facts:
+        by_entity.setdefault(fact.entity, []).append(fact)
+    heard: dict[str, set[str]] = {}
+    for npc_id, npc in vault.npcs.items():
+        heard[npc_id] = set()
+        for entity_id in npc.knows:
+            for fact in by_entity.get(entity_id, ()):
+                if may_tell(vault, npc_id, fact):
+                    heard[npc_id] |= speaks_of(vault, fact)
+    return heard
+
+
 def holds_secret(vault: Any, npc_id: str | None, fact: Fact) -> bool:
     """Whether `npc_id` knows `fact` but must refuse to tell it, in character."""
     npc = vault.npcs.get(npc_id) if npc_id is not None else None
