@@ -119,8 +119,10 @@ class Names:
         sentence, no word of any page's name or alias ("Do you know anything about Droubribru?")."""
         out = []
         for m in WORD.finditer(text):
-            word, before = m.group(), text[:m.start()].rstrip()
-            if len(word) < 2 or not word[0].isupper() or word.lower().startswith("i'") or not before or before[-1] in OPENS:
+            word, j = m.group(), m.start() - 1
+            while j >= 0 and text[j].isspace():  # the character before the word, past spaces
+                j -= 1
+            if len(word) < 2 or not word[0].isupper() or word.lower().startswith("i'") or j < 0 or text[j] in OPENS:
                 continue
             key = words(word)
             if key and key[0] not in self.words and key[0] not in COMMON and key[0] not in ASKING:
