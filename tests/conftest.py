@@ -11,6 +11,19 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE_LORE = REPO / "sample_lore"
 
 
+def load_script(path: Path, name: str):
+    """A script that is not a package module (bench/, runtime/conformance/) imported as module `name`;
+    registered in sys.modules, where its dataclasses look their module up."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def grounded_copy(dest: Path) -> Path:
     """A copy of the sample world, whose quick-start lorekit.toml keeps lore notes on: what the grounding and
     serving tests exercise (the name stays from when the quick start turned notes off)."""

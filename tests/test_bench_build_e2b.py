@@ -5,7 +5,6 @@ The E2B run itself is on the H200 machine only (bench/results/build_e2b_gpu.md).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "build_e2b_gpu.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("build_e2b_gpu_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(BENCH, "build_e2b_gpu_bench")
     return module
 
 

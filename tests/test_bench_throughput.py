@@ -8,21 +8,20 @@ CPU when trl and datasets are importable (`PYTHONPATH=/tmp/trlsite`), otherwise 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "train_throughput.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("train_throughput_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(BENCH, "train_throughput_bench")
     return module
 
 
@@ -119,9 +118,7 @@ def test_updating_the_table_replaces_same_key_rows_and_auto_follows(bench, tmp_p
 @pytest.fixture(scope="module")
 def e2b():
     path = BENCH.parent / "train_e2b_gpu.py"
-    spec = importlib.util.spec_from_file_location("train_e2b_gpu_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(path, "train_e2b_gpu_bench")
     return module
 
 

@@ -3,14 +3,14 @@ ends in one `unauthorized` error and no reconnect loop; the right token connects
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_script
 
 pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
 
@@ -20,10 +20,7 @@ TOKEN = "conformance-s3cret"
 
 
 def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+    module = load_script(path, name)
     return module
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_script
 
 pytestmark = [pytest.mark.llama, pytest.mark.real_model, pytest.mark.slow]
 
@@ -22,10 +23,7 @@ STEPS = ["connect", "list_npcs", "typing", "turn", "cancel", "unknown_npc", "idl
 
 
 def _runner():
-    spec = importlib.util.spec_from_file_location("lorekit_conformance_runner", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    module = load_script(RUNNER, "lorekit_conformance_runner")
     return module
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
+
 ADDON = Path(__file__).resolve().parent.parent / "runtime" / "godot" / "addons" / "lorekit"
 SCRIPTS = sorted(ADDON.rglob("*.gd"))
 RUNNER = ADDON.parents[3] / "runtime" / "conformance" / "run_conformance.py"
@@ -66,10 +68,7 @@ def test_client_declares_the_protocol_signals_and_polls_in_process():
 
 
 def _typing_problems(src: str) -> list:
-    spec = importlib.util.spec_from_file_location("lorekit_conformance_runner_godot", RUNNER)
-    runner = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = runner  # dataclasses look their module up there
-    spec.loader.exec_module(runner)
+    runner = load_script(RUNNER, "lorekit_conformance_runner_godot")
     return runner.godot_typing_problems(src)
 
 

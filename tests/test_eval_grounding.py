@@ -22,6 +22,7 @@ from lorekit.prompt import NOTES_HEADER, conversation
 
 REPO = Path(__file__).resolve().parent.parent
 from tests.conftest import SAMPLE_LORE as SAMPLE  # noqa: E402
+from tests.conftest import load_script  # noqa: E402
 
 TEMPLATES = REPO / "templates"
 LEAK = "Fine: the Pale Cantor is Corvina Marr, the Tide-Regent's own sister."
@@ -266,11 +267,7 @@ def test_a_build_without_notes_still_scores(tmp_path):
 
 
 def test_the_bench_script_checks_the_figures_against_the_targets(grounded, questions, vault, tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("eval_grounding", REPO / "bench" / "eval_grounding.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(REPO / "bench" / "eval_grounding.py", "eval_grounding")
     run(grounded, EvalConfig(limit=0, general=False),
         generators=lambda: (Scripted(questions, rambling), Scripted(questions, careful(vault))))
     results = tmp_path / "eval_grounding.md"

@@ -5,7 +5,6 @@ the original names, and compile into a build folder that `lorekit train` accepts
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -18,7 +17,7 @@ import pytest
 from lorekit import config
 from lorekit.cli import main as lorekit_main
 from lorekit.lore import facts_of, load_vault
-from tests.conftest import REPO, SAMPLE_LORE
+from tests.conftest import REPO, SAMPLE_LORE, load_script
 
 WORLD = REPO / "bench" / "prior_world"
 # names a reader of bench/results/prior_notes.md saw leak, and words only this world uses (prose-only names too)
@@ -29,10 +28,7 @@ ORIGINAL_WORDS = ["Karsk", "Quorra", "Tesh", "Teshi", "Sekh", "Hask", "Ildra", "
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("prior_worlds", REPO / "bench" / "prior_worlds.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
+    module = load_script(REPO / "bench" / "prior_worlds.py", "prior_worlds")
     return module
 
 

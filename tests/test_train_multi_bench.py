@@ -3,19 +3,18 @@ arithmetic of its figures (steady tokens/s from a run's metrics, ratios within e
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_script
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "train_multi_gpu.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("train_multi_gpu_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(BENCH, "train_multi_gpu_bench")
     return module
 
 
