@@ -71,7 +71,8 @@ def test_you_is_only_the_frame_of_a_question_about_something_else(sample):
     of X (the served NPC then told its own facts or refused instead of "I don't know")."""
     _, _, r = sample
     assert r.names.unknown("Do you know anything about Droubribru?") == ["Droubribru"]
-    assert r.names.unknown("Hello, I'm Arthur. How are you?") == ["Arthur"]
+    assert r.names.unknown("I'm from Noweisaer, and my name is Arthur Pendle.") == ["Noweisaer"]  # the player's own name
+    assert r.entities("bettany-crumb", "Hello, I'm Arthur. How are you?") == ["bettany-crumb"]
     assert r.names.unknown("Droubribru? (You smile.) Where is Brinewick?") == []  # words that open a sentence
     assert r.entities("bettany-crumb", "Do you know anything about Droubribru?") == []
     assert r.retrieve("bettany-crumb", "Do you know anything about Droubribru?") == []

@@ -25,6 +25,8 @@ from lorekit.errors import LorekitError
 from lorekit.grounding.notes import Note, NoteBook
 
 WORD = re.compile(r"[\w']+", re.UNICODE)
+# The player's own name follows these ("I'm Arthur", "my name is Arthur"): a name, but not one asked about.
+INTRODUCING = {"i'm", ("i", "am"), ("name", "is"), "name's", ("call", "me"), ("called", "me")}
 OPENS = ".!?:;([{\"'*-\u201c\u2018\u2014"  # a word after one of these (or first in the line) opens a sentence
 SELF_WORDS = {"you", "your", "yours", "yourself", "ye", "thee", "thou", "thy"}
 MAX_NAME_WORDS = 6
@@ -117,12 +119,14 @@ class Names:
     def unknown(self, text: str) -> list[str]:
         """Words of `text` that look like a name the lore does not have: capitalized, not opening a
         sentence, no word of any page's name or alias ("Do you know anything about Droubribru?")."""
-        out = []
+        out, before = [], ("", "")  # the two words before this one, lower case
         for m in WORD.finditer(text):
             word, j = m.group(), m.start() - 1
             while j >= 0 and text[j].isspace():  # the character before the word, past spaces
                 j -= 1
-            if len(word) < 2 or not word[0].isupper() or word.lower().startswith("i'") or j < 0 or text[j] in OPENS:
+            lower, own = word.lower(), before in INTRODUCING or before[1] in INTRODUCING
+            before = (before[1], lower) if not own or not word[0].isupper() else before  # "I'm Arthur Pendle"
+            if len(word) < 2 or not word[0].isupper() or lower.startswith("i'") or j < 0 or text[j] in OPENS or own:
                 continue
             key = words(word)
             if key and key[0] not in self.words and key[0] not in COMMON and key[0] not in ASKING:
