@@ -22,6 +22,7 @@ def invent(count: int, seed: str, taken: Callable[[str], bool]) -> list[str]:
     """`count` distinct names such as "Drelmor Vask", "Thaun Hollow" or "the Order of Quem"."""
     rng = random.Random(seed)
     out: list[str] = []
+    seen: set[str] = set()  # `out` as a set: a whole world asks for tens of thousands of names
     tries = 0
     while len(out) < count and tries < count * 50:
         tries += 1
@@ -34,6 +35,7 @@ def invent(count: int, seed: str, taken: Callable[[str], bool]) -> list[str]:
             name = f"the {rng.choice(_GROUPS)} of {_word(rng, 2)}"
         else:
             name = _word(rng, 3)
-        if name not in out and not taken(name) and not any(taken(w) for w in name.split() if w not in _FIXED):
+        if name not in seen and not taken(name) and not any(taken(w) for w in name.split() if w not in _FIXED):
             out.append(name)
+            seen.add(name)
     return out

@@ -20,6 +20,7 @@ import re
 import sys
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from lorekit.errors import LorekitError
 from lorekit.grounding.notes import Note, NoteBook
@@ -148,13 +149,32 @@ class Names:
         return list(dict.fromkeys(found))
 
 
+class NpcIndex(NamedTuple):
+    """One NPC's notes, their BM25 model, and where each entity's notes sit among them."""
+
+    notes: list[Note]
+    model: object
+    own: dict[str, list[int]]  # entity id -> positions of the notes about it
+    about: dict[str, list[int]]  # entity id -> positions of the other notes that speak of it
+
+
+def index_of(notes: list[Note], model: object) -> NpcIndex:
+    own: dict[str, list[int]] = {}
+    about: dict[str, list[int]] = {}
+    for i, note in enumerate(notes):
+        own.setdefault(note.entity, []).append(i)
+        for e in note.about - {note.entity}:
+            about.setdefault(e, []).append(i)
+    return NpcIndex(notes, model, own, about)
+
+
 class Retriever:
     """Retrieval over one NoteBook; built once per lore snapshot (cheap: one BM25 index per NPC)."""
 
     def __init__(self, vault, book: NoteBook, budget: Budget | None = None, old: Retriever | None = None):
         self.book, self.budget = book, budget or Budget()
         self.names = Names(vault, old.names if old is not None else None)
-        self._index: dict[str, tuple[list[Note], object]] = {}
+        self._index: dict[str, NpcIndex] = {}
         self._building = threading.Lock()  # one build per NPC, however many worker threads ask at once
 
     def warm(self, npc: str) -> None:
@@ -166,11 +186,11 @@ class Retriever:
         vault's names are unchanged, so a reload rebuilds only what an edit touched."""
         if old is None or (old.names.table is not self.names.table and old.names.table != self.names.table):
             return
-        for npc, (notes, model) in list(old._index.items()):  # the worker may be adding one now
-            if self.book.of(npc) == notes:
-                self._index.setdefault(npc, (notes, model))
+        for npc, index in list(old._index.items()):  # the worker may be adding one now
+            if self.book.of(npc) == index.notes:
+                self._index.setdefault(npc, index)
 
-    def _bm25(self, npc: str):
+    def _bm25(self, npc: str) -> NpcIndex:
         index = self._index.get(npc)
         if index is None:
             with self._building:  # the threads that came too late wait for it instead of building it again
@@ -182,7 +202,7 @@ class Retriever:
                     corpus = [self._strip(f"{n.heading} {n.keys} {n.text}") for n in notes] or [""]
                     model = bm25s.BM25()
                     model.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
-                    self._index[npc] = index = (notes, model)
+                    self._index[npc] = index = index_of(notes, model)
         return index
 
     def _strip(self, text: str) -> str:
@@ -201,14 +221,14 @@ class Retriever:
     def _scores(self, npc: str, text: str, fallback: bool = False, skip: frozenset[str] = frozenset()) -> list[float]:
         bm25s = _bm25s()
 
-        notes, model = self._bm25(npc)
+        notes, model = self._bm25(npc)[:2]
         if not notes:
             return []
         query = bm25s.tokenize([self._strip(text)], stopwords="en", show_progress=False, return_ids=False)[0]
         # among a named page's notes "who", "where", "when" tell the facts apart; across the whole
         # world they match any question, so the fallback drops them
         query = [w for w in query if w in model.vocab_dict and w not in skip and not (fallback and w in FALLBACK_SKIP)]
-        return [float(s) for s in model.get_scores(query)] if query else [0.0] * len(notes)
+        return model.get_scores(query).tolist() if query else [0.0] * len(notes)
 
     def entities(self, npc: str, text: str, history: list[dict[str, str]] | None = None) -> list[str]:
         """The entities a line asks about: named ones; the NPC for "you" when the line asks about nothing
@@ -224,23 +244,26 @@ class Retriever:
         return named
 
     def retrieve(self, npc: str, text: str, history: list[dict[str, str]] | None = None) -> list[Note]:
-        notes = self.book.of(npc)
-        if not notes:
+        if not self.book.by_npc.get(npc):
             return []
+        index = self._bm25(npc)
+        notes = index.notes
         named = self.entities(npc, text, history)
         # the words of a name the lore does not have ("Zunyrk Keep") are no fact's words
         strange = frozenset(w for name in self.names.unknown(text) for w in words(name))
         scores = self._scores(npc, text, fallback=not named, skip=strange)
         rank = {e: i for i, e in enumerate(named)}
         keyed = []
-        for i, note in enumerate(notes):
-            if note.entity in rank:
-                tier = 0 if note.secret else 1
-                keyed.append(((tier, -scores[i], rank[note.entity], note.heading != "summary", i), note))
-            elif rank and note.about & rank.keys():
-                keyed.append(((2, -scores[i], min(rank[e] for e in note.about if e in rank), 1, i), note))
-            elif not rank and scores[i] > 0:
-                keyed.append(((3, -scores[i], 0, 0, i), note))
+        for e, r in rank.items():  # the named entities' own notes (their kept secrets first)
+            for i in index.own.get(e, ()):
+                note = notes[i]
+                keyed.append(((0 if note.secret else 1, -scores[i], r, note.heading != "summary", i), note))
+        mention = {i for e in rank for i in index.about.get(e, ()) if notes[i].entity not in rank}
+        for i in mention:  # notes of other pages that speak of them
+            note = notes[i]
+            keyed.append(((2, -scores[i], min(rank[e] for e in note.about if e in rank), 1, i), note))
+        if not rank:  # nothing named: BM25 over all of the NPC's notes
+            keyed = [((3, -score, 0, 0, i), notes[i]) for i, score in enumerate(scores) if score > 0]
         keyed.sort(key=lambda k: k[0])
         return self.fit([note for _, note in keyed])
 
