@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 
 from lorekit.compile.dataset import Builder, Rows, make_row, meta, split
 from lorekit.compile.names import invent
@@ -13,11 +14,11 @@ from lorekit.lore.facts import SECRET, heard_of, holds_secret
 from lorekit.prompt import npc_view
 
 
-def unknown_rows(b: Builder, facts: list[Fact] = ()) -> Rows:
+def unknown_rows(b: Builder, facts: Iterable[Fact] = ()) -> Rows:
     """Invented names, and real pages an NPC does not know: answered "I don't know" in character. A page
     that one of the NPC's `facts` names is not asked ("Vellicor?" of an NPC told where Corvina lives)."""
     out = Rows()
-    heard = heard_of(b.vault, list(facts))
+    heard = heard_of(b.vault, facts)
     cfg, seed = b.cfg, b.cfg.seed
     tpl = "replies/unknown.j2"
     name = b.t.display(tpl)

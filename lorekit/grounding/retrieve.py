@@ -230,11 +230,13 @@ class Retriever:
         query = [w for w in query if w in model.vocab_dict and w not in skip and not (fallback and w in FALLBACK_SKIP)]
         return model.get_scores(query).tolist() if query else [0.0] * len(notes)
 
-    def entities(self, npc: str, text: str, history: list[dict[str, str]] | None = None) -> list[str]:
+    def entities(self, npc: str, text: str, history: list[dict[str, str]] | None = None,
+                 unknown: list[str] | None = None) -> list[str]:
         """The entities a line asks about: named ones; the NPC for "you" when the line asks about nothing
-        else; else, when the line names nothing at all, those of the last exchange."""
+        else; else, when the line names nothing at all, those of the last exchange. `unknown`: the line's
+        names the lore does not have (`Names.unknown`), where the caller has them already."""
         named = self.names.find(text)
-        if [e for e in named if e != npc] or self.names.unknown(text):
+        if [e for e in named if e != npc] or (self.names.unknown(text) if unknown is None else unknown):
             return named  # "Do you know X?": X is asked about, not the NPC; an unknown X borrows nothing
         if SELF_WORDS & set(words(text)) and npc not in named:
             named.append(npc)
@@ -248,21 +250,22 @@ class Retriever:
             return []
         index = self._bm25(npc)
         notes = index.notes
-        named = self.entities(npc, text, history)
+        unknown = self.names.unknown(text)
+        named = self.entities(npc, text, history, unknown)
         # the words of a name the lore does not have ("Zunyrk Keep") are no fact's words
-        strange = frozenset(w for name in self.names.unknown(text) for w in words(name))
+        strange = frozenset(w for name in unknown for w in words(name))
         scores = self._scores(npc, text, fallback=not named, skip=strange)
         rank = {e: i for i, e in enumerate(named)}
         keyed = []
-        for e, r in rank.items():  # the named entities' own notes (their kept secrets first)
-            for i in index.own.get(e, ()):
-                note = notes[i]
-                keyed.append(((0 if note.secret else 1, -scores[i], r, note.heading != "summary", i), note))
-        mention = {i for e in rank for i in index.about.get(e, ()) if notes[i].entity not in rank}
-        for i in mention:  # notes of other pages that speak of them
-            note = notes[i]
-            keyed.append(((2, -scores[i], min(rank[e] for e in note.about if e in rank), 1, i), note))
-        if not rank:  # nothing named: BM25 over all of the NPC's notes
+        if rank:
+            for e, r in rank.items():  # the named entities' own notes (their kept secrets first)
+                for i in index.own.get(e, ()):
+                    note = notes[i]
+                    keyed.append(((0 if note.secret else 1, -scores[i], r, note.heading != "summary", i), note))
+            for i in {i for e in rank for i in index.about.get(e, ()) if notes[i].entity not in rank}:
+                note = notes[i]  # a note of another page that speaks of them
+                keyed.append(((2, -scores[i], min(rank[e] for e in note.about if e in rank), 1, i), note))
+        else:  # nothing named: BM25 over all of the NPC's notes
             keyed = [((3, -score, 0, 0, i), notes[i]) for i, score in enumerate(scores) if score > 0]
         keyed.sort(key=lambda k: k[0])
         return self.fit([note for _, note in keyed])

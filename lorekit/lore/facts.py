@@ -17,6 +17,7 @@ whose `knows` names the page tells them, one whose `secrets` names it refuses.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,7 +152,7 @@ def speaks_of(vault: Any, fact: Fact) -> frozenset[str]:
     return about - {SECRET}
 
 
-def heard_of(vault: Any, facts: list[Fact]) -> dict[str, set[str]]:
+def heard_of(vault: Any, facts: Iterable[Fact]) -> dict[str, set[str]]:
     """Entity ids each NPC knows something of: those its tellable facts speak of ("Corvina Marr lives in
     Vellicor": an NPC that knows Corvina has heard of Vellicor, though it does not know Vellicor's page)."""
     by_entity: dict[str, list[Fact]] = {}
