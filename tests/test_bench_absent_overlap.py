@@ -11,8 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load():
-    module = load_script(ROOT / "bench" / "absent_overlap.py", "absent_overlap")
-    return module
+    return load_script(ROOT / "bench" / "absent_overlap.py", "absent_overlap")
 
 
 def test_the_table_counts_both_kinds_of_question_and_the_check_sees_a_missing_word(tmp_path):

@@ -19,8 +19,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "build_e2b_gpu.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    module = load_script(BENCH, "build_e2b_gpu_bench")
-    return module
+    return load_script(BENCH, "build_e2b_gpu_bench")
 
 
 def test_turn_tokens_are_renamed_in_place(bench):

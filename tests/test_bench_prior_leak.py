@@ -10,8 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load():
-    module = load_script(ROOT / "bench" / "prior_leak.py", "prior_leak")
-    return module
+    return load_script(ROOT / "bench" / "prior_leak.py", "prior_leak")
 
 
 def test_other_world_names_are_counted_per_answer_and_own_names_are_not():

@@ -21,8 +21,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "train_throughput.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    module = load_script(BENCH, "train_throughput_bench")
-    return module
+    return load_script(BENCH, "train_throughput_bench")
 
 
 def result(bench, case, tps, first=20.0, ok=True):
@@ -118,8 +117,7 @@ def test_updating_the_table_replaces_same_key_rows_and_auto_follows(bench, tmp_p
 @pytest.fixture(scope="module")
 def e2b():
     path = BENCH.parent / "train_e2b_gpu.py"
-    module = load_script(path, "train_e2b_gpu_bench")
-    return module
+    return load_script(path, "train_e2b_gpu_bench")
 
 
 def test_e2b_script_arguments(e2b, tmp_path):

@@ -20,8 +20,7 @@ TOKEN = "conformance-s3cret"
 
 
 def _load(name: str, path: Path):
-    module = load_script(path, name)
-    return module
+    return load_script(path, name)
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,7 @@ STEPS = ["connect", "list_npcs", "typing", "turn", "cancel", "unknown_npc", "idl
 
 
 def _runner():
-    module = load_script(RUNNER, "lorekit_conformance_runner")
-    return module
+    return load_script(RUNNER, "lorekit_conformance_runner")
 
 
 @pytest.fixture(scope="module")

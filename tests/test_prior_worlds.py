@@ -28,8 +28,7 @@ ORIGINAL_WORDS = ["Karsk", "Quorra", "Tesh", "Teshi", "Sekh", "Hask", "Ildra", "
 
 
 def _load_script():
-    module = load_script(REPO / "bench" / "prior_worlds.py", "prior_worlds")
-    return module
+    return load_script(REPO / "bench" / "prior_worlds.py", "prior_worlds")
 
 
 def _names(vault) -> set[str]:

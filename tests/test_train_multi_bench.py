@@ -14,8 +14,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "train_multi_gpu.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    module = load_script(BENCH, "train_multi_gpu_bench")
-    return module
+    return load_script(BENCH, "train_multi_gpu_bench")
 
 
 def test_arguments(bench):
