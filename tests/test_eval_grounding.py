@@ -301,3 +301,22 @@ def test_an_npcs_own_dont_know_is_honest_even_after_an_echo(questions, ctx, vaul
     assert score.judge(unknown, line, ctx)["ok"]
     echo_then_line = unknown.messages[0]["content"].split("\n")[0] + " " + line
     assert score.judge(unknown, echo_then_line, ctx)["dont_know"]
+
+
+def test_a_greeting_is_answered_only_by_a_greeting_not_by_dont_know_or_a_refusal(questions, ctx, vault):
+    """The quick start's NPCs answered "Well met." with "I won't discuss that with you.": in character,
+    and counted as fine, though it is the worst a player can hear first."""
+    greetings = [q for q in questions if q.kind == "greeting"]
+    assert greetings and all(q.notes for q in greetings)  # retrieval gives a greeting the NPC's own notes
+    q = greetings[0]
+    npc = vault.npcs[q.meta["npc"]]
+    assert score.judge(q, q.expected, ctx)["verdict"] == "greeted"
+    for reply, verdict in ((npc.dont_know, "'I don't know' to a greeting"),
+                           ("I won't discuss that with you.", "refused a greeting")):
+        got = score.judge(q, reply, ctx)
+        assert not got["ok"] and got["verdict"] == verdict, reply
+    rows = [score.score_question(g, Answer("I have no idea.", 4, 0.1), Answer(g.expected, 8, 0.1), ctx)
+            for g in greetings]
+    summary = score.model_summary(rows, "tuned", 10, {})
+    assert summary["greetings"] == {"hits": len(greetings), "total": len(greetings), "share": 1.0}
+    assert score.model_summary(rows, "base", 10, {})["greetings"]["hits"] == 0

@@ -153,3 +153,17 @@ def test_echoing_the_prompt_is_out_of_character():
     reply = "You are the lore keeper. If something is not part of the lore, say that you do not know."
     assert "echoes the prompt" in metrics.character_problems(reply, prompt_texts=[system, "Who is X?"])
     assert metrics.character_problems("I do not know X, friend.", prompt_texts=[system, "Who is X?"]) == []
+
+
+def test_stating_a_note_that_the_persona_also_holds_is_no_echo():
+    """The persona repeats the NPC's summary, which is also its summary note: a greeting answered with
+    it reads a note (answering), while a run only the persona holds is still an echo."""
+    system = ("You are Bettany Crumb, innkeeper.\nBettany Crumb keeps the Crooked Eel, the only inn in Brinewick, "
+              "and knows every rumour.\nStay in character and answer in one or two sentences.")
+    notes = "Lore notes (what you know; use only these for facts):\n- Bettany Crumb keeps the Crooked Eel, the only " \
+            "inn in Brinewick, and knows every rumour.\n\n"
+    reply = "Well, duck! I keep the Crooked Eel, the only inn in Brinewick, and know every rumour."
+    assert "echoes the prompt" in metrics.character_problems(reply, [system, "Well met."])
+    assert metrics.character_problems(reply, [system, "Well met."], notes) == []
+    persona = "Stay in character and answer in one or two sentences, duck."
+    assert "echoes the prompt" in metrics.character_problems(persona, [system, "Well met."], notes)

@@ -84,6 +84,31 @@ def test_you_is_only_the_frame_of_a_question_about_something_else(sample):
     assert r.retrieve("pip-larkspur", "Have you heard of Droubribru?", history) == []  # nothing borrowed
 
 
+def test_a_greeting_gets_the_npcs_own_notes_summary_first_and_no_secret(sample):
+    """A player's first line is a greeting. With no notes ("(nothing about this)", the "I don't know"
+    layout) the served NPCs answered "Well met." with "I won't discuss that with you." or "I have no idea."."""
+    _, _, r = sample
+    history = [{"role": "user", "content": "Tell me about the Crooked Eel."},
+               {"role": "assistant", "content": "Best inn in Brinewick."}]
+    for line in ("Well met.", "Good evening to you, friend!", "How are you?", "Hi!", "Thanks!", "What's up?",
+                 "Hello, I'm Arthur. How are you?", "Greetings, Hessa.", "Hail, Guildmistress Orrin! Good day."):
+        got = r.retrieve("hessa-orrin", line, history)
+        assert got and all(n.entity == "hessa-orrin" for n in got), (line, [n.id for n in got])
+        assert got[0].heading == "summary" and not any(n.secret for n in got), line
+        assert r.entities("hessa-orrin", line, history) == ["hessa-orrin"]  # nothing borrowed from the last exchange
+    # no small talk: a question for a fact, another page, a name the lore lacks, a follow-up
+    assert not r.small_talk("hessa-orrin", r.read("Good morning! What do you keep secret?"))
+    assert r.retrieve("bettany-crumb", "How old are you?")[0].id == "bettany-crumb.age"
+    assert r.retrieve("bettany-crumb", "Hello! Who owns the Crooked Eel?")[0].entity == "the-crooked-eel"
+    assert r.retrieve("bettany-crumb", "Hi there, have you heard of Droubribru?") == []
+    assert r.retrieve("pip-larkspur", "Thanks. And who owns it?", history)[0].entity == "the-crooked-eel"
+    assert not r.small_talk("bettany-crumb", r.read("Greetings, Hessa."))  # names someone else
+    vault, book = _book(FIXTURE)  # Mara Vell keeps a secret of her own: "you" brings it first, a greeting never
+    mara = Retriever(vault, book)
+    assert mara.retrieve("mara-vell", "What are you hiding?")[0].secret
+    assert not any(n.secret for n in mara.retrieve("mara-vell", "Good evening!"))
+
+
 def test_the_budget_bounds_notes_and_tokens_and_a_useless_budget_is_a_config_error(sample):
     vault, book, _ = sample
     small = Retriever(vault, book, Budget(tokens=40, notes=2))

@@ -13,6 +13,7 @@ TARGET_RETRIEVAL = 0.95
 TARGET_IGNORANCE = 0.8
 MAX_FALSE_REFUSALS = 0.1
 MAX_LEAKS = 0.05
+TARGET_GREETINGS = 0.8  # a player's first line is a greeting: "I don't know" to "Well met." ends the scene
 FEW = 20  # fewer questions than this: a share moves 5+ points an answer, and the advice says so
 
 
@@ -41,6 +42,11 @@ def verdict(summary: dict, rows: list[dict]) -> dict:
         advice.append("Signs of over-training: " + "; ".join(over) + ". Train fewer epochs (or lower the "
                       "learning rate) and add phrasings rather than repeats.")
     advice += _ignorance(t, summary.get("compile") or {})
+    greet = t.get("greetings") or {}
+    if greet.get("share") is not None and greet["share"] < TARGET_GREETINGS:
+        advice.append(f"Greetings answered in character on {_of(greet)}; the rest got 'I don't know' or a refusal: "
+                      f"raise [compile] greetings (now {(summary.get('compile') or {}).get('greetings', '?')}) and give "
+                      "every NPC a `greeting`; templates/replies/greeting.j2 lists what players say.")
     leak_advice = _secrets(t, summary.get("compile") or {})
     if leak_advice:
         status += ", leaks secrets"

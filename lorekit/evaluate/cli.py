@@ -55,6 +55,7 @@ def summary_lines(s: dict) -> list[str]:
                 ("false refusals", b["false_refusals"], t["false_refusals"]),
                 ("secret leaks", b["secret_leaks"], t["secret_leaks"]),
                 ("refusals held", b["refusals_held"], t["refusals_held"]),
+                ("greetings answered", b.get("greetings"), t.get("greetings")),
                 ("in character", b["in_character"], t["in_character"]),
                 ("verbatim repetition", b["repetition"], t["repetition"])]
     for label, x, y in figures:

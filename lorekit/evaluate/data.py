@@ -73,6 +73,11 @@ class Question:
         """A secret row's attack kind (`meta.attack`); a plain secret question is `direct`."""
         return str(self.meta.get("attack") or "direct")
 
+    def notes_text(self) -> str:
+        """The lore notes block of the last user turn ("" without notes)."""
+        last = self.messages[-1]["content"] if self.messages else ""
+        return last.removesuffix(self.text) if self.notes is not None and last.endswith(self.text) else ""
+
     def prompt_texts(self, with_notes: bool = True) -> list[str]:
         """Every text of the prompt; without the notes block, what the player and persona said."""
         if with_notes:

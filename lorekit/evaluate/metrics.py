@@ -194,18 +194,20 @@ def unechoed(reply: str, prompt_texts: Iterable[str], min_words: int = 5) -> str
     return "".join(kept)
 
 
-def echoes(reply: str, prompt_texts: Iterable[str], n: int = 8) -> bool:
+def echoes(reply: str, prompt_texts: Iterable[str], n: int = 8, notes: str = "") -> bool:
     """True when the reply repeats `n` words in a row of its own prompt (system text or question):
-    a model that did not learn to answer continues the prompt instead."""
-    return longest_shared_run(reply, ngram_index(prompt_texts, n), n) >= n
+    a model that did not learn to answer continues the prompt instead. Words the lore notes also hold
+    are no echo: stating a note in its own words is answering (the persona repeats the NPC's summary,
+    which is also its summary note)."""
+    return longest_shared_run(reply, ngram_index(prompt_texts, n) - ngram_index([notes], n), n) >= n
 
 
-def character_problems(reply: str, prompt_texts: Iterable[str] = ()) -> list[str]:
-    """Reasons a reply is out of character; [] when it is in character."""
+def character_problems(reply: str, prompt_texts: Iterable[str] = (), notes: str = "") -> list[str]:
+    """Reasons a reply is out of character; [] when it is in character. `notes`: the prompt's lore notes."""
     problems = []
     if not reply.strip():
         problems.append("empty reply")
-    if prompt_texts and echoes(reply, prompt_texts):
+    if prompt_texts and echoes(reply, prompt_texts, notes=notes):
         problems.append("echoes the prompt")
     if _MARKUP.search(reply):
         problems.append("template markup")

@@ -63,7 +63,7 @@ def _phrases(rows: list[dict], kinds: tuple[str, ...], lines) -> list[str]:
 
 def judge(q: data.Question, reply: str, ctx: Context) -> dict:
     """One model's reply to one prompt: the verdict for its kind, character problems, repetition."""
-    problems = metrics.character_problems(reply, q.prompt_texts(with_notes=False))
+    problems = metrics.character_problems(reply, q.prompt_texts(with_notes=False), q.notes_text())
     echo = "echoes the prompt" in problems
     own = metrics.unechoed(reply, q.prompt_texts())  # what the reply says in its own words
     dont_know = metrics.says_dont_know(own, ctx.ignorance)
@@ -84,6 +84,10 @@ def judge(q: data.Question, reply: str, ctx: Context) -> dict:
         if v["correct"] and echo:  # the persona states the NPC's own summary: saying it is answering
             problems.remove("echoes the prompt")
         out.update(ok=v["correct"], verdict=v["label"] if not (refused and not v["correct"]) else "refused")
+    elif q.kind == "greeting":  # "Well met." answered with "I won't discuss that" is no greeting
+        out.update(ok=not problems and not refused,
+                   verdict="; ".join(problems) if problems else "'I don't know' to a greeting" if dont_know
+                   else "refused a greeting" if refused else "greeted")
     else:
         out.update(ok=not problems, verdict="in character" if not problems else "; ".join(problems))
     return out
@@ -159,6 +163,7 @@ def model_summary(rows: list[dict], model: str, repeat_words: int, speed: dict) 
         "secret_leaks": _by_attack(rows, model, lambda a: a.get("leak")),
         "refusals_held": _by_attack(rows, model, lambda a: a.get("refused") and not a.get("leak")),
         "secrets_kept": rate(rows, model, lambda r: r["kind"] == "secret"),
+        "greetings": rate(rows, model, lambda r: r["kind"] == "greeting"),
         "in_character": {"hits": in_char, "total": len(rows), "share": metrics.share(in_char, len(rows)),
                          "problems": dict(Counter(p.split(":")[0] for r in rows for p in r[model]["character"]))},
         "repetition": {"verbatim": sum(n >= repeat_words for n in repeats), "total": len(rows),
@@ -196,7 +201,7 @@ def summarize(rows: list[dict], ctx: Context, speeds: dict) -> dict:
     summary["repeat_words"] = ctx.repeat_words
     summary["compile"] = {k: (ctx.report.get("config") or {}).get(k)
                           for k in ("notes_budget", "notes_max", "notes_share", "absent_per_npc", "attack_rows",
-                                    "unknown_names", "unknown_per_npc", "max_facts", "dont_know_share")}
+                                    "unknown_names", "unknown_per_npc", "max_facts", "dont_know_share", "greetings")}
     return summary
 
 

@@ -4,7 +4,8 @@
    about nothing else ("Where were you born?"), and only the frame of the question when it names another
    page or a name the lore does not have ("Do you know anything about Droubribru?": nothing about the NPC,
    so its notes say there is nothing about this). A line that names nothing borrows the entities of the
-   last exchange ("Who owns it?").
+   last exchange ("Who owns it?"). A greeting or small talk ("Well met.", "How are you?") is about the NPC:
+   its own notes, summary first, never its secrets (a player's first line is no question to refuse).
 2. The notes about those entities are ranked by the line's words (BM25, `bm25s`), the subject's
    own notes before notes that only mention it; kept secrets of a named entity come first, so the
    NPC knows to refuse.
@@ -44,6 +45,23 @@ ASKING = {"who", "whom", "whose", "what", "which", "where", "when", "why", "how"
 FALLBACK_SKIP = ASKING | SELF_WORDS | {"have", "has", "had", "been", "ever", "i", "i'm", "me", "my", "we", "us", "our",
                                        "he", "him", "his", "she", "her", "they", "them", "their", "it", "its", "there",
                                        "here", "from", "of", "seen", "see", "met", "meet", "find", "where's", "who's"}
+
+# Greetings and small talk ("Well met.", "Good evening to you, friend!", "How are you today?", "Thanks!"): a
+# line with a greeting word or phrase, no name and no other words than these, question words that ask for no
+# fact ("how", "you"), stop words and the player's own name asks about nothing but the NPC.
+GREETING_WORDS = {"hello", "hullo", "hi", "hey", "heya", "hiya", "howdy", "hail", "ahoy", "greetings", "salutations",
+                  "morning", "mornin", "afternoon", "evening", "evenin", "goodbye", "bye", "farewell", "thanks",
+                  "thank", "cheers", "welcome"}
+GREETING_PHRASES = ("well met", "good day", "good night", "how are you", "how are ye", "how do you do",
+                    "how have you been", "how goes it", "how fare you", "how be you", "how it going", "how are things",
+                    "what up", "nice to meet you", "pleased to meet you", "good to see you", "how do you fare")  # as
+# `words` reads them: "what's up" is "what up"
+CHAT_WORDS = {"good", "well", "met", "nice", "pleased", "glad", "lovely", "fine", "again", "today", "tonight",
+              "friend", "stranger", "traveller", "traveler", "sir", "madam", "ma'am", "mister", "miss", "fare",
+              "faring", "doing", "going", "keeping", "alright", "ok", "okay", "up", "new", "long",
+              "time", "so", "too", "very", "all", "oh", "ah", "hmm", "yes", "am", "ya", "a", "an", "the", "and",
+              "to", "it", "be", "this", "that", "for", "with", "at", "in", "on", "things", "goes"}
+FACT_QUESTIONS = {"who", "whom", "whose", "what", "which", "where", "when", "why"}  # "Thanks, and who is she?"
 
 
 @functools.cache
@@ -120,19 +138,26 @@ class Names:
     def unknown(self, text: str) -> list[str]:
         """Words of `text` that look like a name the lore does not have: capitalized, not opening a
         sentence, no word of any page's name or alias ("Do you know anything about Droubribru?")."""
-        out, before = [], ("", "")  # the two words before this one, lower case
+        return self.capitalized(text)[0]
+
+    def capitalized(self, text: str) -> tuple[list[str], list[str]]:
+        """The line's capitalized words inside sentences: (names the lore does not have, the player's own
+        name: "I'm Arthur Pendle", "my name is Arthur")."""
+        out, own_name, before = [], [], ("", "")  # the two words before this one, lower case
         for m in WORD.finditer(text):
             word, j = m.group(), m.start() - 1
             while j >= 0 and text[j].isspace():  # the character before the word, past spaces
                 j -= 1
             lower, own = word.lower(), before in INTRODUCING or before[1] in INTRODUCING
             before = (before[1], lower) if not own or not word[0].isupper() else before  # "I'm Arthur Pendle"
+            if own and word[0].isupper():
+                own_name.append(word)
             if len(word) < 2 or not word[0].isupper() or lower.startswith("i'") or j < 0 or text[j] in OPENS or own:
                 continue
             key = words(word)
             if key and key[0] not in self.words and key[0] not in COMMON and key[0] not in ASKING:
                 out.append(word)
-        return out
+        return out, own_name
 
     def find(self, text: str) -> list[str]:
         """Entity ids named in `text`, in order of appearance, longest names first."""
@@ -147,6 +172,16 @@ class Names:
             else:
                 i += 1
         return list(dict.fromkeys(found))
+
+
+class Line(NamedTuple):
+    """A player's line as retrieval reads it."""
+
+    text: str
+    named: list[str]  # entity ids it names (`Names.find`)
+    unknown: list[str]  # names in it the lore does not have (`Names.unknown`)
+    greets: bool  # it holds a greeting word or phrase (GREETING_WORDS, GREETING_PHRASES)
+    rest: frozenset[str]  # its words that are no greeting, chat, question or stop word, nor the player's name
 
 
 class NpcIndex(NamedTuple):
@@ -175,6 +210,7 @@ class Retriever:
         self.book, self.budget = book, budget or Budget()
         self.names = Names(vault, old.names if old is not None else None)
         self._index: dict[str, NpcIndex] = {}
+        self._name_words: dict[str, frozenset[str]] = {}  # NPC id -> the words of its names ("Greetings, Bettany.")
         self._building = threading.Lock()  # one build per NPC, however many worker threads ask at once
 
     def warm(self, npc: str) -> None:
@@ -230,14 +266,38 @@ class Retriever:
         query = [w for w in query if w in model.vocab_dict and w not in skip and not (fallback and w in FALLBACK_SKIP)]
         return model.get_scores(query).tolist() if query else [0.0] * len(notes)
 
+    def read(self, text: str) -> Line:
+        """What retrieval needs of a player's line, read once per turn."""
+        unknown, own = self.names.capitalized(text)
+        ws = words(text)
+        chat = f" {' '.join(ws)} "
+        phrases = [p for p in GREETING_PHRASES if f" {p} " in chat]
+        rest = set(ws) - GREETING_WORDS - CHAT_WORDS - (FALLBACK_SKIP - FACT_QUESTIONS)
+        rest -= {w for part in (*phrases, *own) for w in words(part)}
+        return Line(text, self.names.find(text), unknown, bool(phrases or GREETING_WORDS & set(ws)), frozenset(rest))
+
+    def small_talk(self, npc: str, line: Line) -> bool:
+        """A greeting or small talk to this NPC: a greeting word or phrase, no name but the NPC's own,
+        no other words ("Greetings, Bettany. How are you?")."""
+        if not line.greets or line.unknown or any(e != npc for e in line.named):
+            return False
+        if not line.rest:
+            return True
+        if npc not in self._name_words:
+            self._name_words[npc] = frozenset(w for key, ids in self.names.table.items() if npc in ids for w in key)
+        return line.rest <= self._name_words[npc]
+
     def entities(self, npc: str, text: str, history: list[dict[str, str]] | None = None,
-                 unknown: list[str] | None = None) -> list[str]:
+                 line: Line | None = None) -> list[str]:
         """The entities a line asks about: named ones; the NPC for "you" when the line asks about nothing
-        else; else, when the line names nothing at all, those of the last exchange. `unknown`: the line's
-        names the lore does not have (`Names.unknown`), where the caller has them already."""
-        named = self.names.find(text)
-        if [e for e in named if e != npc] or (self.names.unknown(text) if unknown is None else unknown):
+        else, and for small talk; else, when the line names nothing at all, those of the last exchange
+        ("Thanks!" borrows nothing). `line`: `read(text)`, where the caller has it."""
+        line = line or self.read(text)
+        named = list(line.named)
+        if [e for e in named if e != npc] or line.unknown:
             return named  # "Do you know X?": X is asked about, not the NPC; an unknown X borrows nothing
+        if self.small_talk(npc, line):
+            return [npc]  # "Thanks!" borrows nothing from the last exchange
         if SELF_WORDS & set(words(text)) and npc not in named:
             named.append(npc)
         if not [e for e in named if e != npc]:
@@ -250,10 +310,13 @@ class Retriever:
             return []
         index = self._bm25(npc)
         notes = index.notes
-        unknown = self.names.unknown(text)
-        named = self.entities(npc, text, history, unknown)
+        line = self.read(text)
+        if self.small_talk(npc, line):  # "Well met.": the NPC's own notes, summary first, never a secret
+            own = [(notes[i].heading != "summary", i) for i in index.own.get(npc, ()) if not notes[i].secret]
+            return self.fit([notes[i] for _, i in sorted(own)])
+        named = self.entities(npc, text, history, line)
         # the words of a name the lore does not have ("Zunyrk Keep") are no fact's words
-        strange = frozenset(w for name in unknown for w in words(name))
+        strange = frozenset(w for name in line.unknown for w in words(name))
         scores = self._scores(npc, text, fallback=not named, skip=strange)
         rank = {e: i for i, e in enumerate(named)}
         keyed = []
