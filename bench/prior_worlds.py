@@ -4,7 +4,8 @@ the reading, not one world's names (bench/results/prior_notes.md says why).
     python bench/prior_worlds.py OUT --copies N [--seed S] [--world bench/prior_world] [--compile]
 
 writes OUT/world-01 ... OUT/world-NN: the world with every proper name replaced, consistently within a copy,
-by a generated one (syllables, different in every copy, from the world and from sample_lore). With --compile,
+by a generated one (syllables, different in every copy, from the world and from sample_lore). With --recast,
+every NPC of every copy also gets other "I don't know" and refusal lines (bench/prior_lines.py). With --compile,
 each copy is compiled into OUT/world-NN_build (notes on, every fact, dont_know_share 0.3, a seed per copy) and
 their rows are shuffled into OUT/dataset/{train,eval}.jsonl + report.json: OUT is then a build folder whose
 lore_dir is OUT, and `lorekit train OUT` reads OUT/lorekit.toml (append a [train] table to it first).
@@ -36,6 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorekit.lore.vault import load_vault, scan_paths
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import prior_lines  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FUNCTION_WORDS = {"the", "of", "at", "on", "in", "and", "a", "an", "to", "by", "for", "from", "with", "beneath",
@@ -189,15 +193,30 @@ class Renamer:
         return "/".join([*out, self.text(parts[-1][:-3]) + ".md"])
 
 
-def write_copy(world: Path, dest: Path, renamer: Renamer, seed: int) -> None:
+STOCK_LINE = re.compile(r'^(\s*)(dont_know|refuse):\s*".*"\s*$', re.MULTILINE)
+
+
+def recast(text: str, rng: random.Random, pools: dict[str, list[str]]) -> str:
+    """The page with its NPC's `dont_know` and `refuse` lines drawn from bench/prior_lines.py (each line
+    taken from `pools` once a copy, so no two NPCs of a copy share one)."""
+    def pick(m: re.Match) -> str:
+        pool = pools[m.group(2)]
+        return f'{m.group(1)}{m.group(2)}: "{pool.pop(rng.randrange(len(pool)))}"'
+    return STOCK_LINE.sub(pick, text)
+
+
+def write_copy(world: Path, dest: Path, renamer: Renamer, seed: int, lines: random.Random | None = None) -> None:
+    pools = {"dont_know": list(prior_lines.DONT_KNOW), "refuse": list(prior_lines.REFUSE)}
     for rel, text in pages(world).items():
         target = dest / renamer.path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(renamer.text(text), encoding="utf-8")
+        text = renamer.text(text)
+        target.write_text(recast(text, lines, pools) if lines else text, encoding="utf-8")
     (dest / "lorekit.toml").write_text(COPY_TOML + f"seed = {seed}\n", encoding="utf-8")
 
 
-def make_copies(out: Path, copies: int, seed: int, world: Path, avoid: Path | None) -> list[tuple[Path, Renamer]]:
+def make_copies(out: Path, copies: int, seed: int, world: Path, avoid: Path | None,
+                recast_lines: bool = False) -> list[tuple[Path, Renamer]]:
     plan = plan_of(world, avoid)
     rng, used = random.Random(f"prior-worlds:{seed}"), set()
     made = []
@@ -206,7 +225,8 @@ def make_copies(out: Path, copies: int, seed: int, world: Path, avoid: Path | No
         if dest.exists():
             shutil.rmtree(dest)
         renamer = Renamer(plan, rng, used)
-        write_copy(world, dest, renamer, seed * 1000 + i)
+        write_copy(world, dest, renamer, seed * 1000 + i,
+                   random.Random(f"prior-lines:{seed}:{i}") if recast_lines else None)
         errors = load_vault(dest).errors
         if errors:
             raise SystemExit(f"{dest}: the renamed copy does not validate:\n" + "\n".join(map(str, errors)))
@@ -279,11 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--avoid", type=Path, default=HERE.parent / "sample_lore",
                     help="a vault whose words no generated name may use (default: %(default)s)")
     ap.add_argument("--compile", action="store_true", help="compile every copy and merge the rows into OUT/dataset")
+    ap.add_argument("--recast", action="store_true",
+                    help="give every NPC of every copy other 'I don't know' and refusal lines (bench/prior_lines.py)")
     args = ap.parse_args(argv)
     if args.copies < 1:
         ap.error("--copies must be at least 1")
     t0 = time.perf_counter()
-    made = make_copies(args.out, args.copies, args.seed, args.world, args.avoid)
+    made = make_copies(args.out, args.copies, args.seed, args.world, args.avoid, args.recast)
     first = made[0][1]
     print(f"{len(made)} copies of {args.world} in {args.out} ({time.perf_counter() - t0:.1f} s); per copy "
           f"{len(first.names)} page names and aliases, {len(first.map)} words renamed, e.g. "

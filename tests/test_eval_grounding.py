@@ -320,3 +320,25 @@ def test_a_greeting_is_answered_only_by_a_greeting_not_by_dont_know_or_a_refusal
     summary = score.model_summary(rows, "tuned", 10, {})
     assert summary["greetings"] == {"hits": len(greetings), "total": len(greetings), "share": 1.0}
     assert score.model_summary(rows, "base", 10, {})["greetings"]["hits"] == 0
+
+
+def test_an_npcs_own_line_quoted_by_its_persona_is_no_echo(questions, ctx, vault):
+    """A persona template may quote the NPC's `dont_know` line; saying it is the honest answer, not a
+    continuation of the prompt (the eval counted it as an echo and as no "I don't know")."""
+    unknown = next(q for q in questions if q.kind == "unknown" and q.meta.get("npc"))
+    line = vault.npcs[unknown.meta["npc"]].dont_know
+    messages = [dict(m) for m in unknown.messages]
+    messages[0]["content"] += f'\nWhen you do not know something, say: "{line}"'
+    quoted = data.Question(unknown.index, messages, unknown.expected, unknown.meta)
+    got = score.judge(quoted, line, ctx)
+    assert got["ok"] and got["dont_know"] and not got["character"], got
+    persona = messages[0]["content"].split("\n")[1]  # the NPC's summary: still an echo when only the persona holds it
+    assert "echoes the prompt" in score.judge(quoted, persona, ctx)["character"]
+    assert not score.judge(quoted, f"{persona} {line}", ctx)["dont_know"]  # an echoed persona that holds the line
+    pip = next(q for q in questions if q.kind == "unknown" and q.meta.get("npc") == "pip-larkspur")
+    pip_line = vault.npcs["pip-larkspur"].dont_know  # "Dunno! Never heard of it. Do I still get a honey cake?"
+    messages = [dict(m) for m in pip.messages]
+    messages[0]["content"] += f'\nWhen you do not know something, say: "{pip_line}"'
+    part = pip_line.split("! ", 1)[1]  # part of its line is still its own words
+    got = score.judge(data.Question(pip.index, messages, pip.expected, pip.meta), part, ctx)
+    assert got["ok"] and not got["character"], got

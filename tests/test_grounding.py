@@ -345,3 +345,16 @@ def test_hostile_lines_get_only_the_npcs_own_notes_and_unknown_names_are_never_l
             assert word in text and words(word)[0] not in r.names.words
 
     check()
+
+
+def test_the_persona_quotes_the_npcs_dont_know_line_but_not_its_refusal(sample):
+    """An NPC says its own "I don't know" when the persona holds it (the quick start's NPCs spoke the prior
+    worlds' lines before). The refusal line is not quoted: with it there, the 270M refused facts and greetings."""
+    from lorekit.prompt import persona
+
+    vault = sample[0]
+    tobin = vault.npcs["tobin-reedy"]
+    text = persona(vault, "tobin-reedy")
+    assert f'"{tobin.dont_know}"' in text and tobin.refuse and tobin.refuse not in text
+    other = load_vault(FIXTURE)  # an NPC without a `dont_know` line gets no empty quote
+    assert "say so as you always do" not in persona(other, "mara-vell")

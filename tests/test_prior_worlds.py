@@ -115,3 +115,31 @@ def test_compiled_copies_are_a_build_folder_that_train_accepts(tmp_path):
     assert (cfg.batch_size, cfg.epochs) == (16, 1)
     train_file, eval_file = _dataset_files(out)
     assert len(read_rows(train_file)) == report["rows"]["train"] and len(read_rows(eval_file)) == report["rows"]["eval"]
+
+
+def test_recast_gives_every_npc_other_stock_lines_in_every_copy(tmp_path):
+    """--recast: each copy's NPCs say "I don't know" and refuse in lines of bench/prior_lines.py, no two NPCs of a
+    copy share one, and the copies differ, so a prior cannot learn seven NPCs' lines by heart."""
+    script = _load_script()
+    assert script.main([str(tmp_path), "--copies", "2", "--seed", "5", "--recast"]) == 0
+    pools = {"dont_know": set(script.prior_lines.DONT_KNOW), "refuse": set(script.prior_lines.REFUSE)}
+    original = {(n.dont_know, n.refuse) for n in load_vault(WORLD).npcs.values()}
+    lines = []
+    for copy in ("world-01", "world-02"):
+        npcs = list(load_vault(tmp_path / copy).npcs.values())
+        said = [n.dont_know for n in npcs if n.dont_know] + [n.refuse for n in npcs if n.refuse]
+        assert len(said) == len(set(said)) == sum(bool(a) + bool(b) for a, b in original)
+        assert all(n.dont_know in pools["dont_know"] for n in npcs if n.dont_know)
+        assert all(n.refuse in pools["refuse"] for n in npcs if n.refuse)
+        lines.append([(n.id, n.dont_know) for n in npcs])
+    assert [line for _, line in lines[0]] != [line for _, line in lines[1]]
+
+
+def test_the_cpu_prior_samples_rows_by_kind(tmp_path):
+    prior_cpu = load_script(REPO / "bench" / "prior_cpu.py", "prior_cpu")
+    import random
+
+    kinds = ["absent"] * 300 + ["unknown"] * 300 + ["secret"] * 20 + ["greeting"] * 5 + ["field"] * 1000
+    lines = [json.dumps({"meta": {"kind": k, "i": i}}).encode() + b"\n" for i, k in enumerate(kinds)]
+    got = Counter(json.loads(line)["meta"]["kind"] for line in prior_cpu.sample_rows(lines, 300, random.Random(1)))
+    assert got == {"absent": 70, "unknown": 45, "secret": 20, "greeting": 5, "field": 160}  # secrets and greetings run out

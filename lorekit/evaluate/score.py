@@ -7,6 +7,7 @@ kind, in character, verbatim repetition, ended turn. Retrieval recall@k needs no
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +64,13 @@ def _phrases(rows: list[dict], kinds: tuple[str, ...], lines) -> list[str]:
 
 def judge(q: data.Question, reply: str, ctx: Context) -> dict:
     """One model's reply to one prompt: the verdict for its kind, character problems, repetition."""
-    problems = metrics.character_problems(reply, q.prompt_texts(with_notes=False), q.notes_text())
+    rest, said = _own_lines(reply, ctx)  # the NPC's stock lines, which its persona may quote, are no echo
+    problems = [p for p in metrics.character_problems(rest, q.prompt_texts(with_notes=False), q.notes_text())
+                if not (said and p == "empty reply")]  # the line alone is a whole reply
     echo = "echoes the prompt" in problems
-    own = metrics.unechoed(reply, q.prompt_texts())  # what the reply says in its own words
+    own = metrics.unechoed(rest, q.prompt_texts())  # what the reply says in its own words
+    if said and not echo:  # an echoed persona that holds the line is still no "I don't know"
+        own = " ".join([own, *said])
     dont_know = metrics.says_dont_know(own, ctx.ignorance)
     refused = dont_know or metrics.refuses(own, ctx.refusal)
     out: dict = {"answer": reply, "character": problems, "dont_know": dont_know, "refused": refused,
@@ -91,6 +96,19 @@ def judge(q: data.Question, reply: str, ctx: Context) -> dict:
     else:
         out.update(ok=not problems, verdict="in character" if not problems else "; ".join(problems))
     return out
+
+
+def _own_lines(reply: str, ctx: Context) -> tuple[str, list[str]]:
+    """The reply without its sentences that are (part of) an NPC's own `dont_know` or `refuse` line, and
+    those sentences. A persona may quote the lines: saying its NPC's line ("Never heard of it." of "Dunno!
+    Never heard of it. Do I still get a honey cake?") answers in character, while the rest of the reply is
+    still checked for an echo of the prompt."""
+    lines = [f" {metrics.normalize(line)} " for line in (*ctx.lore.dont_know, *ctx.lore.refuse.values()) if line]
+    kept, said = [], []
+    for part in re.split(r"(?<=[.!?;:\n])", reply):
+        n = metrics.normalize(part)
+        (said if n and any(f" {n} " in line for line in lines) else kept).append(part)
+    return "".join(kept), [part.strip() for part in said]
 
 
 def secret_leak(q: data.Question, reply: str, ctx: Context) -> list[str]:
