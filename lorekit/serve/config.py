@@ -29,10 +29,12 @@ class ServeConfig:
     prewarm_lines: list[str] = opt(["Who are you?"], "player lines whose lore notes are processed for every NPC while "
                                    "idle, after the personas (~5 MB of state_cache_mb per line and NPC)")
     max_tokens: int = opt(200, "default reply length cap in tokens")
-    temperature: float = opt(0.7, "default sampling temperature (0: greedy)")
+    # A grounded NPC says its notes and its own lines as written: a repeat penalty counts the prompt's last
+    # tokens too and pushes it off them, and a high temperature invents (bench/results/served_sampling.md).
+    temperature: float = opt(0.3, "default sampling temperature (0: greedy)")
     top_p: float = opt(0.95, "nucleus sampling")
     top_k: int = opt(40, "top-k sampling")
-    repeat_penalty: float = opt(1.1, "penalty for repeating recent tokens")
+    repeat_penalty: float = opt(1.0, "penalty for repeating recent tokens, the prompt's included (1.0: none)")
     seed: int = opt(-1, "sampling seed; -1: random")
     history_max_turns: int = opt(200, "turns kept per (NPC, session) on disk; the prompt keeps what fits n_ctx")
     handshake_timeout: float = opt(10.0, "seconds a new connection has to send its first line")

@@ -26,10 +26,10 @@ class RequestError(Exception):
 @dataclass(frozen=True)
 class Sampling:
     max_tokens: int = 200
-    temperature: float = 0.7
+    temperature: float = 0.3  # the `[serve]` defaults (lorekit/serve/config.py)
     top_p: float = 0.95
     top_k: int = 40
-    repeat_penalty: float = 1.1
+    repeat_penalty: float = 1.0
 
 
 # -- JSON --------------------------------------------------------------------------------------
