@@ -43,7 +43,7 @@ QUESTIONS = [("bettany-crumb", "Where were you born?"), ("tobin-reedy", "Who lea
              ("hessa-orrin", "What do you do here?"), ("idris-fenn", "And who came before them?"),
              ("olwin-sparrowgrave", "Tell me about the Tide Bell."), ("pip-larkspur", "Have you seen the Heron Oar?"),
              ("tobin-reedy", "Where does it nest?"), ("bettany-crumb", "Who is Hobb Marlow?")]
-# Likely first lines, each in its own session in round 0: a greeting (its notes block says "nothing") and
+# Likely first lines, each in its own session in round 0: greetings (the NPC's own notes, as for "Hello.") and
 # `[serve] prewarm_lines`' default.
 OPENERS = [("bettany-crumb", "Hello."), ("tobin-reedy", "Who are you?"), ("idris-fenn", "Good evening!"),
            ("pip-larkspur", "Who are you?")]

@@ -8,6 +8,8 @@
 #
 # COPIES=N trains instead on N copies of the world whose proper names never repeat (bench/prior_worlds.py:
 # every fact, notes on, dont_know_share 0.3), same recipe; EPOCHS=1 keeps 4 copies within a 10-minute call.
+# RECAST=1 also gives every NPC of every copy other "I don't know" and refusal lines (bench/prior_lines.py), as
+# the CPU continuation of the shipped prior had (bench/prior_cpu.py); the persona quotes the `dont_know` line.
 set -euo pipefail
 OUT=${1:?usage: bash bench/prior_gpu.sh OUT [WORK]}
 WORK=${2:-/tmp/prior270}
@@ -18,7 +20,7 @@ source bench/gpu_site.sh
 if [ -n "${COPIES:-}" ]; then
   BUILD=$WORK/worlds  # the copies, their builds, and the merged dataset: a build folder whose lore is itself
   rm -rf "$BUILD"
-  python3 bench/prior_worlds.py "$BUILD" --copies "$COPIES" --compile > "$OUT/compile.log" 2>&1 \
+  python3 bench/prior_worlds.py "$BUILD" --copies "$COPIES" --compile ${RECAST:+--recast} > "$OUT/compile.log" 2>&1 \
     || { tail -30 "$OUT/compile.log"; exit 1; }
   { echo; train_270m_recipe; } >> "$BUILD/lorekit.toml"
   cp "$BUILD/dataset/report.json" "$OUT/dataset_report.json"

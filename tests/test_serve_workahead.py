@@ -190,7 +190,7 @@ def test_saved_notes_and_conversations_give_the_uncached_reply(warm_server):
         notes = [(n.text, n.secret) for n in rt.lore.current.notes_for(NPC, opener, [])]
         assert notes and c.turn(NPC, opener, session="o", max_tokens=2)["tokens"]["cached"] >= \
             prefix_tokens(warm_server, [], notes) - 1
-        hello = c.turn(NPC, "Hello.", session="h", max_tokens=2)  # no notes: only the line is processed
+        hello = c.turn(NPC, "Hello.", session="h", max_tokens=2)  # a greeting's notes (its own) are prewarmed
         assert hello["tokens"]["prompt"] - hello["tokens"]["cached"] <= 8, hello
         idle(warm_server)
         first = c.turn(NPC, topic, session="a", max_tokens=8)

@@ -26,7 +26,7 @@ class ServeConfig:
     state_cache_mb: int = opt(512, "memory for saved per-NPC prompt states (switching NPCs without re-processing)")
     prewarm: bool = opt(True, "while idle, process every NPC's persona, and after a turn the conversation so far, so a "
                         "turn processes only its own lore notes and line")
-    prewarm_lines: list[str] = opt(["Who are you?"], "player lines whose lore notes are processed for every NPC while "
+    prewarm_lines: list[str] = opt(["Hello.", "Who are you?"], "player lines whose lore notes are processed for every NPC while "
                                    "idle, after the personas (~5 MB of state_cache_mb per line and NPC)")
     max_tokens: int = opt(200, "default reply length cap in tokens")
     # A grounded NPC says its notes and its own lines as written: a repeat penalty counts the prompt's last
