@@ -23,35 +23,17 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lorekit import chat_formats, llama_log
 from lorekit.evaluate import EvalConfig, data, score
-from lorekit.evaluate.generate import Answer, cut_at_stop
+from lorekit.evaluate.generate import GREEDY, LlamaGenerator
 
 SETTINGS = {  # name -> (temperature, top_p, top_k, repeat_penalty)
-    "greedy, penalty 1.0 (the eval)": (0.0, 1.0, 1, 1.0),
+    "greedy, penalty 1.0 (the eval)": GREEDY,
     "greedy, penalty 1.1 (`--temperature 0` on the old default)": (0.0, 1.0, 1, 1.1),
     "t 0.7, penalty 1.1 (old serve default)": (0.7, 0.95, 40, 1.1),
     "t 0.7, penalty 1.0": (0.7, 0.95, 40, 1.0),
     "t 0.3, penalty 1.0": (0.3, 0.95, 40, 1.0),
 }
 KINDS = (*data.FACT_KINDS, *data.IGNORANCE_KINDS, "secret", "greeting")
-
-
-def reply(llm, fmt, stop_ids, messages, setting, seed: int, max_tokens: int) -> Answer:
-    temp, top_p, top_k, penalty = setting
-    llm.set_seed(seed)
-    tokens = llm.tokenize(fmt.render(messages, add_generation_prompt=True).encode(), add_bos=False, special=True)
-    out, ended = [], False
-    for tok in llm.generate(tokens, temp=temp, top_p=top_p, top_k=top_k, min_p=0.0, repeat_penalty=penalty,
-                            reset=True):
-        if tok in stop_ids:
-            ended = True
-            break
-        out.append(tok)
-        if len(out) >= max_tokens:
-            break
-    text = llm.detokenize(out, special=True).decode("utf-8", errors="replace")
-    return Answer(cut_at_stop(text, fmt.stop), len(out), 0.0, ended)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,14 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results" / "served_sampling.md")
     args = ap.parse_args(argv)
-    from llama_cpp import Llama
-
     export = json.loads((args.build / "export" / "export.json").read_text(encoding="utf-8"))
-    fmt = chat_formats.get(export.get("family", "gemma3"))
-    llama_log.route()
-    llm = Llama(str(args.build / "export" / "model.gguf"), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
-    stop_ids = {llm.token_eos()} | {ids[0] for s in fmt.stop
-                                    if len(ids := llm.tokenize(s.encode(), add_bos=False, special=True)) == 1}
+    generator = LlamaGenerator(args.build / "export" / "model.gguf", export.get("family", "gemma3"),
+                               max_tokens=args.max_tokens, n_ctx=2048)
     ctx = score.Context.build(args.build / "dataset", EvalConfig())
     questions = [q for q in data.load_questions(args.build / "dataset" / "eval.jsonl")
                  if q.meta.get("npc") and q.kind in KINDS]
@@ -80,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for seed in range(args.seeds if setting[0] > 0 else 1):  # greedy gives one answer
             for q in questions:
-                a = reply(llm, fmt, stop_ids, q.messages, setting, seed, args.max_tokens)
+                generator.llm.set_seed(seed)
+                a = generator.reply(q.messages, setting)
                 rows.append(score.score_question(q, a, a, ctx))
         s = score.model_summary(rows, "tuned", ctx.repeat_words, {})
         figures[name] = {"fact": s["fact_recall"], "dont_know": s["honest_ignorance"], "false_refusals":

@@ -44,6 +44,9 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     return text.strip()
 
 
+GREEDY = (0.0, 1.0, 1, 1.0)  # temperature, top_p, top_k, repeat_penalty: two runs give the same answers
+
+
 class LlamaGenerator:
     def __init__(self, gguf: str | Path, family: str, stop: tuple[str, ...] = (), max_tokens: int = 48,
                  seed: int = 0, n_ctx: int = 2048, threads: int = 0):
@@ -71,13 +74,16 @@ class LlamaGenerator:
         text = self.format.render(messages, add_generation_prompt=True)
         return self.llm.tokenize(text.encode(), add_bos=False, special=True)
 
-    def reply(self, messages: list[dict[str, str]]) -> Answer:
+    def reply(self, messages: list[dict[str, str]], sampling: tuple[float, float, int, float] = GREEDY) -> Answer:
+        """The model's answer; `sampling` (temperature, top_p, top_k, repeat_penalty) is greedy unless given
+        (bench/served_sampling.py asks as the server samples)."""
         tokens = self.prompt_tokens(messages)
         if len(tokens) + self.max_tokens > self.n_ctx:
             raise LorekitError(f"a prompt of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}; "
                                "raise [eval] n_ctx")
+        temp, top_p, top_k, penalty = sampling
         start, out, ended = time.perf_counter(), [], False
-        for tok in self.llm.generate(tokens, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+        for tok in self.llm.generate(tokens, temp=temp, top_k=top_k, top_p=top_p, min_p=0.0, repeat_penalty=penalty):
             if tok in self.stop_ids:
                 ended = True
                 break

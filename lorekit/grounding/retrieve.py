@@ -62,6 +62,7 @@ CHAT_WORDS = {"good", "well", "met", "nice", "pleased", "glad", "lovely", "fine"
               "time", "so", "too", "very", "all", "oh", "ah", "hmm", "yes", "am", "ya", "a", "an", "the", "and",
               "to", "it", "be", "this", "that", "for", "with", "at", "in", "on", "things", "goes"}
 FACT_QUESTIONS = {"who", "whom", "whose", "what", "which", "where", "when", "why"}  # "Thanks, and who is she?"
+CHAT_SKIP = frozenset(GREETING_WORDS | CHAT_WORDS | (FALLBACK_SKIP - FACT_QUESTIONS))  # what small talk may hold
 
 
 @functools.cache
@@ -177,7 +178,6 @@ class Names:
 class Line(NamedTuple):
     """A player's line as retrieval reads it."""
 
-    text: str
     named: list[str]  # entity ids it names (`Names.find`)
     unknown: list[str]  # names in it the lore does not have (`Names.unknown`)
     greets: bool  # it holds a greeting word or phrase (GREETING_WORDS, GREETING_PHRASES)
@@ -272,9 +272,8 @@ class Retriever:
         ws = words(text)
         chat = f" {' '.join(ws)} "
         phrases = [p for p in GREETING_PHRASES if f" {p} " in chat]
-        rest = set(ws) - GREETING_WORDS - CHAT_WORDS - (FALLBACK_SKIP - FACT_QUESTIONS)
-        rest -= {w for part in (*phrases, *own) for w in words(part)}
-        return Line(text, self.names.find(text), unknown, bool(phrases or GREETING_WORDS & set(ws)), frozenset(rest))
+        rest = set(ws) - CHAT_SKIP - {w for part in (*phrases, *own) for w in words(part)}
+        return Line(self.names.find(text), unknown, bool(phrases or GREETING_WORDS & set(ws)), frozenset(rest))
 
     def small_talk(self, npc: str, line: Line) -> bool:
         """A greeting or small talk to this NPC: a greeting word or phrase, no name but the NPC's own,
