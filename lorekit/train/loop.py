@@ -99,24 +99,41 @@ def masked_loss(model, batch: dict, bf16: bool) -> tuple[torch.Tensor, int]:
     run once, without gradient, and the rows continue from that cache. The loss is the same; LoRA
     just gets no gradient through the prompt's keys and values. On chat rows whose system prompt is
     most of the tokens, this is most of the CPU time saved.
+
+    On a GPU nothing here waits for the device: which positions carry a label is worked out from the
+    batch's CPU tensors, and the inputs go over in pinned memory, so the host can queue the output
+    layer and the backward pass while the decoder is still running (a mask picked on the device would
+    make the host wait for the whole forward pass first).
     """
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     device = next(model.parameters()).device
     prefix = int(batch.get("prefix_len", 0))
-    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    labels = batch["labels"].to(device)[:, prefix + 1:]
+    ids, mask = _to(batch["input_ids"], device), _to(batch["attention_mask"], device)
+    labels = batch["labels"][:, prefix + 1:]
+    keep = labels != IGNORE
+    n = int(keep.sum())
+    # flat positions of the labelled tokens in the decoder's (rows x columns) output: position t predicts t + 1
+    width = ids.shape[1] - prefix
+    rows, cols = keep.nonzero(as_tuple=True)
+    where, targets = _to(rows * width + cols, device), _to(labels[keep], device)
     with _autocast(device, bf16):
         if prefix:
             hidden = _hidden_after_prefix(causal.model, ids, mask, prefix)
         else:
             hidden = causal.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        keep = labels != IGNORE
-        logits = causal.lm_head(hidden[:, :-1][keep])
+        logits = causal.lm_head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, where))
     logits = logits.float()
     cap = getattr(causal.config.get_text_config(), "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits, labels[keep], reduction="sum"), int(keep.sum())
+    return F.cross_entropy(logits, targets, reduction="sum"), n
+
+
+def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device`; to a GPU through pinned memory, so the host does not wait for the copy."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _hidden_after_prefix(decoder, ids: torch.Tensor, mask: torch.Tensor, prefix: int) -> torch.Tensor:
@@ -294,7 +311,7 @@ def _step(model, optimizer, scheduler, rows, group, plan: Plan, stop: StopFlag, 
     n_tok = sum(rows[i].n_trainable for idx in group for i in idx)
     n_all = sum(len(rows[i].input_ids) for idx in group for i in idx)
     pieces = distributed.shares(group, world)
-    total_loss = 0.0
+    losses = []  # kept on the device until the step is queued: reading one makes the host wait
     for k, piece in enumerate(pieces):
         if distributed.agree(stop.requested, world):  # a Ctrl-C on any process stops all at the same piece
             optimizer.zero_grad(set_to_none=True)
@@ -302,13 +319,13 @@ def _step(model, optimizer, scheduler, rows, group, plan: Plan, stop: StopFlag, 
         with distributed.sync_gradients(forward, world, sync=k == len(pieces) - 1):
             loss, _ = forward(_batch(rows, piece, plan))
             (loss * (piece.weight * world.size) / n_tok).backward()
-        total_loss += loss.item() * piece.weight
+        losses.append(loss.detach() * piece.weight)
     torch.nn.utils.clip_grad_norm_([p for p in forward.parameters() if p.requires_grad], 1.0)
     plan.last_lr = optimizer.param_groups[0]["lr"]  # the rate this step used, for the metrics
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    (total_loss,) = distributed.total([total_loss], world)
+    (total_loss,) = distributed.total([float(sum(losses))], world)
     return total_loss / n_tok, n_all
 
 
