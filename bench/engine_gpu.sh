@@ -8,7 +8,7 @@
 # The model: WORK/build's export when bench/world_270m_gpu.sh made one (its model.gguf in process, its
 # export/hf/ in vLLM), else the embedded 270M itself (its GGUF in process; in vLLM the Hugging Face folder
 # LoreKit converts it to for training), with the sample world's notes on in both cases.
-# vLLM comes in as wheels (git-ignored .vllm/, chunks c01-c03 copied call by call into /tmp/vllm_wheels with
+# vLLM comes in as wheels (git-ignored .vllm/, parts c01 and c02 copied call by call into /tmp/vllm_wheels with
 # its install.sh) and is installed into /tmp/vsite, apart from LoreKit's site. The in-process case runs the
 # llama-cpp-python CPU wheel LoreKit installs (the GPU machine has no CUDA compiler to build a CUDA one).
 set -euo pipefail
