@@ -100,10 +100,11 @@ def masked_loss(model, batch: dict, bf16: bool) -> tuple[torch.Tensor, int]:
     just gets no gradient through the prompt's keys and values. On chat rows whose system prompt is
     most of the tokens, this is most of the CPU time saved.
 
-    On a GPU nothing here waits for the device: which positions carry a label is worked out from the
-    batch's CPU tensors, and the inputs go over in pinned memory, so the host can queue the output
-    layer and the backward pass while the decoder is still running (a mask picked on the device would
-    make the host wait for the whole forward pass first).
+    On a GPU the loss itself does not wait for the device: which positions carry a label is worked out
+    from the batch's CPU tensors, and the inputs go over in pinned memory (a mask picked on the device
+    made the host wait for the whole forward pass). The model's own waits remain (transformers' mask
+    check, the per-layer lookup); on the H200 the E2B step took as long either way
+    (bench/results/build_e2b_gpu.md, 2026-12-05).
     """
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     device = next(model.parameters()).device
@@ -111,10 +112,10 @@ def masked_loss(model, batch: dict, bf16: bool) -> tuple[torch.Tensor, int]:
     ids, mask = _to(batch["input_ids"], device), _to(batch["attention_mask"], device)
     labels = batch["labels"][:, prefix + 1:]
     keep = labels != IGNORE
-    n = int(keep.sum())
     # flat positions of the labelled tokens in the decoder's (rows x columns) output: position t predicts t + 1
     width = ids.shape[1] - prefix
     rows, cols = keep.nonzero(as_tuple=True)
+    n = len(rows)
     where, targets = _to(rows * width + cols, device), _to(labels[keep], device)
     with _autocast(device, bf16):
         if prefix:
