@@ -1,9 +1,15 @@
-"""Retrieval recall@k of the lore notes on the held-out eval questions of the whole sample world.
+"""Retrieval recall@k of the lore notes, on two question sets of the whole sample world.
 
-For every held-out fact question an NPC is asked (eval.jsonl, `max_facts = 0`: every fact of the
-world), does the retriever put the fact's note into the turn's notes? Measured at several budgets,
-with the default budget marked; the baseline in the same run is plain BM25 over all of the NPC's
-notes (no entity resolution), at the same budget.
+1. The held-out eval questions (eval.jsonl, `max_facts = 0`: every fact of the world), phrased by
+   LoreKit's own templates in a variant training never used.
+2. `bench/player_questions.jsonl`: 240 questions (40 per NPC) written as players type them by a
+   helper that read only the NPCs' notes, never LoreKit's templates or code (casual, lower case,
+   short forms of names: "whose mask is it anyway?", "when was the siege?"), each with the fact
+   whose note answers it. Only valid for `sample_lore`.
+
+For each question: is the fact's note among the turn's notes (recall@k), and is it the first note
+(a small model reads the first notes most)? Measured at several budgets, the default marked; the
+baseline in the same run is plain BM25 over all of the NPC's notes (no entity resolution).
 
     python3 bench/retrieval_recall.py [LORE_DIR] [--results bench/results/retrieval_recall.md]
 """
@@ -21,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+PLAYER_QUESTIONS = ROOT / "bench" / "player_questions.jsonl"
 sys.path.insert(0, str(ROOT))
 
 from lorekit.compile import load_config, run  # noqa: E402
@@ -32,10 +39,36 @@ from lorekit.lore import load_vault  # noqa: E402
 BUDGETS = [(80, 3), (120, 4), (160, 5), (200, 6), (300, 8)]
 
 
-def questions(out: Path) -> list[dict]:
+def questions(out: Path) -> list[tuple[str, str, str]]:
+    """(NPC, question, fact id) of the held-out eval rows."""
     rows = [json.loads(line) for line in (out / "dataset" / "eval.jsonl").read_text().splitlines()]
-    return [r["meta"] for r in rows if r["meta"].get("npc") and r["meta"]["kind"] in ("field", "reverse", "summary", "section")
+    return [(r["meta"]["npc"], r["meta"]["question"], r["meta"]["facts"][0]) for r in rows
+            if r["meta"].get("npc") and r["meta"]["kind"] in ("field", "reverse", "summary", "section")
             and r["meta"].get("question")]
+
+
+def player_questions(lore: Path) -> list[tuple[str, str, str]]:
+    if lore.resolve() != (ROOT / "sample_lore").resolve():
+        return []
+    rows = (json.loads(line) for line in PLAYER_QUESTIONS.read_text(encoding="utf-8").splitlines())
+    return [(r["npc"], r["question"], r["fact"]) for r in rows]
+
+
+def score(retriever: Retriever, qs: list[tuple[str, str, str]]) -> dict:
+    hit = first = base = 0
+    sizes, costs, times = [], [], []
+    for npc, question, fact in qs:
+        t = time.perf_counter()
+        got = retriever.retrieve(npc, question)
+        times.append((time.perf_counter() - t) * 1000)
+        ids = [n.id for n in got]
+        hit += fact in ids
+        first += ids[:1] == [fact]
+        base += fact in {n.id for n in bm25_only(retriever, npc, question)}
+        sizes.append(len(got))
+        costs.append(sum(approx_tokens(n.text) for n in got))
+    return {"hit": hit, "first": first, "base": base, "n": len(qs), "notes": statistics.mean(sizes),
+            "tokens": statistics.mean(costs), "ms": statistics.median(times[5:] or times)}
 
 
 def bm25_only(retriever: Retriever, npc: str, text: str) -> list:
@@ -58,38 +91,34 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         result = run(lore, Path(tmp), cfg)
         compile_s = time.perf_counter() - t0
-        qs = questions(Path(tmp))
+        sets = [("held-out eval questions", questions(Path(tmp))), ("player questions", player_questions(lore))]
     vault = load_vault(lore)
     from lorekit.compile.dataset import Builder
     from lorekit.grounding.notes import build_notes, keeper_statement
     from lorekit.prompt import templates_for
 
     book = build_notes(vault, keeper_statement(Builder(vault, cfg, templates_for(vault, cfg.template_dir or None), {})))
-    lines = [f"# Retrieval recall@k on the held-out questions of the whole world ({lore.name})", "",
+    lines = [f"# Retrieval recall@k on questions about the whole world ({lore.name})", "",
              f"- machine: {platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'}), "
              f"python {platform.python_version()}",
              f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
              f"- command: `python3 bench/{Path(__file__).name} {' '.join(argv or sys.argv[1:])}`".rstrip(),
-             f"- {len(qs)} held-out NPC fact questions (every fact of the world, `max_facts = 0`; compile {compile_s:.1f} s, "
-             f"{result.report['rows']['train']} train rows); {len(book.notes)} notes", "",
-             "| budget (tokens / notes) | entity + BM25 (LoreKit) | BM25 alone (baseline) | ratio | mean notes | mean tokens | ms per retrieval |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for tokens, count in BUDGETS:
-        retriever = Retriever(vault, book, Budget(tokens, count))
-        hit = base = 0
-        sizes, costs, times = [], [], []
-        for m in qs:
-            t = time.perf_counter()
-            got = retriever.retrieve(m["npc"], m["question"])
-            times.append((time.perf_counter() - t) * 1000)
-            hit += m["facts"][0] in {n.id for n in got}
-            base += m["facts"][0] in {n.id for n in bm25_only(retriever, m["npc"], m["question"])}
-            sizes.append(len(got))
-            costs.append(sum(approx_tokens(n.text) for n in got))
-        mark = " (default)" if (tokens, count) == (default.notes_budget, default.notes_max) else ""
-        lines.append(f"| {tokens} / {count}{mark} | {hit}/{len(qs)} = {hit / len(qs):.1%} | {base}/{len(qs)} = "
-                     f"{base / len(qs):.1%} | {hit / max(base, 1):.2f}x | {statistics.mean(sizes):.1f} | "
-                     f"{statistics.mean(costs):.0f} | {statistics.median(times[5:] or times):.2f} |")
+             f"- every fact of the world (`max_facts = 0`; compile {compile_s:.1f} s, "
+             f"{result.report['rows']['train']} train rows); {len(book.notes)} notes"]
+    for title, qs in sets:
+        if not qs:
+            continue
+        lines += ["", f"## {len(qs)} {title}", "",
+                  "| budget (tokens / notes) | right note given (LoreKit) | right note first | BM25 alone (baseline) "
+                  "| ratio | mean notes | mean tokens | ms per retrieval |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for tokens, count in BUDGETS:
+            f = score(Retriever(vault, book, Budget(tokens, count)), qs)
+            n = f["n"]
+            mark = " (default)" if (tokens, count) == (default.notes_budget, default.notes_max) else ""
+            lines.append(f"| {tokens} / {count}{mark} | {f['hit']}/{n} = {f['hit'] / n:.1%} | {f['first']}/{n} = "
+                         f"{f['first'] / n:.1%} | {f['base']}/{n} = {f['base'] / n:.1%} | "
+                         f"{f['hit'] / max(f['base'], 1):.2f}x | {f['notes']:.1f} | {f['tokens']:.0f} | {f['ms']:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.results).write_text(text, encoding="utf-8")

@@ -54,6 +54,45 @@ def test_names_aliases_and_first_names_resolve_to_entities(sample):
     assert r.entities("tobin-reedy", "what about the crooked eel's rooms") == ["the-crooked-eel"]  # case, possessive
 
 
+def test_a_question_in_other_words_than_the_keys_gets_the_asked_fact_first(sample):
+    """The first note is the one a small model reads most: a field's cue words ("whose", "living", "at what
+    time") put it first where BM25 on the keys ranked a neighbour first, and a question that asks for
+    nothing in particular ("What should I know about X?") gets the summary first, not a section."""
+    _, _, r = sample
+    first = {q: r.retrieve(npc, q)[0].id for npc, q in [
+        ("idris-fenn", "At what time did the Siege of Lanternhold occur?"),
+        ("tobin-reedy", "To whom does the Heron Oar belong?"),
+        ("idris-fenn", "Where is Yselde Kray living these days?"),
+        ("idris-fenn", "What should I know about Vellicor?"),
+        ("hessa-orrin", "What do you do?"),
+        ("bettany-crumb", "What does Tobin Reedy do?")]}
+    assert first == {"At what time did the Siege of Lanternhold occur?": "the-siege-of-lanternhold.date",
+                     "To whom does the Heron Oar belong?": "the-heron-oar.owner",
+                     "Where is Yselde Kray living these days?": "yselde-kray.residence",
+                     "What should I know about Vellicor?": "vellicor.summary",
+                     "What do you do?": "hessa-orrin.occupation",
+                     "What does Tobin Reedy do?": "tobin-reedy.occupation"}
+
+
+def test_cue_words_name_fields_by_stem_and_knowing_is_no_job():
+    from lorekit.grounding.cues import asked_fields
+
+    def asked(line):
+        return asked_fields(line, words(line))
+    assert "owner" in asked("so whose is that oar?") and "owner" in asked("Who does it belong to?")
+    assert "residence" in asked("where's she living now") and "members" in asked("is he a member of it?")
+    assert "occupation" in asked("What do you do here?") and "occupation" in asked("what does Pip do for a living?")
+    assert "occupation" not in asked("What do you know about the Codex?")
+    assert asked("Tell me about Vellicor.") == frozenset()
+
+
+def test_a_stop_word_of_an_alias_stands_for_no_entity(sample):
+    """The River Toll's alias "the coin for the river" made "for" a name: "how much for a bowl?" asked about it."""
+    _, _, r = sample
+    assert r.entities("bettany-crumb", "how much for a bowl of that stew?") == []
+    assert r.entities("bettany-crumb", "What is the coin for the river?") == ["the-river-toll"]
+
+
 def test_you_is_the_npc_and_a_follow_up_borrows_the_last_exchange(sample):
     _, _, r = sample
     assert r.entities("bettany-crumb", "Where were you born?") == ["bettany-crumb"]

@@ -6,9 +6,10 @@
    so its notes say there is nothing about this). A line that names nothing borrows the entities of the
    last exchange ("Who owns it?"). A greeting or small talk ("Well met.", "How are you?") is about the NPC:
    its own notes, summary first, never its secrets (a player's first line is no question to refuse).
-2. The notes about those entities are ranked by the line's words (BM25, `bm25s`), the subject's
-   own notes before notes that only mention it; kept secrets of a named entity come first, so the
-   NPC knows to refuse.
+2. The notes about those entities are ranked by the line's words (BM25, `bm25s`, on Snowball word
+   stems), less the words every question has and the names already resolved, plus the cue words of
+   a field (`cues.py`: "whose" asks for an owner); the subject's own notes before notes that only
+   mention it; kept secrets of a named entity come first, so the NPC knows to refuse.
 3. A line that names no entity falls back to BM25 over all of the NPC's notes.
 4. Notes are taken in rank order while they fit `Budget` (approximate tokens and a count).
 """
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from lorekit.errors import LorekitError
+from lorekit.grounding import cues
 from lorekit.grounding.notes import Note, NoteBook
 
 WORD = re.compile(r"[\w']+", re.UNICODE)
@@ -40,6 +42,16 @@ COMMON = {"the", "a", "an", "of", "and", "in", "on", "at", "to", "old", "new", "
 ASKING = {"who", "whom", "whose", "what", "which", "where", "when", "why", "how", "tell", "know", "knows", "me",
           "about", "do", "does", "did", "can", "could", "would", "anything", "something", "say", "said", "is", "are",
           "was", "were", "heard", "hear", "explain", "describe", "speak", "talk", "please", "any", "s"}
+# Words too common to stand alone for an entity ("for" of the alias "the coin for the river").
+FUNCTION_WORDS = {"for", "with", "from", "into", "onto", "over", "under", "upon", "by", "but", "not", "nor", "yet", "than",
+                  "then", "this", "that", "these", "those", "all", "any", "some", "each", "every", "one", "own", "out",
+                  "off", "up", "down", "his", "her", "its", "our", "their", "your", "you", "was", "were", "has", "had",
+                  "have", "will", "can", "may", "too", "very", "more", "most", "such", "only", "also", "just", "now"}
+# Among a named page's notes these say nothing about which of its facts is asked either.
+MODALS = {"should", "might", "must", "shall", "will", "may", "ought"}
+# Nor do fillers of a spoken line ("Who leads the Brotherhood these days?" asks for the leader).
+FILLERS = {"these", "days", "nowadays", "now", "today", "lately", "currently", "anyway", "actually", "really",
+           "ever", "just", "again", "here", "there", "then", "so", "well", "right", "ok", "okay"}
 # Across all of an NPC's notes (a line that names no page) these match the notes' question keys, not a fact.
 # (bm25s's English stop words are 33, without "do", "you", "about" or "have".)
 FALLBACK_SKIP = ASKING | SELF_WORDS | {"have", "has", "had", "been", "ever", "i", "i'm", "me", "my", "we", "us", "our",
@@ -85,6 +97,11 @@ def _bm25s():
     return bm25s
 
 
+def tokens(texts: list[str]) -> list[list[str]]:
+    """BM25's tokens of `texts`: lower case, English stop words out, Snowball stems (notes and lines alike)."""
+    return _bm25s().tokenize(texts, stopwords="en", stemmer=cues.stem, show_progress=False, return_ids=False)
+
+
 @dataclass(frozen=True)
 class Budget:
     tokens: int = 200  # approximate tokens (4 characters each) all notes together may take
@@ -128,7 +145,7 @@ class Names:
         parts: dict[str, set[str]] = {}
         for key, ids in list(table.items()):
             for w in key:
-                if len(w) >= 3 and w not in COMMON:
+                if len(w) >= 3 and w not in COMMON and w not in FUNCTION_WORDS:  # "the coin for the river": not "for"
                     parts.setdefault(w, set()).update(ids)
         for w, ids in parts.items():
             if len(ids) == 1 and (w,) not in full:
@@ -232,12 +249,10 @@ class Retriever:
             with self._building:  # the threads that came too late wait for it instead of building it again
                 index = self._index.get(npc)
                 if index is None:
-                    bm25s = _bm25s()
-
                     notes = self.book.of(npc)
                     corpus = [self._strip(f"{n.heading} {n.keys} {n.text}") for n in notes] or [""]
-                    model = bm25s.BM25()
-                    model.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+                    model = _bm25s().BM25()
+                    model.index(tokens(corpus), show_progress=False)
                     self._index[npc] = index = index_of(notes, model)
         return index
 
@@ -254,17 +269,27 @@ class Retriever:
                 i += 1
         return " ".join(out)
 
-    def _scores(self, npc: str, text: str, fallback: bool = False, skip: frozenset[str] = frozenset()) -> list[float]:
-        bm25s = _bm25s()
-
+    def _scores(self, npc: str, text: str, fallback: bool = False, skip: frozenset[str] = frozenset(),
+                named: list[str] = ()) -> list[float]:
+        """BM25 scores of the NPC's notes for the line. Among the notes of the `named` entities the
+        words every question has ("tell", "know", "should") and the names' own words are left out,
+        and a note whose field the line cues gets `cues.BONUS`; across all notes (`fallback`) question
+        words of any kind are left out."""
         notes, model = self._bm25(npc)[:2]
         if not notes:
             return []
-        query = bm25s.tokenize([self._strip(text)], stopwords="en", show_progress=False, return_ids=False)[0]
-        # among a named page's notes "who", "where", "when" tell the facts apart; across the whole
-        # world they match any question, so the fallback drops them
-        query = [w for w in query if w in model.vocab_dict and w not in skip and not (fallback and w in FALLBACK_SKIP)]
-        return model.get_scores(query).tolist() if query else [0.0] * len(notes)
+        line = [w for w in words(self._strip(text)) if w not in skip and not (fallback and w in FALLBACK_SKIP)]
+        if named:
+            name_words = {w for key, ids in self.names.table.items() if not ids.isdisjoint(named) for w in key}
+            line = [w for w in line if w not in ASKING and w not in MODALS and w not in FILLERS and w not in name_words]
+        query = [w for w in tokens([" ".join(line)])[0] if w in model.vocab_dict]
+        scores = model.get_scores(query).tolist() if query else [0.0] * len(notes)
+        if named:
+            asked = cues.asked_fields(text, words(text))
+            for i, note in enumerate(notes):
+                if note.heading.lower() in asked:
+                    scores[i] += cues.BONUS
+        return scores
 
     def read(self, text: str) -> Line:
         """What retrieval needs of a player's line, read once per turn."""
@@ -316,7 +341,7 @@ class Retriever:
         named = self.entities(npc, text, history, line)
         # the words of a name the lore does not have ("Zunyrk Keep") are no fact's words
         strange = frozenset(w for name in line.unknown for w in words(name))
-        scores = self._scores(npc, text, fallback=not named, skip=strange)
+        scores = self._scores(npc, text, fallback=not named, skip=strange, named=named)
         rank = {e: i for i, e in enumerate(named)}
         keyed = []
         if rank:
