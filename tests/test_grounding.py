@@ -86,6 +86,24 @@ def test_cue_words_name_fields_by_stem_and_knowing_is_no_job():
     assert asked("Tell me about Vellicor.") == frozenset()
 
 
+def test_a_word_a_few_names_share_stands_for_all_of_them_and_the_line_ranks_them(sample):
+    """ "the heron" is the Pale Heron, the Heron Oar or the Heron Sighting: before, no page at all."""
+    _, _, r = sample
+    assert set(r.entities("tobin-reedy", "when was it that you saw the heron?")) >= {
+        "the-pale-heron", "the-heron-oar", "the-heron-sighting-of-1341", "tobin-reedy"}
+    assert r.retrieve("tobin-reedy", "when was it that you saw the heron?")[0].id == "the-heron-sighting-of-1341.date"
+    assert r.names.find("Tell me about Vellicor.") == ["vellicor"]  # a word of one name only: as before
+
+
+def test_you_beside_another_page_is_the_npc_too_but_not_in_a_questions_frame(sample):
+    _, _, r = sample
+    assert r.entities("hessa-orrin", "so the Sluice Key, that belongs to you?") == ["the-sluice-key", "hessa-orrin"]
+    assert r.entities("hessa-orrin", "Do you know the Sluice Key?") == ["the-sluice-key"]
+    assert r.retrieve("hessa-orrin", "Do you know the Sluice Key?")[0].id == "the-sluice-key.summary"
+    # a page the NPC knows nothing of: its own notes would hide that, so it still gets none
+    assert r.retrieve("idris-fenn", "Tell me what you think of the Oarsmen's Brotherhood.") == []
+
+
 def test_a_stop_word_of_an_alias_stands_for_no_entity(sample):
     """The River Toll's alias "the coin for the river" made "for" a name: "how much for a bowl?" asked about it."""
     _, _, r = sample

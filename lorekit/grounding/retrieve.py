@@ -1,9 +1,11 @@
 """Which notes a player's line asks about, within a budget.
 
-1. Names and aliases in the line resolve to entities; "you", "your" is the NPC itself when the line asks
-   about nothing else ("Where were you born?"), and only the frame of the question when it names another
-   page or a name the lore does not have ("Do you know anything about Droubribru?": nothing about the NPC,
-   so its notes say there is nothing about this). A line that names nothing borrows the entities of the
+1. Names and aliases in the line resolve to entities (a word that two or three names share, "heron" of
+   the Pale Heron, the Heron Oar and the Heron Sighting, to all of them); "you", "your" is the NPC itself
+   ("Where were you born?"), also beside another page ("Which guild do you belong to?"), except in the
+   frame of a question ("Do you know the Crooked Eel?") or beside a name the lore does not have ("Do you
+   know anything about Droubribru?": nothing about the NPC, so its notes say there is nothing about
+   this). A line that names nothing borrows the entities of the
    last exchange ("Who owns it?"). A greeting or small talk ("Well met.", "How are you?") is about the NPC:
    its own notes, summary first, never its secrets (a player's first line is no question to refuse).
 2. The notes about those entities are ranked by the line's words (BM25, `bm25s`, on Snowball word
@@ -34,6 +36,10 @@ INTRODUCING = {"i'm", ("i", "am"), ("name", "is"), "name's", ("call", "me"), ("c
 OPENS = ".!?:;([{\"'*-\u201c\u2018\u2014"  # a word after one of these (or first in the line) opens a sentence
 SELF_WORDS = {"you", "your", "yours", "yourself", "ye", "thee", "thou", "thy"}
 MAX_NAME_WORDS = 6
+MAX_SHARED = 3  # a word of at most this many names stands for all of them ("the heron")
+# "You" in the frame of a question about something else is not the NPC asked about.
+FRAME = re.compile(r"\b(?:do|did|have|has|can|could|would|will)\s+(?:you|ye|thou)\s+(?:know|knew|hear|heard|see|seen|"
+                   r"meet|met|tell|remember|recall)\b")
 # Words that never stand alone for an entity, however unique they are in the vault.
 COMMON = {"the", "a", "an", "of", "and", "in", "on", "at", "to", "old", "new", "great", "little", "house", "inn",
           "lady", "lord", "sir", "master", "mistress", "who", "what", "where", "when", "why", "how", "is", "are"}
@@ -124,14 +130,15 @@ def words(text: str) -> list[str]:
 
 class Names:
     """Lower-case word sequences -> entity ids: names, aliases, names without "The", and single
-    words of a name that no other entity uses (a player says "Bettany", not "Bettany Crumb").
+    words of a name that no other entity uses (a player says "Bettany", not "Bettany Crumb"); `shared`:
+    a word two or three names use ("the heron"), which stands for all of them, ranked by the line.
     Built from every page's id, name and aliases; `old` (a previous vault's) is kept where those are
     unchanged, as after most edits."""
 
     def __init__(self, vault, old: Names | None = None):
         self.source = [(e.id, e.name, e.aliases) for e in vault.entities.values()]
         if old is not None and old.source == self.source:
-            self.table, self.words = old.table, old.words
+            self.table, self.words, self.shared = old.table, old.words, old.shared
             return
         table: dict[tuple[str, ...], set[str]] = {}
         for entity in vault.entities.values():
@@ -147,9 +154,13 @@ class Names:
             for w in key:
                 if len(w) >= 3 and w not in COMMON and w not in FUNCTION_WORDS:  # "the coin for the river": not "for"
                     parts.setdefault(w, set()).update(ids)
+        shared = {}
         for w, ids in parts.items():
             if len(ids) == 1 and (w,) not in full:
                 table[(w,)] = set(ids)
+            elif len(ids) <= MAX_SHARED and (w,) not in full:
+                shared[w] = frozenset(ids)
+        self.shared: dict[str, frozenset[str]] = shared
         self.table = {k: frozenset(v) for k, v in table.items()}
         self.words = frozenset(w for key in table for w in key)  # every word of every name
 
@@ -188,6 +199,7 @@ class Names:
                     i += n
                     break
             else:
+                found += sorted(self.shared.get(ws[i], ()))
                 i += 1
         return list(dict.fromkeys(found))
 
@@ -281,7 +293,8 @@ class Retriever:
         line = [w for w in words(self._strip(text)) if w not in skip and not (fallback and w in FALLBACK_SKIP)]
         if named:
             name_words = {w for key, ids in self.names.table.items() if not ids.isdisjoint(named) for w in key}
-            line = [w for w in line if w not in ASKING and w not in MODALS and w not in FILLERS and w not in name_words]
+            line = [w for w in line if w not in ASKING and w not in MODALS and w not in FILLERS and w not in SELF_WORDS
+                    and w not in name_words]
         query = [w for w in tokens([" ".join(line)])[0] if w in model.vocab_dict]
         scores = model.get_scores(query).tolist() if query else [0.0] * len(notes)
         if named:
@@ -313,13 +326,19 @@ class Retriever:
 
     def entities(self, npc: str, text: str, history: list[dict[str, str]] | None = None,
                  line: Line | None = None) -> list[str]:
-        """The entities a line asks about: named ones; the NPC for "you" when the line asks about nothing
-        else, and for small talk; else, when the line names nothing at all, those of the last exchange
-        ("Thanks!" borrows nothing). `line`: `read(text)`, where the caller has it."""
+        """The entities a line asks about: named ones; the NPC for "you" (after them, and not in the
+        frame of a question about them), and for small talk; else, when the line names nothing at all,
+        those of the last exchange ("Thanks!" borrows nothing). `line`: `read(text)`, where the caller has it."""
         line = line or self.read(text)
         named = list(line.named)
-        if [e for e in named if e != npc] or line.unknown:
-            return named  # "Do you know X?": X is asked about, not the NPC; an unknown X borrows nothing
+        if line.unknown:
+            return named  # an unknown X borrows nothing, and "you" is only the frame of asking about it
+        others = [e for e in named if e != npc]
+        if others:
+            if (npc not in named and SELF_WORDS & set(words(FRAME.sub(" ", text.lower())))
+                    and any(self._knows(npc, e) for e in others)):
+                named.append(npc)  # "Which guild do you belong to?"; not "Do you know the Crooked Eel?"
+            return named  # nor when the NPC knows nothing of the others: its notes would hide that
         if self.small_talk(npc, line):
             return [npc]  # "Thanks!" borrows nothing from the last exchange
         if SELF_WORDS & set(words(text)) and npc not in named:
@@ -328,6 +347,11 @@ class Retriever:
             for msg in (history or [])[-2:]:  # the player's last question first, then the reply
                 named += [e for e in self.names.find(msg.get("content", "")) if e not in named and e != npc]
         return named
+
+    def _knows(self, npc: str, entity: str) -> bool:
+        """Whether any of the NPC's notes is about `entity` or speaks of it."""
+        index = self._bm25(npc)
+        return entity in index.own or entity in index.about
 
     def retrieve(self, npc: str, text: str, history: list[dict[str, str]] | None = None) -> list[Note]:
         if not self.book.by_npc.get(npc):
