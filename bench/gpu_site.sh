@@ -2,7 +2,7 @@
 # /tmp/site2 and the 270M package as the PyPI one would provide it (assemble() returns the GGUF that came
 # in as /tmp/m270/part*; bench/README.md says how it is split). Needs WORK set; exports PYTHONPATH etc.
 SITE=/tmp/site2
-if [ ! -d "$SITE/bm25s" ]; then
+if [ ! -d "$SITE/bm25s" ] || [ ! -d "$SITE/snowballstemmer" ]; then  # LoreKit's dependencies, snowballstemmer since 2026-12-05
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "${WHEELS:-.whl}"/*.whl
 fi
 GGUF=/tmp/m270/gemma-3-270m-q4_k_m.gguf

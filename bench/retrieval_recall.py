@@ -5,7 +5,10 @@
 2. `bench/player_questions.jsonl`: 240 questions (40 per NPC) written as players type them by a
    helper that read only the NPCs' notes, never LoreKit's templates or code (casual, lower case,
    short forms of names: "whose mask is it anyway?", "when was the siege?"), each with the fact
-   whose note answers it. Only valid for `sample_lore`.
+   whose note answers it. Its misses were read while retrieval was changed (2026-12-05).
+3. `bench/player_questions_2.jsonl`: 180 more (30 per NPC) by another helper that saw neither the
+   templates nor set 1, in four players' voices (role-play, terse, curious, simple English); not read
+   while changing retrieval: the held-out set. Sets 2 and 3 are only valid for `sample_lore`.
 
 For each question: is the fact's note among the turn's notes (recall@k), and is it the first note
 (a small model reads the first notes most)? Measured at several budgets, the default marked; the
@@ -27,7 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PLAYER_QUESTIONS = ROOT / "bench" / "player_questions.jsonl"
+PLAYER_SETS = [("player questions (set 1, read while tuning)", ROOT / "bench" / "player_questions.jsonl"),
+               ("player questions (set 2, held out)", ROOT / "bench" / "player_questions_2.jsonl")]
 sys.path.insert(0, str(ROOT))
 
 from lorekit.compile import load_config, run  # noqa: E402
@@ -47,10 +51,10 @@ def questions(out: Path) -> list[tuple[str, str, str]]:
             and r["meta"].get("question")]
 
 
-def player_questions(lore: Path) -> list[tuple[str, str, str]]:
+def player_questions(lore: Path, path: Path) -> list[tuple[str, str, str]]:
     if lore.resolve() != (ROOT / "sample_lore").resolve():
         return []
-    rows = (json.loads(line) for line in PLAYER_QUESTIONS.read_text(encoding="utf-8").splitlines())
+    rows = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
     return [(r["npc"], r["question"], r["fact"]) for r in rows]
 
 
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         result = run(lore, Path(tmp), cfg)
         compile_s = time.perf_counter() - t0
-        sets = [("held-out eval questions", questions(Path(tmp))), ("player questions", player_questions(lore))]
+        sets = [("held-out eval questions", questions(Path(tmp))),
+                *((title, player_questions(lore, path)) for title, path in PLAYER_SETS)]
     vault = load_vault(lore)
     from lorekit.compile.dataset import Builder
     from lorekit.grounding.notes import build_notes, keeper_statement

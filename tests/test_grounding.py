@@ -415,3 +415,16 @@ def test_the_persona_quotes_the_npcs_dont_know_line_but_not_its_refusal(sample):
     assert f'"{tobin.dont_know}"' in text and tobin.refuse and tobin.refuse not in text
     other = load_vault(FIXTURE)  # an NPC without a `dont_know` line gets no empty quote
     assert "say so as you always do" not in persona(other, "mara-vell")
+
+
+@pytest.mark.parametrize("name", ["player_questions.jsonl", "player_questions_2.jsonl"])
+def test_the_benchs_player_questions_ask_each_npc_about_a_note_it_has(sample, name):
+    """bench/retrieval_recall.py scores these against sample_lore: a renamed fact or page must show here."""
+    _, book, r = sample
+    rows = [json.loads(line) for line in (Path(__file__).parent.parent / "bench" / name).read_text().splitlines()]
+    assert len(rows) >= 180
+    for row in rows:
+        assert set(row) == {"npc", "question", "fact"}
+        assert row["fact"] in book.by_npc_set(row["npc"]), row
+    hits = sum(row["fact"] in {n.id for n in r.retrieve(row["npc"], row["question"])} for row in rows)
+    assert hits / len(rows) >= 0.8  # 82.5 % and 84.4 % at e830aa0: a change that loses notes fails here
