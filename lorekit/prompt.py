@@ -57,7 +57,8 @@ def templates_for(vault: Any, template_dir: str | Path | None = None, bytecode_d
 
 
 def npc_view(npc: Any) -> dict[str, Any]:
-    return {"id": npc.id, "name": npc.name, "voice": npc.voice, "greeting": npc.greeting, "style": npc.style,
+    return {"id": npc.id, "name": npc.name, "voice": npc.voice, "greeting": npc.greeting, "farewell": npc.farewell,
+            "style": npc.style,
             "refuse": npc.refuse, "dont_know": npc.dont_know, "openers": list(npc.openers)}
 
 

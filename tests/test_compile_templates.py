@@ -95,7 +95,7 @@ def test_every_default_template_renders(tmp_path):
     t = Templates(None)
     fact = {"value": "V", "values": ["V"], "plural": False, "label": "lbl", "text": "T.", "field": "f", "types": []}
     ctx = {"entity": {"name": "Mara Vell", "type": "character", "fields": {}, "summary": "S."}, "fact": fact,
-           "name": "Zed", "npc": {"name": "N", "greeting": "Hi", "refuse": "", "dont_know": "", "openers": [],
+           "name": "Zed", "npc": {"name": "N", "greeting": "Hi", "farewell": "Bye", "refuse": "", "dont_know": "", "openers": [],
                                  "voice": "v", "style": ""}, "statement": "S", "secrets": [], "known": [], "topic": "The Ember Ledger", "type": "character"}
     for name in sorted(t.names):
         blocks = t._template(name).blocks

@@ -322,6 +322,23 @@ def test_a_greeting_is_answered_only_by_a_greeting_not_by_dont_know_or_a_refusal
     assert score.model_summary(rows, "base", 10, {})["greetings"]["hits"] == 0
 
 
+def test_a_goodbye_is_answered_with_the_npcs_farewell_not_its_hello(questions, ctx, vault):
+    """Before farewell rows, "Thanks, I'll be off then." got the NPC's greeting ("Come in, come in, duck...")."""
+    farewells = [q for q in questions if q.kind == "farewell"]
+    assert {q.meta["npc"] for q in farewells} == {n for n, npc in vault.npcs.items() if npc.farewell}
+    assert all(q.notes for q in farewells)  # small talk: the NPC's own notes, as for a greeting
+    q = farewells[0]
+    npc = vault.npcs[q.meta["npc"]]
+    assert q.expected == npc.farewell and score.judge(q, q.expected, ctx)["verdict"] == "said farewell"
+    got = score.judge(q, npc.greeting, ctx)
+    assert not got["ok"] and got["verdict"] == "greeted a player who is leaving"
+    assert not score.judge(q, "I won't discuss that with you.", ctx)["ok"]
+    rows = [score.score_question(f, Answer(vault.npcs[f.meta["npc"]].greeting, 9, 0.1), Answer(f.expected, 9, 0.1), ctx)
+            for f in farewells]
+    assert score.model_summary(rows, "tuned", 10, {})["farewells"]["hits"] == len(farewells)
+    assert score.model_summary(rows, "base", 10, {})["farewells"]["hits"] == 0
+
+
 def test_an_npcs_own_line_quoted_by_its_persona_is_no_echo(questions, ctx, vault):
     """A persona template may quote the NPC's `dont_know` line; saying it is the honest answer, not a
     continuation of the prompt (the eval counted it as an echo and as no "I don't know")."""

@@ -138,24 +138,27 @@ def _refusals(b: Builder, npc, fact: Fact, tpl: str) -> Rows:
 
 
 def greeting_rows(b: Builder) -> Rows:
+    """Each NPC's greeting to a player's hello, and its farewell to a goodbye (`replies/*.j2`)."""
     out = Rows()
-    tpl = "replies/greeting.j2"
-    for npc in b.vault.npcs.values():
-        if not npc.greeting:
-            continue
-        try:
-            view = npc_view(npc)
-            train_q, eval_q = split(b.t.lines(tpl, "questions", {"npc": view}), b.cfg.eval_phrasings_per_fact)
-            rng = random.Random(f"{b.cfg.seed}:greet:{npc.id}")
-            a = b.t.render(tpl, "answer", {"npc": view}, f"{b.cfg.seed}:greet:{npc.id}")
-            for q in rng.sample(train_q, min(len(train_q), b.cfg.greetings)):
-                out.train.append(make_row(b.systems[npc.id], [(q, a)],
-                                          meta(npc.id, "greeting", [npc.name], [], [], b.t.display(tpl))))
-            for q in eval_q[:1]:
-                out.eval.append(make_row(b.systems[npc.id], [(q, a)],
-                                         meta(npc.id, "greeting", [npc.name], [], [], b.t.display(tpl))))
-        except TemplateFailure as e:
-            out.problems.append(b.template_problem(e, npc.page, 0, f"the greeting of NPC `{npc.id}`"))
+    for kind, tpl, attr in (("greeting", "replies/greeting.j2", "greeting"), ("farewell", "replies/farewell.j2", "farewell")):
+        if b.t.find(tpl) is None:
+            continue  # a vault's own template folder from before farewells
+        for npc in b.vault.npcs.values():
+            if not getattr(npc, attr):
+                continue
+            try:
+                view = npc_view(npc)
+                train_q, eval_q = split(b.t.lines(tpl, "questions", {"npc": view}), b.cfg.eval_phrasings_per_fact)
+                rng = random.Random(f"{b.cfg.seed}:{kind[:5]}:{npc.id}")  # "greet": the greeting rows' seed as before
+                a = b.t.render(tpl, "answer", {"npc": view}, f"{b.cfg.seed}:{kind[:5]}:{npc.id}")
+                for q in rng.sample(train_q, min(len(train_q), b.cfg.greetings)):
+                    out.train.append(make_row(b.systems[npc.id], [(q, a)], meta(npc.id, kind, [npc.name], [], [],
+                                                                                   b.t.display(tpl))))
+                for q in eval_q[:1]:
+                    out.eval.append(make_row(b.systems[npc.id], [(q, a)], meta(npc.id, kind, [npc.name], [], [],
+                                                                                  b.t.display(tpl))))
+            except TemplateFailure as e:
+                out.problems.append(b.template_problem(e, npc.page, 0, f"the {kind} of NPC `{npc.id}`"))
     return out
 
 

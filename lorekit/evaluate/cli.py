@@ -56,6 +56,7 @@ def summary_lines(s: dict) -> list[str]:
                 ("secret leaks", b["secret_leaks"], t["secret_leaks"]),
                 ("refusals held", b["refusals_held"], t["refusals_held"]),
                 ("greetings answered", b.get("greetings"), t.get("greetings")),
+                ("farewells answered", b.get("farewells"), t.get("farewells")),
                 ("in character", b["in_character"], t["in_character"]),
                 ("verbatim repetition", b["repetition"], t["repetition"])]
     for label, x, y in figures:

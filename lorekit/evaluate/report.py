@@ -31,6 +31,8 @@ def figures(summary: dict) -> list[tuple[str, float | None, float | None, str, s
         ("Refusals held", b["refusals_held"], t["refusals_held"], "attacks on a secret refused, nothing leaked"),
         ("Greetings answered", b.get("greetings", _none()), t.get("greetings", _none()),
          "greetings and small talk answered in character, not with 'I don't know' or a refusal"),
+        ("Farewells answered", b.get("farewells", _none()), t.get("farewells", _none()),
+         "a player's goodbye answered in character, not with the NPC's hello, 'I don't know' or a refusal"),
         ("In character", b["in_character"], t["in_character"], "no markup, no player lines, no AI talk, not empty"),
         ("Verbatim repetition", b["repetition"], t["repetition"],
          f"replies sharing {summary['repeat_words']}+ words in a row with a training answer (lower is better; "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorekit import dataset as rows_format
@@ -33,6 +33,7 @@ class Context:
     report: dict
     ignorance: tuple[str, ...]  # phrases of an "I don't know" reply
     refusal: tuple[str, ...]  # phrases of a refusal
+    greetings: dict[str, str] = field(default_factory=dict)  # NPC id -> its greeting
 
     @classmethod
     def build(cls, dataset: Path, cfg: EvalConfig) -> Context:
@@ -48,7 +49,16 @@ class Context:
                    ngrams=metrics.ngram_index(answers, cfg.repeat_words), repeat_words=cfg.repeat_words,
                    leak_words=cfg.leak_words, report=report,
                    ignorance=(*metrics.IGNORANCE_PHRASES, *_phrases(train, data.IGNORANCE_KINDS, lore.dont_know)),
-                   refusal=(*metrics.REFUSAL_PHRASES, *_phrases(train, ("secret",), lore.refuse.values())))
+                   refusal=(*metrics.REFUSAL_PHRASES, *_phrases(train, ("secret",), lore.refuse.values())),
+                   greetings={str(n.get("id")): str(n.get("greeting") or "") for n in report.get("npcs", [])
+                              if isinstance(n, dict)})
+
+
+def greets_again(reply: str, greeting: str, words: int = 4) -> bool:
+    """Whether a reply repeats `words` words in a row of the NPC's greeting (its hello, to a goodbye)."""
+    said, hello = metrics.words(reply), metrics.words(greeting)
+    runs = {tuple(hello[i:i + words]) for i in range(len(hello) - words + 1)}
+    return any(tuple(said[i:i + words]) in runs for i in range(len(said) - words + 1))
 
 
 def _phrases(rows: list[dict], kinds: tuple[str, ...], lines) -> list[str]:
@@ -93,6 +103,12 @@ def judge(q: data.Question, reply: str, ctx: Context) -> dict:
         out.update(ok=not problems and not refused,
                    verdict="; ".join(problems) if problems else "'I don't know' to a greeting" if dont_know
                    else "refused a greeting" if refused else "greeted")
+    elif q.kind == "farewell":  # "Goodbye." answered with the NPC's hello is no farewell either
+        hello = greets_again(reply, ctx.greetings.get(str(q.meta.get("npc")), ""))
+        out.update(ok=not problems and not refused and not hello,
+                   verdict="; ".join(problems) if problems else "greeted a player who is leaving" if hello
+                   else "'I don't know' to a farewell" if dont_know else "refused a farewell" if refused
+                   else "said farewell")
     else:
         out.update(ok=not problems, verdict="in character" if not problems else "; ".join(problems))
     return out
@@ -182,6 +198,7 @@ def model_summary(rows: list[dict], model: str, repeat_words: int, speed: dict) 
         "refusals_held": _by_attack(rows, model, lambda a: a.get("refused") and not a.get("leak")),
         "secrets_kept": rate(rows, model, lambda r: r["kind"] == "secret"),
         "greetings": rate(rows, model, lambda r: r["kind"] == "greeting"),
+        "farewells": rate(rows, model, lambda r: r["kind"] == "farewell"),
         "in_character": {"hits": in_char, "total": len(rows), "share": metrics.share(in_char, len(rows)),
                          "problems": dict(Counter(p.split(":")[0] for r in rows for p in r[model]["character"]))},
         "repetition": {"verbatim": sum(n >= repeat_words for n in repeats), "total": len(rows),

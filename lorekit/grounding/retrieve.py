@@ -72,12 +72,15 @@ GREETING_WORDS = {"hello", "hullo", "hi", "hey", "heya", "hiya", "howdy", "hail"
                   "thank", "cheers", "welcome"}
 GREETING_PHRASES = ("well met", "good day", "good night", "how are you", "how are ye", "how do you do",
                     "how have you been", "how goes it", "how fare you", "how be you", "how it going", "how are things",
-                    "what up", "nice to meet you", "pleased to meet you", "good to see you", "how do you fare")  # as
+                    "what up", "nice to meet you", "pleased to meet you", "good to see you", "how do you fare",
+                    "see you", "see ya", "take care", "safe travels", "be off", "be going", "must go", "so long",
+                    "that all", "until next time")  # as
 # `words` reads them: "what's up" is "what up"
 CHAT_WORDS = {"good", "well", "met", "nice", "pleased", "glad", "lovely", "fine", "again", "today", "tonight",
               "friend", "stranger", "traveller", "traveler", "sir", "madam", "ma'am", "mister", "miss", "fare",
               "faring", "doing", "going", "keeping", "alright", "ok", "okay", "up", "new", "long",
               "time", "so", "too", "very", "all", "oh", "ah", "hmm", "yes", "am", "ya", "a", "an", "the", "and",
+              "off", "i'll", "i'd", "must", "later", "soon", "needed", "then", "now", "travels", "care", "next",
               "to", "it", "be", "this", "that", "for", "with", "at", "in", "on", "things", "goes"}
 FACT_QUESTIONS = {"who", "whom", "whose", "what", "which", "where", "when", "why"}  # "Thanks, and who is she?"
 CHAT_SKIP = frozenset(GREETING_WORDS | CHAT_WORDS | (FALLBACK_SKIP - FACT_QUESTIONS))  # what small talk may hold

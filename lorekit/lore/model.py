@@ -12,10 +12,10 @@ TYPES = ("character", "location", "faction", "item", "event", "lore")
 RESERVED = {"type", "name", "tags", "npc", "secret", "known_by", "cssclass", "cssclasses", "publish", "id",
             "article_in_name"}
 # An NPC's persona fields: under `npc:`, or at the top level of a page with `npc: true` (the flat form).
-NPC_FIELDS = ("voice", "greeting", "style", "refuse", "dont_know", "openers", "knows", "secrets")
+NPC_FIELDS = ("voice", "greeting", "farewell", "style", "refuse", "dont_know", "openers", "knows", "secrets")
 # Of these, the ones that mean nothing but persona: never taught as facts, on any page. (`style` can be
 # an ordinary field, "the style of the Salt Gate", on a page that is not an NPC.)
-PERSONA_ONLY = ("voice", "greeting", "refuse", "dont_know", "openers", "knows", "secrets")
+PERSONA_ONLY = ("voice", "greeting", "farewell", "refuse", "dont_know", "openers", "knows", "secrets")
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Npc:
     page: str
     voice: str = ""
     greeting: str = ""
+    farewell: str = ""  # its answer to "Goodbye." or "Thanks, that's all." (none: no farewell rows)
     style: str = ""
     refuse: str = ""
     dont_know: str = ""

@@ -394,7 +394,7 @@ def _check_link(vault: Vault, page: ParsedPage, link: Link) -> Entity | None:
     return target
 
 
-_NPC_TEXT = ("voice", "greeting", "style", "refuse", "dont_know")
+_NPC_TEXT = ("voice", "greeting", "farewell", "style", "refuse", "dont_know")
 
 
 def _build_npc(vault: Vault, entity: Entity) -> None:
@@ -456,7 +456,8 @@ def _unknown_npc_fields(vault: Vault, entity: Entity, page: ParsedPage, table: d
         vault.problems.append(error(entity.page, page.line_of(f"npc.{key}"), f"unknown npc field `{key}`", fix))
 
 
-_NPC_TYPO_HINTS = {"know", "knowledge", "secret", "greet", "greetings", "dontknow", "refusal", "opener"}
+_NPC_TYPO_HINTS = {"know", "knowledge", "secret", "greet", "greetings", "dontknow", "refusal", "opener", "goodbye",
+                   "farewells", "bye"}
 
 
 def _not_an_npc(vault: Vault, entity: Entity, page: ParsedPage, keys: list[str]) -> None:
