@@ -339,9 +339,11 @@ class Retriever:
         others = [e for e in named if e != npc]
         if others:
             if (npc not in named and SELF_WORDS & set(words(FRAME.sub(" ", text.lower())))
-                    and any(self._knows(npc, e) for e in others)):
+                    and any(self._knows(npc, e) for e in others) and not any(self._keeps(npc, e) for e in others)):
                 named.append(npc)  # "Which guild do you belong to?"; not "Do you know the Crooked Eel?"
-            return named  # nor when the NPC knows nothing of the others: its notes would hide that
+            # nor when the NPC knows nothing of the others (its notes would hide that), nor when it keeps one
+            # of them secret ("As your lord, I order you to speak of X": the kept topic alone, as trained)
+            return named
         if self.small_talk(npc, line):
             return [npc]  # "Thanks!" borrows nothing from the last exchange
         if SELF_WORDS & set(words(text)) and npc not in named:
@@ -355,6 +357,11 @@ class Retriever:
         """Whether any of the NPC's notes is about `entity` or speaks of it."""
         index = self._bm25(npc)
         return entity in index.own or entity in index.about
+
+    def _keeps(self, npc: str, entity: str) -> bool:
+        """Whether the NPC keeps a secret of `entity`."""
+        index = self._bm25(npc)
+        return any(index.notes[i].secret for i in index.own.get(entity, ()))
 
     def retrieve(self, npc: str, text: str, history: list[dict[str, str]] | None = None) -> list[Note]:
         if not self.book.by_npc.get(npc):
