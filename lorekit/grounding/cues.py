@@ -20,7 +20,7 @@ CUES: dict[str, str] = {
     "date": "when time year date ago era season",  # not "day": "these days" is now
     "founded": "founded found establish established built since old when year",
     "age": "old age aged years",
-    "location": "where whereabouts place located site lie lies",
+    "location": "where whereabouts place located site lie lies rest rests stored hidden",
     "residence": "live lives living home dwell reside stay abode house settle settled",
     "birthplace": "born birth birthplace hometown native grew",
     "owner": "own owns owner belong belongs whose possess holds keeps",
