@@ -110,6 +110,17 @@ def test_a_page_field_under_npc_says_where_it_belongs(tmp_path):
                             "the top level, outside `npc:`") for p in problems), problems
 
 
+def test_a_farewell_is_an_npc_field_and_goodbye_points_to_it(tmp_path):
+    ok = NESTED.replace("  style: Never says please.\n", "  style: Never says please.\n  farewell: Off with you.\n")
+    vault = _vault(tmp_path, ok)
+    assert not vault.errors and vault.npcs["bran"].farewell == "Off with you."
+    assert "farewell" not in {f.field for f in facts_of(vault) if f.kind == "field"}  # persona, never a fact
+    odd = NESTED.replace("  style: Never says please.\n", "  goodbye: Off with you.\n")
+    (tmp_path / "odd").mkdir()
+    problems = [str(p) for p in _vault(tmp_path / "odd", odd).errors]
+    assert any("unknown npc field `goodbye` (use one of:" in p and "farewell" in p for p in problems), problems
+
+
 def test_knows_nothing_in_the_flat_form(tmp_path):
     problems = [str(p) for p in _vault(tmp_path, FLAT.replace('knows: ["[[Town]]"]\n', "")).errors]
     assert problems == ["Bran.md:3: NPC `Bran` knows nothing beyond itself (list pages in `knows`, "
