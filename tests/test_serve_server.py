@@ -87,6 +87,7 @@ def test_hello_and_list_npcs(server):
         assert NPC in npcs and npcs[NPC]["name"] == "Tobin Reedy"
         assert set(npcs) == set(server.runtime.lore.current.npcs)
         assert all(isinstance(n["greeting"], str) for n in npcs.values())
+        assert npcs[NPC]["farewell"] == "River's kind to them as pay her. Mind your step off the barge."
         assert c.ping() < 1.0
 
 

@@ -210,7 +210,7 @@ async def metrics(runtime: Runtime, req: Request, writer: asyncio.StreamWriter) 
 async def models(runtime: Runtime, req: Request, writer: asyncio.StreamWriter) -> bool:
     created = int(runtime.status()["lore"]["loaded_at"])
     data = [{"id": n.id, "object": "model", "created": created, "owned_by": "lorekit", "name": n.name,
-             "greeting": n.greeting} for n in runtime.npcs()]
+             "greeting": n.greeting, "farewell": n.farewell} for n in runtime.npcs()]
     writer.write(json_response(200, {"object": "list", "data": data}, req.keep_alive))
     return req.keep_alive
 

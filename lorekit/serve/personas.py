@@ -27,6 +27,7 @@ class NpcInfo:
     id: str
     name: str
     greeting: str
+    farewell: str = ""  # what the NPC says when the player leaves (the game may show it without a turn)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class Lore:
                 prompts[npc_id] = persona(vault, npc_id, template_dir)
             except LorekitError as e:
                 raise LorekitError(f"{npc.page}: persona of {npc_id}: {e}") from None
-            npcs[npc_id] = NpcInfo(npc_id, npc.name, npc.greeting or "")
+            npcs[npc_id] = NpcInfo(npc_id, npc.name, npc.greeting or "", npc.farewell or "")
         if not npcs:
             raise LorekitError(f"{self.root}: no NPCs (give a character page an `npc:` table with a voice)")
         warnings = [str(p) for p in vault.problems if p.severity == "warning"]

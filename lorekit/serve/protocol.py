@@ -282,7 +282,7 @@ class GameConnection:
                    "model": model["name"] if model else None, "npcs": len(self.runtime.npcs())})
 
     def _on_list_npcs(self, msg: dict, rid: Any) -> None:
-        npcs = [{"id": n.id, "name": n.name, "greeting": n.greeting} for n in self.runtime.npcs()]
+        npcs = [{"id": n.id, "name": n.name, "greeting": n.greeting, "farewell": n.farewell} for n in self.runtime.npcs()]
         self.send({"type": "npcs", "id": rid, "npcs": npcs})
 
     def _on_ping(self, msg: dict, rid: Any) -> None:
