@@ -109,6 +109,15 @@ def test_you_beside_another_page_is_the_npc_too_but_not_in_a_questions_frame(sam
         assert [(n.entity, n.secret) for n in r.retrieve("hessa-orrin", line)] == [("the-flaw-in-the-great-sluice", True)]
 
 
+def test_a_page_that_tells_the_answer_without_a_link_still_gets_the_last_place(sample):
+    """Gullreach Ferry's cost is told on Hobb Marlow's page, which names the ferry in prose but links nothing;
+    the line's words match it best of all, so it takes the last place, never the first."""
+    _, _, r = sample
+    got = [n.id for n in r.retrieve("tobin-reedy", "What does a crossing at Gullreach cost?")]
+    assert got[-1] == "hobb-marlow.section.duties" and got[0] == "gullreach-ferry.section.crossing"
+    assert "hobb-marlow.section.duties" not in [n.id for n in r.retrieve("tobin-reedy", "Where is Gullreach Ferry?")]
+
+
 def test_a_stop_word_of_an_alias_stands_for_no_entity(sample):
     """The River Toll's alias "the coin for the river" made "for" a name: "how much for a bowl?" asked about it."""
     _, _, r = sample

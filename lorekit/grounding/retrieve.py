@@ -36,6 +36,8 @@ INTRODUCING = {"i'm", ("i", "am"), ("name", "is"), "name's", ("call", "me"), ("c
 OPENS = ".!?:;([{\"'*-\u201c\u2018\u2014"  # a word after one of these (or first in the line) opens a sentence
 SELF_WORDS = {"you", "your", "yours", "yourself", "ye", "thee", "thou", "thy"}
 MAX_NAME_WORDS = 6
+OUTSIDER_MARGIN = 1.1  # see Retriever._outsider
+OUTSIDER_FLOOR = 1.0
 MAX_SHARED = 3  # a word of at most this many names stands for all of them ("the heron")
 # "You" in the frame of a question about something else is not the NPC asked about.
 FRAME = re.compile(r"\b(?:do|did|have|has|can|could|would|will)\s+(?:you|ye|thou)\s+(?:know|knew|hear|heard|see|seen|"
@@ -389,7 +391,27 @@ class Retriever:
         else:  # nothing named: BM25 over all of the NPC's notes
             keyed = [((3, -score, 0, 0, i), notes[i]) for i, score in enumerate(scores) if score > 0]
         keyed.sort(key=lambda k: k[0])
-        return self.fit([note for _, note in keyed])
+        chosen = self.fit([note for _, note in keyed])
+        # a page that tells it without linking the named one ("What does a crossing at Gullreach cost?": Hobb
+        # Marlow's page) gets the last place; not for a greeting, nor beside a kept secret (the topic alone)
+        outsider = None if not rank or line.greets or any(n.secret for n in chosen) else self._outsider(index, scores, rank)
+        if outsider is not None and self.fits([notes[outsider]]):
+            while not self.fits([*chosen, notes[outsider]]):
+                chosen = chosen[:-1]
+            chosen.append(notes[outsider])
+        return chosen
+
+    @staticmethod
+    def _outsider(index: NpcIndex, scores: list[float], rank: dict[str, int]) -> int | None:
+        """The best note neither of nor about the named pages, when the line's words match it better than
+        any of theirs (by `OUTSIDER_MARGIN`): prose names a page without linking it."""
+        inside = {i for e in rank for i in (*index.own.get(e, ()), *index.about.get(e, ()))}
+        best_inside = max((scores[i] for i in inside), default=0.0)
+        best = max((i for i in range(len(scores)) if i not in inside and not index.notes[i].secret),
+                   key=lambda i: scores[i], default=None)
+        if best is None or scores[best] <= 0 or scores[best] < OUTSIDER_MARGIN * max(best_inside, OUTSIDER_FLOOR):
+            return None
+        return best
 
     def fits(self, notes: list[Note]) -> bool:
         return len(notes) <= self.budget.notes and sum(approx_tokens(n.text) + 2 for n in notes) <= self.budget.tokens
