@@ -60,3 +60,9 @@ def test_number_and_kind_filters_take_any_name(name, etype, verb):
 @given(st.text(max_size=20), st.text(max_size=200))
 def test_unsaid_takes_any_key_and_prose(key, prose):
     assert isinstance(unsaid(key, prose.lower()), bool)
+
+
+def test_first_person_keeps_the_spaces_between_sentences():
+    """Found by the fuzz test above in CI: "?\x1f" came back as "? " (the split on sentence ends rejoined with a space)."""
+    assert first_person("?\x1f", "Mara Vell", "") == "?\x1f"
+    assert first_person("Mara Vell is a smith.\n\nShe shoes horses.", "Mara Vell", "") == "I am a smith.\n\nI shoe horses."

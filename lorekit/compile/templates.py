@@ -196,7 +196,10 @@ def first_person(text: Any, name: Any, about: Any = "") -> str:
     pro = {"she": "She", "her": "She", "he": "He", "his": "He"}[subj.group(1).lower()] if subj else None
     poss = {"She": "her", "He": "his"}.get(pro or "", "")
     out = []
-    for sentence in re.split(r"(?<=[.!?])\s+", text):
+    for k, sentence in enumerate(re.split(r"((?<=[.!?])\s+)", text)):  # the spaces between sentences kept as they are
+        if k % 2:
+            out.append(sentence)
+            continue
         sentence = re.sub(rf"\b(?:{names})'s?\b(?!\w)", "my", sentence)
         sentence, subjects = re.subn(rf"\b(?:{names})\s+(\w+)", lambda m: "I " + _first_person_verb(m.group(1)),
                                      sentence)
@@ -224,7 +227,7 @@ def first_person(text: Any, name: Any, about: Any = "") -> str:
                               sentence)
         sentence = re.sub(r"(^|[.!?]\s+)my\b", lambda m: m.group(1) + "My", sentence)
         out.append(sentence)
-    return " ".join(out)
+    return "".join(out)
 
 
 def that_is_me(text: Any, name: Any, names: Any = ()) -> str:
