@@ -56,9 +56,7 @@ class Context:
 
 def greets_again(reply: str, greeting: str, words: int = 4) -> bool:
     """Whether a reply repeats `words` words in a row of the NPC's greeting (its hello, to a goodbye)."""
-    said, hello = metrics.words(reply), metrics.words(greeting)
-    runs = {tuple(hello[i:i + words]) for i in range(len(hello) - words + 1)}
-    return any(tuple(said[i:i + words]) in runs for i in range(len(said) - words + 1))
+    return metrics.longest_shared_run(reply, metrics.ngram_index([greeting], words), words) > 0
 
 
 def _phrases(rows: list[dict], kinds: tuple[str, ...], lines) -> list[str]:

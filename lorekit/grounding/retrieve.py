@@ -13,7 +13,9 @@
    a field (`cues.py`: "whose" asks for an owner); the subject's own notes before notes that only
    mention it; kept secrets of a named entity come first, so the NPC knows to refuse.
 3. A line that names no entity falls back to BM25 over all of the NPC's notes.
-4. Notes are taken in rank order while they fit `Budget` (approximate tokens and a count).
+4. Notes are taken in rank order while they fit `Budget` (approximate tokens and a count); then the note
+   that matches the line best of all, on a page neither named nor linked to it, takes the last place
+   (`Retriever._outsider`: prose that names a page without a link).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ MODALS = {"should", "might", "must", "shall", "will", "may", "ought"}
 # Nor do fillers of a spoken line ("Who leads the Brotherhood these days?" asks for the leader).
 FILLERS = {"these", "days", "nowadays", "now", "today", "lately", "currently", "anyway", "actually", "really",
            "ever", "just", "again", "here", "there", "then", "so", "well", "right", "ok", "okay"}
+NAMED_SKIP = frozenset(ASKING | MODALS | FILLERS | SELF_WORDS)  # out of the match among a named page's notes
 # Across all of an NPC's notes (a line that names no page) these match the notes' question keys, not a fact.
 # (bm25s's English stop words are 33, without "do", "you", "about" or "have".)
 FALLBACK_SKIP = ASKING | SELF_WORDS | {"have", "has", "had", "been", "ever", "i", "i'm", "me", "my", "we", "us", "our",
@@ -169,6 +172,19 @@ class Names:
         self.table = {k: frozenset(v) for k, v in table.items()}
         self.words = frozenset(w for key in table for w in key)  # every word of every name
 
+    @functools.cached_property
+    def _by_entity(self) -> dict[str, frozenset[str]]:
+        """Entity id -> the words of its table keys (built once, on first use)."""
+        out: dict[str, set[str]] = {}
+        for key, ids in self.table.items():
+            for e in ids:
+                out.setdefault(e, set()).update(key)
+        return {e: frozenset(ws) for e, ws in out.items()}
+
+    def words_of(self, ids) -> frozenset[str]:
+        """The words of the names, aliases and single-word names of the entities `ids`."""
+        return frozenset().union(*(self._by_entity.get(e, frozenset()) for e in ids))
+
     def unknown(self, text: str) -> list[str]:
         """Words of `text` that look like a name the lore does not have: capitalized, not opening a
         sentence, no word of any page's name or alias ("Do you know anything about Droubribru?")."""
@@ -244,7 +260,6 @@ class Retriever:
         self.book, self.budget = book, budget or Budget()
         self.names = Names(vault, old.names if old is not None else None)
         self._index: dict[str, NpcIndex] = {}
-        self._name_words: dict[str, frozenset[str]] = {}  # NPC id -> the words of its names ("Greetings, Bettany.")
         self._building = threading.Lock()  # one build per NPC, however many worker threads ask at once
 
     def warm(self, npc: str) -> None:
@@ -297,9 +312,8 @@ class Retriever:
             return []
         line = [w for w in words(self._strip(text)) if w not in skip and not (fallback and w in FALLBACK_SKIP)]
         if named:
-            name_words = {w for key, ids in self.names.table.items() if not ids.isdisjoint(named) for w in key}
-            line = [w for w in line if w not in ASKING and w not in MODALS and w not in FILLERS and w not in SELF_WORDS
-                    and w not in name_words]
+            skip_named = self.names.words_of(named)
+            line = [w for w in line if w not in NAMED_SKIP and w not in skip_named]
         query = [w for w in tokens([" ".join(line)])[0] if w in model.vocab_dict]
         scores = model.get_scores(query).tolist() if query else [0.0] * len(notes)
         if named:
@@ -325,9 +339,7 @@ class Retriever:
             return False
         if not line.rest:
             return True
-        if npc not in self._name_words:
-            self._name_words[npc] = frozenset(w for key, ids in self.names.table.items() if npc in ids for w in key)
-        return line.rest <= self._name_words[npc]
+        return line.rest <= self.names.words_of((npc,))  # "Greetings, Bettany.
 
     def entities(self, npc: str, text: str, history: list[dict[str, str]] | None = None,
                  line: Line | None = None) -> list[str]:
