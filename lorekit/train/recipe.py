@@ -19,7 +19,7 @@ from lorekit import chat_formats
 from lorekit import config as config_mod
 from lorekit.atomic import replace_dir, write_text
 from lorekit.errors import LorekitError
-from lorekit.train import checkpoint, distributed, init_adapter, loop, speed, token_rows
+from lorekit.train import checkpoint, distributed, fused, init_adapter, loop, speed, token_rows
 from lorekit.train.config import TrainConfig
 from lorekit.train.data import encode_rows, read_rows
 
@@ -82,6 +82,8 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         # compiled kernels recompile for every new shape: round widths up to few shapes
         plan.pad_multiple = (64 if backend == "unsloth" and cfg.compile else 8) if cuda else 1
         plan.share_prefix = cfg.share_prompt if cfg.share_prompt is not None else not cuda
+        if cuda and cfg.fuse and backend == "transformers":  # Unsloth has its own kernels
+            log.info("fewer launches a step: %s", fused.apply(model, autocast=plan.bf16).summary())
         # run.json records what ran, not "auto"
         cfg = replace(cfg, optimizer=plan.optimizer, precision="bf16" if plan.bf16 else "fp32",
                       share_prompt=plan.share_prefix, compile=backend == "unsloth" and cfg.compile)

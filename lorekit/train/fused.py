@@ -1,0 +1,71 @@
+"""Fewer kernel launches per training step on a GPU, with the same numbers.
+
+An E2B step at the batch sizes LoreKit trains is bound by the host launching kernels, not by the GPU
+(bench/results/build_e2b_gpu.md). Two sources of launches are pure overhead:
+
+- Gemma 4's RMSNorm, written out in PyTorch as ~9 kernels forward and ~12 backward (an fp32 copy, pow,
+  mean, add, pow, two multiplies, the cast back), eight times in each decoder layer. `torch.nn.functional.
+  rms_norm` computes the same thing, in fp32 inside the kernel, as one fused CUDA kernel each way, and
+  saves only the input and one number a row for the backward pass instead of fp32 copies of the input.
+- PEFT casts each LoRA layer's input to the adapter's fp32 before multiplying; under bf16 autocast the
+  multiply casts it straight back to bf16, so the copy (and its backward) changes nothing but the time.
+  `cast_input_dtype_enabled = False` leaves the input as it is; autocast still casts the fp32 LoRA
+  weights, so the products are bit for bit those of before.
+
+`apply` is for CUDA training under bf16 autocast (LoreKit's plain loop on a GPU); the CPU path keeps
+transformers' own forward (tests/test_train_fused.py checks the logits and LoRA gradients match).
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Fused:
+    norms: int = 0       # RMSNorm modules now on torch's fused rms_norm
+    lora_inputs: int = 0  # LoRA layers whose input is no longer cast to fp32
+
+    def summary(self) -> str:
+        return f"{self.norms} RMSNorms fused, {self.lora_inputs} LoRA inputs left in the autocast dtype"
+
+
+def apply(model, autocast: bool) -> Fused:
+    """Rebind the norms of `model` to the fused kernel and, when every forward runs under autocast
+    (`autocast`), stop PEFT's input casts. Returns what changed."""
+    done = Fused()
+    for module in model.modules():
+        if _is_gemma4_norm(module):
+            module.forward = types.MethodType(_norm_forward, module)
+            done.norms += 1
+        elif autocast and hasattr(module, "lora_A") and hasattr(module, "_cast_input_dtype"):
+            module.cast_input_dtype_enabled = False
+            done.lora_inputs += 1
+    return done
+
+
+def undo(model) -> None:
+    """Back to transformers' and PEFT's own forwards (bench/step_probe_gpu.py times both in one process)."""
+    for module in model.modules():
+        if "forward" in module.__dict__ and getattr(module.forward, "__func__", None) is _norm_forward:
+            del module.forward
+        if "cast_input_dtype_enabled" in module.__dict__:
+            del module.cast_input_dtype_enabled
+
+
+def _is_gemma4_norm(module) -> bool:
+    # transformers' Gemma4RMSNorm: x * (mean(x^2) + eps)^-0.5 [* weight], in fp32, cast back to x's dtype.
+    # Gemma 3's norm scales by (1 + weight) and is left alone.
+    return type(module).__name__ == "Gemma4RMSNorm" and hasattr(module, "variance_epsilon") \
+        and hasattr(module, "with_scale")
+
+
+def _norm_forward(self, x: torch.Tensor) -> torch.Tensor:
+    weight = self.weight if self.with_scale else None
+    if weight is not None and weight.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+        return type(self).forward(self, x)  # mixed dtypes outside autocast: the original's promotion rules
+    return F.rms_norm(x, (x.shape[-1],), weight, self.variance_epsilon).to(x.dtype)
