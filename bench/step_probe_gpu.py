@@ -4,21 +4,20 @@
     python bench/step_probe_gpu.py --out /tmp/p --smoke  # CPU check of this script: tiny random Gemma 4
 
 Issue 18's build spends most of its time in optimizer steps that are bound by the host launching kernels
-(bench/results/build_e2b_gpu.md: 0.596 s a step at batch 32, ~0.27 s of it fixed per step). This loads the
+(bench/results/build_e2b_gpu.md: 0.596 s a step at batch 32, ~0.37 s of it fixed per step). This loads the
 model of `bench/build_e2b_gpu.py` (its --work folder; made there if missing) with LoreKit's own loader and the
 `--preset fast` settings, tokenizes the whole sample world's rows as `lorekit train` does, and times `--steps`
-optimizer steps of the same batches (the largest of the epoch's batch order, a fixed pick) under each variant:
+optimizer steps of the same batches (a fixed pick from the epoch's batch order) under each variant:
 
-  before      the loop as it was: the labelled positions picked with a mask on the device (the host waits
-              for the whole forward pass there), each micro-batch's loss read at once
-  after       the loop as it is (positions from the batch's CPU tensors, pinned copies, one read per step)
-  adamw       `after` with torch's AdamW instead of bitsandbytes' 8-bit AdamW
-  resident    per-layer embedding tables left on the GPU (`offload_ple = false`), with 8-bit AdamW and with
-              AdamW; these run first, since the offload cannot be undone in a process
+  plain       the loop with transformers' RMSNorm and PEFT's input casts (`[train] fuse = false`)
+  fused       the loop as `lorekit train` runs it on CUDA (lorekit/train/fused.py)
+  fused+adamw `fused` with torch's AdamW instead of bitsandbytes' 8-bit AdamW
+  fused@N     `fused` at batch N (`--batch-sizes`): fewer, larger steps, if the card holds them
 
-and lists where a step of `after` still makes the host wait for the device (torch's sync debug mode). The loss
-of one fixed batch under `before` and `after` is printed: the two must agree. Writes OUT/step_probe.json and
-prints a table; the step times of all variants come from the same process, so their ratios hold.
+The peak memory is taken per variant; a batch that does not fit is recorded as "oom". The loss of one fixed
+batch under `plain` and `fused` is printed (the two must agree), and where a step of `fused` still makes the
+host wait for the device (torch's sync debug mode). Writes OUT/step_probe.json and prints a table; all
+variants run in one process, so their ratios hold.
 """
 
 from __future__ import annotations
@@ -35,30 +34,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-
-
-def old_masked_loss(model, batch: dict, bf16: bool):
-    """The loop's loss before the change: a boolean mask applied on the device."""
-    import torch.nn.functional as F
-
-    from lorekit.train.data import IGNORE
-    from lorekit.train.loop import _autocast
-
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    device = next(model.parameters()).device
-    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    labels = batch["labels"].to(device)[:, 1:]
-    with _autocast(device, bf16):
-        hidden = causal.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        keep = labels != IGNORE
-        logits = causal.lm_head(hidden[:, :-1][keep])
-    logits = logits.float()
-    cap = getattr(causal.config.get_text_config(), "final_logit_softcapping", None)
-    if cap:
-        import torch
-
-        logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits, labels[keep], reduction="sum"), int(keep.sum())
 
 
 def rows_and_plan(args, model_folder: Path, tok):
@@ -90,34 +65,48 @@ def rows_and_plan(args, model_folder: Path, tok):
     return cfg, rows, plan
 
 
-def time_steps(model, rows, plan, group_list, variant: str, loss_fn) -> dict:
+def time_steps(model, rows, plan, group_list, variant: str) -> dict:
     import torch
 
     from lorekit.train import loop
 
-    plan = loop.Plan(**{**plan.__dict__, "optimizer": "adamw" if "adamw" == variant.split("+")[-1] else plan.optimizer})
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    plan = loop.Plan(**{**plan.__dict__, "optimizer": "adamw" if variant.endswith("+adamw") else plan.optimizer})
     optimizer = loop.make_optimizer(model, plan)
     scheduler = loop.make_scheduler(optimizer, plan, 1000)
-    saved = loop.masked_loss
-    loop.masked_loss = loss_fn
+    stop = loop.StopFlag()
+    times = []
     try:
-        stop = loop.StopFlag()
-        times = []
         for group in group_list:
-            if torch.cuda.is_available():
+            if cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             loop._step(model, optimizer, scheduler, rows, group, plan, stop)
-            if torch.cuda.is_available():
+            if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-    finally:
-        loop.masked_loss = saved
+    except torch.OutOfMemoryError:
+        model.zero_grad(set_to_none=True)
+        del optimizer
+        return {"variant": variant, "oom": True, "steps": len(times),
+                "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
     steady = times[2:] or times
     tokens = [sum(len(rows[i].input_ids) for b in g for i in b) for g in group_list]
     return {"variant": variant, "step_s": round(sum(steady) / len(steady), 4), "first_s": round(times[0], 3),
             "tokens_per_s": round(sum(tokens[2:] or tokens) / sum(steady), 1), "steps": len(times),
-            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None}
+            "batch_size": plan.batch_size,
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
+
+
+def picks_of(rows, plan, steps: int):
+    """A fixed pick of `steps` optimizer steps: from the epoch's order, those from a quarter of the way down
+    the list sorted by tokens (large, not the very largest)."""
+    order = plan.step_groups(rows, 0)
+    by_size = sorted(order, key=lambda g: -sum(len(rows[i].input_ids) for b_ in g for i in b_))
+    return order, by_size[len(by_size) // 4:len(by_size) // 4 + steps]
 
 
 def sync_sites(model, rows, plan, group) -> list[str]:
@@ -159,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokenizer", type=Path, default=ROOT / ".gpu" / "e2b-tokenizer.tar.xz")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=8, help="optimizer steps per variant (the first 2 not counted)")
+    ap.add_argument("--batch-sizes", type=lambda v: [int(x) for x in v.split(",") if x], default=[48, 64],
+                    help="larger batches to time fused at, comma-separated (empty: none)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -169,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       tokenizer=args.tokenizer))
     import torch
 
-    from lorekit.train import loop, recipe
+    from lorekit.train import fused, loop, recipe
 
     result = {"machine": info.get("machine"), "model_s": round(time.time() - t0, 1), "variants": []}
     cuda = torch.cuda.is_available() and not args.smoke
@@ -179,43 +170,42 @@ def main(argv: list[str] | None = None) -> int:
 
     tok = AutoTokenizer.from_pretrained(folder)
     cfg, rows, plan = rows_and_plan(args, folder, tok)
-    order = plan.step_groups(rows, 0)
-    # the largest steps of the epoch, a fixed pick: the same batches for every variant
-    by_size = sorted(order, key=lambda g: -sum(len(rows[i].input_ids) for b_ in g for i in b_))
-    picks = by_size[len(by_size) // 4:len(by_size) // 4 + args.steps]
+    order, picks = picks_of(rows, plan, args.steps)  # the same batches for every variant at this batch size
     result["batch_tokens"] = [sum(len(rows[i].input_ids) for b_ in g for i in b_) for g in picks]
     print(f"rows {len(rows)}, {len(order)} steps an epoch; probe batches of {result['batch_tokens']} tokens",
           flush=True)
 
-    for offload in (False, True):
-        t1 = time.time()
-        model, _, _, _ = recipe._load(replace(cfg, offload_ple=offload), "transformers", cuda)
-        print(f"loaded (offload_ple={offload}) in {time.time() - t1:.1f} s", flush=True)
-        variants = [("after", loop.masked_loss), ("after+adamw", loop.masked_loss)]
-        if offload:
-            variants = [("before", old_masked_loss)] + variants
-        for name, fn in variants:
-            label = name if offload else f"resident:{name}"
-            r = time_steps(model, rows, plan if cuda else replace(plan, optimizer="adamw"), picks, label, fn)
-            print(json.dumps(r), flush=True)
-            result["variants"].append(r)
-        if offload:
-            with torch.no_grad():
-                batch = loop._batch(rows, _piece(picks[0][0]), plan)
-                result["fixed_loss"] = {"before": float(old_masked_loss(model, batch, plan.bf16)[0]),
-                                        "after": float(loop.masked_loss(model, batch, plan.bf16)[0])}
-            print("fixed batch loss", result["fixed_loss"], flush=True)
-            if cuda:
-                result["sync_sites_after"] = sync_sites(model, rows, plan, picks[0])
-                print("host waits in one step (after):", *result["sync_sites_after"], sep="\n  ", flush=True)
-        del model
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-    base = next(v for v in result["variants"] if v["variant"] == "before")["step_s"]
-    lines = ["| variant | s a step | tokens/s | vs before | peak GiB |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {v['variant']} | {v['step_s']} | {v['tokens_per_s']} | x{base / v['step_s']:.2f} | {v['peak_gib']} |"
-              for v in result["variants"]]
+    model, _, _, _ = recipe._load(cfg, "transformers", cuda)
+    print(f"loaded in {time.time() - t0:.1f} s", flush=True)
+    with torch.no_grad():
+        batch = loop._batch(rows, _piece(picks[0][0]), plan)
+        plain_loss = float(loop.masked_loss(model, batch, plan.bf16)[0])
+        print("fused:", fused.apply(model, autocast=plan.bf16).summary(), flush=True)
+        result["fixed_loss"] = {"plain": plain_loss, "fused": float(loop.masked_loss(model, batch, plan.bf16)[0])}
+    print("fixed batch loss", result["fixed_loss"], flush=True)
+    fused.undo(model)
+    variants = [("plain", plan, picks)]
+    variants += [("fused", plan, picks), ("fused+adamw", plan, picks)]
+    for size in args.batch_sizes:
+        bigger = replace(plan, batch_size=size)
+        variants.append((f"fused@{size}", bigger, picks_of(rows, bigger, args.steps)[1]))
+    for name, plan_of, groups in variants:
+        if name.startswith("fused"):
+            fused.apply(model, autocast=plan.bf16)
+        r = time_steps(model, rows, plan_of, groups, name)
+        print(json.dumps(r), flush=True)
+        result["variants"].append(r)
+        fused.undo(model)
+    if cuda:
+        fused.apply(model, autocast=plan.bf16)
+        result["sync_sites_fused"] = sync_sites(model, rows, plan, picks[0])
+        print("host waits in one step (fused):", *result["sync_sites_fused"], sep="\n  ", flush=True)
+    base = next(v for v in result["variants"] if v["variant"] == "plain")["tokens_per_s"]
+    lines = ["| variant | batch | s a step | tokens/s | tokens/s vs plain | peak GiB |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {v['variant']} | {v.get('batch_size', '-')} | out of memory | - | - | {v['peak_gib']} |" if v.get("oom")
+              else f"| {v['variant']} | {v['batch_size']} | {v['step_s']} | {v['tokens_per_s']} | "
+                   f"x{v['tokens_per_s'] / base:.2f} | {v['peak_gib']} |" for v in result["variants"]]
     result["table"] = "\n".join(lines)
     print(result["table"])
     (args.out / "step_probe.json").write_text(json.dumps(result, indent=1))

@@ -1,5 +1,5 @@
-"""bench/step_probe_gpu.py on the CPU (--smoke: tiny random Gemma 4): every variant times the same steps, and the
-loss path before and after the loop's change gives the same number on one fixed batch.
+"""bench/step_probe_gpu.py on the CPU (--smoke: tiny random Gemma 4): every variant times its steps, and the plain
+and fused forwards (lorekit/train/fused.py) give the same loss on one fixed batch.
 
 The E2B probe itself runs on the H200 machine only (bench/results/build_e2b_gpu.md).
 """
@@ -20,14 +20,15 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "step_probe_gpu.py"
 @pytest.mark.slow
 def test_smoke_probe_times_every_variant_and_the_losses_agree(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--steps", "3", "--out", str(out),
+    proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--steps", "3", "--batch-size", "3", "--batch-sizes", "6", "--out", str(out),
                            "--work", str(tmp_path / "w")], capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "step_probe.json").read_text())
     names = [v["variant"] for v in result["variants"]]
-    assert names == ["resident:after", "resident:after+adamw", "before", "after", "after+adamw"]
+    assert names == ["plain", "fused", "fused+adamw", "fused@6"]
     assert all(v["steps"] == 3 and v["step_s"] > 0 and v["tokens_per_s"] > 0 for v in result["variants"])
+    assert [v["batch_size"] for v in result["variants"]] == [3, 3, 3, 6]
     assert len(result["batch_tokens"]) == 3 and min(result["batch_tokens"]) > 0
-    before, after = result["fixed_loss"]["before"], result["fixed_loss"]["after"]
-    assert before > 0 and abs(before - after) <= 1e-4 * before
-    assert "| before |" in result["table"]
+    plain, fused = result["fixed_loss"]["plain"], result["fixed_loss"]["fused"]
+    assert plain > 0 and abs(plain - fused) <= 1e-4 * plain
+    assert "| fused@6 | 6 |" in result["table"]
