@@ -99,6 +99,33 @@ def test_masked_output_layer_gives_the_models_own_loss(tiny, family):
     torch.testing.assert_close(shared / n, reference, atol=1e-5, rtol=1e-5)
 
 
+def test_eval_loss_does_not_depend_on_the_eval_batch_size(tiny, monkeypatch):
+    """A GPU scores the eval rows at twice the training batch (`Plan.eval_batch_size`): the same mean loss."""
+    import dataclasses
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorekit import chat_formats
+    from lorekit.train import loop
+    from lorekit.train.data import encode_rows
+    from lorekit.train.loop import Plan, evaluate
+
+    tok = AutoTokenizer.from_pretrained(tiny["gemma3"])
+    model = AutoModelForCausalLM.from_pretrained(tiny["gemma3"])
+    examples = encode_rows(tok, chat_formats.get("gemma3"), rows(7), 256)
+    plan = Plan(epochs=1, batch_size=2, grad_accum=1, lr=1e-3, warmup_ratio=0, schedule="linear", weight_decay=0,
+                optimizer="adamw", bf16=False, max_steps=0, eval_every=0, log_every=1, seed=1, keep_best=False,
+                pad_id=tok.pad_token_id)
+    sizes = []
+    batch = loop._batch
+    monkeypatch.setattr(loop, "_batch", lambda rows_, piece, plan_: sizes.append(len(piece.rows)) or batch(rows_, piece, plan_))
+    one = evaluate(model, examples, plan)
+    for size in (4, 7):
+        assert evaluate(model, examples, dataclasses.replace(plan, eval_batch_size=size)) == pytest.approx(one, rel=1e-5)
+    assert one > 0
+    assert sorted(sizes) == [1, 2, 2, 2, 3, 4, 7]  # batches of 2, then of 4, then all 7 rows at once
+
+
 def test_batches_are_bucketed_and_reproducible():
     from lorekit.train.data import batch_order
 

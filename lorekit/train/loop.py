@@ -66,6 +66,7 @@ class Plan:
     last_lr: float = 0.0
     pad_multiple: int = 1
     share_prefix: bool = False
+    eval_batch_size: int = 0  # 0: batch_size
 
     def step_groups(self, rows: list[Example], epoch: int) -> list[list[list[int]]]:
         """The optimizer steps of `epoch`, each a list of micro-batches of row indices (the same for the
@@ -193,7 +194,8 @@ def evaluate(model, examples: list[Example], plan: Plan, world: World = SOLO) ->
     forward.eval()
     total, count = 0.0, 0
     groups = [e.group for e in examples] if plan.share_prefix else None
-    batches = batch_order([len(e.input_ids) for e in examples], plan.batch_size, 0, 0, False, groups)
+    size = plan.eval_batch_size or plan.batch_size
+    batches = batch_order([len(e.input_ids) for e in examples], size, 0, 0, False, groups)
     for piece in distributed.eval_shares(batches, world):
         loss, n = forward(_batch(examples, piece, plan))
         total, count = total + float(loss) * piece.weight, count + n * int(piece.weight)

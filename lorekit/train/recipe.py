@@ -82,6 +82,8 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         # compiled kernels recompile for every new shape: round widths up to few shapes
         plan.pad_multiple = (64 if backend == "unsloth" and cfg.compile else 8) if cuda else 1
         plan.share_prefix = cfg.share_prompt if cfg.share_prompt is not None else not cuda
+        # no activations are kept for a backward pass when scoring: twice the rows, half the launches
+        plan.eval_batch_size = 2 * plan.batch_size if cuda else 0
         if cuda and cfg.fuse and backend == "transformers":  # Unsloth has its own kernels
             log.info("fewer launches a step: %s", fused.apply(model, autocast=plan.bf16).summary())
         # run.json records what ran, not "auto"
