@@ -18,7 +18,8 @@ DOCS = [
     {"type": "sentence", "id": 7, "index": 0, "text": "Line\nbreak\ttab \"quoted\" back\\slash \u0001 \u2028"},
     {"type": "done", "tokens": {"prompt": 412, "cached": 398, "completion": 8},
      "timings": {"queue_ms": 0.4, "tokens_per_s": 27.875, "big": 1.5e20, "neg": -3}, "ok": True, "no": False},
-    {"npcs": [{"id": "mara-vell", "name": "Mara Vell", "greeting": ""}, {"id": "x", "name": "Ø", "greeting": "Hi."}],
+    {"npcs": [{"id": "mara-vell", "name": "Mara Vell", "greeting": "", "farewell": ""},
+              {"id": "x", "name": "Ø", "greeting": "Hi.", "farewell": "Bye."}],
      "empty_list": [], "empty_obj": {}, "nested": [[1, [2, [3]]], {"a": {"b": {"c": "d"}}}]},
 ]
 

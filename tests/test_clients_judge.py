@@ -15,7 +15,8 @@ CONF = Path(__file__).resolve().parent.parent / "runtime" / "conformance"
 judge_mod = load_script(CONF / "judge.py", "lorekit_conformance_judge")
 
 SCENARIO = json.loads((CONF / "scenario.json").read_text(encoding="utf-8"))
-NPCS = [{"id": "mara-vell", "name": "Mara Vell", "greeting": "State your business."}]
+NPCS = [{"id": "mara-vell", "name": "Mara Vell", "greeting": "State your business.",
+         "farewell": "Mind the kiln on your way out."}]
 
 
 def good_lines() -> list:
@@ -128,6 +129,10 @@ def _break_npcs_greeting(lines):
     step(lines, "list_npcs")["events"][0]["npcs"][0]["greeting"] = "State your business"
 
 
+def _break_npcs_no_farewell(lines):
+    del step(lines, "list_npcs")["events"][0]["npcs"][0]["farewell"]
+
+
 def _break_no_reconnect(lines):
     step(lines, "reconnect")["reconnected"] = False
 
@@ -159,7 +164,7 @@ BREAKS = {
              _break_turn_tokens_vs_done, _break_turn_nul, _break_turn_session_echo],
     "cancel": [_break_cancel_not_cancelled],
     "unknown_npc": [_break_unknown_wrong_code],
-    "list_npcs": [_break_npcs_greeting],
+    "list_npcs": [_break_npcs_greeting, _break_npcs_no_farewell],
     "reconnect": [_break_no_reconnect, _break_inflight_twice, _break_inflight_never_ends],
     "connect": [_break_protocol],
     "idle": [_break_idle_dropped, _break_idle_no_pong],

@@ -22,7 +22,8 @@ def _check(problems: list) -> dict:
 def _npcs_problems(events: list, expected: list) -> list:
     if len(events) != 1 or events[0].get("type") != "npcs":
         return [f"expected one npcs event, got {[e.get('type') for e in events]}"]
-    got = [{"id": n.get("id"), "name": n.get("name"), "greeting": n.get("greeting")} for n in events[0]["npcs"]]
+    got = [{"id": n.get("id"), "name": n.get("name"), "greeting": n.get("greeting"), "farewell": n.get("farewell")}
+           for n in events[0]["npcs"]]
     if got != expected:
         return [f"NPC list differs from the server's /v1/models: {got!r} != {expected!r}"]
     return []

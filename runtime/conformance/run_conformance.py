@@ -280,7 +280,8 @@ def run_conformance(names: list, model: Path, lore_dir: Path, workdir: Path,
     try:
         log(f"starting lorekit serve on 127.0.0.1:{server.port} ...")
         server.start()
-        expected = [{"id": m["id"], "name": m.get("name"), "greeting": m.get("greeting")}
+        expected = [{"id": m["id"], "name": m.get("name"), "greeting": m.get("greeting"),
+                     "farewell": m.get("farewell")}
                     for m in http_json(server.port, "/v1/models")["data"]]
         for run in runs:
             run.waiting.wait(timeout=t["connect"] + 4 * t["step"])

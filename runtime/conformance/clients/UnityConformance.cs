@@ -86,7 +86,7 @@ static class UnityConformance
         client.NpcsListed += (id, npcs) =>
         {
             var list = new List<object>();
-            foreach (var n in npcs) list.Add(new Dictionary<string, object> { { "id", n.Id }, { "name", n.Name }, { "greeting", n.Greeting } });
+            foreach (var n in npcs) list.Add(new Dictionary<string, object> { { "id", n.Id }, { "name", n.Name }, { "greeting", n.Greeting }, { "farewell", n.Farewell } });
             Record(id, new Dictionary<string, object> { { "type", "npcs" }, { "npcs", list } });
         };
         client.Token += (id, text) => Record(id, new Dictionary<string, object> { { "type", "token" }, { "text", text } });

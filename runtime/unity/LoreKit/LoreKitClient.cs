@@ -19,6 +19,7 @@ namespace LoreKit
         public string Id;
         public string Name;
         public string Greeting;
+        public string Farewell;
     }
 
     public sealed class TurnOptions
@@ -405,7 +406,11 @@ namespace LoreKit
             foreach (var item in list)
             {
                 var d = item as Dictionary<string, object>;
-                if (d != null) result.Add(new NpcInfo { Id = Str(d, "id"), Name = Str(d, "name"), Greeting = Str(d, "greeting") });
+                if (d != null) result.Add(new NpcInfo
+                {
+                    Id = Str(d, "id"), Name = Str(d, "name"), Greeting = Str(d, "greeting"),
+                    Farewell = Str(d, "farewell"),
+                });
             }
             return result;
         }

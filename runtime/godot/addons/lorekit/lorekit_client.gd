@@ -13,7 +13,8 @@ extends Node
 signal connected(hello: Dictionary)
 ## The connection dropped (requests in flight end with error_received "disconnected").
 signal disconnected(reason: String)
-## Answer to list_npcs(): an Array of {"id", "name", "greeting"} Dictionaries.
+## Answer to list_npcs(): an Array of {"id", "name", "greeting", "farewell"} Dictionaries
+## (greeting and farewell are "" when the NPC has none).
 signal npcs_listed(request_id: String, npcs: Array)
 ## A piece of the reply, as soon as it is generated.
 signal token_received(turn_id: String, text: String)
