@@ -431,8 +431,9 @@ def test_the_persona_quotes_the_npcs_dont_know_line_but_not_its_refusal(sample):
     assert "say so as you always do" not in persona(other, "mara-vell")
 
 
-@pytest.mark.parametrize("name", ["player_questions.jsonl", "player_questions_2.jsonl"])
-def test_the_benchs_player_questions_ask_each_npc_about_a_note_it_has(sample, name):
+@pytest.mark.parametrize(("name", "floor"), [("player_questions.jsonl", 0.85), ("player_questions_2.jsonl", 0.85),
+                                           ("player_questions_3.jsonl", 0.8)])
+def test_the_benchs_player_questions_ask_each_npc_about_a_note_it_has(sample, name, floor):
     """bench/retrieval_recall.py scores these against sample_lore: a renamed fact or page must show here."""
     _, book, r = sample
     rows = [json.loads(line) for line in (Path(__file__).parent.parent / "bench" / name).read_text().splitlines()]
@@ -441,4 +442,6 @@ def test_the_benchs_player_questions_ask_each_npc_about_a_note_it_has(sample, na
         assert set(row) == {"npc", "question", "fact"}
         assert row["fact"] in book.by_npc_set(row["npc"]), row
     hits = sum(row["fact"] in {n.id for n in r.retrieve(row["npc"], row["question"])} for row in rows)
-    assert hits / len(rows) >= 0.8  # 82.5 % and 84.4 % at e830aa0: a change that loses notes fails here
+    # sets 1, 2, 3: 88.3 %, 87.8 %, 81.7 % on 2026-12-05 (set 3 written blind to the code: 78.3 % before the
+    # cue words for lengths, materials, prices, deaths); a change that loses notes fails here
+    assert hits / len(rows) >= floor

@@ -18,13 +18,13 @@ import re
 # Field label (a note's heading, as `lorekit.lore` writes it: lower case, "_" as a space) -> cue words.
 CUES: dict[str, str] = {
     "date": "when time year date ago era season",  # not "day": "these days" is now
-    "founded": "founded found establish established built since old when year",
+    "founded": "founded found establish established built since old when year ago set started",
     "age": "old age aged years",
     "location": "where whereabouts place located site lie lies rest rests stored hidden",
     "residence": "live lives living home dwell reside stay abode house settle settled",
     "birthplace": "born birth birthplace hometown native grew",
     "owner": "own owns owner belong belongs whose possess holds keeps",
-    "made by": "made make maker craft crafted forge forged built create created author wrote",
+    "made by": "made make maker craft crafted forge forged built create created author wrote carve carved",
     "leader": "lead leads leader head heads command commands charge boss run runs chief follow captain master",
     "ruler": "rule rules ruler govern governs reign king queen lord charge sway",
     "members": "member members join joined belong counts ranks",
@@ -43,12 +43,20 @@ CUES: dict[str, str] = {
     "population": "many population big size populous souls inhabitants",
     "climate": "weather climate cold hot warm rain",
     "kind": "kind sort type",
-    "goal": "goal want wants aim purpose seek plan",
-    "headquarters": "base based headquarters seat",
+    "goal": "goal want wants aim purpose seek plan trying",
+    "headquarters": "base based headquarters seat hideout lair den stronghold",
     "part of": "part region within realm land contain contains include includes inside",
     "power": "power ability magic",
     "status": "status alive dead still",
     "species": "species race creature",
+    # fields many vaults add (the sample world has them): their labels are not the words players ask with
+    "length": "long length far distance miles leagues",
+    "height": "tall high height",
+    "depth": "deep depth",
+    "size": "big large small size",
+    "material": "made material wood stone metal iron steel bronze glass bone",
+    "death toll": "died dead killed deaths death lives toll perished drowned",
+    "price": "cost costs price fare pay charge much",
 }
 BONUS = 2.0  # added to a cued note's BM25 score (scores run ~0-4 on a page's notes)
 # "What does Hessa do?", "What do you do here?", "What does he do for a living?": the job
