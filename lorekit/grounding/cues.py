@@ -6,8 +6,8 @@ is that?", "Where is Yselde living these days?"), and among one page's notes BM2
 neighbour first; a small model reads the first notes most (bench/results/retrieval_recall.md). So
 retrieval also reads cue words: common English for each field LoreKit's default templates know,
 matched on word stems (Snowball's English stemmer, which BM25 uses too). A note whose field a line
-cues gets `BONUS` added to its BM25 score. Fields a vault adds have no cues here: their keys and
-heading still match through BM25.
+cues gets `BONUS` added to its BM25 score. A few fields vaults often add have cues too (length,
+material, price, ...); others have none here: their keys and heading still match through BM25.
 """
 
 from __future__ import annotations
