@@ -91,7 +91,7 @@ def time_steps(model, rows, plan, group_list, variant: str) -> dict:
     except torch.OutOfMemoryError:
         model.zero_grad(set_to_none=True)
         del optimizer
-        return {"variant": variant, "oom": True, "steps": len(times),
+        return {"variant": variant, "oom": True, "steps": len(times), "batch_size": plan.batch_size,
                 "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
     steady = times[2:] or times
     tokens = [sum(len(rows[i].input_ids) for b in g for i in b) for g in group_list]
@@ -175,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rows {len(rows)}, {len(order)} steps an epoch; probe batches of {result['batch_tokens']} tokens",
           flush=True)
 
+    t1 = time.time()
     model, _, _, _ = recipe._load(cfg, "transformers", cuda)
-    print(f"loaded in {time.time() - t0:.1f} s", flush=True)
+    print(f"loaded in {time.time() - t1:.1f} s", flush=True)
     with torch.no_grad():
         batch = loop._batch(rows, _piece(picks[0][0]), plan)
         plain_loss = float(loop.masked_loss(model, batch, plan.bf16)[0])
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         fused.apply(model, autocast=plan.bf16)
         result["sync_sites_fused"] = sync_sites(model, rows, plan, picks[0])
         print("host waits in one step (fused):", *result["sync_sites_fused"], sep="\n  ", flush=True)
-    base = next(v for v in result["variants"] if v["variant"] == "plain")["tokens_per_s"]
+    base = next((v.get("tokens_per_s") for v in result["variants"] if v["variant"] == "plain"), None) or float("nan")
     lines = ["| variant | batch | s a step | tokens/s | tokens/s vs plain | peak GiB |",
              "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {v['variant']} | {v.get('batch_size', '-')} | out of memory | - | - | {v['peak_gib']} |" if v.get("oom")

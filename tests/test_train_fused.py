@@ -90,6 +90,9 @@ def test_lora_inputs_left_in_bf16_change_nothing_under_autocast(tiny4):
     assert worst_relative(fused_grads, grads) < 2e-2
     # the input casts alone are exact: autocast casts the same values to bf16 either way
     fused.undo(model)
+    lora = [m for m in model.modules() if hasattr(m, "lora_A")]
+    assert lora and all(m.cast_input_dtype_enabled is True for m in lora)  # PEFT's own default again
+    assert not any("forward" in m.__dict__ for m in model.modules() if type(m).__name__ == "Gemma4RMSNorm")
     for module in model.modules():
         if hasattr(module, "lora_A"):
             module.cast_input_dtype_enabled = False

@@ -4,9 +4,11 @@ An E2B step at the batch sizes LoreKit trains is bound by the host launching ker
 (bench/results/build_e2b_gpu.md). Two sources of launches are pure overhead:
 
 - Gemma 4's RMSNorm, written out in PyTorch as ~9 kernels forward and ~12 backward (an fp32 copy, pow,
-  mean, add, pow, two multiplies, the cast back), eight times in each decoder layer. `torch.nn.functional.
-  rms_norm` computes the same thing, in fp32 inside the kernel, as one fused CUDA kernel each way, and
-  saves only the input and one number a row for the backward pass instead of fp32 copies of the input.
+  mean, add, pow, two multiplies, the cast back), eight times in each decoder layer. torch's fused
+  `rms_norm` CUDA kernel (torch 2.8 and later) computes the same thing in fp32 inside the kernel, one
+  kernel each way, and keeps only the input and one number a row for the backward pass. It runs with
+  autocast off: from torch 2.12 CUDA autocast would cast the input to fp32 first (three more kernels and
+  an fp32 copy kept), which the kernel does inside anyway.
 - PEFT casts each LoRA layer's input to the adapter's fp32 before multiplying; under bf16 autocast the
   multiply casts it straight back to bf16, so the copy (and its backward) changes nothing but the time.
   `cast_input_dtype_enabled = False` leaves the input as it is; autocast still casts the fp32 LoRA
@@ -35,11 +37,13 @@ class Fused:
 
 
 def apply(model, autocast: bool) -> Fused:
-    """Rebind the norms of `model` to the fused kernel and, when every forward runs under autocast
-    (`autocast`), stop PEFT's input casts. Returns what changed."""
+    """Rebind the norms of `model` to the fused kernel (where torch has one) and, when every forward runs
+    under autocast (`autocast`), stop PEFT's input casts. Returns what changed; `undo` puts it back (the
+    recipe does, once training ends, so a later forward without autocast works as before)."""
     done = Fused()
+    fused_kernel = hasattr(torch.ops.aten, "_fused_rms_norm")
     for module in model.modules():
-        if _is_gemma4_norm(module):
+        if fused_kernel and _is_gemma4_norm(module):
             module.forward = types.MethodType(_norm_forward, module)
             done.norms += 1
         elif autocast and hasattr(module, "lora_A") and hasattr(module, "_cast_input_dtype"):
@@ -53,8 +57,8 @@ def undo(model) -> None:
     for module in model.modules():
         if "forward" in module.__dict__ and getattr(module.forward, "__func__", None) is _norm_forward:
             del module.forward
-        if "cast_input_dtype_enabled" in module.__dict__:
-            del module.cast_input_dtype_enabled
+        if getattr(module, "cast_input_dtype_enabled", True) is False:
+            module.cast_input_dtype_enabled = True  # PEFT's own default
 
 
 def _is_gemma4_norm(module) -> bool:
@@ -66,6 +70,7 @@ def _is_gemma4_norm(module) -> bool:
 
 def _norm_forward(self, x: torch.Tensor) -> torch.Tensor:
     weight = self.weight if self.with_scale else None
-    if weight is not None and weight.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
-        return type(self).forward(self, x)  # mixed dtypes outside autocast: the original's promotion rules
-    return F.rms_norm(x, (x.shape[-1],), weight, self.variance_epsilon).to(x.dtype)
+    if weight is not None and weight.dtype != x.dtype:
+        return type(self).forward(self, x)  # mixed dtypes: the original's fp32 product, not a rounded weight
+    with torch.autocast(x.device.type, enabled=False):
+        return F.rms_norm(x, (x.shape[-1],), weight, self.variance_epsilon)

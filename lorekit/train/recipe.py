@@ -82,8 +82,9 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         # compiled kernels recompile for every new shape: round widths up to few shapes
         plan.pad_multiple = (64 if backend == "unsloth" and cfg.compile else 8) if cuda else 1
         plan.share_prefix = cfg.share_prompt if cfg.share_prompt is not None else not cuda
-        # no activations are kept for a backward pass when scoring: twice the rows, half the launches
-        plan.eval_batch_size = 2 * plan.batch_size if cuda else 0
+        # no activations are kept for a backward pass when scoring: twice the rows, half the launches (not
+        # where checkpointing says memory is tight: the eval's logits grow with its batch)
+        plan.eval_batch_size = 2 * plan.batch_size if cuda and not cfg.gradient_checkpointing else 0
         if cuda and cfg.fuse and backend == "transformers":  # Unsloth has its own kernels
             log.info("fewer launches a step: %s", fused.apply(model, autocast=plan.bf16).summary())
         # run.json records what ran, not "auto"
@@ -95,9 +96,12 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         ckpt, partial = out / "train" / "checkpoint", out / "train" / ".metrics.partial.jsonl"
         _prepare_logs(ckpt, partial, resume, world)
         distributed.barrier(world)  # rank 0 cleared an old checkpoint before anyone trains
-        state, keep = loop.train(model, train_rows, eval_rows, plan, ckpt, resume=resume,
-                                 on_log=_chain(_appender(partial) if world.main else None, on_log),
-                                 on_step=on_step, world=world, cuda=cuda)
+        try:
+            state, keep = loop.train(model, train_rows, eval_rows, plan, ckpt, resume=resume,
+                                     on_log=_chain(_appender(partial) if world.main else None, on_log),
+                                     on_step=on_step, world=world, cuda=cuda)
+        finally:
+            fused.undo(model)
     except torch.OutOfMemoryError:
         raise LorekitError(OOM_HELP) from None
     if world.main:
