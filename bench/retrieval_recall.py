@@ -32,7 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PLAYER_SETS = [("player questions (set 1, read while tuning)", ROOT / "bench" / "player_questions.jsonl"),
                ("player questions (set 2, read for one rule and the cue words)", ROOT / "bench" / "player_questions_2.jsonl"),
-               ("player questions (set 3, held out)", ROOT / "bench" / "player_questions_3.jsonl")]
+               ("player questions (set 3, read for the cue prefixes and chat spellings)",
+                ROOT / "bench" / "player_questions_3.jsonl"),
+               ("player questions (set 4, held out)", ROOT / "bench" / "player_questions_4.jsonl")]
 sys.path.insert(0, str(ROOT))
 
 from lorekit.compile import load_config, run  # noqa: E402

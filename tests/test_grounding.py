@@ -83,7 +83,10 @@ def test_cue_words_name_fields_by_stem_and_knowing_is_no_job():
     assert "residence" in asked("where's she living now") and "members" in asked("is he a member of it?")
     assert "occupation" in asked("What do you do here?") and "occupation" in asked("what does Pip do for a living?")
     assert "occupation" not in asked("What do you know about the Codex?")
-    assert asked("Tell me about Vellicor.") == frozenset()
+    assert asked("Tell me about Vellicor.").fields == frozenset()
+    # a vault's own labels of a few words are cued by their first words
+    assert "number of gates" in asked("how many gates r there") and "year of death" in asked("when did gideon die")
+    assert "number of gates" not in asked("Tell me about the gates.")
 
 
 def test_a_word_a_few_names_share_stands_for_all_of_them_and_the_line_ranks_them(sample):
@@ -97,6 +100,7 @@ def test_a_word_a_few_names_share_stands_for_all_of_them_and_the_line_ranks_them
 
 def test_you_beside_another_page_is_the_npc_too_but_not_in_a_questions_frame(sample):
     _, _, r = sample
+    assert r.entities("idris-fenn", "where u from originally") == ["idris-fenn"]  # chat spelling is "you" too
     assert r.entities("hessa-orrin", "so the Sluice Key, that belongs to you?") == ["the-sluice-key", "hessa-orrin"]
     assert r.entities("hessa-orrin", "Do you know the Sluice Key?") == ["the-sluice-key"]
     assert r.retrieve("hessa-orrin", "Do you know the Sluice Key?")[0].id == "the-sluice-key.summary"
@@ -432,7 +436,7 @@ def test_the_persona_quotes_the_npcs_dont_know_line_but_not_its_refusal(sample):
 
 
 @pytest.mark.parametrize(("name", "floor"), [("player_questions.jsonl", 0.85), ("player_questions_2.jsonl", 0.85),
-                                           ("player_questions_3.jsonl", 0.8)])
+                                           ("player_questions_3.jsonl", 0.82), ("player_questions_4.jsonl", 0.8)])
 def test_the_benchs_player_questions_ask_each_npc_about_a_note_it_has(sample, name, floor):
     """bench/retrieval_recall.py scores these against sample_lore: a renamed fact or page must show here."""
     _, book, r = sample
@@ -442,6 +446,6 @@ def test_the_benchs_player_questions_ask_each_npc_about_a_note_it_has(sample, na
         assert set(row) == {"npc", "question", "fact"}
         assert row["fact"] in book.by_npc_set(row["npc"]), row
     hits = sum(row["fact"] in {n.id for n in r.retrieve(row["npc"], row["question"])} for row in rows)
-    # sets 1, 2, 3: 88.3 %, 87.8 %, 81.7 % on 2026-12-05 (set 3 written blind to the code: 78.3 % before the
-    # cue words for lengths, materials, prices, deaths); a change that loses notes fails here
+    # sets 1-4: 88.3 %, 87.8 %, 84.4 %, 82.2 % on 2026-12-05 (sets 3 and 4 written blind to the code: 78.3 % and
+    # 76.1 % that morning); a change that loses notes fails here
     assert hits / len(rows) >= floor

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass
 
 # Field label (a note's heading, as `lorekit.lore` writes it: lower case, "_" as a space) -> cue words.
 CUES: dict[str, str] = {
@@ -26,7 +27,7 @@ CUES: dict[str, str] = {
     "owner": "own owns owner belong belongs whose possess holds keeps",
     "made by": "made make maker craft crafted forge forged built create created author wrote carve carved",
     "leader": "lead leads leader head heads command commands charge boss run runs chief follow captain master",
-    "ruler": "rule rules ruler govern governs reign king queen lord charge sway",
+    "ruler": "rule rules ruler govern governs reign king queen lord charge sway run runs",
     "members": "member members join joined belong counts ranks",
     "affiliation": "side faction group guild belong serve serves allegiance loyal",
     "factions": "faction factions group groups guild guilds sway operate present",
@@ -58,6 +59,13 @@ CUES: dict[str, str] = {
     "death toll": "died dead killed deaths death lives toll perished drowned",
     "price": "cost costs price fare pay charge much",
 }
+# Field labels a vault makes of a few words ("number of gates", "year of death") are cued by their first words.
+PREFIXES: dict[str, str] = {
+    "number of": "many number count",
+    "year of": "when year",
+    "date of": "when date",
+    "place of": "where",
+}
 BONUS = 2.0  # added to a cued note's BM25 score (scores run ~0-4 on a page's notes)
 # "What does Hessa do?", "What do you do here?", "What does he do for a living?": the job
 DOES_FOR_WORK = re.compile(r"\bdo\b(?:\s+(?:here|now|these days|for (?:a )?living))?\W*$")
@@ -82,12 +90,25 @@ def stem(words: list[str]) -> list[str]:
 
 @functools.cache
 def _cue_stems() -> dict[str, frozenset[str]]:
-    return {field: frozenset(stem(words.split())) for field, words in CUES.items()}
+    return {field: frozenset(stem(words.split())) for field, words in (*CUES.items(), *PREFIXES.items())}
 
 
-def asked_fields(line: str, words: list[str]) -> frozenset[str]:
+@dataclass(frozen=True)
+class Asked:
+    """The fields a line cues: a note heading is `in` it when `CUES` names it or it begins with a cued prefix."""
+
+    fields: frozenset[str]
+    prefixes: tuple[str, ...]  # "number of ", ...
+
+    def __contains__(self, heading: object) -> bool:
+        return heading in self.fields or bool(self.prefixes and isinstance(heading, str)
+                                               and heading.startswith(self.prefixes))
+
+
+def asked_fields(line: str, words: list[str]) -> Asked:
     """The fields (note headings) whose cue words the line holds."""
     stems = set(stem(words))
     if DOES_FOR_WORK.search(line.lower()):
         stems.add(stem_word("work"))
-    return frozenset(field for field, cues in _cue_stems().items() if cues & stems)
+    cued = frozenset(field for field, cues in _cue_stems().items() if cues & stems)
+    return Asked(cued, tuple(f"{p} " for p in PREFIXES if p in cued))

@@ -36,7 +36,7 @@ WORD = re.compile(r"[\w']+", re.UNICODE)
 # The player's own name follows these ("I'm Arthur", "my name is Arthur"): a name, but not one asked about.
 INTRODUCING = {"i'm", ("i", "am"), ("name", "is"), "name's", ("call", "me"), ("called", "me")}
 OPENS = ".!?:;([{\"'*-\u201c\u2018\u2014"  # a word after one of these (or first in the line) opens a sentence
-SELF_WORDS = {"you", "your", "yours", "yourself", "ye", "thee", "thou", "thy"}
+SELF_WORDS = {"you", "your", "yours", "yourself", "ye", "thee", "thou", "thy", "thine", "u", "ur", "ya", "yer"}
 MAX_NAME_WORDS = 6
 OUTSIDER_MARGIN = 1.1  # see Retriever._outsider
 OUTSIDER_FLOOR = 1.0
