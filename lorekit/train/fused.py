@@ -14,8 +14,9 @@ An E2B step at the batch sizes LoreKit trains is bound by the host launching ker
   `cast_input_dtype_enabled = False` leaves the input as it is; autocast still casts the fp32 LoRA
   weights, so the products are bit for bit those of before.
 
-`apply` is for CUDA training under bf16 autocast (LoreKit's plain loop on a GPU); the CPU path keeps
-transformers' own forward (tests/test_train_fused.py checks the logits and LoRA gradients match).
+`apply` is for CUDA training under bf16 autocast (LoreKit's plain loop on a GPU, with `[train] fuse = true`;
+off by default until bench/step_probe_gpu.py has timed it on a GPU); the CPU path keeps transformers' own
+forward (tests/test_train_fused.py checks the loss and LoRA gradients match).
 """
 
 from __future__ import annotations
