@@ -10,7 +10,7 @@ model of `bench/build_e2b_gpu.py` (its --work folder; made there if missing) wit
 optimizer steps of the same batches (a fixed pick from the epoch's batch order) under each variant:
 
   plain       the loop with transformers' RMSNorm and PEFT's input casts (`[train] fuse = false`)
-  fused       the loop as `lorekit train` runs it on CUDA (lorekit/train/fused.py)
+  fused       the loop with `[train] fuse = true` (lorekit/train/fused.py), as `lorekit train` runs it on CUDA then
   fused+adamw `fused` with torch's AdamW instead of bitsandbytes' 8-bit AdamW
   fused@N     `fused` at batch N (`--batch-sizes`): fewer, larger steps, if the card holds them
 
@@ -185,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         result["fixed_loss"] = {"plain": plain_loss, "fused": float(loop.masked_loss(model, batch, plan.bf16)[0])}
     print("fixed batch loss", result["fixed_loss"], flush=True)
     fused.undo(model)
-    variants = [("plain", plan, picks)]
-    variants += [("fused", plan, picks), ("fused+adamw", plan, picks)]
+    variants = [("plain", plan, picks), ("fused", plan, picks), ("fused+adamw", plan, picks)]
     for size in args.batch_sizes:
         bigger = replace(plan, batch_size=size)
         variants.append((f"fused@{size}", bigger, picks_of(rows, bigger, args.steps)[1]))

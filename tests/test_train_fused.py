@@ -16,20 +16,9 @@ def tiny4(tmp_path_factory):
 
 
 def lora_model(path, dtype):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tests.test_train_ple_offload import lora_model as with_lora
 
-    from lorekit.models import resolve
-    from lorekit.train.recipe import attach_lora
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = attach_lora(AutoModelForCausalLM.from_pretrained(path, dtype=dtype), resolve(str(path)),
-                        {"r": 4, "alpha": 8, "dropout": 0.0, "turn_tokens": True}, False, tok)
-    with torch.no_grad():  # LoRA B starts at zero, which would leave A without gradient: give it values
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
+    model, tok = with_lora(path, False, dtype)
     model.train()
     return model, tok
 

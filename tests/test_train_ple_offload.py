@@ -16,7 +16,8 @@ def tiny4(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("tiny"), "gemma4")
 
 
-def lora_model(path, checkpointing: bool):
+def lora_model(path, checkpointing: bool, dtype=None):
+    """The tiny model (in `dtype`, default its own) with LoRA on, every LoRA B given values."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -25,7 +26,8 @@ def lora_model(path, checkpointing: bool):
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(path)
-    model = attach_lora(AutoModelForCausalLM.from_pretrained(path), resolve(str(path)),
+    base = AutoModelForCausalLM.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
+    model = attach_lora(base, resolve(str(path)),
                         {"r": 4, "alpha": 8, "dropout": 0.0, "turn_tokens": True}, checkpointing, tok)
     with torch.no_grad():  # LoRA B starts at zero, which would leave A without gradient: give it values
         for name, p in model.named_parameters():

@@ -85,7 +85,8 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         # no activations are kept for a backward pass when scoring: twice the rows, half the launches (not
         # where checkpointing says memory is tight: the eval's logits grow with its batch)
         plan.eval_batch_size = 2 * plan.batch_size if cuda and not cfg.gradient_checkpointing else 0
-        if cuda and cfg.fuse and backend == "transformers":  # Unsloth has its own kernels
+        fuse = cuda and cfg.fuse and backend == "transformers"  # Unsloth has its own kernels
+        if fuse:
             log.info("fewer launches a step: %s", fused.apply(model, autocast=plan.bf16).summary())
         # run.json records what ran, not "auto"
         cfg = replace(cfg, optimizer=plan.optimizer, precision="bf16" if plan.bf16 else "fp32",
@@ -101,7 +102,8 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
                                      on_log=_chain(_appender(partial) if world.main else None, on_log),
                                      on_step=on_step, world=world, cuda=cuda)
         finally:
-            fused.undo(model)
+            if fuse:
+                fused.undo(model)
     except torch.OutOfMemoryError:
         raise LorekitError(OOM_HELP) from None
     if world.main:
