@@ -65,7 +65,7 @@ def rows_and_plan(args, model_folder: Path, tok):
     return cfg, rows, plan
 
 
-def time_steps(model, rows, plan, group_list, variant: str) -> dict:
+def time_steps(model, rows, plan, group_list, variant: str, largest=None) -> dict:
     import torch
 
     from lorekit.train import loop
@@ -95,18 +95,30 @@ def time_steps(model, rows, plan, group_list, variant: str) -> dict:
                 "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
     steady = times[2:] or times
     tokens = [sum(len(rows[i].input_ids) for b in g for i in b) for g in group_list]
-    return {"variant": variant, "step_s": round(sum(steady) / len(steady), 4), "first_s": round(times[0], 3),
-            "tokens_per_s": round(sum(tokens[2:] or tokens) / sum(steady), 1), "steps": len(times),
-            "batch_size": plan.batch_size,
-            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
+    result = {"variant": variant, "step_s": round(sum(steady) / len(steady), 4), "first_s": round(times[0], 3),
+              "tokens_per_s": round(sum(tokens[2:] or tokens) / sum(steady), 1), "steps": len(times),
+              "batch_size": plan.batch_size,
+              "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
+    if largest is not None and cuda:  # one more step, on the epoch's largest batch: a build's peak
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        result["largest_tokens"] = sum(len(rows[i].input_ids) for b in largest for i in b)
+        try:
+            loop._step(model, optimizer, scheduler, rows, largest, plan, stop)
+            result["largest_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        except torch.OutOfMemoryError:
+            model.zero_grad(set_to_none=True)
+            result["largest_peak_gib"] = "oom"
+    return result
 
 
 def picks_of(rows, plan, steps: int):
     """A fixed pick of `steps` optimizer steps: from the epoch's order, those from a quarter of the way down
-    the list sorted by tokens (large, not the very largest)."""
+    the list sorted by tokens (large, not the very largest); and the epoch's largest step, whose peak memory
+    says whether a whole build at this batch size fits the card."""
     order = plan.step_groups(rows, 0)
     by_size = sorted(order, key=lambda g: -sum(len(rows[i].input_ids) for b_ in g for i in b_))
-    return order, by_size[len(by_size) // 4:len(by_size) // 4 + steps]
+    return order, by_size[len(by_size) // 4:len(by_size) // 4 + steps], by_size[0]
 
 
 def sync_sites(model, rows, plan, group) -> list[str]:
@@ -170,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tok = AutoTokenizer.from_pretrained(folder)
     cfg, rows, plan = rows_and_plan(args, folder, tok)
-    order, picks = picks_of(rows, plan, args.steps)  # the same batches for every variant at this batch size
+    order, picks, largest = picks_of(rows, plan, args.steps)  # the same batches for every variant at this size
     result["batch_tokens"] = [sum(len(rows[i].input_ids) for b_ in g for i in b_) for g in picks]
     print(f"rows {len(rows)}, {len(order)} steps an epoch; probe batches of {result['batch_tokens']} tokens",
           flush=True)
@@ -185,14 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         result["fixed_loss"] = {"plain": plain_loss, "fused": float(loop.masked_loss(model, batch, plan.bf16)[0])}
     print("fixed batch loss", result["fixed_loss"], flush=True)
     fused.undo(model)
-    variants = [("plain", plan, picks), ("fused", plan, picks), ("fused+adamw", plan, picks)]
+    variants = [("plain", plan, picks, largest), ("fused", plan, picks, largest), ("fused+adamw", plan, picks, None)]
     for size in args.batch_sizes:
         bigger = replace(plan, batch_size=size)
-        variants.append((f"fused@{size}", bigger, picks_of(rows, bigger, args.steps)[1]))
-    for name, plan_of, groups in variants:
+        variants.append((f"fused@{size}", bigger, *picks_of(rows, bigger, args.steps)[1:]))
+    for name, plan_of, groups, big in variants:
         if name.startswith("fused"):
             fused.apply(model, autocast=plan.bf16)
-        r = time_steps(model, rows, plan_of, groups, name)
+        r = time_steps(model, rows, plan_of, groups, name, big)
         print(json.dumps(r), flush=True)
         result["variants"].append(r)
         fused.undo(model)
@@ -201,11 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         result["sync_sites_fused"] = sync_sites(model, rows, plan, picks[0])
         print("host waits in one step (fused):", *result["sync_sites_fused"], sep="\n  ", flush=True)
     base = next((v.get("tokens_per_s") for v in result["variants"] if v["variant"] == "plain"), None) or float("nan")
-    lines = ["| variant | batch | s a step | tokens/s | tokens/s vs plain | peak GiB |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {v['variant']} | {v.get('batch_size', '-')} | out of memory | - | - | {v['peak_gib']} |" if v.get("oom")
-              else f"| {v['variant']} | {v['batch_size']} | {v['step_s']} | {v['tokens_per_s']} | "
-                   f"x{v['tokens_per_s'] / base:.2f} | {v['peak_gib']} |" for v in result["variants"]]
+    lines = ["| variant | batch | s a step | tokens/s | tokens/s vs plain | peak GiB | largest step: tokens, peak GiB |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for v in result["variants"]:
+        big = f"{v['largest_tokens']}, {v['largest_peak_gib']}" if "largest_tokens" in v else "-"
+        lines.append(f"| {v['variant']} | {v.get('batch_size', '-')} | out of memory | - | - | {v['peak_gib']} | - |"
+                     if v.get("oom") else f"| {v['variant']} | {v['batch_size']} | {v['step_s']} | {v['tokens_per_s']} | "
+                     f"x{v['tokens_per_s'] / base:.2f} | {v['peak_gib']} | {big} |")
     result["table"] = "\n".join(lines)
     print(result["table"])
     (args.out / "step_probe.json").write_text(json.dumps(result, indent=1))
