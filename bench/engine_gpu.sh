@@ -6,7 +6,8 @@
 #     bash bench/engine_gpu.sh OUT [WORK]
 #
 # The model: WORK/build's export when bench/world_270m_gpu.sh made one (its model.gguf in process, its
-# export/hf/ in vLLM), else the embedded 270M itself (its GGUF in process; in vLLM the Hugging Face folder
+# export/hf/ in vLLM), or with RANDOM270=ARCHIVE a random-weight model of the 270M's shape (bench/random_270m.py),
+# else the embedded 270M itself (its GGUF in process; in vLLM the Hugging Face folder
 # LoreKit converts it to for training), with the sample world's notes on in both cases.
 # vLLM comes in as wheels (git-ignored .vllm/, parts c01 and c02 copied call by call into /tmp/vllm_wheels with
 # its install.sh) and is installed into /tmp/vsite, apart from LoreKit's site. The in-process case runs the
@@ -22,7 +23,12 @@ stamp() { echo "$1 $(( $(date +%s) - T0 )) s" | tee -a "$OUT/stages.txt"; }
 [ -d "$VSITE/vllm" ] || (SITE=$VSITE VLLM_CHECK=0 bash /tmp/vllm_wheels/install.sh > "$OUT/vllm_install.log" 2>&1) &
 source bench/gpu_site.sh
 BUILD=$WORK/build
-if [ -f "$BUILD/export/model.gguf" ]; then
+if [ -n "${RANDOM270:-}" ]; then  # RANDOM270=ARCHIVE: bench/random_270m.py's model of the 270M's shape, no weights carried
+  R=$WORK/random
+  [ -f "$R/model.gguf" ] || python3 bench/random_270m.py --from "$RANDOM270" "$R" > "$OUT/random.log" 2>&1
+  MODEL=$R/model.gguf HF=$R/hf LORE=$WORK/lore-base
+  rm -rf "$LORE" && cp -r sample_lore "$LORE"
+elif [ -f "$BUILD/export/model.gguf" ]; then
   MODEL=$BUILD/export/model.gguf HF=$BUILD/export/hf LORE=$WORK/lore
   [ -f "$HF/config.json" ] || python3 -m lorekit export "$BUILD" --hf > "$OUT/export_hf.log" 2>&1
 else

