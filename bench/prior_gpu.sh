@@ -2,7 +2,7 @@
 # A notes-reading prior for the embedded Gemma 3 270M: the whole of bench/prior_world (a world that shares
 # nothing with sample_lore) trained with lore notes on one CUDA GPU, the recipe of bench/world_270m_gpu.sh
 # (bf16, batch 16, 3 epochs, lr 4e-4, LoRA r 16 / alpha 32: the CPU quick start's rank, so it can start
-# from it). Run from the repository root on the GPU machine, after the 270M came in as .m270/part*:
+# from it). Run from the repository root on the GPU machine, after the 270M came in as /tmp/m270/part*:
 #
 #     bash bench/prior_gpu.sh OUT [WORK]     # OUT gets the adapter (safetensors + config), run.json, logs
 #

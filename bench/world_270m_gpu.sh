@@ -4,7 +4,7 @@
 #
 #     bash bench/world_270m_gpu.sh OUT [WORK]      # OUT gets the logs, report.json and the figures
 #
-# The GPU machine reaches no registry: the 270M GGUF comes in as .m270/part* (bench/README.md says how it is
+# The GPU machine reaches no registry: the 270M GGUF comes in as /tmp/m270/part* (bench/README.md says how it is
 # split), LoreKit's own dependencies as wheels in $WHEELS (default .whl/; the GPU image's transformers 5.17 is
 # enough since lorekit/train/gguf_tokenizer.py). Every stage is timed from the command's start.
 set -euo pipefail
