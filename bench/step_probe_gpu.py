@@ -226,6 +226,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def pick_batch(variants: list[dict], card_gib: float, share: float = 0.92, fallback: int = 16) -> tuple[int, str]:
+    """The build's batch from a probe's variants: the fused one (not +adamw) with the most tokens/s whose step on
+    the epoch's largest batch fit in `share` of the card; `fallback` when none did. Returns (batch, why)."""
+    fits = [v for v in variants if v["variant"].startswith("fused") and not v["variant"].endswith("+adamw")
+            and not v.get("oom") and isinstance(v.get("largest_peak_gib"), (int, float))
+            and v["largest_peak_gib"] < share * card_gib]
+    best = max(fits, key=lambda v: v["tokens_per_s"], default=None)
+    batch = best["batch_size"] if best else fallback
+    why = (f"batch {batch}: card {card_gib:.1f} GiB; fused variants whose largest step fits in {share:.0%}: "
+           + ("; ".join(f"{v['variant']} {v['tokens_per_s']} tokens/s, largest step {v['largest_peak_gib']} GiB"
+                        for v in fits) or f"none, so {fallback}"))
+    return batch, why
+
+
+def _pick_main(probe_json: Path) -> int:
+    """`--pick`: print the build's batch for a probe result on this machine's first GPU (16 without one)."""
+    try:
+        import torch
+
+        card = torch.cuda.get_device_properties(0).total_memory / 2**30
+        variants = json.loads(probe_json.read_text())["variants"]
+    except Exception as e:  # no GPU or no probe result: the batch that fits an 80 GB card
+        print(f"batch 16: no probe result ({type(e).__name__}: {e})", file=sys.stderr)
+        print(16)
+        return 0
+    batch, why = pick_batch(variants, card)
+    print(why, file=sys.stderr)
+    print(batch)
+    return 0
+
+
 def _piece(rows_of_batch):
     from lorekit.train.distributed import Piece
 
@@ -233,4 +264,6 @@ def _piece(rows_of_batch):
 
 
 if __name__ == "__main__" and "--make-model" not in sys.argv:
+    if sys.argv[1:2] == ["--pick"]:  # bench/e2b_gpu_run.sh: python3 bench/step_probe_gpu.py --pick OUT/step_probe.json
+        sys.exit(_pick_main(Path(sys.argv[2])))
     sys.exit(main())
