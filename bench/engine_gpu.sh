@@ -23,18 +23,22 @@ stamp() { echo "$1 $(( $(date +%s) - T0 )) s" | tee -a "$OUT/stages.txt"; }
 [ -d "$VSITE/vllm" ] || (SITE=$VSITE VLLM_CHECK=0 bash /tmp/vllm_wheels/install.sh > "$OUT/vllm_install.log" 2>&1) &
 source bench/gpu_site.sh
 BUILD=$WORK/build
+base_lore() {  # LORE: a fresh copy of sample_lore, whose quick start keeps notes on
+  LORE=$WORK/lore-base
+  rm -rf "$LORE" && cp -r sample_lore "$LORE"
+  ! grep -q "^notes = false" "$LORE/lorekit.toml"
+}
 if [ -n "${RANDOM270:-}" ]; then  # RANDOM270=ARCHIVE: bench/random_270m.py's model of the 270M's shape, no weights carried
   R=$WORK/random
   [ -f "$R/model.gguf" ] || python3 bench/random_270m.py --from "$RANDOM270" "$R" > "$OUT/random.log" 2>&1
-  MODEL=$R/model.gguf HF=$R/hf LORE=$WORK/lore-base
-  rm -rf "$LORE" && cp -r sample_lore "$LORE"
+  MODEL=$R/model.gguf HF=$R/hf
+  base_lore
 elif [ -f "$BUILD/export/model.gguf" ]; then
   MODEL=$BUILD/export/model.gguf HF=$BUILD/export/hf LORE=$WORK/lore
   [ -f "$HF/config.json" ] || python3 -m lorekit export "$BUILD" --hf > "$OUT/export_hf.log" 2>&1
 else
-  MODEL=$GGUF LORE=$WORK/lore-base
-  rm -rf "$LORE" && cp -r sample_lore "$LORE"
-  ! grep -q "^notes = false" "$LORE/lorekit.toml"  # the quick start keeps notes on
+  MODEL=$GGUF
+  base_lore
   HF=$(python3 -c "from lorekit.models import resolve; from lorekit.train.load import ensure_converted
 print(ensure_converted(resolve('gemma3-270m')))" 2> "$OUT/convert.log" | tail -1)
 fi

@@ -58,10 +58,7 @@ def make(archive: Path, out: Path) -> dict:
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     model.save_pretrained(hf)
     params = sum(p.numel() for p in model.parameters())
-    del model
-    cfg_json = json.loads((hf / "config.json").read_text())
-    cfg_json["torch_dtype"] = cfg_json["dtype"] = "bfloat16"  # vLLM --dtype bfloat16 either way
-    (hf / "config.json").write_text(json.dumps(cfg_json, indent=1))
+    del model  # save_pretrained wrote config.json with dtype bfloat16
 
     from lorekit.export.from_hf import convert
     from lorekit.export.merge import _llama_quantizer

@@ -94,7 +94,7 @@ def time_steps(model, rows, plan, group_list, variant: str, largest=None) -> dic
         return {"variant": variant, "oom": True, "steps": len(times), "batch_size": plan.batch_size,
                 "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
     steady = times[2:] or times
-    tokens = [sum(len(rows[i].input_ids) for b in g for i in b) for g in group_list]
+    tokens = [_tokens(rows, g) for g in group_list]
     result = {"variant": variant, "step_s": round(sum(steady) / len(steady), 4), "first_s": round(times[0], 3),
               "tokens_per_s": round(sum(tokens[2:] or tokens) / sum(steady), 1), "steps": len(times),
               "batch_size": plan.batch_size,
@@ -102,7 +102,7 @@ def time_steps(model, rows, plan, group_list, variant: str, largest=None) -> dic
     if largest is not None and cuda:  # one more step, on the epoch's largest batch: a build's peak
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        result["largest_tokens"] = sum(len(rows[i].input_ids) for b in largest for i in b)
+        result["largest_tokens"] = _tokens(rows, largest)
         try:
             loop._step(model, optimizer, scheduler, rows, largest, plan, stop)
             result["largest_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -112,12 +112,17 @@ def time_steps(model, rows, plan, group_list, variant: str, largest=None) -> dic
     return result
 
 
+def _tokens(rows, group) -> int:
+    """Row tokens of one optimizer step (a group of micro-batches of row indices)."""
+    return sum(len(rows[i].input_ids) for batch in group for i in batch)
+
+
 def picks_of(rows, plan, steps: int):
     """A fixed pick of `steps` optimizer steps: from the epoch's order, those from a quarter of the way down
     the list sorted by tokens (large, not the very largest); and the epoch's largest step, whose peak memory
     says whether a whole build at this batch size fits the card."""
     order = plan.step_groups(rows, 0)
-    by_size = sorted(order, key=lambda g: -sum(len(rows[i].input_ids) for b_ in g for i in b_))
+    by_size = sorted(order, key=lambda g: -_tokens(rows, g))
     return order, by_size[len(by_size) // 4:len(by_size) // 4 + steps], by_size[0]
 
 
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     tok = AutoTokenizer.from_pretrained(folder)
     cfg, rows, plan = rows_and_plan(args, folder, tok)
     order, picks, largest = picks_of(rows, plan, args.steps)  # the same batches for every variant at this size
-    result["batch_tokens"] = [sum(len(rows[i].input_ids) for b_ in g for i in b_) for g in picks]
+    result["batch_tokens"] = [_tokens(rows, g) for g in picks]
     print(f"rows {len(rows)}, {len(order)} steps an epoch; probe batches of {result['batch_tokens']} tokens",
           flush=True)
 
@@ -226,7 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def pick_batch(variants: list[dict], card_gib: float, share: float = 0.92, fallback: int = 16) -> tuple[int, str]:
+FALLBACK_BATCH = 16  # the build's batch when the probe gives nothing better: fits an 80 GB card
+
+
+def pick_batch(variants: list[dict], card_gib: float, share: float = 0.92,
+               fallback: int = FALLBACK_BATCH) -> tuple[int, str]:
     """The build's batch from a probe's variants: the fused one (not +adamw) with the most tokens/s whose step on
     the epoch's largest batch fit in `share` of the card; `fallback` when none did. Returns (batch, why)."""
     fits = [v for v in variants if v["variant"].startswith("fused") and not v["variant"].endswith("+adamw")
@@ -247,9 +256,9 @@ def _pick_main(probe_json: Path) -> int:
 
         card = torch.cuda.get_device_properties(0).total_memory / 2**30
         variants = json.loads(probe_json.read_text())["variants"]
-    except Exception as e:  # no GPU or no probe result: the batch that fits an 80 GB card
-        print(f"batch 16: no probe result ({type(e).__name__}: {e})", file=sys.stderr)
-        print(16)
+    except Exception as e:  # no GPU or no probe result
+        print(f"batch {FALLBACK_BATCH}: no probe result ({type(e).__name__}: {e})", file=sys.stderr)
+        print(FALLBACK_BATCH)
         return 0
     batch, why = pick_batch(variants, card)
     print(why, file=sys.stderr)
