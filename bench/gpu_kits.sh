@@ -11,9 +11,9 @@
 #   w18   .gpa/w18/    LoreKit's dependencies the GPU image lacks, as wheels (pinned; see kit_w18)
 #   tok   .gpa/tok/    e2b-tokenizer.tar.xz (bench/build_e2b_gpu.py --pack-tokenizer)
 #   r270  .gpa/r270/   gemma3-270m-files.tar.xz (bench/random_270m.py --pack: config + tokenizer, no weights)
-#   lcp   .gpa/lcp/    llama-cpp-python 0.3.36 built from source for CPython 3.12 (needs pyenv's 3.12; ~15 min)
+#   lcp   .gpa/lcp/    llama-cpp-python 0.3.36 built from source for CPython 3.12 (needs pyenv's 3.12; ~4 min on the 2-core VM)
 #   m270  .m270p/cN/   the embedded Gemma 3 270M GGUF cut in 48,000,000-byte parts, one part per folder
-#   vllm  .vllm/cNN/   the offline vLLM bundle (bench/vllm_bundle.sh; ~350 MB download, ~10 min of xz)
+#   vllm  .vllm/cNN/   the offline vLLM bundle (bench/vllm_bundle.sh; ~350 MB download and xz, ~3 min)
 # A kit is built beside its folder and then replaces it, so a failed build leaves the old kit in place.
 # Every carried folder must fit in 64 MiB minus the files of the checkout (tracked and untracked, not ignored),
 # which travel in every call; the script fails if one does not.
