@@ -360,6 +360,12 @@ def test_a_goodbye_is_answered_with_the_npcs_farewell_not_its_hello(questions, c
     got = score.judge(q, npc.greeting, ctx)
     assert not got["ok"] and got["verdict"] == "greeted a player who is leaving"
     assert not score.judge(q, "I won't discuss that with you.", ctx)["ok"]
+    assert not score.judge(q, npc.dont_know, ctx)["ok"]
+    # the quick start's Bettany to "Thanks, I'll be off then.": her summary note, in the first person
+    summary = q.notes_text().split("\n- ")[1].split("\n")[0]
+    intro = "Well now! " + summary.replace(npc.name, "I", 1)
+    got = score.judge(q, intro, ctx)
+    assert not got["ok"] and got["verdict"] == "recited its notes to a player who is leaving"
     rows = [score.score_question(f, Answer(vault.npcs[f.meta["npc"]].greeting, 9, 0.1), Answer(f.expected, 9, 0.1), ctx)
             for f in farewells]
     assert score.model_summary(rows, "tuned", 10, {})["farewells"]["hits"] == len(farewells)

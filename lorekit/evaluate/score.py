@@ -54,9 +54,12 @@ class Context:
                               if isinstance(n, dict)})
 
 
-def greets_again(reply: str, greeting: str, words: int = 4) -> bool:
-    """Whether a reply repeats `words` words in a row of the NPC's greeting (its hello, to a goodbye)."""
-    return metrics.longest_shared_run(reply, metrics.ngram_index([greeting], words), words) > 0
+def shares_run(reply: str, text: str, words: int = 4) -> bool:
+    """Whether a reply repeats `words` words in a row of `text` (to a goodbye: the NPC's hello, or its notes)."""
+    return metrics.longest_shared_run(reply, metrics.ngram_index([text], words), words) > 0
+
+
+RECITES_WORDS = 6  # a goodbye answered with this many words in a row of the NPC's own notes: it introduced itself
 
 
 def _phrases(rows: list[dict], kinds: tuple[str, ...], lines) -> list[str]:
@@ -101,12 +104,14 @@ def judge(q: data.Question, reply: str, ctx: Context) -> dict:
         out.update(ok=not problems and not refused,
                    verdict="; ".join(problems) if problems else "'I don't know' to a greeting" if dont_know
                    else "refused a greeting" if refused else "greeted")
-    elif q.kind == "farewell":  # "Goodbye." answered with the NPC's hello is no farewell either
-        hello = greets_again(reply, ctx.greetings.get(str(q.meta.get("npc")), ""))
-        out.update(ok=not problems and not refused and not hello,
+    elif q.kind == "farewell":  # "Goodbye." answered with the NPC's hello, its "I don't know" or its own
+        # notes recited ("I keep the Crooked Eel, ...": introducing itself to a player who leaves) is no farewell
+        hello = shares_run(reply, ctx.greetings.get(str(q.meta.get("npc")), ""))
+        recites = bool(q.notes_text()) and shares_run(reply, q.notes_text(), RECITES_WORDS)
+        out.update(ok=not problems and not refused and not hello and not dont_know and not recites,
                    verdict="; ".join(problems) if problems else "greeted a player who is leaving" if hello
                    else "'I don't know' to a farewell" if dont_know else "refused a farewell" if refused
-                   else "said farewell")
+                   else "recited its notes to a player who is leaving" if recites else "said farewell")
     else:
         out.update(ok=not problems, verdict="in character" if not problems else "; ".join(problems))
     return out
