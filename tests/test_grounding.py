@@ -98,6 +98,29 @@ def test_a_word_a_few_names_share_stands_for_all_of_them_and_the_line_ranks_them
     assert r.names.find("Tell me about Vellicor.") == ["vellicor"]  # a word of one name only: as before
 
 
+def test_a_shared_word_beside_a_word_of_one_of_its_names_stands_for_that_name_only(sample):
+    """ "the ferry at Gullreach", asked of Tobin: "ferry" is Gullreach Ferry or the Midnight Ferry (his kept
+    secret), "Gullreach" Gullreach Ferry or Tobin (the Gullreach Ferryman). Before, all three were named and
+    the secret's note came first, which the NPC is trained to refuse."""
+    _, _, r = sample
+    assert r.names.find("Who runs the ferry at Gullreach?") == ["gullreach-ferry"]
+    notes = r.retrieve("tobin-reedy", "Who runs the ferry at Gullreach?")
+    assert notes[0].id == "gullreach-ferry.summary" and not any(n.secret for n in notes)
+    assert set(r.names.find("Did Tobin see the heron?")) == {  # no word of the line narrows "heron"
+        "tobin-reedy", "the-pale-heron", "the-heron-oar", "the-heron-sighting-of-1341"}
+
+
+def test_a_name_that_is_no_page_is_searched_in_the_notes_that_say_it(sample):
+    """Abel, Bettany's late husband, has no page; her notes name him. Before, his name was skipped as unknown
+    and "happened" ranked the events' "X happened in Y" notes: Bettany got six notes of two events, and Pip,
+    whose notes also hold her family, got none and made up a story."""
+    _, _, r = sample
+    assert r.names.unknown("What happened to Abel?") == ["Abel"]
+    for npc in ("bettany-crumb", "pip-larkspur"):
+        assert r.retrieve(npc, "What happened to Abel?")[0].id == "bettany-crumb.family"
+    assert r.retrieve("tobin-reedy", "What happened to Abel?") == []  # his notes never say Abel: nothing
+
+
 def test_you_beside_another_page_is_the_npc_too_but_not_in_a_questions_frame(sample):
     _, _, r = sample
     assert r.entities("idris-fenn", "where u from originally") == ["idris-fenn"]  # chat spelling is "you" too

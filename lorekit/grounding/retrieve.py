@@ -67,7 +67,9 @@ NAMED_SKIP = frozenset(ASKING | MODALS | FILLERS | SELF_WORDS)  # out of the mat
 # (bm25s's English stop words are 33, without "do", "you", "about" or "have".)
 FALLBACK_SKIP = ASKING | SELF_WORDS | {"have", "has", "had", "been", "ever", "i", "i'm", "me", "my", "we", "us", "our",
                                        "he", "him", "his", "she", "her", "they", "them", "their", "it", "its", "there",
-                                       "here", "from", "of", "seen", "see", "met", "meet", "find", "where's", "who's"}
+                                       "here", "from", "of", "seen", "see", "met", "meet", "find", "where's", "who's",
+                                       "happen", "happened", "happens", "become", "became"}  # "what happened to
+# Abel?": the events' own "X happened in Y" notes would outrank the one note that names him
 
 # Greetings and small talk ("Well met.", "Good evening to you, friend!", "How are you today?", "Thanks!"): a
 # line with a greeting word or phrase, no name and no other words than these, question words that ask for no
@@ -210,19 +212,29 @@ class Names:
         return out, own_name
 
     def find(self, text: str) -> list[str]:
-        """Entity ids named in `text`, in order of appearance, longest names first."""
-        ws, found, i = words(text), [], 0
+        """Entity ids named in `text`, in order of appearance, longest names first. A shared word stands
+        for those of its names that another word of the line also names ("the ferry at Gullreach": "ferry"
+        is Gullreach Ferry and the Midnight Ferry, "Gullreach" Gullreach Ferry and the Gullreach Ferryman:
+        Gullreach Ferry), else for all of them ("the heron")."""
+        ws, found, i = words(text), [], 0  # found: (ids, shared)
         while i < len(ws):
             for n in range(min(MAX_NAME_WORDS, len(ws) - i), 0, -1):
                 ids = self.table.get(tuple(ws[i:i + n]))
                 if ids:
-                    found += sorted(ids)
+                    found.append((ids, False))
                     i += n
                     break
             else:
-                found += sorted(self.shared.get(ws[i], ()))
+                if ws[i] in self.shared:
+                    found.append((self.shared[ws[i]], True))
                 i += 1
-        return list(dict.fromkeys(found))
+        out = []
+        for k, (ids, shared) in enumerate(found):
+            if shared:
+                others = frozenset().union(*(o for j, (o, _) in enumerate(found) if j != k))
+                ids = (ids & others) or ids
+            out += sorted(ids)
+        return list(dict.fromkeys(out))
 
 
 class Line(NamedTuple):
@@ -367,6 +379,12 @@ class Retriever:
                 named += [e for e in self.names.find(msg.get("content", "")) if e not in named and e != npc]
         return named
 
+    def _said(self, npc: str, word: str) -> bool:
+        """Whether the NPC's notes hold `word` (as BM25 reads it: stemmed, not a stop word)."""
+        vocab = self._bm25(npc).model.vocab_dict
+        stems = tokens([word])[0]
+        return bool(stems) and all(s in vocab for s in stems)
+
     def _knows(self, npc: str, entity: str) -> bool:
         """Whether any of the NPC's notes is about `entity` or speaks of it."""
         index = self._bm25(npc)
@@ -387,8 +405,12 @@ class Retriever:
             own = [(notes[i].heading != "summary", i) for i in index.own.get(npc, ()) if not notes[i].secret]
             return self.fit([notes[i] for _, i in sorted(own)])
         named = self.entities(npc, text, history, line)
-        # the words of a name the lore does not have ("Zunyrk Keep") are no fact's words
+        # the words of a name the lore does not have ("Zunyrk Keep") are no fact's words; in a line that names
+        # no page, names that are no page but that the NPC's notes all say ("What happened to Abel?": Bettany's
+        # late husband) are what to search for
         strange = frozenset(w for name in line.unknown for w in words(name))
+        if not named and all(self._said(npc, w) for w in strange):
+            strange = frozenset()
         scores = self._scores(npc, text, fallback=not named, skip=strange, named=named)
         rank = {e: i for i, e in enumerate(named)}
         keyed = []
