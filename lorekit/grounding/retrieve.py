@@ -1,7 +1,8 @@
 """Which notes a player's line asks about, within a budget.
 
 1. Names and aliases in the line resolve to entities (a word that two or three names share, "heron" of
-   the Pale Heron, the Heron Oar and the Heron Sighting, to all of them); "you", "your" is the NPC itself
+   the Pale Heron, the Heron Oar and the Heron Sighting, to all of them, or to those of them that another
+   word of the line names: "the ferry at Gullreach"); "you", "your" is the NPC itself
    ("Where were you born?"), also beside another page ("Which guild do you belong to?"), except in the
    frame of a question ("Do you know the Crooked Eel?") or beside a name the lore does not have ("Do you
    know anything about Droubribru?": nothing about the NPC, so its notes say there is nothing about
@@ -12,7 +13,8 @@
    stems), less the words every question has and the names already resolved, plus the cue words of
    a field (`cues.py`: "whose" asks for an owner); the subject's own notes before notes that only
    mention it; kept secrets of a named entity come first, so the NPC knows to refuse.
-3. A line that names no entity falls back to BM25 over all of the NPC's notes.
+3. A line that names no entity falls back to BM25 over all of the NPC's notes (with the names in it that are
+   no page, where the NPC's notes say them all: "What happened to Abel?").
 4. Notes are taken in rank order while they fit `Budget` (approximate tokens and a count); then the note
    that matches the line best of all, on a page neither named nor linked to it, takes the last place
    (`Retriever._outsider`: prose that names a page without a link).
