@@ -110,6 +110,15 @@ def test_a_shared_word_beside_a_word_of_one_of_its_names_stands_for_that_name_on
         "tobin-reedy", "the-pale-heron", "the-heron-oar", "the-heron-sighting-of-1341"}
 
 
+def test_words_a_player_says_of_anything_name_no_page_alone(sample):
+    """ "a room for the night" named the Night of Black Water, and "who looks after you" the Tide Reckoning."""
+    _, _, r = sample
+    assert r.names.find("How much is a room for the night?") == []
+    assert r.retrieve("bettany-crumb", "How much is a room for the night?")[0].id == "the-crooked-eel.section.rooms"
+    assert r.names.find("Who looks after you?") == []
+    assert r.names.find("Tell me about the Night of Black Water.") == ["the-night-of-black-water"]  # the whole name
+
+
 def test_a_name_that_is_no_page_is_searched_in_the_notes_that_say_it(sample):
     """Abel, Bettany's late husband, has no page; her notes name him. Before, his name was skipped as unknown
     and "happened" ranked the events' "X happened in Y" notes: Bettany got six notes of two events, and Pip,

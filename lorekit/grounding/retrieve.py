@@ -48,7 +48,10 @@ FRAME = re.compile(r"\b(?:do|did|have|has|can|could|would|will)\s+(?:you|ye|thou
                    r"meet|met|tell|remember|recall)\b")
 # Words that never stand alone for an entity, however unique they are in the vault.
 COMMON = {"the", "a", "an", "of", "and", "in", "on", "at", "to", "old", "new", "great", "little", "house", "inn",
-          "lady", "lord", "sir", "master", "mistress", "who", "what", "where", "when", "why", "how", "is", "are"}
+          "lady", "lord", "sir", "master", "mistress", "who", "what", "where", "when", "why", "how", "is", "are",
+          # words a player says of anything ("a room for the night", "who looks after you"): a single one of
+          # them is no name, though a page's name has it (the Night of Black Water, the Lost Verse of the Codex)
+          "after", "before", "lost", "night", "day", "first", "second", "third", "seven", "cracked", "water"}
 
 # Words every question has: they say nothing about which fact is asked.
 ASKING = {"who", "whom", "whose", "what", "which", "where", "when", "why", "how", "tell", "know", "knows", "me",
