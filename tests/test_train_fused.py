@@ -87,3 +87,16 @@ def test_lora_inputs_left_in_bf16_change_nothing_under_autocast(tiny4):
             module.cast_input_dtype_enabled = False
     cast_loss, cast_grads = loss_and_grads(model, batch, bf16=True)
     assert cast_loss == loss and worst_relative(cast_grads, grads) == 0.0
+
+
+def test_fuse_unset_is_on_for_the_bf16_plain_loop_on_cuda_only():
+    """Timed on the H200 in bf16 (x1.18 tokens/s, bench/results/build_e2b_gpu.md); not with 4-bit layers."""
+    from lorekit.train.config import TrainConfig
+    from lorekit.train.recipe import fuses
+
+    assert fuses(TrainConfig(load_in_4bit=False), cuda=True, backend="transformers")
+    assert not fuses(TrainConfig(), cuda=True, backend="transformers")  # 4-bit by default: not timed there
+    assert fuses(TrainConfig(fuse=True), cuda=True, backend="transformers")
+    assert not fuses(TrainConfig(fuse=False, load_in_4bit=False), cuda=True, backend="transformers")
+    assert not fuses(TrainConfig(fuse=True), cuda=True, backend="unsloth")  # its own kernels
+    assert not fuses(TrainConfig(fuse=True, load_in_4bit=False), cuda=False, backend="transformers")

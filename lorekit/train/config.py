@@ -45,9 +45,10 @@ class TrainConfig:
                                "unset: backend auto decides by the speed table, off otherwise")
     offload_ple: bool = opt(True, "on CUDA, keep Gemma 4's per-layer embedding tables in CPU memory and copy "
                             "only each batch's rows to the GPU (about 4 GB less GPU memory for E2B)")
-    fuse: bool = opt(False, "on CUDA (plain loop): Gemma 4's RMSNorm as torch's fused kernel and LoRA inputs "
-                     "left in bf16: fewer kernel launches a step, the same numbers (lorekit/train/fused.py); off "
-                     "until a GPU run has timed it (bench/step_probe_gpu.py)")
+    fuse: bool | None = opt(None, "on CUDA (plain loop): Gemma 4's RMSNorm as torch's fused kernel and LoRA "
+                            "inputs left in bf16: fewer kernel launches a step, the same numbers (lorekit/train/"
+                            "fused.py); unset: on without 4-bit (H200: x1.18 tokens/s, 6 GiB less, "
+                            "bench/results/build_e2b_gpu.md), off with 4-bit (not yet timed there)")
     parallel: Literal["ddp", "fsdp"] = opt(
         "ddp", "several processes (torchrun): ddp keeps a whole copy of the model on every GPU; fsdp shards it "
         "across them, for a model that does not fit one card (bf16, no 4-bit)")
