@@ -100,3 +100,5 @@ def test_fuse_unset_is_on_for_the_bf16_plain_loop_on_cuda_only():
     assert not fuses(TrainConfig(fuse=False, load_in_4bit=False), cuda=True, backend="transformers")
     assert not fuses(TrainConfig(fuse=True), cuda=True, backend="unsloth")  # its own kernels
     assert not fuses(TrainConfig(fuse=True, load_in_4bit=False), cuda=False, backend="transformers")
+    assert not fuses(TrainConfig(load_in_4bit=False), cuda=True, backend="transformers", processes=2)  # untimed
+    assert fuses(TrainConfig(fuse=True), cuda=True, backend="transformers", processes=2)  # as set

@@ -85,7 +85,7 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         # no activations are kept for a backward pass when scoring: twice the rows, half the launches (not
         # where checkpointing says memory is tight: the eval's logits grow with its batch)
         plan.eval_batch_size = 2 * plan.batch_size if cuda and not cfg.gradient_checkpointing else 0
-        fuse = fuses(cfg, cuda, backend)
+        fuse = fuses(cfg, cuda, backend, world.size)
         if fuse:
             log.info("fewer launches a step: %s", fused.apply(model, autocast=plan.bf16).summary())
         # run.json records what ran, not "auto"
@@ -185,12 +185,13 @@ CPU_DEFAULTS = {"batch_size": 8, "grad_accum": 1, "epochs": 3.0}
 GPU_DEFAULTS = {"batch_size": 2, "grad_accum": 4, "epochs": 3.0}
 
 
-def fuses(cfg: TrainConfig, cuda: bool, backend: str) -> bool:
+def fuses(cfg: TrainConfig, cuda: bool, backend: str, processes: int = 1) -> bool:
     """Whether the plain loop on CUDA runs `fused.apply` (Unsloth has its own kernels): as `[train] fuse`
-    says, or, unset, when the base is not 4-bit (timed on the H200 in bf16; not yet with 4-bit layers)."""
+    says, or, unset, in one process on a base that is not 4-bit (timed so on the H200 in bf16; not yet with
+    4-bit layers, nor under DDP or FSDP)."""
     if not cuda or backend != "transformers":
         return False
-    return cfg.fuse if cfg.fuse is not None else not cfg.load_in_4bit
+    return cfg.fuse if cfg.fuse is not None else not cfg.load_in_4bit and processes == 1
 
 
 def resolve_defaults(cfg: TrainConfig, cuda: bool) -> TrainConfig:
