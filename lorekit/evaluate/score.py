@@ -107,7 +107,7 @@ def judge(q: data.Question, reply: str, ctx: Context) -> dict:
     elif q.kind == "farewell":  # "Goodbye." answered with the NPC's hello, its "I don't know" or its own
         # notes recited ("I keep the Crooked Eel, ...": introducing itself to a player who leaves) is no farewell
         hello = shares_run(reply, ctx.greetings.get(str(q.meta.get("npc")), ""))
-        recites = bool(q.notes_text()) and shares_run(reply, q.notes_text(), RECITES_WORDS)
+        recites = shares_run(reply, q.notes_text(), RECITES_WORDS)  # no notes block: no n-grams, False
         out.update(ok=not problems and not refused and not hello and not dont_know and not recites,
                    verdict="; ".join(problems) if problems else "greeted a player who is leaving" if hello
                    else "'I don't know' to a farewell" if dont_know else "refused a farewell" if refused
