@@ -209,3 +209,15 @@ def test_run_json_records_the_choice_and_train_v_prints_it(tiny, tmp_path, capsy
     assert "backend: transformers" in printed
     assert f"~{plain['wall_s']:.0f} s = 7 s start-up + 1,234 tokens/s" in printed
     assert "cannot run: Unsloth needs a CUDA GPU" in printed
+
+
+def test_a_precision_measured_for_the_plain_loop_only_says_so():
+    """bf16 E2B has a plain-loop row and no Unsloth row: auto runs the measured plain loop, and its reason
+    names the unmeasured candidates instead of claiming they cannot run."""
+    table = {**TABLE, "measurements": TABLE["measurements"] + [
+        row("cuda", "gemma4-e2b", "bf16", "transformers", 23, 16000, batch=32)]}
+    choice = pick("gemma-4-e2b", "gemma4", "cuda", "bf16", 2_000_000, table=table)
+    assert choice.key == "cuda/gemma4-e2b/bf16" and choice.candidate == "transformers"
+    assert choice.reason == "the only candidate measured for cuda/gemma4-e2b/bf16 (unsloth, unsloth-compiled: no row)"
+    alone = pick("gemma-4-e2b", "gemma4", "cuda", "bf16", 2_000_000, table=table, unsloth_installed=False)
+    assert alone.reason == "the only candidate that can run here"

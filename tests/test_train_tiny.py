@@ -332,3 +332,47 @@ def test_a_run_can_start_from_a_saved_adapter(tiny, tmp_path):
         run(fresh, cfg(tiny["gemma3"], max_steps=1, lora_r=8, lora_alpha=8, init_adapter=str(first / "adapter")))
     with pytest.raises(LorekitError, match="no adapter_model.safetensors there"):
         run(fresh, cfg(tiny["gemma3"], max_steps=1, init_adapter=str(tmp_path / "nowhere")))
+
+
+def test_a_steps_loss_is_read_after_the_next_step_is_queued(tiny, tmp_path, monkeypatch):
+    """On CUDA the loop reads a step's loss only once the next step is queued (so the GPU never waits for the
+    host between steps); here that path is forced on the CPU: the same metrics as reading at once, in order."""
+    from lorekit.train import loop, run
+
+    def metrics(out):
+        lines = [json.loads(x) for x in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+        return [(m["step"], m["epoch"], m["loss"], m["tokens"]) for m in lines if "loss" in m], \
+            [m["eval_loss"] for m in lines if "eval_loss" in m]
+
+    write_dataset(tmp_path / "now")
+    run(tmp_path / "now", cfg(tiny["gemma3"], epochs=2))
+
+    queued, reads = [0], []
+    step = loop._step
+
+    def counting_step(*a, **kw):
+        out = step(*a, **kw)
+        queued[0] += 1
+        return out
+
+    class Done:
+        def __init__(self, n):
+            self.n = n
+
+        def synchronize(self):
+            reads.append((self.n, queued[0]))
+
+    def copying(cls, summed, n_tok):
+        return cls(summed.detach().clone(), n_tok, Done(queued[0] + 1))
+
+    monkeypatch.setattr(loop, "_step", counting_step)
+    monkeypatch.setattr(loop, "_reads_late", lambda summed: True)
+    monkeypatch.setattr(loop.StepLoss, "copying", classmethod(copying))
+    write_dataset(tmp_path / "late")
+    run(tmp_path / "late", cfg(tiny["gemma3"], epochs=2))
+
+    assert metrics(tmp_path / "late") == metrics(tmp_path / "now")
+    assert [n for n, _ in reads] == list(range(1, 9))  # 16 rows, batch 4, 2 epochs: every step read once, in order
+    # the last step of an epoch is read before its eval; every other one after the next step was queued
+    assert [n for n, at in reads if at == n] == [4, 8]
+    assert all(at == n + 1 for n, at in reads if n not in (4, 8))

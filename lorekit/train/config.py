@@ -27,7 +27,7 @@ class TrainConfig:
     warmup_ratio: float = opt(0.05, "fraction of steps spent warming the learning rate up")
     schedule: Literal["cosine", "linear", "constant"] = opt("cosine", "learning-rate decay after warmup")
     weight_decay: float = opt(0.0, "AdamW weight decay")
-    optimizer: Literal["auto", "adamw", "adamw_8bit"] = opt("auto", "auto: 8-bit AdamW on CUDA, AdamW on CPU")
+    optimizer: Literal["auto", "adamw", "adamw_8bit"] = opt("auto", "auto: AdamW (torch); adamw_8bit: bitsandbytes 8-bit AdamW (CUDA)")
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = opt(0.0, "dropout on the LoRA input")

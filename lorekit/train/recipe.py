@@ -260,7 +260,7 @@ def attach_lora(model, profile, lora: dict, checkpointing: bool, tok=None):
 
 
 def _plan(cfg: TrainConfig, cuda: bool, tok) -> loop.Plan:
-    optimizer = cfg.optimizer if cfg.optimizer != "auto" else ("adamw_8bit" if cuda else "adamw")
+    optimizer = "adamw" if cfg.optimizer == "auto" else cfg.optimizer
     if optimizer == "adamw_8bit" and not cuda:
         raise LorekitError("optimizer adamw_8bit needs a CUDA GPU; use optimizer = \"adamw\" on the CPU")
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and (cuda or CPU_BF16))

@@ -143,7 +143,13 @@ def choose(*, backend: str, compile: bool | None, model: str, family: str, devic
         timed = [e for e in estimates if e.available and e.wall_s is not None]
         if timed:
             pick = min(timed, key=lambda e: e.wall_s).candidate
-            reason = "lowest estimated wall time" if len(timed) > 1 else "the only candidate that can run here"
+            unmeasured = [e.candidate for e in estimates if e.available and e.wall_s is None]
+            if len(timed) > 1:
+                reason = "lowest estimated wall time"
+            elif unmeasured:
+                reason = f"the only candidate measured for {key} ({', '.join(unmeasured)}: no row)"
+            else:
+                reason = "the only candidate that can run here"
         else:
             pick, reason = "transformers", f"no measurement for {key}: the plain loop, which always runs"
     return Choice(candidate=pick, backend="transformers" if pick == "transformers" else "unsloth",
