@@ -7,6 +7,7 @@
 # The GPU machine reaches no registry: the 270M GGUF comes in as /tmp/m270/part* (bench/README.md says how it is
 # split), LoreKit's own dependencies as wheels in $WHEELS (default .whl/; the GPU image's transformers 5.17 is
 # enough since lorekit/train/gguf_tokenizer.py). Every stage is timed from the command's start.
+# BUILD_ARGS are added to `lorekit build` (e.g. --no-eval, to evaluate the adapter elsewhere and spare GPU time).
 set -euo pipefail
 OUT=${1:?usage: bash bench/world_270m_gpu.sh OUT [WORK]}
 WORK=${2:-/tmp/world270}
@@ -29,7 +30,7 @@ cp -r sample_lore "$WORK/lore"
   printf '\n[eval]\nlimit = %s\nmax_tokens = 64\n\n[export]\nhf = true\n' "${EVAL_LIMIT:-120}"
 } > "$WORK/lore/lorekit.toml"
 rc=0
-python3 -m lorekit build "$WORK/lore" --out "$WORK/build" > "$OUT/build.log" 2>&1 || rc=$?
+python3 -m lorekit build "$WORK/lore" --out "$WORK/build" ${BUILD_ARGS:-} > "$OUT/build.log" 2>&1 || rc=$?
 grep -v "it/s]" "$OUT/build.log" | tail -40
 stamp "build done (exit $rc)"
 # No llama-cpp-python on the GPU machine (it is built from source, for Python 3.12 there): EVAL_BACKEND=adapter
