@@ -192,16 +192,14 @@ def evaluate(model, examples: list[Example], plan: Plan, world: World = SOLO) ->
     forward = distributed.inner(_as_forward(model, plan))
     was_training = forward.training
     forward.eval()
-    sums, count = [], 0  # summed on the device: reading each batch's loss would make the host wait per batch
+    total, count = 0.0, 0
     groups = [e.group for e in examples] if plan.share_prefix else None
     size = plan.eval_batch_size or plan.batch_size
     batches = batch_order([len(e.input_ids) for e in examples], size, 0, 0, False, groups)
     for piece in distributed.eval_shares(batches, world):
         loss, n = forward(_batch(examples, piece, plan))
-        sums.append(loss.detach().double() * piece.weight)
-        count += n * int(piece.weight)
+        total, count = total + float(loss) * piece.weight, count + n * int(piece.weight)
     forward.train(was_training)
-    total = float(torch.stack(sums).sum()) if sums else 0.0
     total, count = distributed.total([total, count], world)
     return total / max(count, 1)
 
@@ -279,19 +277,6 @@ def train(model, train_rows: list[Example], eval_rows: list[Example], plan: Plan
         log.info("resumed at step %d of %d (epoch %d)", state.step, total, state.epoch + 1)
     forward.train()
     started = time.perf_counter() - state.wall_s
-    late: list[tuple[StepLoss, dict]] = []  # queued steps whose loss is still on its way to the host
-
-    def settle(keep: int = 0) -> None:
-        """Report the queued steps but the newest `keep`, in order: read their losses, then the records."""
-        while len(late) > keep:
-            step_loss, at = late.pop(0)
-            loss = step_loss.get()
-            state.since_eval.append(loss)
-            record = _record(at, total, loss, started)
-            on_step(record)
-            if at["step"] % plan.log_every == 0 or at["step"] == total:
-                on_log(record)
-
     with StopFlag() as stop:
         while state.step < total:
             groups = plan.step_groups(train_rows, state.epoch)
@@ -299,18 +284,17 @@ def train(model, train_rows: list[Example], eval_rows: list[Example], plan: Plan
                 rng = rng_state()
                 loss, n_all = _step(forward, optimizer, scheduler, train_rows, groups[state.group], plan, stop, world)
                 if loss is None:  # stop requested mid-step: drop its gradients, keep the last good state
-                    settle()
                     state.wall_s = time.perf_counter() - started
                     save_checkpoint(checkpoint, model, optimizer, scheduler, state, rng, best, world)
                     raise Interrupted(f"stopped at step {state.step} of {total}")
                 state.step, state.group, state.tokens = state.step + 1, state.group + 1, state.tokens + n_all
-                late.append((loss, {"step": state.step, "epoch": state.epoch, "tokens": state.tokens,
-                                    "lr": plan.last_lr}))
-                settle(keep=1 if loss.late else 0)  # a late loss: the host waits for the step before it only
+                state.since_eval.append(loss)
+                record = _record(state, total, loss, plan.last_lr, started)
+                on_step(record)
+                if state.step % plan.log_every == 0 or state.step == total:
+                    on_log(record)
                 if plan.eval_every and state.step % plan.eval_every == 0 and state.group < len(groups):
-                    settle()
                     best = _eval(forward, model, eval_rows, plan, state, best, on_log, world)
-            settle()
             if state.group >= len(groups):
                 state.epoch, state.group = state.epoch + 1, 0
             best = _eval(forward, model, eval_rows, plan, state, best, on_log, world)
@@ -344,53 +328,17 @@ def _step(model, optimizer, scheduler, rows, group, plan: Plan, stop: StopFlag, 
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    summed = sum(losses)
-    if world.size == 1 and _reads_late(summed):
-        return StepLoss.copying(summed, n_tok), n_all
-    (total_loss,) = distributed.total([float(summed)], world)
-    return StepLoss(total_loss, n_tok), n_all
+    (total_loss,) = distributed.total([float(sum(losses))], world)
+    return total_loss / n_tok, n_all
 
 
-def _reads_late(summed: torch.Tensor) -> bool:
-    return summed.is_cuda
-
-
-class StepLoss:
-    """A step's mean loss per trained token, read when the loop reports the step. On one CUDA device the
-    value is copied to the host without waiting, and the loop reads it only after queueing the next step:
-    reading it at once would leave the GPU idle while the host collates and launches that step."""
-
-    def __init__(self, summed, n_tok: int, done=None):
-        self._summed, self._n_tok, self._done = summed, n_tok, done
-
-    @classmethod
-    def copying(cls, summed: torch.Tensor, n_tok: int) -> StepLoss:
-        host = summed.detach().to("cpu", non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        return cls(host, n_tok, done)
-
-    @property
-    def late(self) -> bool:
-        """Whether the value is still being copied (reading it now would wait for the step to finish)."""
-        return self._done is not None
-
-    def get(self) -> float:
-        if self._done is not None:
-            self._done.synchronize()
-            self._done = None
-        return float(self._summed) / self._n_tok
-
-
-def _record(at: dict, total: int, loss: float, started: float) -> dict:
-    """The metrics line of the step `at` describes (step, epoch, tokens, lr as it was queued), timed when its
-    loss reached the host."""
+def _record(state: State, total: int, loss: float, lr: float, started: float) -> dict:
     elapsed = time.perf_counter() - started
-    step = at["step"]
-    return {"step": step, "total_steps": total, "epoch": at["epoch"] + 1, "loss": round(loss, 5),
-            "lr": at["lr"], "tokens": at["tokens"],
-            "tokens_per_s": round(at["tokens"] / max(elapsed, 1e-9), 1), "elapsed_s": round(elapsed, 2),
-            "eta_s": round(elapsed / step * (total - step), 1), "memory_mb": _memory_mb()}
+    record = {"step": state.step, "total_steps": total, "epoch": state.epoch + 1, "loss": round(loss, 5),
+              "lr": lr, "tokens": state.tokens,
+              "tokens_per_s": round(state.tokens / max(elapsed, 1e-9), 1), "elapsed_s": round(elapsed, 2),
+              "eta_s": round(elapsed / state.step * (total - state.step), 1), "memory_mb": _memory_mb()}
+    return record
 
 
 def _eval(forward, model, eval_rows, plan: Plan, state: State, best, on_log: Callback, world: World = SOLO):
