@@ -332,3 +332,23 @@ def test_a_run_can_start_from_a_saved_adapter(tiny, tmp_path):
         run(fresh, cfg(tiny["gemma3"], max_steps=1, lora_r=8, lora_alpha=8, init_adapter=str(first / "adapter")))
     with pytest.raises(LorekitError, match="no adapter_model.safetensors there"):
         run(fresh, cfg(tiny["gemma3"], max_steps=1, init_adapter=str(tmp_path / "nowhere")))
+
+
+def test_the_loop_scores_a_seeded_sample_of_the_eval_rows(tiny, tmp_path, caplog):
+    import logging
+
+    from lorekit.train import run
+    from lorekit.train.recipe import eval_sample
+
+    rows = [{"n": i} for i in range(10)]
+    picked = eval_sample(rows, 4, seed=1)
+    assert len(picked) == 4 and picked == sorted(picked, key=lambda r: r["n"])  # file order kept
+    assert picked == eval_sample(rows, 4, seed=1) and picked != eval_sample(rows, 4, seed=2)
+    assert eval_sample(rows, 0, 1) == rows and eval_sample(rows, 10, 1) == rows
+
+    write_dataset(tmp_path, n_eval=6)
+    with caplog.at_level(logging.INFO, logger="lorekit.train.recipe"):
+        run(tmp_path, cfg(tiny["gemma3"], epochs=1, eval_rows=3))
+    assert "on 16 rows, 3 eval rows" in caplog.text
+    info = json.loads((tmp_path / "train" / "run.json").read_text())
+    assert info["config"]["eval_rows"] == 3
