@@ -344,7 +344,7 @@ def test_the_loop_scores_a_seeded_sample_of_the_eval_rows(tiny, tmp_path, caplog
     picked = eval_sample(rows, 4, seed=1)
     assert len(picked) == 4 and picked == sorted(picked, key=lambda r: r["n"])  # file order kept
     assert picked == eval_sample(rows, 4, seed=1) and picked != eval_sample(rows, 4, seed=2)
-    assert eval_sample(rows, 0, 1) == rows and eval_sample(rows, 10, 1) == rows
+    assert eval_sample(rows, 0, 1) == rows == eval_sample(rows, -5, 1) and eval_sample(rows, 10, 1) == rows
 
     write_dataset(tmp_path, n_eval=6)
     with caplog.at_level(logging.INFO, logger="lorekit.train.recipe"):
