@@ -284,7 +284,7 @@ def _env() -> dict:
 
 NEEDED = ("anyascii", "jinja2", "yaml", "bm25s", "numpy", "torch", "transformers", "peft", "safetensors",
           "tokenizers", "matplotlib", "gguf")
-NEEDED_CUDA = ("bitsandbytes",)  # 8-bit AdamW (the CUDA default) and 4-bit loading
+NEEDED_CUDA = ("bitsandbytes",)  # 4-bit loading (the GPU default) and optimizer = "adamw_8bit"
 OPTIONAL = {"unsloth": "backend auto cannot pick Unsloth", "llama_cpp": "export reads the GGUFs back but does "
             "not run them (no llama.cpp logit check, which a user with lorekit[serve] gets)"}
 

@@ -56,10 +56,10 @@ ENGINE="env PYTHONPATH=$VSITE VLLM_NO_USAGE_STATS=1 VLLM_USE_FLASHINFER_SAMPLER=
   --port {port} --dtype bfloat16 --gpu-memory-utilization 0.3 --max-model-len 2048 --max-num-seqs 64 \
   --enforce-eager ${VLLM_ARGS:-}"
 # --direct: the same players straight to vLLM too (LoreKit renders, no LoreKit server), to split a slow tail
-# (DIRECT= leaves those two cases out); PLAYER_ARGS adds options, by default --warmup-wave: one untimed wave of
-# concurrent first turns before each timed case (vLLM compiles kernels at its first use of a batch shape;
-# bench/results/engine_players.md, 2026-12-06); PLAYER_ARGS= leaves it out
-python3 bench/engine_players.py --players "${PLAYERS:-64}" --turns 3 --tokens 32 --threads 16 --player-procs 8 ${DIRECT---direct} ${PLAYER_ARGS---warmup-wave} \
+# (DIRECT= leaves those two cases out); WARMUP (default --warmup-wave): one untimed wave of concurrent first
+# turns before each timed case (vLLM compiles kernels at its first use of a batch shape;
+# bench/results/engine_players.md, 2026-12-06), WARMUP= leaves it out; PLAYER_ARGS adds other options
+python3 bench/engine_players.py --players "${PLAYERS:-64}" --turns 3 --tokens 32 --threads 16 --player-procs 8 ${DIRECT---direct} ${WARMUP---warmup-wave} ${PLAYER_ARGS:-} \
   --lore "$LORE" --model "$MODEL" --engine-wait 400 --start-engine "$ENGINE" \
   2>&1 | tee "$OUT/players.log" | grep -v "^INFO\|it/s]" | tail -30 || echo "engine_players.py: exit non-zero (see players.log)"
 stamp "players done"

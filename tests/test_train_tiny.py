@@ -344,6 +344,7 @@ def test_the_loop_scores_a_seeded_sample_of_the_eval_rows(tiny, tmp_path, caplog
     picked = eval_sample(rows, 4, seed=1)
     assert len(picked) == 4 and picked == sorted(picked, key=lambda r: r["n"])  # file order kept
     assert picked == eval_sample(rows, 4, seed=1) and picked != eval_sample(rows, 4, seed=2)
+    assert eval_sample(rows, 4) == eval_sample(rows, 4, seed=0)  # the loop samples with a fixed seed
     assert eval_sample(rows, 0, 1) == rows == eval_sample(rows, -5, 1) and eval_sample(rows, 10, 1) == rows
 
     write_dataset(tmp_path, n_eval=6)
@@ -352,3 +353,33 @@ def test_the_loop_scores_a_seeded_sample_of_the_eval_rows(tiny, tmp_path, caplog
     assert "on 16 rows, 3 eval rows" in caplog.text
     info = json.loads((tmp_path / "train" / "run.json").read_text())
     assert info["config"]["eval_rows"] == 3
+
+
+def test_optimizer_auto_is_torch_adamw_on_cuda_too():
+    from types import SimpleNamespace
+
+    from lorekit.train.config import TrainConfig
+    from lorekit.train.recipe import _plan
+
+    tok = SimpleNamespace(pad_token_id=0)
+    for cuda in (True, False):
+        assert _plan(TrainConfig(), cuda, tok).optimizer == "adamw"
+    assert _plan(TrainConfig(optimizer="adamw_8bit"), True, tok).optimizer == "adamw_8bit"
+    with pytest.raises(LorekitError, match="needs a CUDA GPU"):
+        _plan(TrainConfig(optimizer="adamw_8bit"), False, tok)
+
+
+def test_a_checkpoint_resumes_only_into_the_same_optimizer_and_eval_rows(tmp_path):
+    from lorekit.train.checkpoint import State
+    from lorekit.train.loop import check_resume
+
+    torch_state = {"state": {0: {"step": 3, "exp_avg": 0, "exp_avg_sq": 0}}}
+    bnb_state = {"state": {0: {"step": 3, "state1": 0, "state2": 0, "qmap1": 0}}}
+    ckpt = tmp_path / "checkpoint"
+    check_resume(State(eval_rows=256), torch_state, "adamw", 256, ckpt)
+    check_resume(State(eval_rows=256), bnb_state, "adamw_8bit", 256, ckpt)
+    check_resume(State(), {"state": {}}, "adamw", 7, ckpt)  # nothing saved to compare: an old or fresh checkpoint
+    with pytest.raises(LorekitError, match=r'checkpoint: written with optimizer = "adamw_8bit".*optimizer = "adamw_8bit"'):
+        check_resume(State(eval_rows=256), bnb_state, "adamw", 256, ckpt)  # the old CUDA default, resumed today
+    with pytest.raises(LorekitError, match=r"564 eval rows, this run has 256; set \[train\] eval_rows = 564"):
+        check_resume(State(eval_rows=564), torch_state, "adamw", 256, ckpt)

@@ -38,6 +38,7 @@ class State:
     overfit_warned: bool = False
     wall_s: float = 0.0
     since_eval: list = field(default_factory=list)  # train losses since the last eval
+    eval_rows: int = -1  # how many eval rows the run scores (-1: a checkpoint from before this was kept)
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:

@@ -54,7 +54,7 @@ class TrainConfig:
         "across them, for a model that does not fit one card (bf16, no 4-bit)")
     eval_every: int = opt(0, "also evaluate every N optimizer steps (0: once per epoch only)")
     eval_rows: int = opt(256, "rows of eval.jsonl the loop scores for its eval loss, a seeded sample kept for the "
-                              "whole run (0: all); `lorekit eval` still asks from every row")
+                              "whole run (0: all); `lorekit eval` picks its own questions (`[eval] limit`)")
     log_every: int = opt(5, "write a metrics line every N optimizer steps")
     seed: int = opt(3407, "random seed for LoRA init, data order and dropout")
     keep_best: bool = opt(True, "save the adapter of the lowest eval loss, not the last step")

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lorekit.errors import LorekitError
 from lorekit.train import distributed
 from lorekit.train.checkpoint import (
     State,
@@ -268,8 +269,9 @@ def train(model, train_rows: list[Example], eval_rows: list[Example], plan: Plan
     forward = distributed.wrap(LossModule(model, plan.bf16), world, cuda, plan.bf16)
     optimizer = make_optimizer(model, plan)
     scheduler = make_scheduler(optimizer, plan, total)
-    state, best, rng = State(), None, None
+    state, best, rng = State(eval_rows=len(eval_rows)), None, None
     if ckpt:
+        check_resume(ckpt.state, ckpt.trainer["optimizer"], plan.optimizer, len(eval_rows), checkpoint)
         optimizer.load_state_dict(distributed.local_optimizer_state(ckpt.trainer["optimizer"], optimizer))
         scheduler.load_state_dict(ckpt.trainer["scheduler"])
         state, best = ckpt.state, ckpt.best
@@ -304,6 +306,21 @@ def train(model, train_rows: list[Example], eval_rows: list[Example], plan: Plan
                 raise Interrupted(f"stopped at step {state.step} of {total}")
     keep = best if (plan.keep_best and best is not None) else trainable_state(model)
     return state, keep
+
+
+def check_resume(saved: State, optimizer_state: dict, optimizer: str, n_eval: int, checkpoint: Path) -> None:
+    """A checkpoint resumes only into the run that wrote it: the same optimizer (another one's state does
+    not load) and the same number of eval rows (the best eval loss so far was taken over those)."""
+    kinds = {"state1": "adamw_8bit", "exp_avg": "adamw"}  # a key only that optimizer's per-tensor state has
+    found = {kinds[k] for per_param in optimizer_state.get("state", {}).values() for k in per_param if k in kinds}
+    if found and optimizer not in found:
+        was = found.pop()
+        raise LorekitError(f'{checkpoint}: written with optimizer = "{was}", this run uses "{optimizer}"; set '
+                           f'[train] optimizer = "{was}" to resume, or train without --resume')
+    if saved.eval_rows >= 0 and saved.eval_rows != n_eval:
+        raise LorekitError(f"{checkpoint}: its eval loss was taken over {saved.eval_rows} eval rows, this run has "
+                           f"{n_eval}; set [train] eval_rows = {saved.eval_rows} (and keep eval.jsonl) to resume, "
+                           "or train without --resume")
 
 
 def _step(model, optimizer, scheduler, rows, group, plan: Plan, stop: StopFlag, world: World = SOLO):

@@ -75,8 +75,8 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
             log.info("LoRA starts from %s", start)
         fmt = chat_formats.get(profile.family)
         train_rows = encode_rows(tok, fmt, read_rows(train_file), cfg.max_length, str(train_file))
-        eval_rows = eval_sample(read_rows(eval_file), cfg.eval_rows, cfg.seed) if eval_file.exists() else []
-        eval_rows = encode_rows(tok, fmt, eval_rows, cfg.max_length, str(eval_file)) if eval_rows else []
+        eval_raw = eval_sample(read_rows(eval_file), cfg.eval_rows) if eval_file.exists() else []
+        eval_rows = encode_rows(tok, fmt, eval_raw, cfg.max_length, str(eval_file))
         if not train_rows:
             raise LorekitError(f"{train_file}: no rows to train on; check the lore and run `lorekit compile`")
         plan = _plan(cfg, cuda, tok)
@@ -260,9 +260,10 @@ def attach_lora(model, profile, lora: dict, checkpointing: bool, tok=None):
     return model
 
 
-def eval_sample(rows: list, limit: int, seed: int) -> list:
+def eval_sample(rows: list, limit: int, seed: int = 0) -> list:
     """The eval rows the loop scores: all of them (`limit` 0 or less), or `limit` picked by `seed`, in
-    file order, the same rows at every eval of the run. The whole sample world's 564 eval rows, scored at
+    file order, the same rows at every eval of the run (and of runs with another `[train] seed`, whose
+    eval losses then compare). The whole sample world's 564 eval rows, scored at
     every epoch's end, took 12 s of an E2B build's 190 s train stage on the H200; 256 of them, 7.8 s
     (bench/results/build_e2b_gpu.md). The eval loss picks the kept epoch and warns of memorising."""
     if limit <= 0 or len(rows) <= limit:
