@@ -263,9 +263,9 @@ def attach_lora(model, profile, lora: dict, checkpointing: bool, tok=None):
 def eval_sample(rows: list, limit: int, seed: int = 0) -> list:
     """The eval rows the loop scores: all of them (`limit` 0 or less), or `limit` picked by `seed`, in
     file order, the same rows at every eval of the run (and of runs with another `[train] seed`, whose
-    eval losses then compare). The whole sample world's 564 eval rows, scored at
-    every epoch's end, took 12 s of an E2B build's 190 s train stage on the H200; 256 of them, 7.8 s
-    (bench/results/build_e2b_gpu.md). The eval loss picks the kept epoch and warns of memorising."""
+    eval losses then compare). The whole sample world's 564 eval rows, scored at every epoch's end, took
+    12 s of an E2B build's 190 s train stage on the H200; 256 of them, 7.8 s (bench/results/
+    build_e2b_gpu.md). The eval loss picks the kept epoch and warns of memorising."""
     if limit <= 0 or len(rows) <= limit:
         return rows
     keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
