@@ -151,7 +151,7 @@ def _check_world(cfg: TrainConfig, world: distributed.World, cuda: bool) -> Trai
                                'or parallel = "ddp" in [train]')
         if cuda and cfg.load_in_4bit:
             log.warning("parallel = fsdp shards the model in bf16: load_in_4bit is not used")
-        cfg = replace(cfg, load_in_4bit=False, optimizer="adamw" if cfg.optimizer == "auto" else cfg.optimizer)
+        cfg = replace(cfg, load_in_4bit=False, optimizer=optimizer_of(cfg))
     return replace(cfg, backend="transformers")
 
 
@@ -272,8 +272,13 @@ def eval_sample(rows: list, limit: int, seed: int = 0) -> list:
     return [rows[i] for i in keep]
 
 
+def optimizer_of(cfg: TrainConfig) -> str:
+    """The optimizer a run uses: `auto` is torch AdamW on every device (LoRA's state is small)."""
+    return "adamw" if cfg.optimizer == "auto" else cfg.optimizer
+
+
 def _plan(cfg: TrainConfig, cuda: bool, tok) -> loop.Plan:
-    optimizer = "adamw" if cfg.optimizer == "auto" else cfg.optimizer
+    optimizer = optimizer_of(cfg)
     if optimizer == "adamw_8bit" and not cuda:
         raise LorekitError("optimizer adamw_8bit needs a CUDA GPU; use optimizer = \"adamw\" on the CPU")
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and (cuda or CPU_BF16))
