@@ -461,7 +461,8 @@ def figures(run: dict, build: Path, model_info: dict, args) -> dict:
     fig["training"] = training_figures(read_metrics(build / "train"))
     if run_json:
         choice = run_json.get("backend_choice", {})
-        fig["run_json"] = {k: run_json.get(k) for k in ("backend", "steps", "wall_s", "train_wall_s", "best_eval_loss")}
+        fig["run_json"] = {k: run_json.get(k) for k in ("backend", "steps", "wall_s", "train_wall_s", "best_eval_loss",
+                                                       "startup_s")}
         fig["config"] = run_json.get("config")
         fig["run_tokens"] = choice.get("tokens")
         fig["estimates"] = [{k: e.get(k) for k in ("candidate", "wall_s", "startup_s", "tokens_per_s")}
@@ -579,7 +580,8 @@ def section(fig: dict, args, argv: list[str]) -> str:
         f"| start-up, validate, compile | {_num(fig['stage_start_s'].get('train'))} | compile stage "
         f"{_num(fig['stage_s'].get('compile'))} s |",
         f"| train: imports, backend choice | {_num(fig.get('train_setup_s'))} | |",
-        f"| load (base, LoRA, PLE offload, tokenize rows) | {_num(fig.get('load_s'))} | |",
+        f"| load (base, LoRA, PLE offload, tokenize rows) | {_num(fig.get('load_s'))} | "
+        f"{_startup(fig.get('run_json', {}).get('startup_s'))} |",
         f"| first optimizer step | {_num(tr.get('first_step_s'))} | {tr.get('first_step_tokens', '-')} tokens |",
         f"| the other steps | {_num(_later_steps(tr))} | steady {tr.get('steady_tokens_per_s', '-')} tokens/s, "
         f"{tr.get('steady_step_s', '-')} s a step over {tr.get('steady_steps', '-')} steps; evals and checkpoints "
@@ -612,6 +614,11 @@ def section(fig: dict, args, argv: list[str]) -> str:
         lines.insert(-1, f"Projected (run cut by --budget): {fig['projected_to_adapter_s']} s to the adapter at the "
                          "steady step time, without the evals of epochs not reached and the saving.")
     return "\n".join(lines)
+
+
+def _startup(parts: dict | None) -> str:
+    """run.json's `startup_s` (the train stage's own clock, imports to the first step) as a note."""
+    return "train's own clock: " + ", ".join(f"{k} {v}" for k, v in parts.items()) if parts else ""
 
 
 def _num(x) -> str:

@@ -76,6 +76,26 @@ def test_labels_cover_only_model_turns(tiny, family):
         fmt.render(dataset.as_messages(row))
 
 
+def test_rows_encoded_in_one_batch_match_one_by_one(tiny):
+    """encode_rows tokenizes every row in one call; each row comes out as `encode` alone makes it,
+    including rows cut at max_length (labels and ids cut alike)."""
+    from transformers import AutoTokenizer
+
+    from lorekit import chat_formats, dataset
+    from lorekit.train.data import encode, encode_rows
+
+    tok = AutoTokenizer.from_pretrained(tiny["gemma4"])
+    fmt = chat_formats.get("gemma4")
+    many = rows(6)
+    many[2]["conversations"][1]["value"] = "Tell me everything about the " + "very " * 40 + "old mill."
+    for max_length in (512, 40):
+        batch = encode_rows(tok, fmt, many, max_length)
+        alone = [encode(tok, fmt, dataset.messages(r), max_length) for r in many]
+        alone = [ex for ex in alone if ex.n_trainable]
+        assert [(e.input_ids, e.labels) for e in batch] == [(e.input_ids, e.labels) for e in alone]
+        assert len({len(e.input_ids) for e in batch}) > 1 or max_length == 40
+
+
 @pytest.mark.parametrize("family", ["gemma3", "gemma4"])
 def test_masked_output_layer_gives_the_models_own_loss(tiny, family):
     import torch
@@ -179,6 +199,10 @@ def test_loss_falls_and_artifacts_are_written(tiny, family, tmp_path):
     info = json.loads((tmp_path / "train" / "run.json").read_text())
     assert info["family"] == family and info["config"]["lr"] == 1e-2 and len(info["dataset_sha256"]) == 64
     assert info["versions"]["torch"] and info["wall_s"] > 0
+    # where the start-up went, part by part, each inside the run's own wall time
+    parts = info["startup_s"]
+    assert {"backend choice", "tokenizer", "base model", "LoRA", "rows"} <= set(parts), parts
+    assert all(0 <= s for s in parts.values()) and sum(parts.values()) < info["wall_s"]
     assert (tmp_path / "train" / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "train" / "checkpoint").exists()
 

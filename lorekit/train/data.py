@@ -41,18 +41,30 @@ def read_rows(path: Path) -> list[dict]:
 def encode(tokenizer, fmt: chat_formats.ChatFormat, turns: list[dict], max_length: int) -> Example:
     """Token ids of the rendered row (turns of either format), labels -100 except on the model's turns
     (end-of-turn included)."""
-    segments = fmt.segments(dataset.as_messages(turns))
-    text, spans, pos = "", [], 0
-    for piece, trainable in segments:
-        if trainable:
-            spans.append((pos, pos + len(piece)))
-        text += piece
-        pos += len(piece)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"][:max_length])
-    labels = [tid if _inside(start, end, spans) else IGNORE
-              for tid, (start, end) in zip(ids, enc["offset_mapping"][:max_length], strict=True)]
-    return Example(ids, labels)
+    return encode_many(tokenizer, fmt, [turns], max_length)[0]
+
+
+def encode_many(tokenizer, fmt: chat_formats.ChatFormat, rows: list[list[dict]], max_length: int) -> list[Example]:
+    """`encode` of many rows in one tokenizer call: a fast tokenizer spreads the batch over the CPU's
+    cores (the whole sample world's 3,081 rows: 1.4 s one by one on 2 cores)."""
+    texts, spans = [], []
+    for turns in rows:
+        text, marked, pos = "", [], 0
+        for piece, trainable in fmt.segments(dataset.as_messages(turns)):
+            if trainable:
+                marked.append((pos, pos + len(piece)))
+            text += piece
+            pos += len(piece)
+        texts.append(text)
+        spans.append(marked)
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for all_ids, offsets, marked in zip(enc["input_ids"], enc["offset_mapping"], spans, strict=True):
+        ids = list(all_ids[:max_length])
+        labels = [tid if _inside(start, end, marked) else IGNORE
+                  for tid, (start, end) in zip(ids, offsets[:max_length], strict=True)]
+        out.append(Example(ids, labels))
+    return out
 
 
 def _inside(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
@@ -62,8 +74,8 @@ def _inside(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
 
 def encode_rows(tokenizer, fmt, rows: list[dict], max_length: int, where: str = "") -> list[Example]:
     examples, cut = [], 0
-    for row in rows:
-        ex = encode(tokenizer, fmt, dataset.messages(row), max_length)
+    encoded = encode_many(tokenizer, fmt, [dataset.messages(row) for row in rows], max_length)
+    for row, ex in zip(rows, encoded, strict=True):
         ex.group = dataset.system_text(row)
         cut += len(ex.input_ids) == max_length
         if ex.n_trainable:

@@ -19,6 +19,7 @@ from lorekit import chat_formats
 from lorekit.atomic import replace_dir
 from lorekit.errors import LorekitError
 from lorekit.models import ModelProfile, lorekit_home, resolve
+from lorekit.train.stopwatch import part
 from lorekit.train.template import chat_template
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,9 @@ def prepare_tokenizer(tok, family: str):
     return tok
 
 
-def load_model(profile_or_path: str, device: str = "cpu", dtype=None, load_in_4bit: bool = False):
-    """(model, tokenizer, profile) through plain transformers; 4-bit needs CUDA and bitsandbytes."""
+def load_model(profile_or_path: str, device: str = "cpu", dtype=None, load_in_4bit: bool = False, clock=None):
+    """(model, tokenizer, profile) through plain transformers; 4-bit needs CUDA and bitsandbytes. `clock`
+    (a `stopwatch.Stopwatch`) times the tokenizer and the weights apart."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -142,8 +144,10 @@ def load_model(profile_or_path: str, device: str = "cpu", dtype=None, load_in_4b
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_use_double_quant=True)
     with _offline_errors(profile):
-        tok = AutoTokenizer.from_pretrained(str(source))
-        model = AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
+        with part(clock, "tokenizer"):
+            tok = AutoTokenizer.from_pretrained(str(source))
+        with part(clock, "base model"):
+            model = AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
     return model, prepare_tokenizer(tok, profile.family), profile
 
 

@@ -23,6 +23,7 @@ from lorekit.errors import LorekitError
 from lorekit.train import checkpoint, distributed, fused, init_adapter, loop, speed, token_rows
 from lorekit.train.config import TrainConfig
 from lorekit.train.data import encode_rows, read_rows
+from lorekit.train.stopwatch import Stopwatch, part
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         on_log=None, on_step=None, on_choice=None) -> TrainResult:
     """Train; started by torchrun / accelerate launch, every process calls this (see distributed.py)."""
     started = time.perf_counter()
+    clock = Stopwatch()
     out = Path(out)
     train_file, eval_file = _dataset_files(out)
     cfg = cfg or config_mod.load(TrainConfig, "train", config_mod.lore_dir_of(out))
@@ -59,7 +61,8 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         on_log = on_step = on_choice = None
     distributed.join(world, cuda)
     torch.manual_seed(cfg.seed)
-    choice = choose_backend(cfg, "cuda" if cuda else "cpu", read_rows(train_file))
+    with clock.part("backend choice"):
+        choice = choose_backend(cfg, "cuda" if cuda else "cpu", read_rows(train_file))
     if world.size > 1:
         choice.reason = f"{world.size} processes ({world.parallel}): the plain loop, Unsloth trains on one GPU"
     log.info("backend %s", choice.summary())
@@ -69,14 +72,16 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
     # a resumed run's checkpoint holds the LoRA already
     start = init_adapter.for_model(cfg.init_adapter, cfg.model) if cfg.init_adapter and not resume else None
     try:
-        model, tok, profile, backend = _load(cfg, choice.backend, cuda, world)
+        model, tok, profile, backend = _load(cfg, choice.backend, cuda, world, clock)
         if start:
-            init_adapter.load_into(model, start, cfg.lora_r, cfg.lora_alpha)
+            with clock.part("LoRA"):
+                init_adapter.load_into(model, start, cfg.lora_r, cfg.lora_alpha)
             log.info("LoRA starts from %s", start)
         fmt = chat_formats.get(profile.family)
-        train_rows = encode_rows(tok, fmt, read_rows(train_file), cfg.max_length, str(train_file))
-        eval_raw = eval_sample(read_rows(eval_file), cfg.eval_rows) if eval_file.exists() else []
-        eval_rows = encode_rows(tok, fmt, eval_raw, cfg.max_length, str(eval_file))
+        with clock.part("rows"):
+            train_rows = encode_rows(tok, fmt, read_rows(train_file), cfg.max_length, str(train_file))
+            eval_raw = eval_sample(read_rows(eval_file), cfg.eval_rows) if eval_file.exists() else []
+            eval_rows = encode_rows(tok, fmt, eval_raw, cfg.max_length, str(eval_file))
         if not train_rows:
             raise LorekitError(f"{train_file}: no rows to train on; check the lore and run `lorekit compile`")
         plan = _plan(cfg, cuda, tok)
@@ -88,7 +93,9 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         plan.eval_batch_size = 2 * plan.batch_size if cuda and not cfg.gradient_checkpointing else 0
         fuse = fuses(cfg, cuda, backend, world.size)
         if fuse:
-            log.info("fewer launches a step: %s", fused.apply(model, autocast=plan.bf16).summary())
+            with clock.part("fuse"):
+                log.info("fewer launches a step: %s", fused.apply(model, autocast=plan.bf16).summary())
+        log.info("start-up %.1f s: %s", time.perf_counter() - started, clock.summary())
         # run.json records what ran, not "auto"
         cfg = replace(cfg, optimizer=plan.optimizer, precision="bf16" if plan.bf16 else "fp32", fuse=fuse,
                       share_prompt=plan.share_prefix, compile=backend == "unsloth" and cfg.compile)
@@ -110,7 +117,8 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
     if world.main:
         _save_adapter(out / "adapter", model, tok, keep, profile, sharded=world.lockstep)
         _write_train_folder(out, cfg, profile, backend, state, partial, train_file, eval_file,
-                            time.perf_counter() - started, {**choice.to_dict(), "ran": backend}, world)
+                            time.perf_counter() - started, {**choice.to_dict(), "ran": backend}, world,
+                            clock.rounded())
     distributed.barrier(world)  # every process returns once the adapter is on disk
     wall = time.perf_counter() - started
     last = [r for r in map(json.loads, (out / "train" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
@@ -201,7 +209,8 @@ def resolve_defaults(cfg: TrainConfig, cuda: bool) -> TrainConfig:
     return replace(cfg, **{k: v for k, v in base.items() if getattr(cfg, k) is None})
 
 
-def _load(cfg: TrainConfig, backend: str, cuda: bool, world: distributed.World = distributed.SOLO):
+def _load(cfg: TrainConfig, backend: str, cuda: bool, world: distributed.World = distributed.SOLO,
+          clock: Stopwatch | None = None):
     """Load and attach LoRA; an Unsloth failure falls back to the plain path with a warning. For FSDP the
     model loads in CPU memory (bf16 on CUDA) and the shards go to each GPU when training starts."""
     from lorekit.train import load
@@ -210,9 +219,11 @@ def _load(cfg: TrainConfig, backend: str, cuda: bool, world: distributed.World =
             "turn_tokens": cfg.train_turn_tokens}
     if backend == "unsloth":
         try:
-            model, tok, profile = load.load_unsloth(cfg.model, cfg.max_length, cfg.load_in_4bit, lora, cfg.seed,
-                                                    cfg.gradient_checkpointing, cfg.compile)
-            _offload_ple(model, cfg, cuda)
+            with part(clock, "base model and LoRA (Unsloth)"):
+                model, tok, profile = load.load_unsloth(cfg.model, cfg.max_length, cfg.load_in_4bit, lora,
+                                                        cfg.seed, cfg.gradient_checkpointing, cfg.compile)
+            with part(clock, "per-layer tables"):
+                _offload_ple(model, cfg, cuda)
             return model, tok, profile, "unsloth"
         except LorekitError:
             raise
@@ -223,12 +234,15 @@ def _load(cfg: TrainConfig, backend: str, cuda: bool, world: distributed.World =
     if world.lockstep:
         import torch
 
-        model, tok, profile = load.load_model(cfg.model, "cpu", dtype=torch.bfloat16 if cuda else None)
+        model, tok, profile = load.load_model(cfg.model, "cpu", dtype=torch.bfloat16 if cuda else None, clock=clock)
     else:
         model, tok, profile = load.load_model(cfg.model, "cuda" if cuda else "cpu",
-                                              load_in_4bit=cuda and cfg.load_in_4bit)
-    _offload_ple(model, cfg, cuda)
-    return attach_lora(model, profile, lora, cuda and cfg.gradient_checkpointing, tok), tok, profile, "transformers"
+                                              load_in_4bit=cuda and cfg.load_in_4bit, clock=clock)
+    with part(clock, "per-layer tables"):
+        _offload_ple(model, cfg, cuda)
+    with part(clock, "LoRA"):
+        model = attach_lora(model, profile, lora, cuda and cfg.gradient_checkpointing, tok)
+    return model, tok, profile, "transformers"
 
 
 def _offload_ple(model, cfg: TrainConfig, cuda: bool) -> None:
@@ -336,7 +350,8 @@ def _save_adapter(target: Path, model, tok, keep: dict, profile, sharded: bool =
 
 
 def _write_train_folder(out, cfg, profile, backend, state, partial, train_file, eval_file, wall,
-                        choice: dict, world: distributed.World = distributed.SOLO) -> Path:
+                        choice: dict, world: distributed.World = distributed.SOLO,
+                        startup: dict | None = None) -> Path:
     from lorekit.train.metrics import plot_losses
 
     folder = out / "train"
@@ -349,7 +364,7 @@ def _write_train_folder(out, cfg, profile, backend, state, partial, train_file, 
         "config": config_mod.to_dict(cfg), "dataset_sha256": _dataset_sha(out, train_file, eval_file),
         "steps": state.step, "best_step": state.best_step, "best_eval_loss": state.best_eval,
         "overfitting_warning": state.overfit_warned, "versions": _versions(), "wall_s": round(wall, 2),
-        "train_wall_s": round(state.wall_s, 2), "processes": world.size,
+        "train_wall_s": round(state.wall_s, 2), "startup_s": startup or {}, "processes": world.size,
     }
     if world.size > 1:
         run_info["parallel"] = world.parallel
