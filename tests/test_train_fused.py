@@ -63,6 +63,31 @@ def test_fused_norms_give_the_same_loss_and_lora_gradients_in_fp32(tiny4):
     assert again == loss and worst_relative(again_grads, grads) == 0.0
 
 
+def test_norms_of_either_transformers_spelling_are_fused(tiny4, caplog):
+    """transformers 5.17 (the GPU machine's) names the norm's epsilon `eps`, 5.25 `variance_epsilon`: the
+    H200 builds logged "0 RMSNorms fused" until both were known. Rename it the 5.17 way: still fused, same
+    numbers; a norm with neither is left alone, with a warning that says so."""
+    import torch
+
+    from lorekit.train import fused
+
+    model, tok = lora_model(tiny4, torch.float32)
+    norms = [m for m in model.modules() if type(m).__name__ == "Gemma4RMSNorm"]
+    batch = a_batch(tok)
+    loss, grads = loss_and_grads(model, batch, bf16=False)  # this transformers' own norms
+    for m in norms:
+        m.eps = vars(m).pop("variance_epsilon")
+    assert fused.apply(model, autocast=False).norms == len(norms) > 0
+    fused_loss, fused_grads = loss_and_grads(model, batch, bf16=False)
+    assert fused_loss == pytest.approx(loss, rel=1e-6) and worst_relative(fused_grads, grads) < 1e-4
+    fused.undo(model)
+    for m in norms:
+        m.epsilon_under_another_name = m.__dict__.pop("eps")
+    with caplog.at_level("WARNING", logger="lorekit.train.fused"):
+        assert fused.apply(model, autocast=False).norms == 0
+    assert f"{len(norms)} Gemma 4 norms left unfused" in caplog.text
+
+
 def test_lora_inputs_left_in_bf16_change_nothing_under_autocast(tiny4):
     import torch
 

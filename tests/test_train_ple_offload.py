@@ -116,3 +116,29 @@ def test_a_model_without_per_layer_embeddings_is_left_alone(tmp_path):
     names = [n for n, _ in model.named_parameters()]
     assert ple_offload.offload(model, "cpu") == 0
     assert [n for n, _ in model.named_parameters()] == names
+
+
+def test_unset_offload_follows_the_card_size():
+    """E2B's 3.75 GiB of tables: moved to CPU memory on an 8-24 GB card, kept on a 40 GB or larger one
+    (where the offload only costs time); an explicit setting always wins; no tables, nothing to move."""
+    from lorekit.train.ple_offload import wanted
+
+    gib = 2**30
+    tables = int(3.75 * gib)
+    assert wanted(None, tables, 8 * gib) and wanted(None, tables, 24 * gib)
+    assert not wanted(None, tables, 40 * gib) and not wanted(None, tables, 141 * gib)
+    assert wanted(True, tables, 141 * gib) and not wanted(False, tables, 8 * gib)
+    assert not wanted(None, 0, 8 * gib) and not wanted(True, 0, 8 * gib)
+
+
+def test_table_bytes_counts_what_an_offload_would_move(tiny4):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lorekit.train import ple_offload
+
+    model = AutoModelForCausalLM.from_pretrained(tiny4, dtype=torch.float32)
+    before = ple_offload.table_bytes(model)
+    assert before > 0 and not ple_offload.offloaded(model)
+    assert ple_offload.offload(model, "cpu") == before
+    assert ple_offload.table_bytes(model) == 0 and ple_offload.offloaded(model)

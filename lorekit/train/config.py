@@ -43,8 +43,9 @@ class TrainConfig:
                                     "(much faster on CPU; default on for CPU, off for GPU)")
     compile: bool | None = opt(None, "let Unsloth use torch.compile (faster steps, minutes of start-up); "
                                "unset: backend auto decides by the speed table, off otherwise")
-    offload_ple: bool = opt(True, "on CUDA, keep Gemma 4's per-layer embedding tables in CPU memory and copy "
-                            "only each batch's rows to the GPU (about 4 GB less GPU memory for E2B)")
+    offload_ple: bool | None = opt(None, "on CUDA, keep Gemma 4's per-layer embedding tables in CPU memory and "
+                                   "copy only each batch's rows to the GPU (about 4 GB less GPU memory for E2B); "
+                                   "unset: when the tables would take over an eighth of the card")
     fuse: bool | None = opt(None, "on CUDA (plain loop): Gemma 4's RMSNorm as torch's fused kernel and LoRA "
                             "inputs left in bf16: fewer kernel launches a step, the same numbers (lorekit/train/"
                             "fused.py); unset: on in one process without 4-bit (H200: x1.18 tokens/s, 6 GiB less, "

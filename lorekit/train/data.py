@@ -61,15 +61,19 @@ def encode_many(tokenizer, fmt: chat_formats.ChatFormat, rows: list[list[dict]],
     out = []
     for all_ids, offsets, marked in zip(enc["input_ids"], enc["offset_mapping"], spans, strict=True):
         ids = list(all_ids[:max_length])
-        labels = [tid if _inside(start, end, marked) else IGNORE
-                  for tid, (start, end) in zip(ids, offsets[:max_length], strict=True)]
-        out.append(Example(ids, labels))
+        out.append(Example(ids, _labels(ids, offsets[:max_length], marked)))
     return out
 
 
-def _inside(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
-    # A token belongs to a reply when it starts inside one (a token never straddles a special token).
-    return end > start and any(a <= start < b for a, b in spans)
+def _labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """A token keeps its id as label when it starts inside a reply span (a token never straddles a special
+    token). Tokens and spans both run left to right, so one pass over each."""
+    labels, j = [], 0
+    for tid, (start, end) in zip(ids, offsets, strict=True):
+        while j < len(spans) and spans[j][1] <= start:
+            j += 1
+        labels.append(tid if end > start and j < len(spans) and spans[j][0] <= start else IGNORE)
+    return labels
 
 
 def encode_rows(tokenizer, fmt, rows: list[dict], max_length: int, where: str = "") -> list[Example]:

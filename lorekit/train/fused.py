@@ -21,11 +21,14 @@ forward (tests/test_train_fused.py checks the loss and LoRA gradients match).
 
 from __future__ import annotations
 
+import logging
 import types
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,13 +46,21 @@ def apply(model, autocast: bool) -> Fused:
     recipe does, once training ends, so a later forward without autocast works as before)."""
     done = Fused()
     fused_kernel = hasattr(torch.ops.aten, "_fused_rms_norm")
+    left = 0  # Gemma 4 norms this transformers spells in a way `_is_gemma4_norm` does not know
     for module in model.modules():
         if fused_kernel and _is_gemma4_norm(module):
             module.forward = types.MethodType(_norm_forward, module)
             done.norms += 1
+        elif type(module).__name__ == "Gemma4RMSNorm":
+            left += 1
         elif autocast and hasattr(module, "lora_A") and hasattr(module, "_cast_input_dtype"):
             module.cast_input_dtype_enabled = False
             done.lora_inputs += 1
+    if left and fused_kernel:
+        log.warning("%d Gemma 4 norms left unfused: this transformers' Gemma4RMSNorm has attributes %s; "
+                    "training runs, with more kernel launches a step", left,
+                    sorted(k for k in vars(next(m for m in model.modules()
+                                                if type(m).__name__ == "Gemma4RMSNorm")) if not k.startswith("_")))
     return done
 
 
@@ -65,8 +76,17 @@ def undo(model) -> None:
 def _is_gemma4_norm(module) -> bool:
     # transformers' Gemma4RMSNorm: x * (mean(x^2) + eps)^-0.5 [* weight], in fp32, cast back to x's dtype.
     # Gemma 3's norm scales by (1 + weight) and is left alone.
-    return type(module).__name__ == "Gemma4RMSNorm" and hasattr(module, "variance_epsilon") \
+    return type(module).__name__ == "Gemma4RMSNorm" and _epsilon(module) is not None \
         and hasattr(module, "with_scale")
+
+
+def _epsilon(module) -> float | None:
+    # `variance_epsilon` in transformers 5.25, `eps` in 5.17 (the GPU machine's): both name the same number
+    for name in ("variance_epsilon", "eps"):
+        value = getattr(module, name, None)
+        if isinstance(value, float):
+            return value
+    return None
 
 
 def _norm_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,4 +94,4 @@ def _norm_forward(self, x: torch.Tensor) -> torch.Tensor:
     if weight is not None and weight.dtype != x.dtype:
         return type(self).forward(self, x)  # mixed dtypes: the original's fp32 product, not a rounded weight
     with torch.autocast(x.device.type, enabled=False):
-        return F.rms_norm(x, (x.shape[-1],), weight, self.variance_epsilon)
+        return F.rms_norm(x, (x.shape[-1],), weight, _epsilon(self))

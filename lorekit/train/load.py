@@ -130,8 +130,9 @@ def load_model(profile_or_path: str, device: str = "cpu", dtype=None, load_in_4b
     """(model, tokenizer, profile) through plain transformers; 4-bit needs CUDA and bitsandbytes. `clock`
     (a `stopwatch.Stopwatch`) times the tokenizer and the weights apart."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    with part(clock, "transformers import"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
     source, profile = model_dir(profile_or_path)
     kwargs: dict = {"dtype": dtype or (torch.bfloat16 if device == "cuda" else torch.float32)}
     if device == "cuda":

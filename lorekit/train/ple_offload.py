@@ -63,6 +63,29 @@ def has_ple(model) -> bool:
     return any(isinstance(getattr(m, NAME, None), nn.Embedding) for m in model.modules())
 
 
+def table_bytes(model) -> int:
+    """Bytes of the per-layer tables still in `model` as embeddings (0 once offloaded, or without any)."""
+    return sum(e.weight.numel() * e.weight.element_size() for m in model.modules()
+               if isinstance(e := getattr(m, NAME, None), nn.Embedding))
+
+
+def offloaded(model) -> bool:
+    return any(isinstance(m, CpuRowLookup) for m in model.modules())
+
+
+SHARE = 8  # unset `offload_ple`: offload when the tables would take more than 1/SHARE of the card
+
+
+def wanted(setting: bool | None, tables: int, card: int) -> bool:
+    """Whether to offload: as `[train] offload_ple` says, or, unset, when the tables are over an eighth of
+    the card's memory: E2B's 3.75 GiB go to CPU memory on an 8-24 GB card and stay on a 40 GB or larger
+    one, where the offload only costs time (its load copies them back, ~3 s on the H200, and each batch
+    gathers its rows on the CPU)."""
+    if setting is not None:
+        return setting and tables > 0
+    return tables * SHARE > card
+
+
 def offload(model, device: str | torch.device) -> int:
     """Swap every per-layer embedding table in `model` for a CPU lookup; returns the bytes moved off
     `device` (0 for a model without per-layer embeddings)."""

@@ -20,7 +20,7 @@ from lorekit import chat_formats
 from lorekit import config as config_mod
 from lorekit.atomic import replace_dir, write_text
 from lorekit.errors import LorekitError
-from lorekit.train import checkpoint, distributed, fused, init_adapter, loop, speed, token_rows
+from lorekit.train import checkpoint, distributed, fused, init_adapter, loop, ple_offload, speed, token_rows
 from lorekit.train.config import TrainConfig
 from lorekit.train.data import encode_rows, read_rows
 from lorekit.train.stopwatch import Stopwatch, part
@@ -98,7 +98,8 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         log.info("start-up %.1f s: %s", time.perf_counter() - started, clock.summary())
         # run.json records what ran, not "auto"
         cfg = replace(cfg, optimizer=plan.optimizer, precision="bf16" if plan.bf16 else "fp32", fuse=fuse,
-                      share_prompt=plan.share_prefix, compile=backend == "unsloth" and cfg.compile)
+                      share_prompt=plan.share_prefix, compile=backend == "unsloth" and cfg.compile,
+                      offload_ple=ple_offload.offloaded(model))
         log.info("training %s (%s, %s backend) on %d rows, %d eval rows, %d steps%s",
                  profile.name, profile.family, backend, len(train_rows), len(eval_rows),
                  plan.total_steps(train_rows), f", {world.size} processes ({world.parallel})" if world.size > 1 else "")
@@ -245,13 +246,23 @@ def _load(cfg: TrainConfig, backend: str, cuda: bool, world: distributed.World =
     return model, tok, profile, "transformers"
 
 
-def _offload_ple(model, cfg: TrainConfig, cuda: bool) -> None:
-    """Gemma 4's per-layer embedding tables to CPU memory (lorekit/train/ple_offload.py): on CUDA only,
-    where they would otherwise take ~4 GB of the card for E2B; on the CPU they are in memory already."""
-    if cuda and cfg.offload_ple:
-        from lorekit.train import ple_offload
+def _offload_ple(model, cfg: TrainConfig, cuda: bool) -> bool:
+    """Gemma 4's per-layer embedding tables to CPU memory (lorekit/train/ple_offload.py), on CUDA only,
+    as `[train] offload_ple` says or, unset, when they would take over an eighth of the card (`wanted`);
+    on the CPU they are in memory already. Returns whether they were moved."""
+    if not cuda or cfg.offload_ple is False:
+        return False
+    import torch
 
-        ple_offload.offload(model, "cuda")
+    tables = ple_offload.table_bytes(model)
+    card = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    if not ple_offload.wanted(cfg.offload_ple, tables, card):
+        if tables:
+            log.info("per-layer embeddings: %.2f GiB stay on the GPU (%.0f GiB card; offload_ple = true moves "
+                     "them to CPU memory)", tables / 2**30, card / 2**30)
+        return False
+    ple_offload.offload(model, "cuda")
+    return True
 
 
 def attach_lora(model, profile, lora: dict, checkpointing: bool, tok=None):
