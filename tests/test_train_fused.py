@@ -115,7 +115,7 @@ def test_lora_inputs_left_in_bf16_change_nothing_under_autocast(tiny4):
 
 
 def test_fuse_unset_is_on_for_the_bf16_plain_loop_on_cuda_only():
-    """Timed on the H200 in bf16 (x1.18 tokens/s, bench/results/build_e2b_gpu.md); not with 4-bit layers."""
+    """Timed on the H100 in bf16 (x1.62 tokens/s, bench/results/build_e2b_gpu.md); not with 4-bit layers."""
     from lorekit.train.config import TrainConfig
     from lorekit.train.recipe import fuses
 

@@ -47,9 +47,10 @@ class TrainConfig:
                                    "copy only each batch's rows to the GPU (about 4 GB less GPU memory for E2B); "
                                    "unset: when the tables would take over an eighth of the card")
     fuse: bool | None = opt(None, "on CUDA (plain loop): Gemma 4's RMSNorm as torch's fused kernel and LoRA "
-                            "inputs left in bf16: fewer kernel launches a step, the same numbers (lorekit/train/"
-                            "fused.py); unset: on in one process without 4-bit (H200: x1.18 tokens/s, 6 GiB less, "
-                            "bench/results/build_e2b_gpu.md), off with 4-bit or several processes (not yet timed)")
+                            "inputs left in bf16: fewer kernel launches a step, the same numbers up to bf16 rounding "
+                            "(lorekit/train/fused.py); unset: on in one process without 4-bit (H100, batch 16: x1.62 "
+                            "tokens/s, 9 GiB less, bench/results/build_e2b_gpu.md), off with 4-bit or several "
+                            "processes (not yet timed)")
     parallel: Literal["ddp", "fsdp"] = opt(
         "ddp", "several processes (torchrun): ddp keeps a whole copy of the model on every GPU; fsdp shards it "
         "across them, for a model that does not fit one card (bf16, no 4-bit)")

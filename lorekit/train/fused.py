@@ -1,4 +1,4 @@
-"""Fewer kernel launches per training step on a GPU, with the same numbers.
+"""Fewer kernel launches per training step on a GPU, with the same numbers (up to bf16 rounding).
 
 An E2B step at the batch sizes LoreKit trains is bound by the host launching kernels, not by the GPU
 (bench/results/build_e2b_gpu.md). Two sources of launches are pure overhead:
@@ -14,9 +14,12 @@ An E2B step at the batch sizes LoreKit trains is bound by the host launching ker
   `cast_input_dtype_enabled = False` leaves the input as it is; autocast still casts the fp32 LoRA
   weights, so the products are bit for bit those of before.
 
-`apply` is for CUDA training under bf16 autocast (LoreKit's plain loop on a GPU, with `[train] fuse = true`;
-off by default until bench/step_probe_gpu.py has timed it on a GPU); the CPU path keeps transformers' own
-forward (tests/test_train_fused.py checks the loss and LoRA gradients match).
+`apply` is for CUDA training under bf16 autocast (LoreKit's plain loop on a GPU: `[train] fuse`, on when unset
+in one process without 4-bit); the CPU path keeps transformers' own forward (tests/test_train_fused.py checks
+the loss and LoRA gradients match: to 1e-6 in fp32). Timed by bench/step_probe_gpu.py on an H100 (E2B shape,
+bf16, batch 16, one process): x1.62 tokens/s and 9 GiB less peak than transformers' own norms and casts, one
+fixed batch's loss 0.13 % apart (bf16 rounding). Until 6f64c4f the norms of transformers 5.17 (the GPU
+machine's), whose epsilon is `eps`, were not recognised: only the LoRA casts were fused (x1.18 on the H200).
 """
 
 from __future__ import annotations
