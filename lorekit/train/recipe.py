@@ -61,8 +61,9 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
         on_log = on_step = on_choice = None
     distributed.join(world, cuda)
     torch.manual_seed(cfg.seed)
+    raw_rows = read_rows(train_file)
     with clock.part("backend choice"):
-        choice = choose_backend(cfg, "cuda" if cuda else "cpu", read_rows(train_file))
+        choice = choose_backend(cfg, "cuda" if cuda else "cpu", raw_rows)
     if world.size > 1:
         choice.reason = f"{world.size} processes ({world.parallel}): the plain loop, Unsloth trains on one GPU"
     log.info("backend %s", choice.summary())
@@ -79,7 +80,7 @@ def run(out: Path, cfg: TrainConfig | None = None, resume: bool = False,
             log.info("LoRA starts from %s", start)
         fmt = chat_formats.get(profile.family)
         with clock.part("rows"):
-            train_rows = encode_rows(tok, fmt, read_rows(train_file), cfg.max_length, str(train_file))
+            train_rows = encode_rows(tok, fmt, raw_rows, cfg.max_length, str(train_file))
             eval_raw = eval_sample(read_rows(eval_file), cfg.eval_rows) if eval_file.exists() else []
             eval_rows = encode_rows(tok, fmt, eval_raw, cfg.max_length, str(eval_file))
         if not train_rows:
@@ -246,12 +247,12 @@ def _load(cfg: TrainConfig, backend: str, cuda: bool, world: distributed.World =
     return model, tok, profile, "transformers"
 
 
-def _offload_ple(model, cfg: TrainConfig, cuda: bool) -> bool:
+def _offload_ple(model, cfg: TrainConfig, cuda: bool) -> None:
     """Gemma 4's per-layer embedding tables to CPU memory (lorekit/train/ple_offload.py), on CUDA only,
     as `[train] offload_ple` says or, unset, when they would take over an eighth of the card (`wanted`);
-    on the CPU they are in memory already. Returns whether they were moved."""
+    on the CPU they are in memory already. run.json records `ple_offload.offloaded(model)`."""
     if not cuda or cfg.offload_ple is False:
-        return False
+        return
     import torch
 
     tables = ple_offload.table_bytes(model)
@@ -260,9 +261,8 @@ def _offload_ple(model, cfg: TrainConfig, cuda: bool) -> bool:
         if tables:
             log.info("per-layer embeddings: %.2f GiB stay on the GPU (%.0f GiB card; offload_ple = true moves "
                      "them to CPU memory)", tables / 2**30, card / 2**30)
-        return False
+        return
     ple_offload.offload(model, "cuda")
-    return True
 
 
 def attach_lora(model, profile, lora: dict, checkpointing: bool, tok=None):
